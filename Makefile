@@ -1,0 +1,39 @@
+# Two commands: `make demo` runs the workflow on the synthetic demo set,
+# `make test` runs the linter and the test suite. Both set up .venv first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+DEMO_DIR := resources/demo_birds
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	# Real bird recordings (MIT licence) used as test fixtures; only its data is used.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps pykanto==0.1.8
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+$(DEMO_DIR)/.demo.json: | $(STAMP)
+	$(BIN)/jibjib make-demo $(DEMO_DIR)
+
+demo: $(STAMP) $(DEMO_DIR)/.demo.json
+	$(BIN)/snakemake --cores $(CORES)
+
+lint: $(STAMP) $(DEMO_DIR)/.demo.json
+	$(BIN)/snakemake --lint
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/features.py
+
+clean:
+	rm -rf results logs .snakemake

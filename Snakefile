@@ -1,0 +1,22 @@
+# jibjib: bird recordings -> features -> labels and split -> models -> reports -> export.
+# The stages live in workflow/rules/<stage>.smk; the work is done by the jibjib package.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/labels.smk"
+
+
+rule all:
+    input:
+        "results/labels.tsv",
+        "results/split.tsv",
+        "results/qc/files.tsv",
+    default_target: True

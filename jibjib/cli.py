@@ -1,0 +1,149 @@
+"""The `jibjib` command: what the Snakemake rules call, one subcommand per step.
+
+Heavy imports (TensorFlow, pandas) happen inside the subcommands that need
+them, so `jibjib features` starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _frontend(text: str | None):
+    from .params import FrontEnd
+
+    return FrontEnd.from_config(json.loads(text) if text else None)
+
+
+def cmd_make_demo(args: argparse.Namespace) -> None:
+    from .demo import DEFAULT_SEED, make_demo
+
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    summary = make_demo(args.out_dir, n_species=args.species, recordings_per_species=args.recordings, seed=seed)
+    print(
+        f"demo set in {args.out_dir}: {summary.n_species} species, {summary.n_recordings} recordings, "
+        f"{summary.n_files} files, {summary.seconds:.0f} s of audio",
+        file=sys.stderr,
+    )
+
+
+def cmd_features(args: argparse.Namespace) -> None:
+    from . import fsutil
+    from .features import extract_species
+
+    qc, _ = extract_species(Path(args.data_dir), args.label, Path(args.features_dir), _frontend(args.frontend))
+    fsutil.write_tsv(args.manifest, qc)
+
+
+def cmd_labels(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from . import fsutil
+    from .config import loose_files
+    from .labels import label_index, load_label_map
+    from .qc import IGNORED, QC_COLUMNS, read_qc, sorted_table
+
+    qc = read_qc(args.manifests)
+    loose = pd.DataFrame(
+        [{"path": name, "label": "", "status": IGNORED,
+          "reason": "hidden" if name.startswith(".") else "outside_species_folder"}
+         for name in loose_files(Path(args.data_dir))],
+        columns=QC_COLUMNS,
+    )
+    qc = sorted_table(pd.concat([qc, loose], ignore_index=True) if len(loose) else qc)
+    # The QC table is written first so that a failure below still leaves the reasons to read.
+    fsutil.write_tsv(args.qc, qc)
+    label_map = load_label_map(args.label_map) if args.label_map else None
+    species = sorted(Path(m).stem for m in args.manifests)
+    fsutil.write_tsv(args.out, label_index(qc, species, label_map, args.recording_pattern))
+    counts = qc["status"].value_counts()
+    print(
+        f"labels: {len(species)} classes; files {counts.get('processed', 0)} processed, "
+        f"{counts.get('rejected', 0)} rejected, {counts.get('ignored', 0)} ignored (see {args.qc})",
+        file=sys.stderr,
+    )
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from . import fsutil
+    import pandas as pd
+
+    from .labels import SPLITS, assign_splits
+    from .qc import read_qc
+
+    fractions = {"train": args.train, "val": args.val, "test": args.test}
+    split = assign_splits(read_qc(args.manifests), fractions, args.seed, args.recording_pattern)
+    fsutil.write_tsv(args.out, split)
+    counts = split.groupby(["split", "label"])["recording_id"].nunique()
+    print("split: recordings " + ", ".join(
+        f"{name} {counts.get(name, pd.Series(dtype=int)).sum()}" for name in SPLITS), file=sys.stderr)
+    for name in SPLITS:
+        if fractions[name] > 0:
+            missing = sorted(set(split["label"]) - set(counts.get(name, pd.Series(dtype=int)).index))
+            if missing:
+                print(f"split: warning: no {name} recording for {', '.join(missing)}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .labels import DEFAULT_RECORDING_PATTERN
+
+    parser = argparse.ArgumentParser(prog="jibjib", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"jibjib {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("make-demo", help="write the synthetic demo bird set")
+    p.add_argument("out_dir", help="folder to write <species>/<species>-<n>_<k>.wav into")
+    p.add_argument("--species", type=int, default=8)
+    p.add_argument("--recordings", type=int, default=20, help="recordings per species")
+    p.add_argument("--seed", type=int, help="default: a seed whose demo fills every split")
+    p.set_defaults(func=cmd_make_demo)
+
+    p = sub.add_parser("features", help="log-mel features for one species folder")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--label", required=True, help="species folder name below --data-dir")
+    p.add_argument("--features-dir", required=True, help="npz files go to <features-dir>/<label>/")
+    p.add_argument("--manifest", required=True, help="QC rows of this species (TSV)")
+    p.add_argument("--frontend", help="front-end parameters as JSON (default: VGGish)")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("labels", help="label index and QC table from the species manifests")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--manifests", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="labels.tsv")
+    p.add_argument("--qc", required=True, help="qc/files.tsv")
+    p.add_argument("--label-map", help="old bird_id_map.pickle (species -> database id)")
+    p.add_argument("--recording-pattern", default=DEFAULT_RECORDING_PATTERN)
+    p.set_defaults(func=cmd_labels)
+
+    p = sub.add_parser("split", help="train/val/test split by recording")
+    p.add_argument("--manifests", nargs="+", required=True)
+    p.add_argument("--out", required=True, help="split.tsv")
+    p.add_argument("--train", type=float, default=0.8)
+    p.add_argument("--val", type=float, default=0.1)
+    p.add_argument("--test", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--recording-pattern", default=DEFAULT_RECORDING_PATTERN)
+    p.set_defaults(func=cmd_split)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import ConfigError
+    from .fsutil import OutputError
+    from .labels import LabelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, LabelError, OutputError) as exc:
+        print(f"jibjib {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

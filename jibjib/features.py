@@ -1,0 +1,186 @@
+"""The feature step: one species folder in, one npz per WAV and a QC manifest out.
+
+A Snakemake job handles a whole species folder (a shard) rather than one file,
+because per-file jobs cost tens of milliseconds of scheduling each.  Inside the
+shard every file is still judged on its own: its npz is recomputed only when
+the file's content or the front-end parameters changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import fsutil
+from .audio import AudioError, read_wav
+from .frontend import waveform_to_log_mel
+from .params import VGGISH, FrontEnd
+from .qc import IGNORED, PROCESSED, REJECTED, QCRow, ignore_reason, species_files, to_frame
+
+FEATURE_SUFFIX = ".npz"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _current_feature(npz: Path, source: Path, fingerprint: str) -> dict | None:
+    """Metadata of an existing npz if it still matches its source and front end."""
+    if not npz.exists():
+        return None
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            if str(z["frontend"]) != fingerprint:
+                return None
+            stat = source.stat()
+            if int(z["source_size"]) != stat.st_size:
+                return None
+            # Content decides: a checkout that only touched mtimes costs a hash, not a recompute.
+            if int(z["source_mtime_ns"]) != stat.st_mtime_ns and str(z["source_sha256"]) != sha256_file(source):
+                return None
+            return {
+                "sample_rate": int(z["sample_rate"]),
+                "channels": int(z["channels"]),
+                "seconds": float(z["seconds"]),
+                "frames": int(z["log_mel"].shape[0]),
+            }
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable or from an older layout: recompute
+
+
+def extract_file(source: Path, npz: Path, params: FrontEnd = VGGISH) -> dict:
+    """Compute and atomically write the features of one WAV; returns its metadata.
+
+    Raises AudioError for files that cannot be used.
+    """
+    stat = source.stat()
+    audio = read_wav(source)
+    mono = audio.mono()
+    if not np.any(mono):
+        raise AudioError("silent", "all samples are zero")
+    resampled_length = int(mono.shape[0] * params.sample_rate / audio.sample_rate)
+    if resampled_length < params.min_samples:
+        need = params.min_samples / params.sample_rate
+        raise AudioError("too_short", f"{audio.seconds:.3f} s, one patch needs {need:.3f} s")
+    log_mel = waveform_to_log_mel(mono, audio.sample_rate, params)
+    fsutil.save_npz(
+        npz,
+        log_mel=log_mel,
+        sample_rate=np.int64(audio.sample_rate),
+        channels=np.int64(audio.channels),
+        seconds=np.float64(audio.seconds),
+        source_sha256=np.str_(audio.sha256),
+        source_size=np.int64(stat.st_size),
+        source_mtime_ns=np.int64(stat.st_mtime_ns),
+        frontend=np.str_(params.fingerprint()),
+        frontend_params=np.str_(json.dumps(dataclasses.asdict(params), sort_keys=True)),
+    )
+    return {
+        "sample_rate": audio.sample_rate,
+        "channels": audio.channels,
+        "seconds": audio.seconds,
+        "frames": int(log_mel.shape[0]),
+    }
+
+
+@dataclasses.dataclass
+class ShardStats:
+    computed: int = 0
+    current: int = 0
+    rejected: int = 0
+    ignored: int = 0
+    removed: int = 0
+
+
+def extract_species(
+    data_dir: Path,
+    label: str,
+    features_dir: Path,
+    params: FrontEnd = VGGISH,
+    progress_every: float = 10.0,
+) -> tuple[pd.DataFrame, ShardStats]:
+    """Bring `features_dir/<label>/` up to date with `data_dir/<label>/`.
+
+    Returns the QC rows of every file in the species folder and the counts.
+    Paths in the QC rows are relative to `data_dir`; feature paths are as given
+    by `features_dir`.
+    """
+    species_dir = data_dir / label
+    out_dir = features_dir / label
+    fsutil.remove_stale_temps(out_dir)
+    fingerprint = params.fingerprint()
+    stats = ShardStats()
+    rows: list[QCRow] = []
+    claimed: dict[Path, str] = {}
+    files = species_files(species_dir)
+    started = last_report = time.monotonic()
+    for index, source in enumerate(files, 1):
+        relative = source.relative_to(data_dir)
+        row = QCRow(path=relative.as_posix(), label=label, status=PROCESSED)
+        rows.append(row)
+        reason = ignore_reason(source.relative_to(species_dir))
+        if reason:
+            row.status, row.reason = IGNORED, reason
+            stats.ignored += 1
+            continue
+        npz = out_dir / source.relative_to(species_dir).with_suffix(FEATURE_SUFFIX)
+        if npz in claimed:
+            row.status, row.reason = REJECTED, "duplicate_name"
+            row.detail = f"same feature file as {claimed[npz]}"
+            stats.rejected += 1
+            continue
+        claimed[npz] = row.path
+        meta = _current_feature(npz, source, fingerprint)
+        if meta is not None:
+            stats.current += 1
+        else:
+            try:
+                meta = extract_file(source, npz, params)
+                stats.computed += 1
+            except AudioError as exc:
+                row.status, row.reason, row.detail = REJECTED, exc.reason, exc.detail
+                stats.rejected += 1
+                npz.unlink(missing_ok=True)
+                continue
+        row.feature = npz.as_posix()
+        row.sample_rate, row.channels = meta["sample_rate"], meta["channels"]
+        row.seconds, row.frames = round(meta["seconds"], 4), meta["frames"]
+        now = time.monotonic()
+        if now - last_report >= progress_every:
+            last_report = now
+            _report(label, index, len(files), stats, now - started)
+    stats.removed = _remove_orphans(out_dir, set(claimed))
+    _report(label, len(files), len(files), stats, time.monotonic() - started)
+    return to_frame(rows), stats
+
+
+def _remove_orphans(out_dir: Path, keep: set[Path]) -> int:
+    """Delete npz files whose source WAV is gone, so no stale feature survives."""
+    removed = 0
+    if out_dir.is_dir():
+        for npz in out_dir.rglob(f"*{FEATURE_SUFFIX}"):
+            if npz not in keep:
+                npz.unlink()
+                removed += 1
+    return removed
+
+
+def _report(label: str, done: int, total: int, stats: ShardStats, elapsed: float) -> None:
+    print(
+        f"features {label}: {done}/{total} files, {stats.computed} computed, "
+        f"{stats.current} up to date, {stats.rejected} rejected, {stats.ignored} ignored, "
+        f"{stats.removed} stale removed ({elapsed:.1f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+

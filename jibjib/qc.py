@@ -1,0 +1,79 @@
+"""The QC table: one row for every file found below data_dir, and what became of it.
+
+Columns (results/qc/files.tsv and the per-species results/features/<label>.tsv):
+path (relative to data_dir), label, status (processed / rejected / ignored),
+reason (a short code, empty when processed), detail (free text), sample_rate,
+channels, seconds (of the source file), frames (log-mel frames at 100/s),
+feature (the npz path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pandas as pd
+
+QC_COLUMNS = [
+    "path", "label", "status", "reason", "detail",
+    "sample_rate", "channels", "seconds", "frames", "feature",
+]
+TEXT_COLUMNS = ["path", "label", "status", "reason", "detail", "feature"]
+PROCESSED, REJECTED, IGNORED = "processed", "rejected", "ignored"
+
+
+@dataclasses.dataclass
+class QCRow:
+    path: str
+    label: str
+    status: str
+    reason: str = ""
+    detail: str = ""
+    sample_rate: int | None = None
+    channels: int | None = None
+    seconds: float | None = None
+    frames: int | None = None
+    feature: str = ""
+
+
+def to_frame(rows: list[QCRow]) -> pd.DataFrame:
+    frame = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=QC_COLUMNS)
+    return frame.astype({c: "Int64" for c in ("sample_rate", "channels", "frames")})
+
+
+def read_qc(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    """Concatenate QC tables (TSV with QC_COLUMNS)."""
+    frames = [pd.read_csv(p, sep="\t", dtype={c: str for c in TEXT_COLUMNS}) for p in paths]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=QC_COLUMNS)
+    qc = pd.concat(frames, ignore_index=True)[QC_COLUMNS]
+    qc[TEXT_COLUMNS] = qc[TEXT_COLUMNS].fillna("")
+    return qc.astype({c: "Int64" for c in ("sample_rate", "channels", "frames")})
+
+
+def sorted_table(qc: pd.DataFrame) -> pd.DataFrame:
+    return qc.sort_values("path", kind="stable").reset_index(drop=True)[QC_COLUMNS]
+
+
+def is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def ignore_reason(relative: Path) -> str:
+    """Why a file is not an input ('' if it is a WAV we should read)."""
+    if is_hidden(relative):
+        return "hidden"
+    if relative.suffix.lower() != ".wav":
+        return "not_wav"
+    return ""
+
+
+def species_files(species_dir: Path) -> list[Path]:
+    """Every file below a species folder (hidden ones too, so QC can list them), sorted."""
+    found = []
+    for root, dirs, files in os.walk(species_dir, followlinks=True):
+        dirs.sort()
+        found.extend(Path(root, name) for name in files)
+    return sorted(found)

@@ -1,0 +1,148 @@
+"""The feature step of one species folder: outputs, QC reasons, per-file staleness."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import chirp, write_wav
+from jibjib.features import extract_file, extract_species
+from jibjib.frontend import waveform_to_log_mel
+from jibjib.params import VGGISH
+
+LABEL = "Turdus_merula"
+
+
+@pytest.fixture
+def species(tmp_path: Path) -> Path:
+    data = tmp_path / "birds"
+    for k in (1, 2, 3):
+        write_wav(data / LABEL / f"{LABEL}-123_{k}.wav", chirp(2.0, 44100, seed=k), 44100)
+    return data
+
+
+def run(data: Path, tmp_path: Path, params=VGGISH):
+    return extract_species(data, LABEL, tmp_path / "features", params)
+
+
+def test_npz_contract(species: Path, tmp_path: Path) -> None:
+    qc, stats = run(species, tmp_path)
+    assert stats.computed == 3 and list(qc["status"]) == ["processed"] * 3
+    row = qc.iloc[0]
+    with np.load(row["feature"], allow_pickle=False) as z:
+        log_mel = z["log_mel"]
+        assert log_mel.dtype == np.float32 and log_mel.shape == (1 + (32000 - 400) // 160, 64)
+        assert int(z["sample_rate"]) == 44100 and int(z["channels"]) == 1
+        assert float(z["seconds"]) == pytest.approx(2.0)
+        assert str(z["frontend"]) == VGGISH.fingerprint()
+    samples, rate = soundfile.read(species / row["path"], dtype="float32")
+    np.testing.assert_array_equal(log_mel, waveform_to_log_mel(samples, rate))
+    assert row["path"] == f"{LABEL}/{LABEL}-123_1.wav"
+    assert row["frames"] == log_mel.shape[0]
+
+
+def test_stereo_is_averaged(tmp_path: Path) -> None:
+    left, right = chirp(2.0, 32000, seed=1), chirp(2.0, 32000, f0=3000, seed=2)
+    stereo = write_wav(tmp_path / "s.wav", np.stack([left, right], axis=1), 32000, "FLOAT")
+    mono = write_wav(tmp_path / "m.wav", (left + right) / 2, 32000, "FLOAT")
+    meta = extract_file(stereo, tmp_path / "s.npz")
+    extract_file(mono, tmp_path / "m.npz")
+    assert meta["channels"] == 2
+    a, b = np.load(tmp_path / "s.npz")["log_mel"], np.load(tmp_path / "m.npz")["log_mel"]
+    assert np.abs(a - b).max() < 1e-4
+
+
+def _bad_files(folder: Path) -> dict[str, str]:
+    """Write one file of each broken kind; returns name -> expected QC reason."""
+    good = chirp(1.5, 16000)
+    write_wav(folder / "ok.wav", good, 16000)
+    whole = (folder / "ok.wav").read_bytes()
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "header.wav").write_bytes(whole[:30])
+    (folder / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    (folder / "text.wav").write_text("not audio\n" * 20)
+    soundfile.write(str(folder / "flac.wav"), good, 16000, format="FLAC")
+    nan = good.copy()
+    nan[100] = np.nan
+    write_wav(folder / "nan.wav", nan, 16000, "FLOAT")
+    write_wav(folder / "silence.wav", np.zeros(32000, np.float32), 16000)
+    write_wav(folder / "short.wav", good[:15000], 16000)
+    (folder / "notes.txt").write_text("field notes")
+    (folder / ".DS_Store").write_bytes(b"\0\1")
+    write_wav(folder / "._ok.wav", good, 16000)
+    write_wav(folder / "ok.WAV", good, 16000)
+    return {
+        "ok.wav": "", "ok.WAV": "", "empty.wav": "empty", "header.wav": "unreadable", "cut.wav": "truncated",
+        "text.wav": "unreadable", "flac.wav": "unsupported_format", "nan.wav": "non_finite",
+        "silence.wav": "silent", "short.wav": "too_short", "notes.txt": "not_wav",
+        ".DS_Store": "hidden", "._ok.wav": "hidden",
+    }
+
+
+def test_every_file_gets_a_row_and_a_reason(tmp_path: Path) -> None:
+    expected = _bad_files(tmp_path / "birds" / LABEL)
+    qc, stats = run(tmp_path / "birds", tmp_path)
+    assert len(qc) == len(expected)
+    reasons = {Path(p).name: r for p, r in zip(qc["path"], qc["reason"])}
+    # ok.WAV and ok.wav map to the same npz: the one sorting second is refused.
+    assert reasons.pop("ok.wav") == "duplicate_name" and reasons.pop("ok.WAV") == ""
+    expected.pop("ok.wav"), expected.pop("ok.WAV")
+    assert reasons == expected
+    assert sorted(p.name for p in (tmp_path / "features" / LABEL).iterdir()) == ["ok.npz"]
+    assert stats.computed == 1
+
+
+def test_rerun_recomputes_only_what_changed(species: Path, tmp_path: Path) -> None:
+    run(species, tmp_path)
+    out = tmp_path / "features" / LABEL
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    _, stats = run(species, tmp_path)
+    assert (stats.computed, stats.current) == (0, 3)
+
+    # An mtime-only change (a fresh checkout) is recognised by content.
+    first = species / LABEL / f"{LABEL}-123_1.wav"
+    os.utime(first, ns=(1, 1))
+    _, stats = run(species, tmp_path)
+    assert stats.computed == 0
+
+    # A real edit recomputes that file alone.
+    write_wav(species / LABEL / f"{LABEL}-123_2.wav", chirp(2.0, 44100, seed=99), 44100)
+    _, stats = run(species, tmp_path)
+    assert (stats.computed, stats.current) == (1, 2)
+    assert (out / f"{LABEL}-123_1.npz").stat().st_mtime_ns == stamp[f"{LABEL}-123_1.npz"]
+
+    # A removed file takes its npz with it.
+    (species / LABEL / f"{LABEL}-123_3.wav").unlink()
+    qc, stats = run(species, tmp_path)
+    assert stats.removed == 1 and not (out / f"{LABEL}-123_3.npz").exists() and len(qc) == 2
+
+    # Front-end parameters changed: everything recomputes.
+    _, stats = run(species, tmp_path, dataclasses.replace(VGGISH, log_offset=0.001))
+    assert stats.computed == 2
+
+
+def test_truncated_npz_from_a_killed_run_is_not_trusted(species: Path, tmp_path: Path) -> None:
+    run(species, tmp_path)
+    npz = tmp_path / "features" / LABEL / f"{LABEL}-123_1.npz"
+    good = npz.read_bytes()
+    npz.write_bytes(good[: len(good) // 3])
+    (npz.parent / f".{npz.name}.tmp-999").write_bytes(b"partial")
+    _, stats = run(species, tmp_path)
+    assert stats.computed == 1
+    assert npz.read_bytes() == good
+    assert not list(npz.parent.glob(".*"))
+
+
+def test_symlinked_species_folder(species: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(species / LABEL, elsewhere)
+    (species / LABEL).symlink_to(elsewhere, target_is_directory=True)
+    qc, stats = run(species, tmp_path)
+    assert stats.computed == 3 and set(qc["status"]) == {"processed"}

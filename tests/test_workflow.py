@@ -1,0 +1,73 @@
+"""The Snakemake workflow end to end on small generated trees."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import chirp, make_tree, run_snakemake, write_wav
+
+TARGETS = ["results/labels.tsv", "results/split.tsv", "results/qc/files.tsv"]
+
+
+def read(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", keep_default_na=False)
+
+
+def test_run_rerun_and_add_a_species(tmp_path) -> None:
+    data = make_tree(tmp_path / "birds", {"Alpha_one": 3, "Beta_two": 3})
+    (data / "README.txt").write_text("loose file")
+    write_wav(data / "Beta_two" / "broken.wav", chirp(0.5, 22050), 22050)
+    work = tmp_path / "work"
+    work.mkdir()
+    run_snakemake(work, config={"data_dir": data})
+
+    labels = read(work / "results/labels.tsv")
+    assert list(labels.columns) == ["class_id", "label", "n_files", "n_recordings", "seconds"]
+    assert list(labels["label"]) == ["Alpha_one", "Beta_two"] and list(labels["n_files"]) == [6, 6]
+    qc = read(work / "results/qc/files.tsv")
+    assert len(qc) == 14  # 12 good slices, one too short, one loose file
+    assert dict(zip(qc["path"], qc["reason"]))["Beta_two/broken.wav"] == "too_short"
+    assert dict(zip(qc["path"], qc["reason"]))["README.txt"] == "outside_species_folder"
+    split = read(work / "results/split.tsv")
+    assert len(split) == 12 and split.groupby("recording_id")["split"].nunique().max() == 1
+    assert len(list((work / "results/features/Alpha_one").glob("*.npz"))) == 6
+    for log in ("logs/labels.log", "logs/split.log", "logs/features/Alpha_one.log"):
+        assert (work / log).exists()
+
+    again = run_snakemake(work, config={"data_dir": data})
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    old = {p: p.stat().st_mtime_ns for p in (work / "results/features").rglob("*")}
+    make_tree(data, {"Gamma_three": 2})
+    run_snakemake(work, config={"data_dir": data})
+    assert {p: p.stat().st_mtime_ns for p in old} == old
+    assert len(list((work / "results/features/Gamma_three").glob("*.npz"))) == 4
+    assert list(read(work / "results/labels.tsv")["label"]) == ["Alpha_one", "Beta_two", "Gamma_three"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"split": {"fractions": {"train": 0.5, "val": 0.1, "test": 0.1}}},
+         "config: split.fractions: train + val + test must add up to 1, got 0.5 + 0.1 + 0.1 = 0.7"),
+        ({"split": {"fractions": {"train": 1.5}}}, "config: split.fractions.train: 1.5 is greater than the maximum of 1"),
+        ({"split": {"fraction": 0.5}}, "config: split: Additional properties are not allowed ('fraction' was unexpected)"),
+        ({"data_dir": "{tmp}/nowhere"}, "does not exist"),
+        ({"data_dir": "{tmp}/one"}, "only one species folder"),
+        ({"data_dir": "{tmp}/hollow"}, "has no .wav files"),
+        ({"label_map": "{tmp}/missing.pickle"}, "label_map"),
+    ],
+)
+def test_bad_config_fails_with_one_clear_line(tmp_path, config, message) -> None:
+    make_tree(tmp_path / "birds", {"Alpha_one": 1, "Beta_two": 1})
+    make_tree(tmp_path / "one", {"Alpha_one": 1})
+    make_tree(tmp_path / "hollow", {"Alpha_one": 1})
+    (tmp_path / "hollow" / "Empty_species").mkdir()
+    config = {"data_dir": tmp_path / "birds",
+              **{k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in config.items()}}
+    result = run_snakemake(tmp_path, config=config, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,65 @@
+# Helpers shared by the rules: config validation, the species inventory and
+# how to call the jibjib command.
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
+from snakemake.utils import validate
+
+# The rules call the package from this checkout, installed or not.
+sys.path.insert(0, workflow.basedir)
+from jibjib.config import ConfigError, check_config  # noqa: E402
+
+
+def _stop(message):
+    # One line and exit status 1: a traceback would bury the only thing to fix.
+    print(f"config: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _validate_config():
+    """Fill defaults from the schema; stop with one line naming the bad key."""
+    try:
+        validate(config, "../schemas/config.schema.yaml")
+    except WorkflowError as exc:
+        cause = exc.__cause__ or exc.__context__  # jsonschema's ValidationError
+        if not hasattr(cause, "absolute_path"):
+            raise
+        key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
+        _stop(f"{key}: {cause.message}")
+    try:
+        is_demo = config["data_dir"] == "resources/demo_birds"
+        return check_config(config, demo_hint="make demo" if is_demo else "")
+    except ConfigError as exc:
+        _stop(exc)
+
+
+INVENTORY = _validate_config()
+SPECIES = sorted(INVENTORY)
+DATA_DIR = Path(config["data_dir"])
+FRONTEND_JSON = json.dumps(config["frontend"], sort_keys=True)
+
+# Rules run `python -m jibjib` from this checkout. Inside a conda env `python`
+# is the env's; otherwise it is the interpreter running Snakemake, which has
+# jibjib's dependencies. (Snakemake formats the prefix too, hence {{{{ }}}}.)
+_prefix = f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    _prefix += f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+shell.prefix(_prefix)
+
+
+wildcard_constraints:
+    label=r"[^/]+",
+
+
+def species_inputs(wildcards):
+    """Every file of one species folder: adding, removing or editing one reruns the shard."""
+    return [str(p) for p in INVENTORY[wildcards.label]]
+
+
+def species_manifests():
+    return expand("results/features/{label}.tsv", label=SPECIES)
