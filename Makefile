@@ -24,7 +24,7 @@ $(DEMO_DIR)/.demo.json: | $(STAMP)
 	$(BIN)/jibjib make-demo $(DEMO_DIR)
 
 demo: $(STAMP) $(DEMO_DIR)/.demo.json
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml resources/demo.yaml
 
 lint: $(STAMP) $(DEMO_DIR)/.demo.json
 	$(BIN)/snakemake --lint

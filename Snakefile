@@ -12,6 +12,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/labels.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
@@ -19,4 +20,5 @@ rule all:
         "results/labels.tsv",
         "results/split.tsv",
         "results/qc/files.tsv",
+        model_targets(),
     default_target: True

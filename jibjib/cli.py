@@ -87,6 +87,18 @@ def cmd_split(args: argparse.Namespace) -> None:
                 print(f"split: warning: no {name} recording for {', '.join(missing)}", file=sys.stderr)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    import os
+
+    if args.threads:
+        # Must happen before TensorFlow starts its thread pools.
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
+    from .train import train
+
+    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, json.loads(args.settings))
+    print(f"train {args.model}: {report['epochs_completed']} epochs in {report['seconds']} s", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .labels import DEFAULT_RECORDING_PATTERN
@@ -128,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--recording-pattern", default=DEFAULT_RECORDING_PATTERN)
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", help="train a model on the features")
+    p.add_argument("--model", required=True, choices=["vggish", "convlstm"])
+    p.add_argument("--labels", required=True, help="labels.tsv")
+    p.add_argument("--split", required=True, help="split.tsv")
+    p.add_argument("--features-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="model.keras, history.tsv, train.json and checkpoints/ go here")
+    p.add_argument("--settings", required=True, help="training settings as JSON (see config.yaml)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 
-from conftest import chirp, write_wav
+from conftest import REPO, chirp, write_wav
 from jibjib.features import extract_file, extract_species
 from jibjib.frontend import waveform_to_log_mel
 from jibjib.params import VGGISH
@@ -146,3 +148,16 @@ def test_symlinked_species_folder(species: Path, tmp_path: Path) -> None:
     (species / LABEL).symlink_to(elsewhere, target_is_directory=True)
     qc, stats = run(species, tmp_path)
     assert stats.computed == 3 and set(qc["status"]) == {"processed"}
+
+
+def test_feature_command_never_imports_tensorflow(species: Path, tmp_path: Path) -> None:
+    """TensorFlow's import alone costs seconds; the per-species jobs must not pay it."""
+    code = (
+        "import sys; from jibjib.cli import main; "
+        f"rc = main(['features', '--data-dir', {str(species)!r}, '--label', {LABEL!r}, "
+        f"'--features-dir', {str(tmp_path / 'f')!r}, '--manifest', {str(tmp_path / 'm.tsv')!r}]); "
+        "assert rc == 0; assert 'tensorflow' not in sys.modules and 'resampy' not in sys.modules, 'heavy import'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "3 computed" in result.stderr

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import chirp, make_tree, run_snakemake, write_wav
 
+# The data-preparation stages only: training is tested in test_train.py.
 TARGETS = ["results/labels.tsv", "results/split.tsv", "results/qc/files.tsv"]
 
 
@@ -20,7 +21,7 @@ def test_run_rerun_and_add_a_species(tmp_path) -> None:
     write_wav(data / "Beta_two" / "broken.wav", chirp(0.5, 22050), 22050)
     work = tmp_path / "work"
     work.mkdir()
-    run_snakemake(work, config={"data_dir": data})
+    run_snakemake(work, *TARGETS, config={"data_dir": data})
 
     labels = read(work / "results/labels.tsv")
     assert list(labels.columns) == ["class_id", "label", "n_files", "n_recordings", "seconds"]
@@ -35,12 +36,12 @@ def test_run_rerun_and_add_a_species(tmp_path) -> None:
     for log in ("logs/labels.log", "logs/split.log", "logs/features/Alpha_one.log"):
         assert (work / log).exists()
 
-    again = run_snakemake(work, config={"data_dir": data})
+    again = run_snakemake(work, *TARGETS, config={"data_dir": data})
     assert "Nothing to be done" in again.stdout + again.stderr
 
     old = {p: p.stat().st_mtime_ns for p in (work / "results/features").rglob("*")}
     make_tree(data, {"Gamma_three": 2})
-    run_snakemake(work, config={"data_dir": data})
+    run_snakemake(work, *TARGETS, config={"data_dir": data})
     assert {p: p.stat().st_mtime_ns for p in old} == old
     assert len(list((work / "results/features/Gamma_three").glob("*.npz"))) == 4
     assert list(read(work / "results/labels.tsv")["label"]) == ["Alpha_one", "Beta_two", "Gamma_three"]
@@ -66,8 +67,18 @@ def test_bad_config_fails_with_one_clear_line(tmp_path, config, message) -> None
     (tmp_path / "hollow" / "Empty_species").mkdir()
     config = {"data_dir": tmp_path / "birds",
               **{k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in config.items()}}
-    result = run_snakemake(tmp_path, config=config, check=False)
+    result = run_snakemake(tmp_path, *TARGETS, config=config, check=False)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_training_jobs_ask_for_a_gpu(tmp_path) -> None:
+    """The resource tags a SLURM profile or `--resources gpu=N` schedules by."""
+    data = make_tree(tmp_path / "birds", {"Alpha_one": 1, "Beta_two": 1})
+    plan = run_snakemake(tmp_path, "--dry-run", config={"data_dir": data}).stdout
+    jobs = {block.split(":", 1)[0].strip(): block for block in plan.split("rule ")[1:]}
+    for rule in ("train_vggish", "train_convlstm"):
+        assert "gpu=1" in jobs[rule], jobs[rule]
+    assert "gpu=" not in jobs["features"]

@@ -63,3 +63,12 @@ def species_inputs(wildcards):
 
 def species_manifests():
     return expand("results/features/{label}.tsv", label=SPECIES)
+
+
+def training_settings(model):
+    """The JSON handed to `jibjib train`: shared train settings plus the model's own."""
+    return json.dumps({**config["train"], **config[model]}, sort_keys=True)
+
+
+def model_targets():
+    return expand("results/models/{model}/model.keras", model=config["models"])

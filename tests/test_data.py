@@ -1,0 +1,82 @@
+"""Streaming input: every training file once per epoch, sequences, class weights."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from jibjib import fsutil  # noqa: E402
+from jibjib.data import (  # noqa: E402
+    class_weights, patch_dataset, sequence_dataset, split_files, to_sequences,
+)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path):
+    """npz files whose every value is the file's number, so each patch names its file."""
+    features = tmp_path / "features"
+    rows = []
+    for i in range(12):
+        label = ["Alpha_one", "Beta_two", "Gamma_three"][i % 3]
+        frames = 96 * (1 + i % 4) + 17  # 1..4 patches and a partial tail
+        path = f"{label}/{label}-{i}_1.wav"
+        fsutil.save_npz(features / Path(path).with_suffix(".npz"),
+                        log_mel=np.full((frames, 64), i, np.float32))
+        rows.append({"path": path, "label": label, "recording_id": f"{label}-{i}",
+                     "split": "train" if i < 9 else "test"})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.tsv", sep="\t", index=False)
+    pd.DataFrame({"class_id": [0, 1, 2], "label": ["Alpha_one", "Beta_two", "Gamma_three"],
+                  "n_files": 4, "n_recordings": 4, "seconds": 1.0}).to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
+    return split_files(tmp_path / "split.tsv", tmp_path / "labels.tsv", features, "train")
+
+
+def test_every_training_patch_once_per_epoch(corpus: pd.DataFrame) -> None:
+    ds = patch_dataset(corpus, batch_size=5, shuffle=True, seed=3, shuffle_buffer=7)
+    expected = Counter({i: 1 + i % 4 for i in range(9)})
+    orders = []
+    for _ in range(2):
+        seen: Counter = Counter()
+        order = []
+        for patches, class_ids in ds:
+            assert patches.shape[1:] == (96, 64)
+            for patch, class_id in zip(patches.numpy(), class_ids.numpy()):
+                file_number = int(patch[0, 0])
+                assert (patch == file_number).all() and class_id == file_number % 3
+                seen[file_number] += 1
+                order.append(file_number)
+        assert seen == expected
+        orders.append(order)
+    assert orders[0] != orders[1]  # reshuffled between epochs
+
+
+def test_sequences_pad_mask_and_skip() -> None:
+    patches = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2)
+    seqs, mask = to_sequences(patches, seq_len=4)
+    assert seqs.shape == (1, 4, 2, 2) and mask.tolist() == [[True, True, True, False]]
+    assert (seqs[0, 3] == 0).all()
+    assert to_sequences(patches, seq_len=4, short="skip")[0].shape[0] == 0
+    seqs, mask = to_sequences(np.ones((9, 2, 2), np.float32), seq_len=4)
+    assert seqs.shape[0] == 3 and mask.sum() == 9
+    assert to_sequences(np.ones((9, 2, 2), np.float32), seq_len=4, short="skip")[0].shape[0] == 2
+
+
+def test_sequence_dataset_covers_every_file(corpus: pd.DataFrame) -> None:
+    ds = sequence_dataset(corpus, batch_size=4, seq_len=2, shuffle=False)
+    counts: Counter = Counter()
+    for inputs, class_ids in ds:
+        for seq, mask in zip(inputs["patches"].numpy(), inputs["mask"].numpy()):
+            counts[int(seq[0, 0, 0])] += int(mask.sum())
+            assert (seq[~mask] == 0).all()
+    assert counts == Counter({i: 1 + i % 4 for i in range(9)})
+
+
+def test_class_weights_balance_the_classes() -> None:
+    weights = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights[0] * 3 == pytest.approx(weights[1] * 1)
+    assert weights[2] == 1.0

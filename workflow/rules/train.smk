@@ -1,0 +1,42 @@
+# Stage 3: features + labels + split -> trained Keras models (results/models/<model>/).
+# Tagged gpu=1 so a workstation runs one training per GPU and a SLURM profile
+# sends them to GPU nodes; on a machine without GPUs they run on the CPU.
+
+
+rule train_vggish:
+    input:
+        labels="results/labels.tsv",
+        split="results/split.tsv",
+        features=species_manifests(),
+    output:
+        model="results/models/vggish/model.keras",
+        history="results/models/vggish/history.tsv",
+        report="results/models/vggish/train.json",
+    params:
+        model="vggish",
+        settings=lambda wildcards: training_settings("vggish"),
+    log:
+        "logs/train/vggish.log",
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=24 * 60,
+    shell:
+        "python -m jibjib train --model {params.model} --labels {input.labels:q} --split {input.split:q}"
+        " --features-dir results/features --out-dir results/models/{params.model}"
+        " --settings {params.settings:q} --threads {threads} 2> {log:q}"
+
+
+use rule train_vggish as train_convlstm with:
+    output:
+        model="results/models/convlstm/model.keras",
+        history="results/models/convlstm/history.tsv",
+        report="results/models/convlstm/train.json",
+    params:
+        model="convlstm",
+        settings=lambda wildcards: training_settings("convlstm"),
+    log:
+        "logs/train/convlstm.log",
