@@ -44,9 +44,20 @@ class Audio:
 
     def mono(self) -> np.ndarray:
         """Channels averaged, as the VGGish reference does."""
-        if self.samples.ndim == 1:
-            return self.samples
-        return self.samples.mean(axis=1, dtype=np.float32)
+        return to_mono(self.samples)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels of (n, channels) samples; (n,) samples pass through."""
+    samples = np.asarray(samples)
+    if samples.ndim == 1:
+        return samples
+    # Column by column: numpy's mean over a short last axis is ~20x slower.
+    total = samples[:, 0].copy()
+    for channel in range(1, samples.shape[1]):
+        total += samples[:, channel]
+    total *= total.dtype.type(1 / samples.shape[1])
+    return total
 
 
 def _riff_data_chunk(content: bytes) -> tuple[int, int] | None:

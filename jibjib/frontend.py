@@ -15,6 +15,7 @@ import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import as_strided
 
+from .audio import to_mono
 from .params import VGGISH, FrontEnd
 from .resample import resample
 
@@ -47,19 +48,30 @@ def frame(signal: np.ndarray, length: int, hop: int) -> np.ndarray:
     return as_strided(signal, shape=(n, length), strides=(hop * signal.strides[0], signal.strides[0]), writeable=False)
 
 
+# Mel bands per matrix product: each band reads only the FFT bins under its
+# triangle, so products over groups of neighbouring bands skip most zeros.
+BANDS_PER_GROUP = 8
+
+
 @functools.lru_cache(maxsize=8)
-def _float32_tables(params: FrontEnd) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Window and the mel weights restricted to the FFT bins they use."""
+def _float32_tables(params: FrontEnd) -> tuple[np.ndarray, int, int, tuple]:
+    """Window, the FFT bin range the mel weights use, and (bands, bins, weights) per band group."""
     weights = mel_matrix(params)
     used = np.flatnonzero(weights.any(axis=1))
     lo, hi = int(used[0]), int(used[-1]) + 1
-    return (periodic_hann(params.window_samples).astype(np.float32),
-            np.ascontiguousarray(weights[lo:hi], dtype=np.float32), lo, hi)
+    groups = []
+    for first in range(0, params.mel_bands, BANDS_PER_GROUP):
+        bands = slice(first, min(first + BANDS_PER_GROUP, params.mel_bands))
+        rows = np.flatnonzero(weights[:, bands].any(axis=1))
+        start, stop = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (lo, lo + 1)
+        groups.append((bands, slice(start - lo, stop - lo),
+                       np.ascontiguousarray(weights[start:stop, bands], dtype=np.float32)))
+    return periodic_hann(params.window_samples).astype(np.float32), lo, hi, tuple(groups)
 
 
 def log_mel(waveform: np.ndarray, params: FrontEnd = VGGISH) -> np.ndarray:
     """float32 (frames, mel_bands) log-mel of a mono waveform at `params.sample_rate`."""
-    window, weights, lo, hi = _float32_tables(params)
+    window, lo, hi, groups = _float32_tables(params)
     frames = frame(np.ascontiguousarray(waveform, dtype=np.float32), params.window_samples, params.hop_samples)
     if frames.shape[0] == 0:
         return np.zeros((0, params.mel_bands), np.float32)
@@ -67,16 +79,12 @@ def log_mel(waveform: np.ndarray, params: FrontEnd = VGGISH) -> np.ndarray:
     padded = np.empty((frames.shape[0], params.fft_length), np.float32)
     padded[:, params.window_samples:] = 0.0
     np.multiply(frames, window, out=padded[:, : params.window_samples])
-    spectrum = scipy.fft.rfft(padded, axis=1, workers=1, overwrite_x=True)[:, lo:hi]
-    mel = np.abs(spectrum) @ weights
+    magnitude = np.abs(scipy.fft.rfft(padded, axis=1, workers=1, overwrite_x=True)[:, lo:hi])
+    mel = np.empty((frames.shape[0], params.mel_bands), np.float32)
+    for bands, bins, weights in groups:
+        np.matmul(magnitude[:, bins], weights, out=mel[:, bands])
     mel += np.float32(params.log_offset)
     return np.log(mel, out=mel)
-
-
-def to_mono(samples: np.ndarray) -> np.ndarray:
-    """Average the channels of (n, channels) samples, as the reference does."""
-    samples = np.asarray(samples)
-    return samples if samples.ndim == 1 else samples.mean(axis=1)
 
 
 def waveform_to_log_mel(samples: np.ndarray, sample_rate: int, params: FrontEnd = VGGISH) -> np.ndarray:
