@@ -76,9 +76,17 @@ def check_label_map(path: str | None, species: list[str]) -> None:
                           + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
 
 
+def check_checkpoint(path: str | None) -> None:
+    """The VGGish checkpoint must exist: a V1 file, or a V2 prefix with its .index."""
+    if path and not Path(path).is_file() and not Path(f"{path}.index").is_file():
+        raise ConfigError(f"vggish.checkpoint: {path} does not exist (neither a checkpoint file nor a prefix.index)")
+
+
 def check_config(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[Path]]:
     """Run every check; returns the species inventory (label -> files)."""
     inventory = check_data_dir(Path(config["data_dir"]), demo_hint)
     check_split(config["split"])
     check_label_map(config.get("label_map"), sorted(inventory))
+    if "vggish" in config.get("models", []):
+        check_checkpoint(config.get("vggish", {}).get("checkpoint"))
     return inventory

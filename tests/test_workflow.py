@@ -58,6 +58,9 @@ def test_run_rerun_and_add_a_species(tmp_path) -> None:
         ({"data_dir": "{tmp}/one"}, "only one species folder"),
         ({"data_dir": "{tmp}/hollow"}, "has no .wav files"),
         ({"label_map": "{tmp}/missing.pickle"}, "label_map"),
+        ({"vggish": {"checkpoint": "/nowhere/vggish_model.ckpt"}},
+         "config: vggish.checkpoint: /nowhere/vggish_model.ckpt does not exist"),
+        ({"models": ["vggish", "resnet"]}, "config: models.1: 'resnet' is not one of ['vggish', 'convlstm']"),
     ],
 )
 def test_bad_config_fails_with_one_clear_line(tmp_path, config, message) -> None:
