@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from jibjib.data import load_patches, split_files, to_sequences  # noqa: E402
 
@@ -47,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     results = Path(args.results)
     files = split_files(results / "split.tsv", results / "labels.tsv", results / "features", "test")
-    n_classes = sum(1 for _ in open(results / "labels.tsv")) - 1
+    n_classes = len(pd.read_csv(results / "labels.tsv", sep="\t"))
     for name in ("vggish", "convlstm"):
         path = results / "models" / name / "model.keras"
         if not path.exists():

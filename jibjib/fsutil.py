@@ -13,7 +13,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
@@ -24,19 +24,18 @@ class OutputError(OSError):
     """A write that failed; the message names the path."""
 
 
-def temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+def _temp_name(path: Path) -> Path:
+    """Hidden, per-process, and keeping the suffixes of `path` (Keras checks them)."""
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}{''.join(path.suffixes)}")
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file next to `path`; rename it over `path` on success."""
-    path = Path(path)
-    tmp = temp_name(path)
+def _renamed_into_place(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it over `path` if the block succeeds."""
+    tmp = _temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
-            yield f
+        yield tmp
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -44,6 +43,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file next to `path`; rename it over `path` on success."""
+    with _renamed_into_place(Path(path)) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+
+
+def atomic_save(path: str | os.PathLike, save: Callable[[Path], Any]) -> None:
+    """Let `save(tmp)` write a temporary file next to `path` (for libraries that
+    write by file name, such as Keras), then rename it over `path`."""
+    with _renamed_into_place(Path(path)) as tmp:
+        save(tmp)
 
 
 def save_npz(path: str | os.PathLike, **arrays: Any) -> None:

@@ -39,12 +39,6 @@ warnings.filterwarnings("ignore", message="Your input ran out of data")
 log = logging.getLogger("jibjib.train")
 
 
-def strategy() -> tf.distribute.Strategy:
-    """MirroredStrategy over every visible GPU; the default (CPU) strategy otherwise."""
-    gpus = tf.config.list_logical_devices("GPU")
-    return tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
-
-
 def build_model(model: str, n_classes: int, settings: dict[str, Any]) -> keras.Model:
     if model == "vggish":
         return vggish_classifier(
@@ -67,7 +61,7 @@ def build_model(model: str, n_classes: int, settings: dict[str, Any]) -> keras.M
     raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
 
 
-def _datasets(model: str, files: pd.DataFrame, batch_size: int, settings: dict[str, Any],
+def _dataset(model: str, files: pd.DataFrame, batch_size: int, settings: dict[str, Any],
               shuffle: bool, seed: int) -> tf.data.Dataset:
     if model == "vggish":
         ds = patch_dataset(files, batch_size, shuffle=shuffle, seed=seed,
@@ -125,7 +119,6 @@ class _ResumableState(keras.callbacks.Callback):
         return state if state.get("fingerprint") == self.fingerprint else None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        fsutil.remove_stale_temps(self.folder)
         state = self.saved_state()
         if state is None:
             return
@@ -136,9 +129,7 @@ class _ResumableState(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         name = f"state-{epoch + 1:04d}.weights.h5"
-        tmp = self.folder / f".{name}{fsutil.TMP_MARK}{os.getpid()}.weights.h5"  # Keras wants the suffix
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.folder / name)
+        fsutil.atomic_save(self.folder / name, self.model.save_weights)
         fsutil.write_json(self.meta, {"epoch": epoch + 1, "weights": name, "fingerprint": self.fingerprint})
         for old in self.folder.glob("state-*.weights.h5"):
             if old.name != name:
@@ -157,6 +148,7 @@ def train(
     out = Path(out_dir)
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
+    fsutil.remove_stale_temps(out)  # half-written files of a killed run
     seed = int(settings["seed"])
     keras.utils.set_random_seed(seed)
 
@@ -168,14 +160,15 @@ def train(
     if train_files.empty:
         raise ValueError(f"{split_tsv} has no training files")
 
-    distribution = strategy()
-    replicas = distribution.num_replicas_in_sync
     gpus = tf.config.list_logical_devices("GPU")
+    # MirroredStrategy over every visible GPU; the default (CPU) strategy otherwise.
+    distribution = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+    replicas = distribution.num_replicas_in_sync
     if settings["mixed_precision"] and gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
     batch_size = int(settings["batch_size"]) * replicas
-    train_ds = _datasets(model, train_files, batch_size, settings, shuffle=True, seed=seed)
-    val_ds = _datasets(model, val_files, batch_size, settings, shuffle=False, seed=seed) if len(val_files) else None
+    train_ds = _dataset(model, train_files, batch_size, settings, shuffle=True, seed=seed)
+    val_ds = _dataset(model, val_files, batch_size, settings, shuffle=False, seed=seed) if len(val_files) else None
 
     with distribution.scope():
         net = build_model(model, n_classes, settings)
@@ -222,23 +215,19 @@ def train(
     net.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], class_weight=weights,
             callbacks=callbacks, verbose=0, shuffle=False)  # the datasets shuffle themselves
 
-    tmp_model = out / f".tmp-{os.getpid()}-model.keras"  # Keras insists on the suffix
-    net.save(tmp_model)
-    os.replace(tmp_model, out / "model.keras")
+    fsutil.atomic_save(out / "model.keras", net.save)
     history = pd.read_csv(history_path, sep="\t") if history_path.exists() else pd.DataFrame({"epoch": []})
     history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
     fsutil.write_tsv(out / "history.tsv", history)
     report = {
         "model": model,
         "classes": labels["label"].astype(str).tolist(),
-        "settings": {k: v for k, v in settings.items()},
+        "settings": settings,
         "n_train_files": len(train_files),
         "n_val_files": len(val_files),
         "epochs_completed": int(len(history)),
         "resumed": resumed,
-        "trunk_initialisation": (
-            "checkpoint" if model == "vggish" and settings.get("checkpoint") else "random"
-        ) if model == "vggish" else "random",
+        "trunk_initialisation": "checkpoint" if model == "vggish" and settings.get("checkpoint") else "random",
         "seconds": round(time.monotonic() - started, 1),
         "devices": {"replicas": replicas, "gpus": len(gpus)},
         "versions": {"jibjib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
