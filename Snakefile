@@ -13,6 +13,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/labels.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/export.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:

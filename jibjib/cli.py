@@ -88,15 +88,53 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import os
-
-    if args.threads:
-        # Must happen before TensorFlow starts its thread pools.
-        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(args.threads))
+    _tensorflow_threads(args.threads)
     from .train import train
 
     report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, json.loads(args.settings))
     print(f"train {args.model}: {report['epochs_completed']} epochs in {report['seconds']} s", file=sys.stderr)
+
+
+def _tensorflow_threads(threads: int) -> None:
+    import os
+
+    if threads:
+        # Must happen before TensorFlow starts its thread pools.
+        os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    _tensorflow_threads(args.threads)
+    from .evaluate import evaluate
+
+    report = evaluate(args.model_dir, args.labels, args.split, args.features_dir, args.out_dir,
+                      target_precision=args.target_precision, top_k=args.top_k)
+    f = report["file"]
+    print(f"evaluate {report['model']}: {report['n_files']} test files, file top-1 {f['top1_accuracy']}, "
+          f"macro F1 {f['macro']['f1']}, cmAP {f['cmap']}", file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    export(args.model_dir, args.eval_dir, args.labels, args.split, args.out, _frontend(args.frontend), args.top_k)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Exported, load_thresholds, predict_files, to_tsv
+
+    model = Exported(args.model)
+    thresholds = None
+    if args.thresholds is not None:
+        thresholds = load_thresholds(args.thresholds or model.thresholds_path, model.labels)
+    results = predict_files(model, args.files, args.top_k, thresholds, args.calibrated)
+    for failed in (r for r in results if r.error):
+        print(f"jibjib predict: {failed.path}: {failed.error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        sys.stdout.write(to_tsv(results))
+    return 1 if any(r.error for r in results) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +188,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", required=True, help="training settings as JSON (see config.yaml)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, figures and thresholds of a trained model on the test split")
+    p.add_argument("--model-dir", required=True, help="results/models/<model> (model.keras, train.json, history.tsv)")
+    p.add_argument("--labels", required=True, help="labels.tsv")
+    p.add_argument("--split", required=True, help="split.tsv")
+    p.add_argument("--features-dir", required=True)
+    p.add_argument("--out-dir", required=True, help="results/eval/<model>")
+    p.add_argument("--target-precision", type=float, default=0.9, help="per-class thresholds reach this on val")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="SavedModel for TensorFlow Serving, front end in the graph")
+    p.add_argument("--model-dir", required=True, help="results/models/<model>")
+    p.add_argument("--eval-dir", required=True, help="results/eval/<model> (metrics.json, thresholds.tsv)")
+    p.add_argument("--labels", required=True, help="labels.tsv")
+    p.add_argument("--split", required=True, help="split.tsv (counts for the model card)")
+    p.add_argument("--frontend", help="front-end parameters as JSON (default: VGGish)")
+    p.add_argument("--top-k", type=int, default=5, help="labels returned by serving_default")
+    p.add_argument("--out", required=True, help="results/export/<model>/<version> (an integer version)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="top species of WAV files, with an exported model")
+    p.add_argument("--model", required=True, help="an export folder: results/export/<model>/<version>")
+    p.add_argument("files", nargs="+", metavar="FILE", help="WAV files, any sample rate")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="JSON instead of TSV")
+    p.add_argument("--thresholds", nargs="?", const="", default=None, metavar="TSV",
+                   help="mark species at or above their threshold as detected (default TSV: the export's own)")
+    p.add_argument("--calibrated", action="store_true", help="temperature-scaled scores (thresholds apply to raw ones)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -157,14 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .fsutil import OutputError
     from .labels import LabelError
+    from .predict import ExportError
 
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except (ConfigError, LabelError, OutputError) as exc:
+        status = args.func(args)
+    except (ConfigError, LabelError, OutputError, ExportError) as exc:
         print(f"jibjib {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -70,5 +70,19 @@ def training_settings(model):
     return json.dumps({**config["train"], **config[model]}, sort_keys=True)
 
 
+MODEL_NAMES = ("vggish", "convlstm")
+
+
+def export_dir(model):
+    return f"results/export/{model}/{config['export']['version']}"
+
+
+def report_place(model):
+    """Where an evaluation output sits in the Snakemake report."""
+    return {"category": "Evaluation", "subcategory": model}
+
+
 def model_targets():
-    return expand("results/models/{model}/model.keras", model=config["models"])
+    """Per configured model: its evaluation and its export (which need the trained model)."""
+    return [target for model in config["models"]
+            for target in (f"results/eval/{model}/metrics.json", export_dir(model))]

@@ -5,8 +5,8 @@ rule labels:
     input:
         manifests=species_manifests(),
     output:
-        labels="results/labels.tsv",
-        qc="results/qc/files.tsv",
+        labels=report("results/labels.tsv", caption="../report/labels.rst", category="Data"),
+        qc=report("results/qc/files.tsv", caption="../report/qc.rst", category="Data"),
     params:
         data_dir=DATA_DIR,
         label_map=f"--label-map {shlex.quote(config['label_map'])}" if config["label_map"] else "",

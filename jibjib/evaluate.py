@@ -1,0 +1,215 @@
+"""The evaluation step: score a trained model on the test split and write its report.
+
+Scores are computed per patch (VGGish) or per sequence of patches (ConvLSTM)
+and averaged into one score per file, because users act on files.  The
+validation split is used only to fit the calibration temperature and the
+per-class thresholds; every reported figure is measured on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import fsutil, metrics
+from .data import load_patches, split_files, to_sequences
+
+# Patches per forward pass: large enough to keep a CPU busy, small enough for
+# any GPU; memory does not grow with the size of the split.
+BATCH_PATCHES = 256
+
+
+def _batches(files: pd.DataFrame, seq_len: int | None) -> Iterator[tuple[Any, np.ndarray]]:
+    """Model inputs in batches of about BATCH_PATCHES patches, with the file each example came from."""
+    inputs, owners, size = [], [], 0
+    for index, npz in enumerate(files["feature"]):
+        patches = load_patches(npz)
+        if patches.shape[0] == 0:
+            continue  # too short for one patch: no score (reported as files_without_patches)
+        if seq_len is None:
+            example = patches
+        else:
+            # Inference always pads: `short_files: skip` only keeps short files out of training.
+            example = to_sequences(patches, seq_len, "pad")
+        n = len(example) if seq_len is None else len(example[0])
+        inputs.append(example)
+        owners.append(np.full(n, index))
+        size += patches.shape[0]
+        if size >= BATCH_PATCHES:
+            yield _stack(inputs, seq_len), np.concatenate(owners)
+            inputs, owners, size = [], [], 0
+    if inputs:
+        yield _stack(inputs, seq_len), np.concatenate(owners)
+
+
+def _stack(inputs: list, seq_len: int | None) -> Any:
+    if seq_len is None:
+        return np.concatenate(inputs)
+    return {"patches": np.concatenate([s for s, _ in inputs]), "mask": np.concatenate([m for _, m in inputs])}
+
+
+def model_seq_len(model: Any) -> int | None:
+    """Patches per sequence for a ConvLSTM (two inputs), None for a per-patch model."""
+    return int(model.inputs[0].shape[1]) if len(model.inputs) > 1 else None
+
+
+def score_files(model: Any, files: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of every patch (or sequence) of `files` and the row of `files` each belongs to."""
+    seq_len = model_seq_len(model)
+    logits, owners = [], []
+    for inputs, owner in _batches(files, seq_len):
+        logits.append(np.asarray(model.predict_on_batch(inputs), dtype=np.float64))
+        owners.append(owner)
+    n_classes = int(model.outputs[0].shape[-1])
+    if not logits:
+        return np.zeros((0, n_classes)), np.zeros(0, int)
+    return np.concatenate(logits), np.concatenate(owners)
+
+
+def _level_report(y: np.ndarray, scores: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:
+    report = metrics.classification_metrics(y, scores, classes, top_k)
+    report["confusion"] = metrics.confusion_matrix(y, scores.argmax(axis=1), len(classes)).tolist() if len(y) else []
+    return report
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    labels_tsv: str | os.PathLike,
+    split_tsv: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    target_precision: float = 0.9,
+    top_k: int = 5,
+) -> dict[str, Any]:
+    """Write metrics.json, report.md, file_scores.tsv, confusion.tsv, thresholds.tsv and figures to out_dir."""
+    import keras
+
+    from . import figures
+
+    model_dir, out = Path(model_dir), Path(out_dir)
+    trained = json.loads((model_dir / "train.json").read_text())
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    multi_label = bool(trained["settings"].get("multi_label", False))
+    labels = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)
+    classes = labels["label"].astype(str).tolist()
+    unit = "patch" if model_seq_len(model) is None else "sequence"
+
+    def scored(split: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        files = split_files(split_tsv, labels_tsv, features_dir, split)
+        print(f"evaluate {trained['model']}: scoring {len(files)} {split} files", file=sys.stderr, flush=True)
+        logits, owner = score_files(model, files)
+        return files, logits, owner
+
+    val_files, val_logits, val_owner = scored("val")
+    test_files, test_logits, test_owner = scored("test")
+
+    def with_patches(files: pd.DataFrame, owner: np.ndarray) -> np.ndarray:
+        return np.isin(np.arange(len(files)), owner)
+
+    val_kept, test_kept = with_patches(val_files, val_owner), with_patches(test_files, test_owner)
+    val_y = val_files["class_id"].to_numpy()[val_kept]
+    test_y = test_files["class_id"].to_numpy()[test_kept]
+    # Renumber owners to the files that have patches.
+    val_owner = np.searchsorted(np.flatnonzero(val_kept), val_owner)
+    test_owner = np.searchsorted(np.flatnonzero(test_kept), test_owner)
+
+    temperature = metrics.fit_temperature(val_logits, val_y[val_owner], multi_label)
+    test_scores = metrics.file_scores(test_logits, test_owner, len(test_y), 1.0, multi_label)
+    calibrated = metrics.file_scores(test_logits, test_owner, len(test_y), temperature, multi_label)
+    val_scores = metrics.file_scores(val_logits, val_owner, len(val_y), 1.0, multi_label)
+    unit_scores = (metrics.sigmoid if multi_label else metrics.softmax)(test_logits)
+
+    thresholds = pd.DataFrame(metrics.precision_thresholds(val_y, val_scores, classes, target_precision))
+    file_level = _level_report(test_y, test_scores, classes, top_k)
+    reliability = {
+        "uncalibrated": metrics.expected_calibration_error(test_y, test_scores),
+        "calibrated": metrics.expected_calibration_error(test_y, calibrated),
+    }
+    report = {
+        "model": trained["model"],
+        "split": "test",
+        "classes": classes,
+        "trunk_initialisation": trained.get("trunk_initialisation"),
+        "epochs_completed": trained.get("epochs_completed"),
+        "n_files": int(len(test_files)),
+        "files_without_patches": int((~test_kept).sum()),
+        "file_score": f"mean of the {unit} probabilities of the file",
+        "file": file_level,
+        "patch_unit": unit,
+        "patch": _level_report(test_y[test_owner], unit_scores, classes, top_k),
+        "calibration": {
+            "temperature": temperature,
+            "fitted_on": "val",
+            "n_val_files": int(len(val_y)),
+            "ece_bins": metrics.ECE_BINS,
+            "file_ece_before": reliability["uncalibrated"]["ece"],
+            "file_ece_after": reliability["calibrated"]["ece"],
+        },
+        "thresholds": {"target_precision": target_precision, "fitted_on": "val",
+                       "classes_reaching_target": int((thresholds["status"] == "ok").sum())},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    kept_files = test_files[test_kept].reset_index(drop=True)
+    scores_table = pd.DataFrame({"path": kept_files["path"], "label": kept_files["label"],
+                                 "predicted": [classes[i] for i in test_scores.argmax(axis=1)]})
+    scores_table = pd.concat([scores_table, pd.DataFrame(test_scores, columns=[f"score_{c}" for c in classes])], axis=1)
+    fsutil.write_tsv(out / "file_scores.tsv", scores_table)
+    confusion = pd.DataFrame(file_level["confusion"] or np.zeros((len(classes),) * 2, int), index=classes, columns=classes)
+    fsutil.write_tsv(out / "confusion.tsv", confusion.rename_axis("true \\ predicted").reset_index())
+    fsutil.write_tsv(out / "thresholds.tsv", thresholds)
+    figures.confusion_matrix(out / "confusion.png", confusion.to_numpy(), classes, f"{trained['model']}: test files")
+    figures.reliability_diagram(out / "reliability.png", reliability, temperature)
+    history = model_dir / "history.tsv"
+    figures.training_curves(out / "training_curves.png", pd.read_csv(history, sep="\t"), trained["model"])
+    fsutil.write_json(out / "metrics.json", report)
+    with fsutil.atomic_open(out / "report.md") as f:
+        f.write(markdown_report(report, thresholds))
+    return report
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def markdown_report(report: dict[str, Any], thresholds: pd.DataFrame) -> str:
+    """The human-readable summary of metrics.json."""
+    file_level = report["file"]
+    lines = [
+        f"# {report['model']}: evaluation on the test split",
+        "",
+        f"{report['n_files']} test files ({report['files_without_patches']} too short to score), "
+        f"{len(report['classes'])} classes, trunk initialisation: {report['trunk_initialisation']}, "
+        f"{report['epochs_completed']} epochs. File score: {report['file_score']}.",
+        "",
+        "| level | top-1 | top-5 | macro P | macro R | macro F1 | cmAP | macro ROC-AUC | ECE |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for level in ("file", "patch"):
+        m = report[level]
+        top_k = next(v for k, v in m.items() if k.startswith("top") and k != "top1_accuracy")
+        lines.append(f"| {level if level == 'file' else report['patch_unit']} | {_fmt(m['top1_accuracy'])} | {_fmt(top_k)} | {_fmt(m['macro']['precision'])} | "
+                     f"{_fmt(m['macro']['recall'])} | {_fmt(m['macro']['f1'])} | {_fmt(m['cmap'])} | "
+                     f"{_fmt(m['macro_roc_auc'])} | {_fmt(m['ece'])} |")
+    cal = report["calibration"]
+    lines += [
+        "",
+        f"Calibration: temperature {cal['temperature']:.3f} fitted on {cal['n_val_files']} val files; "
+        f"file-level ECE on test {_fmt(cal['file_ece_before'])} before, {_fmt(cal['file_ece_after'])} after.",
+        "",
+        "## Per class (file level)",
+        "",
+        f"| class | support | precision | recall | F1 | AP | ROC-AUC | threshold for precision {report['thresholds']['target_precision']:g} (val) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    threshold_of = dict(zip(thresholds["label"], thresholds["threshold"]))
+    for row in file_level["per_class"]:
+        lines.append(f"| {row['label']} | {row['support']} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | "
+                     f"{_fmt(row['f1'])} | {_fmt(row['average_precision'])} | {_fmt(row['roc_auc'])} | "
+                     f"{_fmt(threshold_of.get(row['label']))} |")
+    return "\n".join(lines) + "\n"

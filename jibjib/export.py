@@ -1,0 +1,194 @@
+"""The export step: a trained Keras model -> a TensorFlow Serving SavedModel.
+
+Layout (what TF Serving's `--model_base_path` expects, one folder per version):
+
+    <export>/<model>/<version>/saved_model.pb
+                               variables/
+                               assets/labels.txt        one label per line, class order
+                               assets/labels.tsv        class_id, label, external_id, counts
+                               assets/thresholds.tsv    per-class thresholds tuned on val
+                               assets/model_card.json   settings, data counts, metrics, versions
+
+Signatures:
+  serving_default: waveform float32 (batch, samples), mono 16 kHz -> scores,
+      calibrated_scores (batch, classes), top_k_scores, top_k_labels (batch, k).
+      The log-mel front end runs inside the graph with the feature step's parameters.
+  log_mel: patches float32 (n, 96, 64) of one recording -> scores (per patch
+      for VGGish, (1, classes) for the ConvLSTM) and file_scores (1, classes),
+      for clients of the old service, which sent patches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from . import __version__, fsutil  # noqa: E402
+from .frontend import mel_matrix, periodic_hann  # noqa: E402
+from .params import FrontEnd  # noqa: E402
+
+
+def tf_log_mel(waveform: tf.Tensor, params: FrontEnd) -> tf.Tensor:
+    """(batch, samples) float32 at params.sample_rate -> (batch, frames, mel_bands): the feature step's log-mel in TF ops."""
+    frames = tf.signal.frame(waveform, params.window_samples, params.hop_samples, pad_end=False)
+    window = tf.constant(periodic_hann(params.window_samples), tf.float32)
+    spectrum = tf.abs(tf.signal.rfft(frames * window, fft_length=[params.fft_length]))
+    mel = tf.tensordot(spectrum, tf.constant(mel_matrix(params), tf.float32), axes=1)
+    return tf.math.log(mel + params.log_offset)
+
+
+def tf_patches(log_mel: tf.Tensor, params: FrontEnd) -> tf.Tensor:
+    """(batch, frames, bands) -> (batch, patches, patch_frames, bands); a partial tail is dropped, as in to_patches."""
+    n = tf.shape(log_mel)[1] // params.patch_frames
+    kept = log_mel[:, : n * params.patch_frames]
+    return tf.reshape(kept, [tf.shape(log_mel)[0], n, params.patch_frames, params.mel_bands])
+
+
+class ExportModule(tf.Module):
+    """The served graph: front end, classifier and file-level aggregation."""
+
+    def __init__(self, model: keras.Model, classes: list[str], params: FrontEnd, temperature: float,
+                 top_k: int, multi_label: bool, assets: dict[str, Path]) -> None:
+        super().__init__()
+        self.model = model
+        self.params = params
+        self.seq_len = int(model.inputs[0].shape[1]) if len(model.inputs) > 1 else None
+        self.labels = tf.constant(classes)
+        self.temperature = tf.constant(temperature, tf.float32)
+        self.top_k = min(top_k, len(classes))
+        self.multi_label = multi_label
+        for name, path in assets.items():
+            setattr(self, f"{name}_asset", tf.saved_model.Asset(str(path)))
+        bands, frames = params.mel_bands, params.patch_frames
+        self.serve_waveform = tf.function(self._serve_waveform,
+                                          input_signature=[tf.TensorSpec([None, None], tf.float32, "waveform")])
+        self.serve_log_mel = tf.function(self._serve_log_mel,
+                                         input_signature=[tf.TensorSpec([None, frames, bands], tf.float32, "patches")])
+
+    def _probabilities(self, logits: tf.Tensor, temperature: tf.Tensor | float = 1.0) -> tf.Tensor:
+        logits = tf.cast(logits, tf.float32) / temperature
+        return tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits)
+
+    def _unit_logits(self, patches: tf.Tensor) -> tf.Tensor:
+        """(batch, n, 96, 64) -> logits (batch, units, classes); units are patches or sequences of patches."""
+        batch, n = tf.shape(patches)[0], tf.shape(patches)[1]
+        frames, bands = self.params.patch_frames, self.params.mel_bands
+        if self.seq_len is None:
+            logits = self.model(tf.reshape(patches, [-1, frames, bands]), training=False)
+            return tf.reshape(logits, [batch, n, -1])
+        # As evaluation does (data.to_sequences, pad): ceil(n / L) sequences, the tail zero-padded and masked.
+        length = self.seq_len
+        units = tf.maximum(1, (n + length - 1) // length)
+        padded = tf.pad(patches, [[0, 0], [0, units * length - n], [0, 0], [0, 0]])
+        mask = tf.broadcast_to(tf.range(units * length) < n, [batch, units * length])
+        logits = self.model({"patches": tf.reshape(padded, [-1, length, frames, bands]),
+                             "mask": tf.reshape(mask, [-1, length])}, training=False)
+        return tf.reshape(logits, [batch, units, -1])
+
+    def _serve_waveform(self, waveform: tf.Tensor) -> dict[str, tf.Tensor]:
+        tf.debugging.assert_greater_equal(
+            tf.shape(waveform)[1], self.params.min_samples,
+            message=f"waveform shorter than one patch ({self.params.min_samples} samples at {self.params.sample_rate} Hz)")
+        logits = self._unit_logits(tf_patches(tf_log_mel(waveform, self.params), self.params))
+        scores = tf.reduce_mean(self._probabilities(logits), axis=1)
+        top_scores, top_index = tf.math.top_k(scores, k=self.top_k)
+        return {
+            "scores": scores,
+            "calibrated_scores": tf.reduce_mean(self._probabilities(logits, self.temperature), axis=1),
+            "top_k_scores": top_scores,
+            "top_k_labels": tf.gather(self.labels, top_index),
+        }
+
+    def _serve_log_mel(self, patches: tf.Tensor) -> dict[str, tf.Tensor]:
+        unit_scores = self._probabilities(self._unit_logits(patches[None]))[0]
+        return {"scores": unit_scores, "file_scores": tf.reduce_mean(unit_scores, axis=0, keepdims=True)}
+
+
+def _data_counts(split_tsv: Path, labels: pd.DataFrame) -> dict[str, Any]:
+    split = pd.read_csv(split_tsv, sep="\t", dtype=str, keep_default_na=False)
+    return {
+        "files": split["split"].value_counts().to_dict(),
+        "recordings": split.groupby("split")["recording_id"].nunique().to_dict(),
+        "classes": len(labels),
+    }
+
+
+def model_card(trained: dict[str, Any], metrics: dict[str, Any], counts: dict[str, Any],
+               params: FrontEnd, version: int) -> dict[str, Any]:
+    file_level = metrics["file"]
+    return {
+        "model": trained["model"],
+        "version": version,
+        "input": {"waveform": f"float32 mono at {params.sample_rate} Hz, at least {params.min_samples} samples",
+                  "log_mel": f"float32 patches ({params.patch_frames}, {params.mel_bands})"},
+        "frontend": {**params.__dict__, "fingerprint": params.fingerprint()},
+        "training": {"settings": trained["settings"], "epochs_completed": trained["epochs_completed"],
+                     "trunk_initialisation": trained.get("trunk_initialisation"),
+                     "train_seconds": trained.get("seconds")},
+        "data": counts,
+        "metrics": {
+            "split": metrics["split"],
+            "n_files": metrics["n_files"],
+            "file_top1_accuracy": file_level["top1_accuracy"],
+            "file_macro_f1": file_level["macro"]["f1"],
+            "file_cmap": file_level["cmap"],
+            "file_macro_roc_auc": file_level["macro_roc_auc"],
+            "calibration": metrics["calibration"],
+            "thresholds": metrics["thresholds"],
+        },
+        "versions": {"jibjib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+    }
+
+
+def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv: str | os.PathLike,
+           split_tsv: str | os.PathLike, out_dir: str | os.PathLike, params: FrontEnd,
+           top_k: int = 5) -> Path:
+    """Write the SavedModel to out_dir (<export>/<model>/<version>), atomically: a kill leaves no half export."""
+    model_dir, eval_dir, out = Path(model_dir), Path(eval_dir), Path(out_dir)
+    version = int(out.name)
+    trained = json.loads((model_dir / "train.json").read_text())
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    labels = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)
+    classes = labels["label"].astype(str).tolist()
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    card = model_card(trained, metrics, _data_counts(Path(split_tsv), labels), params, version)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.remove_stale_temps(out.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{fsutil.TMP_MARK}", dir=out.parent))
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch = Path(scratch)
+            (scratch / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+            shutil.copy(labels_tsv, scratch / "labels.tsv")
+            shutil.copy(eval_dir / "thresholds.tsv", scratch / "thresholds.tsv")
+            (scratch / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+            assets = {"labels": scratch / "labels.txt", "labels_table": scratch / "labels.tsv",
+                      "thresholds": scratch / "thresholds.tsv", "model_card": scratch / "model_card.json"}
+            module = ExportModule(model, classes, params, float(metrics["calibration"]["temperature"]), top_k,
+                                  bool(trained["settings"].get("multi_label", False)), assets)
+            tf.saved_model.save(module, str(staging), signatures={
+                "serving_default": module.serve_waveform, "log_mel": module.serve_log_mel})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"export {trained['model']}: {out} ({len(classes)} classes)", file=sys.stderr)
+    return out

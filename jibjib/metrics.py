@@ -1,0 +1,222 @@
+"""Classification metrics, calibration and thresholds, in plain numpy.
+
+Everything takes integer true classes `y` of shape (n,) and a score matrix of
+shape (n, n_classes) (probabilities, higher is more likely), so the same code
+scores files and patches.  Conventions, chosen to stay defined on small or
+unbalanced test splits:
+
+* A class absent from the evaluated split (support 0) keeps its row in the
+  per-class table, with recall, F1, AP and ROC-AUC null; the macro averages
+  are taken over the classes present.  Its precision is 0 if it was predicted
+  (every such prediction is wrong) and null otherwise.
+* Precision of a class never predicted is 0 (no correct detections).
+* cmAP is the mean average precision over classes present; macro ROC-AUC the
+  mean over classes present that also have negatives.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.stats import rankdata
+
+ECE_BINS = 15
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return float(numerator / denominator) if denominator else None
+
+
+def _f1(precision: float | None, recall: float | None) -> float | None:
+    if precision is None or recall is None:
+        return None
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def average_precision(positive: np.ndarray, score: np.ndarray) -> float | None:
+    """Area under the precision-recall step curve: sum of (R_k - R_k-1) * P_k over distinct scores."""
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return None
+    order = np.argsort(-score, kind="stable")
+    score, positive = score[order], positive[order]
+    # Tied scores form one threshold: take the cumulative counts at the last of each tie.
+    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
+    true_pos = np.cumsum(positive)[last_of_tie]
+    predicted = last_of_tie + 1
+    recall = true_pos / n_pos
+    precision = true_pos / predicted
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def roc_auc(positive: np.ndarray, score: np.ndarray) -> float | None:
+    """Probability that a positive outscores a negative (ties count half); Mann-Whitney U."""
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def confusion_matrix(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    return np.bincount(y * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def top_k_accuracy(y: np.ndarray, scores: np.ndarray, k: int) -> float | None:
+    if y.size == 0:
+        return None
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == y[:, None], axis=1)))
+
+
+def expected_calibration_error(y: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """ECE of the top-1 confidence over equal-width bins, and the per-bin table for a reliability diagram."""
+    confidence = scores.max(axis=1)
+    correct = scores.argmax(axis=1) == y
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    table = []
+    ece = 0.0
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        accuracy = float(correct[members].mean()) if count else None
+        mean_confidence = float(confidence[members].mean()) if count else None
+        if count:
+            ece += count / y.size * abs(accuracy - mean_confidence)
+        table.append({"lower": b / bins, "upper": (b + 1) / bins, "count": count,
+                      "accuracy": accuracy, "confidence": mean_confidence})
+    return {"ece": float(ece) if y.size else None, "bins": table}
+
+
+def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str], top_k: int = 5) -> dict[str, Any]:
+    """Per-class precision/recall/F1/support/AP/ROC-AUC, macro and micro averages, top-1/top-k, cmAP, ECE."""
+    n_classes = len(classes)
+    y = np.asarray(y, dtype=int)
+    scores = np.asarray(scores, dtype=np.float64)
+    predicted = scores.argmax(axis=1) if y.size else np.zeros(0, int)
+    counts = confusion_matrix(y, predicted, n_classes)
+    per_class = []
+    for c, label in enumerate(classes):
+        true_pos = int(counts[c, c])
+        support = int(counts[c].sum())
+        n_predicted = int(counts[:, c].sum())
+        precision = _ratio(true_pos, n_predicted)
+        if precision is None and support:
+            precision = 0.0
+        recall = _ratio(true_pos, support)
+        positive = y == c
+        per_class.append({
+            "label": label,
+            "support": support,
+            "predicted": n_predicted,
+            "precision": precision,
+            "recall": recall,
+            "f1": _f1(precision, recall),
+            "average_precision": average_precision(positive, scores[:, c]),
+            "roc_auc": roc_auc(positive, scores[:, c]),
+        })
+    present = [row for row in per_class if row["support"]]
+    accuracy = float(np.mean(predicted == y)) if y.size else None
+    return {
+        "n": int(y.size),
+        "classes_present": len(present),
+        "top1_accuracy": accuracy,
+        f"top{top_k}_accuracy": top_k_accuracy(y, scores, top_k),
+        "macro": {key: _mean([row[key] for row in present]) for key in ("precision", "recall", "f1")},
+        # Single-label: every error is one false positive and one false negative, so micro P = R = F1 = accuracy.
+        "micro": {"precision": accuracy, "recall": accuracy, "f1": accuracy},
+        "cmap": _mean([row["average_precision"] for row in present]),
+        "macro_roc_auc": _mean([row["roc_auc"] for row in present]),
+        "ece": expected_calibration_error(y, scores)["ece"],
+        "per_class": per_class,
+    }
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
+
+
+def file_scores(logits: np.ndarray, file_index: np.ndarray, n_files: int,
+                temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
+    """Mean of the per-patch (or per-sequence) probabilities of each file: (n_files, n_classes).
+
+    Averaging probabilities rather than logits keeps one confident patch from
+    outvoting the rest of a ten-second file.  A file without patches gets NaN.
+    """
+    probabilities = (sigmoid if multi_label else softmax)(logits, temperature)
+    totals = np.zeros((n_files, logits.shape[1]))
+    np.add.at(totals, file_index, probabilities)
+    counts = np.bincount(file_index, minlength=n_files)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return totals / counts
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray, multi_label: bool = False) -> float:
+    """The temperature T minimising the negative log-likelihood of softmax(logits / T).
+
+    Fitted on the validation split's patches (or sequences), each labelled
+    with its file's class: the standard, convex form of temperature scaling.
+    T > 1 softens over-confident scores; the top class of a patch never changes.
+    """
+    if y.size == 0:
+        return 1.0
+    eps = 1e-12
+
+    def nll(log_t: float) -> float:
+        t = math.exp(log_t)
+        if multi_label:
+            p = sigmoid(logits, t)
+            target = np.eye(logits.shape[1])[y]
+            return float(-np.mean(target * np.log(p + eps) + (1 - target) * np.log(1 - p + eps)))
+        return float(-np.mean(np.log(softmax(logits, t)[np.arange(y.size), y] + eps)))
+
+    result = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded",
+                             options={"xatol": 1e-4})
+    return float(math.exp(result.x))
+
+
+def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str],
+                         target_precision: float) -> list[dict[str, Any]]:
+    """Per class, the lowest score threshold whose detections reach `target_precision`.
+
+    The lowest such threshold keeps the most recall.  Where no threshold
+    reaches the target (or the split has no file of the class) the threshold
+    is NaN and `status` says why; predict then never reports the class as detected.
+    """
+    rows = []
+    for c, label in enumerate(classes):
+        positive = y == c
+        row = {"label": label, "threshold": math.nan, "precision": math.nan, "recall": math.nan,
+               "support": int(positive.sum()), "status": "no_val_files"}
+        if positive.any():
+            row["status"] = "unreachable"
+            order = np.argsort(-scores[:, c], kind="stable")
+            ranked, hits = scores[order, c], positive[order]
+            last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
+            true_pos = np.cumsum(hits)[last_of_tie]
+            precision = true_pos / (last_of_tie + 1)
+            reaching = np.flatnonzero((precision >= target_precision) & (true_pos > 0))
+            if reaching.size:
+                best = reaching[-1]  # the lowest threshold that still reaches the target
+                row.update(threshold=float(ranked[last_of_tie[best]]), precision=float(precision[best]),
+                           recall=float(true_pos[best] / positive.sum()), status="ok")
+        rows.append(row)
+    return rows

@@ -1,0 +1,177 @@
+"""Evaluation, export, report and predict, on one tiny run of the whole workflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import REPO, chirp, make_tree, run_snakemake, write_wav
+from jibjib.frontend import log_mel
+
+SPECIES = {"Alpha_one": 4, "Beta_two": 4, "Gamma_three": 4}
+TINY = {
+    "split": {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}},
+    "train": {"shuffle_buffer": 64},
+    "vggish": {"epochs": 1, "batch_size": 8, "trainable": "head", "head_units": 8},
+    "convlstm": {"epochs": 2, "batch_size": 4, "seq_len": 2, "conv_filters": [4], "lstm_units": 8,
+                 "dense_units": 8, "dropout": 0.0},
+}
+EVAL_FILES = ["metrics.json", "report.md", "file_scores.tsv", "confusion.tsv", "confusion.png",
+              "reliability.png", "training_curves.png", "thresholds.tsv"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """The whole workflow, both models, on 16 kHz files (so the waveform path needs no resampling)."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    make_tree(workdir / "birds", SPECIES, seconds=2.0, sample_rate=16000)
+    run_snakemake(workdir, config={**TINY, "data_dir": str(workdir / "birds")})
+    return workdir
+
+
+def python(code: str, cwd: Path) -> str:
+    """Run code in a fresh interpreter (nothing shared with this process's TensorFlow)."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
+                            timeout=600, env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def jibjib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jibjib", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+
+
+@pytest.mark.parametrize("model", ["vggish", "convlstm"])
+def test_evaluation_writes_its_contract(run: Path, model: str) -> None:
+    out = run / "results" / "eval" / model
+    assert all((out / name).stat().st_size > 0 for name in EVAL_FILES)
+    m = json.loads((out / "metrics.json").read_text())
+    split = pd.read_csv(run / "results" / "split.tsv", sep="\t")
+    assert m["n_files"] == (split["split"] == "test").sum()
+    assert m["patch_unit"] == ("patch" if model == "vggish" else "sequence")
+    for level in ("file", "patch"):
+        assert {"top1_accuracy", "top5_accuracy", "macro", "micro", "cmap", "macro_roc_auc", "ece",
+                "per_class", "confusion"} <= set(m[level])
+        assert [row["label"] for row in m[level]["per_class"]] == sorted(SPECIES)
+    # A 2 s file holds 2 patches: two VGGish examples, one ConvLSTM sequence of seq_len 2.
+    assert m["file"]["n"] == m["n_files"]
+    assert m["patch"]["n"] == m["n_files"] * (2 if model == "vggish" else 1)
+    assert m["calibration"]["fitted_on"] == "val" and m["calibration"]["temperature"] > 0
+    scores = pd.read_csv(out / "file_scores.tsv", sep="\t")
+    assert len(scores) == m["n_files"]
+    assert np.allclose(scores.filter(like="score_").sum(axis=1), 1.0, atol=1e-5)
+    confusion = pd.read_csv(out / "confusion.tsv", sep="\t", index_col=0)
+    assert confusion.to_numpy().sum() == m["n_files"] and list(confusion.columns) == sorted(SPECIES)
+    thresholds = pd.read_csv(out / "thresholds.tsv", sep="\t")
+    assert list(thresholds["label"]) == sorted(SPECIES)
+    assert set(thresholds["status"]) <= {"ok", "unreachable", "no_val_files"}
+
+
+@pytest.mark.parametrize("model", ["vggish", "convlstm"])
+def test_export_layout_and_signatures(run: Path, model: str) -> None:
+    export = run / "results" / "export" / model / "1"
+    assert (export / "saved_model.pb").is_file() and (export / "variables").is_dir()
+    assets = export / "assets"
+    assert (assets / "labels.txt").read_text().split() == sorted(SPECIES)
+    card = json.loads((assets / "model_card.json").read_text())
+    assert card["model"] == model and card["data"]["classes"] == len(SPECIES)
+    assert {"tensorflow", "keras", "numpy", "jibjib", "python"} <= set(card["versions"])
+    assert card["training"]["settings"]["epochs"] == TINY[model]["epochs"]
+    shown = subprocess.run([str(Path(sys.executable).parent / "saved_model_cli"), "show", "--all", "--dir", str(export)],
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "signature_def['serving_default']" in shown.stdout and "signature_def['log_mel']" in shown.stdout
+    assert not list(export.parent.glob(".*tmp-*"))  # the staging folder was renamed into place
+
+
+@pytest.mark.parametrize("model", ["vggish", "convlstm"])
+def test_reloaded_export_reproduces_the_evaluation(run: Path, model: str) -> None:
+    """A fresh process loads the export: both signatures give the evaluation's file scores."""
+    out = python(f"""
+        import json, numpy as np, pandas as pd, soundfile, tensorflow as tf
+        from jibjib.data import load_patches
+        loaded = tf.saved_model.load("results/export/{model}/1")
+        table = pd.read_csv("results/eval/{model}/file_scores.tsv", sep="\\t")
+        rows = []
+        for path in table["path"]:
+            patches = load_patches("results/features/" + path[:-4] + ".npz")
+            by_patches = loaded.signatures["log_mel"](patches=tf.constant(patches))["file_scores"].numpy()[0]
+            samples, rate = soundfile.read("birds/" + path, dtype="float32")
+            by_wave = loaded.signatures["serving_default"](waveform=tf.constant(samples[None]))
+            rows.append({{"patches": by_patches.tolist(), "wave": by_wave["scores"].numpy()[0].tolist(),
+                          "top": by_wave["top_k_labels"].numpy()[0][0].decode()}})
+        print(json.dumps(rows))
+    """, cwd=run)
+    table = pd.read_csv(run / "results" / "eval" / model / "file_scores.tsv", sep="\t")
+    expected = table.filter(like="score_").to_numpy()
+    rows = json.loads(out)
+    assert np.abs(np.array([r["patches"] for r in rows]) - expected).max() < 1e-4
+    assert np.abs(np.array([r["wave"] for r in rows]) - expected).max() < 1e-4
+    assert [r["top"] for r in rows] == list(table["predicted"])
+
+
+def test_in_graph_front_end_matches_the_feature_step() -> None:
+    import tensorflow as tf
+
+    from jibjib.export import tf_log_mel
+    from jibjib.params import VGGISH
+
+    samples = chirp(3.0, 16000, seed=3)
+    expected = log_mel(samples)
+    got = tf_log_mel(tf.constant(samples[None]), VGGISH).numpy()[0]
+    assert got.shape == expected.shape
+    assert np.mean(np.abs(got - expected)) < 1e-3
+    assert np.max(np.abs(got - expected)) < 1e-2
+
+
+def test_report_builds(run: Path) -> None:
+    run_snakemake(run, "--report", "report.zip", config={**TINY, "data_dir": str(run / "birds")})
+    import zipfile
+
+    with zipfile.ZipFile(run / "report.zip") as archive:
+        names = archive.namelist()
+    for name in ("confusion.png", "reliability.png", "training_curves.png", "metrics.json", "files.tsv"):
+        assert any(n.endswith(name) for n in names), name
+
+
+def test_predict_scores_good_files_and_reports_bad_ones(run: Path, tmp_path: Path) -> None:
+    good_16k = next((run / "birds" / "Beta_two").glob("*.wav"))
+    good_22k = write_wav(tmp_path / "resampled.wav", chirp(2.0, 22050, f0=2200, seed=5), 22050)
+    short = write_wav(tmp_path / "short.wav", chirp(0.5, 16000), 16000)
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    export = "results/export/vggish/1"
+    result = jibjib("predict", "--model", export, str(good_16k), str(short), str(text), str(good_22k),
+                    "--top-k", "2", cwd=run)
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 2
+    assert f"{short}: too_short" in errors[0] and f"{text}: unreadable" in errors[1]
+    table = pd.read_csv(pd.io.common.StringIO(result.stdout), sep="\t")
+    assert list(table.columns) == ["file", "rank", "label", "score"]
+    assert list(table["file"]) == [str(good_16k)] * 2 + [str(good_22k)] * 2
+    assert set(table["label"]) <= set(SPECIES) and (table["score"].between(0, 1)).all()
+
+    result = jibjib("predict", "--model", export, str(good_16k), "--json", "--thresholds", cwd=run)
+    assert result.returncode == 0, result.stderr
+    [prediction] = json.loads(result.stdout)
+    assert prediction["file"] == str(good_16k) and len(prediction["predictions"]) == 3
+    thresholds = pd.read_csv(run / "results" / "eval" / "vggish" / "thresholds.tsv", sep="\t")
+    threshold_of = dict(zip(thresholds["label"], thresholds["threshold"]))
+    for row in prediction["predictions"]:
+        expected = threshold_of[row["label"]]
+        assert row["detected"] == (not np.isnan(expected) and row["score"] >= expected)
+
+
+def test_predict_names_a_folder_that_is_not_an_export(run: Path) -> None:
+    result = jibjib("predict", "--model", "results/models/vggish", "x.wav", cwd=run)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("jibjib predict: error: results/models/vggish is not")

@@ -1,0 +1,42 @@
+# Stage 4: trained model -> evaluation on the test split (results/eval/<model>/).
+# The val split only tunes the calibration temperature and the per-class thresholds.
+
+for _model in MODEL_NAMES:
+
+    rule:
+        name:
+            f"evaluate_{_model}"
+        input:
+            model=f"results/models/{_model}/model.keras",
+            history=f"results/models/{_model}/history.tsv",
+            trained=f"results/models/{_model}/train.json",
+            labels="results/labels.tsv",
+            split="results/split.tsv",
+            features=species_manifests(),
+        output:
+            metrics=report(f"results/eval/{_model}/metrics.json", caption="../report/metrics.rst", **report_place(_model)),
+            summary=report(f"results/eval/{_model}/report.md", caption="../report/summary.rst", **report_place(_model)),
+            file_scores=f"results/eval/{_model}/file_scores.tsv",
+            confusion=report(f"results/eval/{_model}/confusion.tsv", caption="../report/confusion.rst", **report_place(_model)),
+            confusion_png=report(f"results/eval/{_model}/confusion.png", caption="../report/confusion.rst", **report_place(_model)),
+            reliability=report(f"results/eval/{_model}/reliability.png", caption="../report/reliability.rst", **report_place(_model)),
+            curves=report(f"results/eval/{_model}/training_curves.png", caption="../report/curves.rst", **report_place(_model)),
+            thresholds=report(f"results/eval/{_model}/thresholds.tsv", caption="../report/thresholds.rst", **report_place(_model)),
+        params:
+            model_dir=lambda wildcards, input: Path(input.model).parent,
+            out_dir=lambda wildcards, output: Path(output.metrics).parent,
+            target_precision=config["evaluate"]["target_precision"],
+            top_k=config["evaluate"]["top_k"],
+        log:
+            f"logs/evaluate/{_model}.log",
+        conda:
+            "../../envs/tensorflow.yaml"
+        threads: 4
+        resources:
+            gpu=1,
+            mem_mb=8000,
+            runtime=4 * 60,
+        shell:
+            "python -m jibjib evaluate --model-dir {params.model_dir:q} --labels {input.labels:q}"
+            " --split {input.split:q} --features-dir results/features --out-dir {params.out_dir:q}"
+            " --target-precision {params.target_precision} --top-k {params.top_k} --threads {threads} 2> {log:q}"

@@ -1,0 +1,34 @@
+# Stage 5: trained model + its evaluation -> SavedModel for TensorFlow Serving
+# (results/export/<model>/<version>/), with the front end inside the graph.
+
+for _model in MODEL_NAMES:
+
+    rule:
+        name:
+            f"export_{_model}"
+        input:
+            model=f"results/models/{_model}/model.keras",
+            trained=f"results/models/{_model}/train.json",
+            metrics=f"results/eval/{_model}/metrics.json",
+            thresholds=f"results/eval/{_model}/thresholds.tsv",
+            labels="results/labels.tsv",
+            split="results/split.tsv",
+        output:
+            directory(export_dir(_model)),
+        params:
+            model_dir=lambda wildcards, input: Path(input.model).parent,
+            eval_dir=lambda wildcards, input: Path(input.metrics).parent,
+            frontend=FRONTEND_JSON,
+            top_k=config["export"]["top_k"],
+        log:
+            f"logs/export/{_model}.log",
+        conda:
+            "../../envs/tensorflow.yaml"
+        threads: 2
+        resources:
+            mem_mb=8000,
+            runtime=60,
+        shell:
+            "python -m jibjib export --model-dir {params.model_dir:q} --eval-dir {params.eval_dir:q}"
+            " --labels {input.labels:q} --split {input.split:q} --frontend {params.frontend:q}"
+            " --top-k {params.top_k} --out {output:q} 2> {log:q}"
