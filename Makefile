@@ -25,6 +25,7 @@ $(DEMO_DIR)/.demo.json: | $(STAMP)
 
 demo: $(STAMP) $(DEMO_DIR)/.demo.json
 	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml resources/demo.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml resources/demo.yaml --report results/report.html
 
 lint: $(STAMP) $(DEMO_DIR)/.demo.json
 	$(BIN)/snakemake --lint

@@ -105,13 +105,13 @@ def _tensorflow_threads(threads: int) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _tensorflow_threads(args.threads)
-    from .evaluate import evaluate
+    from .evaluate import evaluate, fmt
 
     report = evaluate(args.model_dir, args.labels, args.split, args.features_dir, args.out_dir,
                       target_precision=args.target_precision, top_k=args.top_k)
     f = report["file"]
-    print(f"evaluate {report['model']}: {report['n_files']} test files, file top-1 {f['top1_accuracy']}, "
-          f"macro F1 {f['macro']['f1']}, cmAP {f['cmap']}", file=sys.stderr)
+    print(f"evaluate {report['model']}: {report['n_files']} test files, file top-1 {fmt(f['top1_accuracy'])}, "
+          f"macro F1 {fmt(f['macro']['f1'])}, cmAP {fmt(f['cmap'])} (see {args.out_dir}/report.md)", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ per-class thresholds; every reported figure is measured on the test split.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -72,9 +73,34 @@ def score_files(model: Any, files: pd.DataFrame) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(logits), np.concatenate(owners)
 
 
+@dataclasses.dataclass
+class ScoredSplit:
+    """The logits of one split's patches (or sequences), tied to the files they came from."""
+
+    files: pd.DataFrame  # the files with at least one patch, in split.tsv order
+    logits: np.ndarray  # (units, classes)
+    owner: np.ndarray  # row of `files` for each unit
+    unscored: int  # files too short for one patch
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.files["class_id"].to_numpy()
+
+    def file_scores(self, temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
+        return metrics.file_scores(self.logits, self.owner, len(self.files), temperature, multi_label)
+
+
+def score_split(model: Any, files: pd.DataFrame) -> ScoredSplit:
+    logits, owner = score_files(model, files)
+    scored = np.unique(owner)
+    # Renumber owners to the files that have patches.
+    return ScoredSplit(files.iloc[scored].reset_index(drop=True), logits, np.searchsorted(scored, owner),
+                       len(files) - len(scored))
+
+
 def _level_report(y: np.ndarray, scores: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:
     report = metrics.classification_metrics(y, scores, classes, top_k)
-    report["confusion"] = metrics.confusion_matrix(y, scores.argmax(axis=1), len(classes)).tolist() if len(y) else []
+    report["confusion"] = metrics.confusion_matrix(y, scores.argmax(axis=1), len(classes)).tolist()
     return report
 
 
@@ -96,57 +122,41 @@ def evaluate(
     trained = json.loads((model_dir / "train.json").read_text())
     model = keras.models.load_model(model_dir / "model.keras", compile=False)
     multi_label = bool(trained["settings"].get("multi_label", False))
-    labels = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)
-    classes = labels["label"].astype(str).tolist()
+    classes = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)["label"].astype(str).tolist()
     unit = "patch" if model_seq_len(model) is None else "sequence"
 
-    def scored(split: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    def scored(split: str) -> ScoredSplit:
         files = split_files(split_tsv, labels_tsv, features_dir, split)
         print(f"evaluate {trained['model']}: scoring {len(files)} {split} files", file=sys.stderr, flush=True)
-        logits, owner = score_files(model, files)
-        return files, logits, owner
+        return score_split(model, files)
 
-    val_files, val_logits, val_owner = scored("val")
-    test_files, test_logits, test_owner = scored("test")
-
-    def with_patches(files: pd.DataFrame, owner: np.ndarray) -> np.ndarray:
-        return np.isin(np.arange(len(files)), owner)
-
-    val_kept, test_kept = with_patches(val_files, val_owner), with_patches(test_files, test_owner)
-    val_y = val_files["class_id"].to_numpy()[val_kept]
-    test_y = test_files["class_id"].to_numpy()[test_kept]
-    # Renumber owners to the files that have patches.
-    val_owner = np.searchsorted(np.flatnonzero(val_kept), val_owner)
-    test_owner = np.searchsorted(np.flatnonzero(test_kept), test_owner)
-
-    temperature = metrics.fit_temperature(val_logits, val_y[val_owner], multi_label)
-    test_scores = metrics.file_scores(test_logits, test_owner, len(test_y), 1.0, multi_label)
-    calibrated = metrics.file_scores(test_logits, test_owner, len(test_y), temperature, multi_label)
-    val_scores = metrics.file_scores(val_logits, val_owner, len(val_y), 1.0, multi_label)
-    unit_scores = (metrics.sigmoid if multi_label else metrics.softmax)(test_logits)
-
-    thresholds = pd.DataFrame(metrics.precision_thresholds(val_y, val_scores, classes, target_precision))
-    file_level = _level_report(test_y, test_scores, classes, top_k)
+    val, test = scored("val"), scored("test")
+    temperature = metrics.fit_temperature(val.logits, val.y[val.owner], multi_label)
+    test_scores = test.file_scores(1.0, multi_label)
+    thresholds = pd.DataFrame(metrics.precision_thresholds(
+        val.y, val.file_scores(1.0, multi_label), classes, target_precision))
+    file_level = _level_report(test.y, test_scores, classes, top_k)
     reliability = {
-        "uncalibrated": metrics.expected_calibration_error(test_y, test_scores),
-        "calibrated": metrics.expected_calibration_error(test_y, calibrated),
+        "uncalibrated": metrics.expected_calibration_error(test.y, test_scores),
+        "calibrated": metrics.expected_calibration_error(test.y, test.file_scores(temperature, multi_label)),
     }
+    unit_scores = (metrics.sigmoid if multi_label else metrics.softmax)(test.logits)
     report = {
         "model": trained["model"],
         "split": "test",
         "classes": classes,
         "trunk_initialisation": trained.get("trunk_initialisation"),
         "epochs_completed": trained.get("epochs_completed"),
-        "n_files": int(len(test_files)),
-        "files_without_patches": int((~test_kept).sum()),
+        "n_files": len(test.files) + test.unscored,
+        "files_without_patches": test.unscored,
         "file_score": f"mean of the {unit} probabilities of the file",
         "file": file_level,
         "patch_unit": unit,
-        "patch": _level_report(test_y[test_owner], unit_scores, classes, top_k),
+        "patch": _level_report(test.y[test.owner], unit_scores, classes, top_k),
         "calibration": {
             "temperature": temperature,
             "fitted_on": "val",
-            "n_val_files": int(len(val_y)),
+            "n_val_files": len(val.files),
             "ece_bins": metrics.ECE_BINS,
             "file_ece_before": reliability["uncalibrated"]["ece"],
             "file_ece_after": reliability["calibrated"]["ece"],
@@ -154,32 +164,31 @@ def evaluate(
         "thresholds": {"target_precision": target_precision, "fitted_on": "val",
                        "classes_reaching_target": int((thresholds["status"] == "ok").sum())},
     }
-    out.mkdir(parents=True, exist_ok=True)
-    kept_files = test_files[test_kept].reset_index(drop=True)
-    scores_table = pd.DataFrame({"path": kept_files["path"], "label": kept_files["label"],
+
+    scores_table = pd.DataFrame({"path": test.files["path"], "label": test.files["label"],
                                  "predicted": [classes[i] for i in test_scores.argmax(axis=1)]})
-    scores_table = pd.concat([scores_table, pd.DataFrame(test_scores, columns=[f"score_{c}" for c in classes])], axis=1)
+    scores_table[[f"score_{c}" for c in classes]] = test_scores
     fsutil.write_tsv(out / "file_scores.tsv", scores_table)
-    confusion = pd.DataFrame(file_level["confusion"] or np.zeros((len(classes),) * 2, int), index=classes, columns=classes)
+    confusion = pd.DataFrame(file_level["confusion"], index=classes, columns=classes)
     fsutil.write_tsv(out / "confusion.tsv", confusion.rename_axis("true \\ predicted").reset_index())
     fsutil.write_tsv(out / "thresholds.tsv", thresholds)
     figures.confusion_matrix(out / "confusion.png", confusion.to_numpy(), classes, f"{trained['model']}: test files")
     figures.reliability_diagram(out / "reliability.png", reliability, temperature)
-    history = model_dir / "history.tsv"
-    figures.training_curves(out / "training_curves.png", pd.read_csv(history, sep="\t"), trained["model"])
+    history = pd.read_csv(model_dir / "history.tsv", sep="\t")
+    figures.training_curves(out / "training_curves.png", history, trained["model"])
     fsutil.write_json(out / "metrics.json", report)
     with fsutil.atomic_open(out / "report.md") as f:
         f.write(markdown_report(report, thresholds))
     return report
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
 
 def markdown_report(report: dict[str, Any], thresholds: pd.DataFrame) -> str:
     """The human-readable summary of metrics.json."""
-    file_level = report["file"]
+    top_k = next(k for k in report["file"] if k.startswith("top") and k != "top1_accuracy")
     lines = [
         f"# {report['model']}: evaluation on the test split",
         "",
@@ -187,29 +196,29 @@ def markdown_report(report: dict[str, Any], thresholds: pd.DataFrame) -> str:
         f"{len(report['classes'])} classes, trunk initialisation: {report['trunk_initialisation']}, "
         f"{report['epochs_completed']} epochs. File score: {report['file_score']}.",
         "",
-        "| level | top-1 | top-5 | macro P | macro R | macro F1 | cmAP | macro ROC-AUC | ECE |",
+        f"| level | top-1 | top-{top_k.removeprefix('top').removesuffix('_accuracy')} | macro P | macro R | macro F1 | cmAP "
+        "| macro ROC-AUC | ECE |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for level in ("file", "patch"):
+    for level, name in (("file", "file"), ("patch", report["patch_unit"])):
         m = report[level]
-        top_k = next(v for k, v in m.items() if k.startswith("top") and k != "top1_accuracy")
-        lines.append(f"| {level if level == 'file' else report['patch_unit']} | {_fmt(m['top1_accuracy'])} | {_fmt(top_k)} | {_fmt(m['macro']['precision'])} | "
-                     f"{_fmt(m['macro']['recall'])} | {_fmt(m['macro']['f1'])} | {_fmt(m['cmap'])} | "
-                     f"{_fmt(m['macro_roc_auc'])} | {_fmt(m['ece'])} |")
+        cells = [m["top1_accuracy"], m[top_k], *(m["macro"][k] for k in ("precision", "recall", "f1")), m["cmap"], m["macro_roc_auc"], m["ece"]]
+        lines.append(f"| {name} | " + " | ".join(fmt(v) for v in cells) + " |")
     cal = report["calibration"]
     lines += [
         "",
         f"Calibration: temperature {cal['temperature']:.3f} fitted on {cal['n_val_files']} val files; "
-        f"file-level ECE on test {_fmt(cal['file_ece_before'])} before, {_fmt(cal['file_ece_after'])} after.",
+        f"file-level ECE on test {fmt(cal['file_ece_before'])} before, {fmt(cal['file_ece_after'])} after.",
         "",
         "## Per class (file level)",
         "",
-        f"| class | support | precision | recall | F1 | AP | ROC-AUC | threshold for precision {report['thresholds']['target_precision']:g} (val) |",
+        "| class | support | precision | recall | F1 | AP | ROC-AUC "
+        f"| threshold for precision {report['thresholds']['target_precision']:g} (val) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     threshold_of = dict(zip(thresholds["label"], thresholds["threshold"]))
-    for row in file_level["per_class"]:
-        lines.append(f"| {row['label']} | {row['support']} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | "
-                     f"{_fmt(row['f1'])} | {_fmt(row['average_precision'])} | {_fmt(row['roc_auc'])} | "
-                     f"{_fmt(threshold_of.get(row['label']))} |")
+    for row in report["file"]["per_class"]:
+        cells = [row[k] for k in ("precision", "recall", "f1", "average_precision", "roc_auc")]
+        cells.append(threshold_of.get(row["label"]))
+        lines.append(f"| {row['label']} | {row['support']} | " + " | ".join(fmt(v) for v in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ Signatures:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -135,7 +136,7 @@ def model_card(trained: dict[str, Any], metrics: dict[str, Any], counts: dict[st
         "version": version,
         "input": {"waveform": f"float32 mono at {params.sample_rate} Hz, at least {params.min_samples} samples",
                   "log_mel": f"float32 patches ({params.patch_frames}, {params.mel_bands})"},
-        "frontend": {**params.__dict__, "fingerprint": params.fingerprint()},
+        "frontend": {**dataclasses.asdict(params), "fingerprint": params.fingerprint()},
         "training": {"settings": trained["settings"], "epochs_completed": trained["epochs_completed"],
                      "trunk_initialisation": trained.get("trunk_initialisation"),
                      "train_seconds": trained.get("seconds")},
