@@ -6,12 +6,13 @@ before any heavy work starts.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from .qc import ignore_reason, species_files
-from .labels import LabelError, load_label_map
+from .labels import LabelError, check_fractions, load_label_map
 
 
 class ConfigError(ValueError):
@@ -49,14 +50,10 @@ def check_data_dir(data_dir: Path, demo_hint: str = "") -> dict[str, list[Path]]
 
 
 def check_split(split: dict[str, Any]) -> None:
-    fractions = split["fractions"]
-    total = sum(fractions.values())
-    if abs(total - 1.0) > 1e-6:
-        raise ConfigError(
-            "split.fractions: train + val + test must add up to 1, got "
-            + " + ".join(f"{fractions[k]:g}" for k in ("train", "val", "test"))
-            + f" = {total:g}"
-        )
+    try:
+        check_fractions(split["fractions"])
+    except LabelError as exc:
+        raise ConfigError(f"split.fractions: {exc}") from None
     try:
         re.compile(split["recording_pattern"])
     except re.error as exc:
@@ -76,10 +73,53 @@ def check_label_map(path: str | None, species: list[str]) -> None:
                           + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
 
 
+# The footer of TensorFlow's table format (kTableMagicNumber, little-endian):
+# the last 8 bytes of a V1 checkpoint file and of a V2 checkpoint's .index.
+_TF_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")
+# Leading bytes of files people mistake for a checkpoint, to say what was given instead.
+_OTHER_FORMATS = {
+    b"\x89HDF": "an HDF5 file (a Keras .h5 model?)",
+    b"PK\x03\x04": "a zip archive (a .keras model?)",
+    b"\x80": "a Python pickle",
+}
+
+
+def checkpoint_prefix(path: str) -> str:
+    """Accept a V2 checkpoint's ``.index`` or data file name for its prefix."""
+    match = re.fullmatch(r"(.+)\.(?:index|data-\d{5}-of-\d{5})", path)
+    if match and not os.path.isfile(path + ".index") and os.path.isfile(match[1] + ".index"):
+        return match[1]
+    return path
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why `path` (a V1 file or V2 prefix) is not a TensorFlow checkpoint; None if it is one.
+
+    Only the file's first and last bytes are read: a Keras model, a pickle or
+    anything else the config points at is refused by its format before a
+    library that could run code from it ever opens it.
+    """
+    if os.path.isdir(path):
+        return "not a readable TF checkpoint (a folder; give the V1 checkpoint file or the V2 prefix)"
+    table = Path(path) if os.path.isfile(path) else Path(f"{path}.index")
+    if not table.is_file():
+        return f"no such checkpoint (neither a V1 file nor a V2 {path}.index)"
+    with open(table, "rb") as f:
+        head = f.read(len(_TF_TABLE_MAGIC))
+        f.seek(max(table.stat().st_size - len(_TF_TABLE_MAGIC), 0))
+        if f.read() == _TF_TABLE_MAGIC:
+            return None
+    kind = next((name for magic, name in _OTHER_FORMATS.items() if head.startswith(magic)), None)
+    why = (f"{table.name} is {kind}; only TensorFlow checkpoints are read" if kind
+           else f"{table.name} lacks the TensorFlow checkpoint footer: truncated, or another format")
+    return f"not a readable TF checkpoint ({why})"
+
+
 def check_checkpoint(path: str | None) -> None:
-    """The VGGish checkpoint must exist: a V1 file, or a V2 prefix with its .index."""
-    if path and not Path(path).is_file() and not Path(f"{path}.index").is_file():
-        raise ConfigError(f"vggish.checkpoint: {path} does not exist (neither a checkpoint file nor a prefix.index)")
+    """The VGGish checkpoint must be a TensorFlow checkpoint: a V1 file, or a V2 prefix with its .index."""
+    problem = checkpoint_problem(checkpoint_prefix(path)) if path else None
+    if problem:
+        raise ConfigError(f"vggish.checkpoint: {path}: {problem}")
 
 
 def check_config(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[Path]]:

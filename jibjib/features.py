@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from . import fsutil
-from .audio import AudioError, read_wav
-from .frontend import waveform_to_log_mel
+from .audio import AudioError, open_wav, to_mono
+from .frontend import LogMelStream, hertz_to_mel, mel_to_hertz
 from .params import VGGISH, FrontEnd
 from .qc import IGNORED, PROCESSED, REJECTED, QCRow, ignore_reason, species_files, to_frame
+from .resample import output_length
 
 FEATURE_SUFFIX = ".npz"
 
@@ -75,39 +76,72 @@ def _current_feature(npz: Path, source: Path, fingerprint: str) -> dict | None:
         return None  # unreadable or from an older layout: recompute
 
 
+def min_sample_rate(params: FrontEnd = VGGISH) -> float:
+    """The lowest source rate whose Nyquist frequency reaches the middle of the mel range.
+
+    Below it more than half of the mel bands can hold nothing but the log
+    floor (a 1 kHz file fills 10 of the 64 VGGish bands); upsampling cannot
+    invent the missing octaves, so such a file is rejected rather than trained
+    on.  With the VGGish bands (125-7500 Hz) this is about 3.8 kHz, so 8 and
+    11.025 kHz archive recordings still count.
+    """
+    middle = (hertz_to_mel(params.fmin_hz) + hertz_to_mel(params.fmax_hz)) / 2
+    return 2 * float(mel_to_hertz(middle))
+
+
 def extract_file(source: Path, npz: Path, params: FrontEnd = VGGISH) -> dict:
     """Compute and atomically write the features of one WAV; returns its metadata.
 
-    Raises AudioError for files that cannot be used.
+    The file is decoded, resampled and turned into log-mel block by block, so
+    memory does not grow with its length; only the log-mel result does (1.5 MB
+    per minute of audio, held about twice while it is written).  Raises
+    AudioError for files that cannot be used.
     """
-    stat = source.stat()
-    audio = read_wav(source)
-    mono = audio.mono()
-    if not np.any(mono):
-        raise AudioError("silent", "all samples are zero")
-    resampled_length = int(mono.shape[0] * params.sample_rate / audio.sample_rate)
-    if resampled_length < params.min_samples:
-        need = params.min_samples / params.sample_rate
-        raise AudioError("too_short", f"{audio.seconds:.3f} s, one patch needs {need:.3f} s")
-    log_mel = waveform_to_log_mel(mono, audio.sample_rate, params)
+    with open_wav(source) as wav:
+        info = wav.info
+        lowest_rate = min_sample_rate(params)
+        if info.sample_rate < lowest_rate:
+            raise AudioError("sample_rate_too_low", f"{info.sample_rate} Hz cannot carry the upper half of the "
+                             f"{params.fmin_hz:g}-{params.fmax_hz:g} Hz mel range (needs {lowest_rate:.0f} Hz)")
+        if output_length(info.frames, info.sample_rate, params.sample_rate) < params.min_samples:
+            need = params.min_samples / params.sample_rate
+            raise AudioError("too_short", f"{info.seconds:.3f} s, one patch needs {need:.3f} s")
+        stream = LogMelStream(info.sample_rate, params, total=info.frames)
+        audible = False
+        for block in wav.blocks():
+            mono = to_mono(block)
+            audible = audible or bool(np.any(mono))
+            stream.push(mono)
+        if not audible:
+            raise AudioError("silent", "all samples are zero")
+        log_mel = stream.finish()
+        stat, sha256 = wav.stat, wav.sha256()
     fsutil.save_npz(
         npz,
         log_mel=log_mel,
-        sample_rate=np.int64(audio.sample_rate),
-        channels=np.int64(audio.channels),
-        seconds=np.float64(audio.seconds),
-        source_sha256=np.str_(audio.sha256),
+        sample_rate=np.int64(info.sample_rate),
+        channels=np.int64(info.channels),
+        seconds=np.float64(info.seconds),
+        source_sha256=np.str_(sha256),
         source_size=np.int64(stat.st_size),
         source_mtime_ns=np.int64(stat.st_mtime_ns),
         frontend=np.str_(params.fingerprint()),
         frontend_params=np.str_(json.dumps(dataclasses.asdict(params), sort_keys=True)),
     )
     return {
-        "sample_rate": audio.sample_rate,
-        "channels": audio.channels,
-        "seconds": audio.seconds,
+        "sample_rate": info.sample_rate,
+        "channels": info.channels,
+        "seconds": info.seconds,
         "frames": int(log_mel.shape[0]),
     }
+
+
+def check_label(label: str) -> None:
+    """A label must be one plain folder name, so that `<features_dir>/<label>` stays inside
+    features_dir: `..` would also aim the stale-npz cleanup at everything around it."""
+    separators = {"/", "\0", os.sep, os.altsep or "/"}
+    if label in ("", ".", "..") or any(s in label for s in separators):
+        raise ValueError(f"species label {label!r} is not a plain folder name")
 
 
 @dataclasses.dataclass
@@ -132,6 +166,7 @@ def extract_species(
     Paths in the QC rows are relative to `data_dir`; feature paths are as given
     by `features_dir`.
     """
+    check_label(label)
     keep_freed_memory()
     species_dir = data_dir / label
     out_dir = features_dir / label

@@ -17,12 +17,17 @@ from numpy.lib.stride_tricks import as_strided
 
 from .audio import to_mono
 from .params import VGGISH, FrontEnd
-from .resample import resample
+from .resample import StreamResampler
 
 
 def hertz_to_mel(hertz: np.ndarray | float) -> np.ndarray:
     """HTK mel scale."""
     return 1127.0 * np.log1p(np.asarray(hertz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hertz(mel: np.ndarray | float) -> np.ndarray:
+    """Inverse of `hertz_to_mel`."""
+    return 700.0 * np.expm1(np.asarray(mel, dtype=np.float64) / 1127.0)
 
 
 def mel_matrix(params: FrontEnd = VGGISH) -> np.ndarray:
@@ -87,12 +92,52 @@ def log_mel(waveform: np.ndarray, params: FrontEnd = VGGISH) -> np.ndarray:
     return np.log(mel, out=mel)
 
 
+class LogMelStream:
+    """The log-mel of a signal fed in blocks, equal to that of the whole signal.
+
+    Resampled samples that do not yet fill a frame wait for the next block, so
+    every frame sees exactly the samples it would see in one piece.
+    """
+
+    def __init__(self, sample_rate: int, params: FrontEnd = VGGISH, total: int | None = None) -> None:
+        """`total`, the number of source samples if known, lets the last push finish the resampling."""
+        self.params = params
+        self._resampler = (StreamResampler(sample_rate, params.sample_rate, total)
+                           if sample_rate != params.sample_rate else None)
+        self._carry = np.zeros(0, np.float32)
+        self._parts: list[np.ndarray] = []
+
+    def push(self, samples: np.ndarray) -> None:
+        """Feed the next samples at the source rate, mono or (n, channels)."""
+        mono = np.asarray(to_mono(samples), dtype=np.float32)
+        self._add(self._resampler.push(mono) if self._resampler else mono)
+
+    def finish(self) -> np.ndarray:
+        """float32 (frames, mel_bands) of everything fed; a trailing partial frame is dropped."""
+        if self._resampler:
+            self._add(self._resampler.finish())
+        parts, self._parts = self._parts, []
+        if not parts:
+            return np.zeros((0, self.params.mel_bands), np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _add(self, signal: np.ndarray) -> None:
+        if not signal.shape[0]:
+            return
+        if self._carry.shape[0]:
+            signal = np.concatenate([self._carry, signal])
+        frames = log_mel(signal, self.params)
+        if frames.shape[0]:
+            self._parts.append(frames)
+        # A copy, so a view does not keep the whole block alive.
+        self._carry = signal[frames.shape[0] * self.params.hop_samples:].copy()
+
+
 def waveform_to_log_mel(samples: np.ndarray, sample_rate: int, params: FrontEnd = VGGISH) -> np.ndarray:
     """float32 (frames, mel_bands) log-mel of samples at any rate, mono or (n, channels)."""
-    mono = np.asarray(to_mono(samples), dtype=np.float32)
-    if sample_rate != params.sample_rate:
-        mono = resample(mono, sample_rate, params.sample_rate)
-    return log_mel(mono, params)
+    stream = LogMelStream(sample_rate, params, total=np.shape(samples)[0])
+    stream.push(samples)
+    return stream.finish()
 
 
 def to_patches(log_mel_frames: np.ndarray, params: FrontEnd = VGGISH) -> np.ndarray:

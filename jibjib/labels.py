@@ -52,6 +52,12 @@ def processed_files(qc: pd.DataFrame, recording_pattern: str = DEFAULT_RECORDING
     return files.sort_values("path", kind="stable").reset_index(drop=True)
 
 
+def _reason_counts(rows: pd.DataFrame) -> str:
+    """'empty: 2 files, too_short: 1 file' for one species' QC rows."""
+    counts = rows["reason"].replace("", "no reason").value_counts().sort_index()
+    return ", ".join(f"{reason}: {n} file{'s' if n != 1 else ''}" for reason, n in counts.items()) or "no files"
+
+
 def label_index(
     qc: pd.DataFrame,
     species: list[str],
@@ -67,9 +73,12 @@ def label_index(
     labels = sorted(species)
     empty = [label for label in labels if not (files["label"] == label).any()]
     if empty:
+        # The reasons go into the message itself: Snakemake deletes the outputs
+        # of a failed job, the QC table included.
         raise LabelError(
-            f"no usable audio for species {', '.join(map(repr, empty))}: "
-            "see the reasons in results/qc/files.tsv, fix or remove the folder"
+            "no usable audio for species "
+            + ", ".join(f"{label!r} ({_reason_counts(qc[qc['label'] == label])})" for label in empty)
+            + "; fix or remove " + ("that folder" if len(empty) == 1 else "those folders")
         )
     grouped = files.groupby("label")
     index = pd.DataFrame({
@@ -92,6 +101,18 @@ def _unit_hash(seed: int, label: str, recording: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def check_fractions(fractions: dict[str, float]) -> None:
+    """Split shares must be non-negative and add up to 1, or recordings would silently fall into test."""
+    negative = [name for name in SPLITS if fractions[name] < 0]
+    if negative:
+        raise LabelError("fractions must not be negative, got "
+                         + ", ".join(f"{name} {fractions[name]:g}" for name in negative))
+    total = sum(fractions[name] for name in SPLITS)
+    if abs(total - 1.0) > 1e-6:
+        raise LabelError("train + val + test must add up to 1, got "
+                         + " + ".join(f"{fractions[name]:g}" for name in SPLITS) + f" = {total:g}")
+
+
 def assign_splits(
     qc: pd.DataFrame,
     fractions: dict[str, float],
@@ -103,6 +124,7 @@ def assign_splits(
     Each recording draws a number in [0, 1) from a hash of (seed, label,
     recording id) alone, so its split never depends on which other files exist.
     """
+    check_fractions(fractions)
     files = processed_files(qc, recording_pattern)
     train_edge = fractions["train"]
     val_edge = train_edge + fractions["val"]
@@ -117,7 +139,7 @@ def assign_splits(
 
 class _DataOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
-        raise pickle.UnpicklingError(f"refused: the pickle asks for {module}.{name}, only plain data is accepted")
+        raise pickle.UnpicklingError(f"the pickle asks for {module}.{name}, only plain data is accepted")
 
 
 def load_label_map(path: str | Path) -> dict[str, int]:
@@ -130,12 +152,12 @@ def load_label_map(path: str | Path) -> dict[str, int]:
     try:
         data = _DataOnlyUnpickler(io.BytesIO(path.read_bytes()), encoding="utf-8").load()
     except FileNotFoundError:
-        raise LabelError(f"label_map {path} does not exist") from None
+        raise LabelError(f"{path} does not exist") from None
     except (pickle.UnpicklingError, EOFError, ValueError, UnicodeDecodeError) as exc:
-        raise LabelError(f"label_map {path} refused: {exc}") from None
+        raise LabelError(f"{path} refused: {exc}") from None
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in data.items()
     ):
-        raise LabelError(f"label_map {path} must be a dict of species name -> integer id")
+        raise LabelError(f"{path} must be a dict of species name -> integer id")
     return data
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 from keras import layers
 
+from jibjib.config import ConfigError, checkpoint_prefix, checkpoint_problem
 from jibjib.params import VGGISH
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,11 @@ del _layer, _scope, _shape
 VGGISH_PARAMS = 72_141_184
 
 
-class CheckpointError(ValueError):
-    """A VGGish checkpoint is missing, unreadable or does not fit the trunk."""
+class CheckpointError(ConfigError):
+    """A VGGish checkpoint is missing, unreadable or does not fit the trunk.
+
+    A configuration error (vggish.checkpoint), so the command line reports it
+    as one line like the other config problems."""
 
 
 def vggish_trunk(name: str = "vggish") -> keras.Model:
@@ -89,14 +92,6 @@ def vggish_trunk(name: str = "vggish") -> keras.Model:
     return keras.Model(inputs, outputs, name=name)
 
 
-def _checkpoint_prefix(path: str) -> str:
-    """Accept a V2 checkpoint's ``.index`` or data file name for its prefix."""
-    match = re.fullmatch(r"(.+)\.(?:index|data-\d{5}-of-\d{5})", path)
-    if match and not os.path.isfile(path + ".index") and os.path.isfile(match[1] + ".index"):
-        return match[1]
-    return path
-
-
 def load_vggish_checkpoint(trunk: keras.Model, path: str | os.PathLike[str]) -> None:
     """Copy the 18 official VGGish tensors from a TF1 checkpoint into `trunk`.
 
@@ -106,9 +101,12 @@ def load_vggish_checkpoint(trunk: keras.Model, path: str | os.PathLike[str]) -> 
     ignored. Everything is checked before any weight is assigned, so on
     `CheckpointError` the trunk is left unchanged.
     """
-    path = _checkpoint_prefix(os.fspath(path))
-    if not (os.path.isfile(path) or os.path.isfile(path + ".index") or os.path.isdir(path)):
-        raise CheckpointError(f"{path}: no such checkpoint (neither a V1 file nor a V2 {path}.index)")
+    path = checkpoint_prefix(os.fspath(path))
+    # Refuse by file format first: TensorFlow's reader never runs code, but a
+    # Keras model or pickle given here must not even reach a library that might.
+    problem = checkpoint_problem(path)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     # The C++ reader surfaces errors as assorted Python types (OpError
     # subclasses, IndexError for a short read, ...), so catch them all here.
     try:

@@ -37,9 +37,17 @@ class QCRow:
     feature: str = ""
 
 
+INTEGER_COLUMNS = ["sample_rate", "channels", "frames"]
+
+
+def _with_integer_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    # Nullable integers: rejected rows have no rate, and plain int columns
+    # with gaps would turn into floats ("22050.0") in the TSV.
+    return frame.astype({c: "Int64" for c in INTEGER_COLUMNS})
+
+
 def to_frame(rows: list[QCRow]) -> pd.DataFrame:
-    frame = pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=QC_COLUMNS)
-    return frame.astype({c: "Int64" for c in ("sample_rate", "channels", "frames")})
+    return _with_integer_columns(pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=QC_COLUMNS))
 
 
 def read_qc(paths: list[str | os.PathLike]) -> pd.DataFrame:
@@ -50,11 +58,12 @@ def read_qc(paths: list[str | os.PathLike]) -> pd.DataFrame:
         return pd.DataFrame(columns=QC_COLUMNS)
     qc = pd.concat(frames, ignore_index=True)[QC_COLUMNS]
     qc[TEXT_COLUMNS] = qc[TEXT_COLUMNS].fillna("")
-    return qc.astype({c: "Int64" for c in ("sample_rate", "channels", "frames")})
+    return _with_integer_columns(qc)
 
 
 def sorted_table(qc: pd.DataFrame) -> pd.DataFrame:
-    return qc.sort_values("path", kind="stable").reset_index(drop=True)[QC_COLUMNS]
+    """Rows by path; integer columns stay integers even after a concat with gaps."""
+    return _with_integer_columns(qc.sort_values("path", kind="stable").reset_index(drop=True)[QC_COLUMNS])
 
 
 def is_hidden(relative: Path) -> bool:

@@ -84,6 +84,77 @@ def _plan(sr_in: int, sr_out: int):
     return outputs, advance, reach_left, reach_right, tuple(blocks)
 
 
+class StreamResampler:
+    """Resample a signal fed in blocks of any size; the result does not depend on them.
+
+    Output super-block (row) r reads inputs r * advance + lo ... r * advance +
+    span - 1, so a row is computed as soon as its inputs have arrived, and
+    only the inputs that later rows still need are kept.  When the total
+    length is given, the push that completes it also returns the tail, so a
+    signal pushed in one piece costs one pass, as without streaming.
+    """
+
+    def __init__(self, sr_in: int, sr_out: int, total: int | None = None) -> None:
+        self.sr_in, self.sr_out, self.total = sr_in, sr_out, total
+        self._outputs, self._advance, self._reach_left, _, self._blocks = _plan(sr_in, sr_out)
+        self._span = max(lo + w.shape[0] for _, lo, w in self._blocks)
+        # _pending[0] is input sample rows_done * advance - reach_left; the
+        # reach_left samples before the signal count as zeros, as in resampy.
+        self._pending = np.zeros(self._reach_left, np.float32)
+        self._rows_done = 0
+        self._received = 0
+        self._finished = False
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        """Feed the next samples; returns the outputs they complete (possibly none)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self._finished or (self.total is not None and self._received + x.shape[0] > self.total):
+            raise ValueError(f"more than the announced {self.total} samples, or samples after finish()")
+        self._received += x.shape[0]
+        if self._received == self.total:
+            return self._drain(x)
+        self._pending = np.concatenate([self._pending, x])
+        # A row is ready when all its inputs are here and none of its outputs
+        # can lie beyond the final length (which only grows with more input).
+        by_inputs = (self._received - self._span) // self._advance + 1
+        by_length = output_length(self._received, self.sr_in, self.sr_out) // self._outputs
+        return self._emit(max(0, min(by_inputs, by_length) - self._rows_done))
+
+    def finish(self) -> np.ndarray:
+        """The remaining outputs, with zeros after the end of the signal."""
+        return np.zeros(0, np.float32) if self._finished else self._drain(np.zeros(0, np.float32))
+
+    def _drain(self, last: np.ndarray) -> np.ndarray:
+        """Append the last samples and the zeros after them (one copy), emit every remaining row."""
+        self._finished = True
+        n_out = output_length(self._received, self.sr_in, self.sr_out)
+        rows = max(0, -(-n_out // self._outputs) - self._rows_done)
+        kept = self._pending.shape[0]
+        size = max(kept + last.shape[0], self._reach_left + (rows - 1) * self._advance + self._span)
+        pending = np.zeros(size, np.float32)
+        pending[:kept] = self._pending
+        pending[kept:kept + last.shape[0]] = last
+        self._pending = pending
+        before = self._rows_done * self._outputs
+        return self._emit(rows)[: max(0, n_out - before)]
+
+    def _emit(self, rows: int) -> np.ndarray:
+        if rows == 0:
+            return np.zeros(0, np.float32)
+        pending, advance = self._pending, self._advance
+        # as_strided does no bounds checks: make sure every view stays inside.
+        assert pending.shape[0] >= self._reach_left + (rows - 1) * advance + self._span
+        y = np.empty((rows, self._outputs), np.float32)
+        item = pending.itemsize
+        for start, lo, weights in self._blocks:
+            view = as_strided(pending[self._reach_left + lo:], shape=(rows, weights.shape[0]),
+                              strides=(advance * item, item))
+            np.matmul(view, weights, out=y[:, start:start + weights.shape[1]])
+        self._rows_done += rows
+        self._pending = pending[rows * advance:]
+        return y.reshape(-1)
+
+
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Resample a 1-D float signal like `resampy.resample(x, sr_in, sr_out, filter="kaiser_best")`.
 
@@ -92,17 +163,6 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if sr_in == sr_out:
         return x.copy()
-    n_out = output_length(x.shape[0], sr_in, sr_out)
-    if n_out < 1:
+    if output_length(x.shape[0], sr_in, sr_out) < 1:
         raise ValueError(f"{x.shape[0]} samples are too few to resample from {sr_in} to {sr_out} Hz")
-    outputs, advance, reach_left, reach_right, blocks = _plan(sr_in, sr_out)
-    rows = -(-n_out // outputs)
-    span = max(lo + w.shape[0] for _, lo, w in blocks)
-    padded = np.zeros(reach_left + max(x.shape[0], (rows - 1) * advance + span) + reach_right + 1, np.float32)
-    padded[reach_left:reach_left + x.shape[0]] = x
-    y = np.empty((rows, outputs), np.float32)
-    item = padded.itemsize
-    for start, lo, weights in blocks:
-        view = as_strided(padded[reach_left + lo:], shape=(rows, weights.shape[0]), strides=(advance * item, item))
-        np.matmul(view, weights, out=y[:, start:start + weights.shape[1]])
-    return y.reshape(-1)[:n_out]
+    return StreamResampler(sr_in, sr_out, total=x.shape[0]).push(x)

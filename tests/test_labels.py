@@ -112,3 +112,32 @@ def test_label_map_of_the_wrong_shape(tmp_path: Path) -> None:
         load_label_map(path)
     with pytest.raises(LabelError, match="does not exist"):
         load_label_map(tmp_path / "missing.pickle")
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_that_would_write_a_file_is_refused_at_every_protocol(tmp_path: Path, protocol: int) -> None:
+    target = tmp_path / "pwned"
+    payload = pickle.dumps({"Turdus_merula": 3, "Parus_major": _Exploit(target)}, protocol=protocol)
+    # The payload is real: an ordinary unpickler creates the file.
+    pickle.loads(payload)["Parus_major"].close()
+    assert target.exists()
+    target.unlink()
+
+    hostile = tmp_path / "bird_id_map.pickle"
+    hostile.write_bytes(payload)
+    with pytest.raises(LabelError, match=r"bird_id_map\.pickle refused: the pickle asks for \w+\.open, "
+                                         r"only plain data is accepted"):
+        load_label_map(hostile)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("payload", [
+    # What Python 2 wrote for {'Parus_major': 0, 'Turdus_merula': 193} (byte strings as keys).
+    b"\x80\x02}q\x00(U\x0bParus_majorq\x01K\x00U\x0dTurdus_merulaq\x02K\xc1u.",
+    b"(dp0\nS'Parus_major'\np1\nI0\nsS'Turdus_merula'\np2\nI193\ns.",
+])
+def test_label_map_written_by_python_2_loads(tmp_path: Path, payload: bytes) -> None:
+    """The original bird_id_map.pickle came from Python 2 code."""
+    path = tmp_path / "bird_id_map.pickle"
+    path.write_bytes(payload)
+    assert load_label_map(path) == {"Parus_major": 0, "Turdus_merula": 193}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from conftest import chirp, make_tree, run_snakemake, write_wav
 
@@ -45,36 +44,6 @@ def test_run_rerun_and_add_a_species(tmp_path) -> None:
     assert {p: p.stat().st_mtime_ns for p in old} == old
     assert len(list((work / "results/features/Gamma_three").glob("*.npz"))) == 4
     assert list(read(work / "results/labels.tsv")["label"]) == ["Alpha_one", "Beta_two", "Gamma_three"]
-
-
-@pytest.mark.parametrize(
-    ("config", "message"),
-    [
-        ({"split": {"fractions": {"train": 0.5, "val": 0.1, "test": 0.1}}},
-         "config: split.fractions: train + val + test must add up to 1, got 0.5 + 0.1 + 0.1 = 0.7"),
-        ({"split": {"fractions": {"train": 1.5}}}, "config: split.fractions.train: 1.5 is greater than the maximum of 1"),
-        ({"split": {"fraction": 0.5}}, "config: split: Additional properties are not allowed ('fraction' was unexpected)"),
-        ({"data_dir": "{tmp}/nowhere"}, "does not exist"),
-        ({"data_dir": "{tmp}/one"}, "only one species folder"),
-        ({"data_dir": "{tmp}/hollow"}, "has no .wav files"),
-        ({"label_map": "{tmp}/missing.pickle"}, "label_map"),
-        ({"vggish": {"checkpoint": "/nowhere/vggish_model.ckpt"}},
-         "config: vggish.checkpoint: /nowhere/vggish_model.ckpt does not exist"),
-        ({"models": ["vggish", "resnet"]}, "config: models.1: 'resnet' is not one of ['vggish', 'convlstm']"),
-    ],
-)
-def test_bad_config_fails_with_one_clear_line(tmp_path, config, message) -> None:
-    make_tree(tmp_path / "birds", {"Alpha_one": 1, "Beta_two": 1})
-    make_tree(tmp_path / "one", {"Alpha_one": 1})
-    make_tree(tmp_path / "hollow", {"Alpha_one": 1})
-    (tmp_path / "hollow" / "Empty_species").mkdir()
-    config = {"data_dir": tmp_path / "birds",
-              **{k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in config.items()}}
-    result = run_snakemake(tmp_path, *TARGETS, config=config, check=False)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "results").exists()
 
 
 def test_training_jobs_ask_for_a_gpu(tmp_path) -> None:

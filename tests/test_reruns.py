@@ -1,0 +1,210 @@
+"""Only stale work reruns: each realistic change to data or config, and what it must redo.
+
+Plans are read from dry runs (`Job stats` counts per rule); work actually done
+is read from the npz files themselves: a rewritten npz is a new inode (every
+write renames a temporary file into place).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import chirp, make_tree, run_snakemake, write_wav
+from jibjib.inventory import refresh_signatures
+from jibjib.qc import species_files
+
+DATA_TARGETS = ["results/labels.tsv", "results/split.tsv"]
+RATE = 16000
+SECONDS = 1.2  # one 0.96 s patch needs 0.975 s
+DOWNSTREAM = {"labels": 1, "split": 1}
+TINY_CONVLSTM = {
+    "models": ["convlstm"],
+    "convlstm": {"seq_len": 1, "conv_filters": [4], "lstm_units": 4, "dense_units": 4,
+                 "epochs": 1, "batch_size": 4, "patience": 1},
+    "train": {"shuffle_buffer": 16},
+}
+
+
+def planned(result) -> dict[str, int]:
+    """Jobs per rule a dry run would run ({} when there is nothing to do)."""
+    text = result.stdout + result.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {rule: int(count) for rule, count in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def npz_files(work: Path) -> dict[Path, tuple[int, int]]:
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (work / "results/features").rglob("*.npz")}
+
+
+def rewritten(before: dict[Path, tuple[int, int]], after: dict[Path, tuple[int, int]]) -> set[str]:
+    """Names of npz files written since `before` (new or replaced)."""
+    return {p.name for p, state in after.items() if before.get(p) != state}
+
+
+class Run:
+    """A small tree with features, labels and split built once; `data_dir` is relative to `work`."""
+
+    def __init__(self, work: Path, config: dict | None = None) -> None:
+        self.work = work
+        self.data = work / "birds"
+        self.config = {"data_dir": "birds", **(config or {})}
+
+    def plan(self, *targets: str, config: dict | None = None, args: tuple[str, ...] = ()) -> dict[str, int]:
+        result = run_snakemake(self.work, "--dry-run", *args, *(targets or DATA_TARGETS),
+                               config={**self.config, **(config or {})})
+        return planned(result)
+
+    def run(self, *targets: str, config: dict | None = None):
+        return run_snakemake(self.work, *(targets or DATA_TARGETS), config={**self.config, **(config or {})})
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Run:
+    pristine = Run(tmp_path_factory.mktemp("pristine"))
+    make_tree(pristine.data, {"Alpha_one": 2, "Beta_two": 2}, seconds=SECONDS, sample_rate=RATE)
+    pristine.run()
+    assert len(npz_files(pristine.work)) == 8
+    return pristine
+
+
+@pytest.fixture
+def built(pristine: Run, tmp_path: Path) -> Run:
+    """A copy of the finished run, Snakemake's records included; copy2 keeps every mtime."""
+    work = shutil.copytree(pristine.work, tmp_path / "work", copy_function=shutil.copy2)
+    return Run(work)
+
+
+def test_nothing_changed_runs_nothing(built: Run) -> None:
+    before = npz_files(built.work)
+    assert built.plan() == {}
+    built.run()
+    assert rewritten(before, npz_files(built.work)) == set()
+
+
+def test_added_file_computes_only_that_file(built: Run) -> None:
+    before = npz_files(built.work)
+    write_wav(built.data / "Alpha_one" / "Alpha_one-200_1.wav", chirp(SECONDS, RATE, seed=99), RATE)
+    assert built.plan() == {"features": 1, **DOWNSTREAM}
+    built.run()
+    assert rewritten(before, npz_files(built.work)) == {"Alpha_one-200_1.npz"}
+    assert "Alpha_one/Alpha_one-200_1.wav" in (built.work / "results/split.tsv").read_text()
+
+
+def test_removed_file_drops_its_features(built: Run) -> None:
+    before = npz_files(built.work)
+    (built.data / "Beta_two" / "Beta_two-100_2.wav").unlink()
+    assert built.plan() == {"features": 1, **DOWNSTREAM}
+    built.run()
+    after = npz_files(built.work)
+    assert {p.name for p in set(before) - set(after)} == {"Beta_two-100_2.npz"}
+    assert rewritten(before, after) == set()
+    assert "Beta_two-100_2.wav" not in (built.work / "results/split.tsv").read_text()
+
+
+def test_modified_file_recomputes_only_that_file(built: Run) -> None:
+    before = npz_files(built.work)
+    # Same length, so the same size: only the content tells the change.
+    write_wav(built.data / "Alpha_one" / "Alpha_one-101_2.wav", chirp(SECONDS, RATE, f0=4000, seed=7), RATE)
+    assert built.plan() == {"features": 1, **DOWNSTREAM}
+    built.run()
+    assert rewritten(before, npz_files(built.work)) == {"Alpha_one-101_2.npz"}
+
+
+def test_modified_file_with_restored_mtime_is_planned(built: Run) -> None:
+    """`cp -p` or `rsync -t` can write new content under the old mtime; the ctime still moves."""
+    wav = built.data / "Beta_two" / "Beta_two-101_1.wav"
+    old = wav.stat()
+    write_wav(wav, chirp(SECONDS, RATE, f0=5000, seed=8), RATE)
+    os.utime(wav, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert built.plan() == {"features": 1, **DOWNSTREAM}
+
+
+def test_frontend_change_recomputes_every_file(built: Run) -> None:
+    before = npz_files(built.work)
+    changed = {"frontend": {"log_offset": 0.001}}
+    assert built.plan(config=changed) == {"features": 2, **DOWNSTREAM}
+    built.run(config=changed)
+    after = npz_files(built.work)
+    assert rewritten(before, after) == {p.name for p in before}
+    with np.load(next(iter(after)), allow_pickle=False) as z:
+        assert '"log_offset": 0.001' in str(z["frontend_params"])
+
+
+# Snakemake itself forgives a newer input whose checksum it recorded, but only
+# for files up to --max-checksum-file-size (1 MB): a 10 s 44.1 kHz slice is
+# 0.9 MB, longer or stereo recordings are more. Limit 0 makes these small test
+# files behave like large ones, so only our content signatures can save the run.
+LARGE_FILES = ("--max-checksum-file-size", "0")
+
+
+@pytest.mark.parametrize("profile", [(), ("--workflow-profile", "none")], ids=["default-profile", "no-profile"])
+def test_touching_every_wav_recomputes_nothing(built: Run, profile: tuple[str, ...]) -> None:
+    """A git checkout rewrites every file's mtime; content decides, with or without the profile."""
+    before = npz_files(built.work)
+    later = before[next(iter(before))][1] + 10**9
+    for wav in built.data.rglob("*.wav"):
+        os.utime(wav, ns=(later, later))
+    first = run_snakemake(built.work, "--dry-run", *profile, *LARGE_FILES, *DATA_TARGETS, config=built.config)
+    assert planned(first) == {}
+    assert "sources: hashed 8 of 8 files" in first.stderr
+    # The stat cache took the new mtimes: the next run hashes nothing.
+    second = run_snakemake(built.work, *profile, *LARGE_FILES, *DATA_TARGETS, config=built.config)
+    assert "Nothing to be done" in second.stdout + second.stderr
+    assert "sources: hashed" not in second.stderr
+    assert rewritten(before, npz_files(built.work)) == set()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Run:
+    trained = Run(tmp_path_factory.mktemp("trained"), TINY_CONVLSTM)
+    make_tree(trained.data, {"Alpha_one": 3, "Beta_two": 3}, seconds=SECONDS, sample_rate=RATE)
+    trained.run("results/models/convlstm/model.keras")
+    return trained
+
+
+def test_checkout_keeps_features_and_model(trained: Run) -> None:
+    model = trained.work / "results/models/convlstm/model.keras"
+    before, model_before = npz_files(trained.work), model.stat().st_mtime_ns
+    for wav in trained.data.rglob("*.wav"):
+        wav.touch()
+    assert trained.plan("results/models/convlstm/model.keras", args=LARGE_FILES) == {}
+    run_snakemake(trained.work, *LARGE_FILES, "results/models/convlstm/model.keras", config=trained.config)
+    assert model.stat().st_mtime_ns == model_before
+    assert rewritten(before, npz_files(trained.work)) == set()
+
+
+def test_training_only_change_keeps_features(trained: Run) -> None:
+    retrain = {"convlstm": {**TINY_CONVLSTM["convlstm"], "epochs": 2}}
+    assert trained.plan("results/models/convlstm/model.keras", config=retrain) == {"train_convlstm": 1}
+
+
+def test_signatures_change_with_content_only(tmp_path: Path) -> None:
+    """The stat cache: a file is hashed when its stat moved, and a signature is rewritten
+    only when the file set or a file's content changed."""
+    data = make_tree(tmp_path / "birds", {"Alpha_one": 1, "Beta_two": 1}, seconds=SECONDS, sample_rate=RATE)
+    (data / "Alpha_one" / ".DS_Store").write_bytes(b"finder")
+    signatures = tmp_path / "sources"
+
+    def refresh():
+        inventory = {label: species_files(data / label) for label in ("Alpha_one", "Beta_two")}
+        return refresh_signatures(data, inventory, signatures, workers=2)
+
+    first = refresh()
+    assert (first.files, first.hashed_files, first.changed_species) == (5, 4, ["Alpha_one", "Beta_two"])
+    assert "Alpha_one/.DS_Store\t-\t-" in (signatures / "Alpha_one.tsv").read_text()
+    assert refresh().hashed_files == 0
+
+    copied = tmp_path / "copy.wav"
+    shutil.copy2(data / "Beta_two" / "Beta_two-100_1.wav", copied)
+    os.replace(copied, data / "Beta_two" / "Beta_two-100_1.wav")  # new inode and ctime, same bytes
+    (data / "Alpha_one" / ".DS_Store").write_bytes(b"finder wrote again")  # ignored: listed, not hashed
+    again = refresh()
+    assert (again.hashed_files, again.changed_species) == (1, [])
