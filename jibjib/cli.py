@@ -7,9 +7,32 @@ them, so `jibjib features` starts in a fraction of a second.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line: the message names the argument, `--help` has the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _input_file(text: str) -> str:
+    """An input file named on the command line, checked before any heavy import."""
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file" if Path(text).is_dir()
+                                         else f"{text} does not exist")
+    return text
+
+
+def _input_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder" if Path(text).exists() else f"{text} does not exist")
+    return text
 
 
 def _frontend(text: str | None):
@@ -34,6 +57,9 @@ def cmd_features(args: argparse.Namespace) -> None:
     from . import fsutil
     from .features import extract_species
 
+    if not (Path(args.data_dir) / args.label).is_dir():
+        # Otherwise an empty manifest would look like a species with no files.
+        raise FileNotFoundError(errno.ENOENT, "no such species folder", str(Path(args.data_dir) / args.label))
     qc, _ = extract_species(Path(args.data_dir), args.label, Path(args.features_dir), _frontend(args.frontend))
     fsutil.write_tsv(args.manifest, qc)
 
@@ -141,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .labels import DEFAULT_RECORDING_PATTERN
 
-    parser = argparse.ArgumentParser(prog="jibjib", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="jibjib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"jibjib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -153,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_demo)
 
     p = sub.add_parser("features", help="log-mel features for one species folder")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", required=True, type=_input_dir)
     p.add_argument("--label", required=True, help="species folder name below --data-dir")
     p.add_argument("--features-dir", required=True, help="npz files go to <features-dir>/<label>/")
     p.add_argument("--manifest", required=True, help="QC rows of this species (TSV)")
@@ -161,16 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("labels", help="label index and QC table from the species manifests")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--manifests", nargs="+", required=True)
+    p.add_argument("--data-dir", required=True, type=_input_dir)
+    p.add_argument("--manifests", nargs="+", required=True, type=_input_file)
     p.add_argument("--out", required=True, help="labels.tsv")
     p.add_argument("--qc", required=True, help="qc/files.tsv")
-    p.add_argument("--label-map", help="old bird_id_map.pickle (species -> database id)")
+    p.add_argument("--label-map", type=_input_file, help="old bird_id_map.pickle (species -> database id)")
     p.add_argument("--recording-pattern", default=DEFAULT_RECORDING_PATTERN)
     p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser("split", help="train/val/test split by recording")
-    p.add_argument("--manifests", nargs="+", required=True)
+    p.add_argument("--manifests", nargs="+", required=True, type=_input_file)
     p.add_argument("--out", required=True, help="split.tsv")
     p.add_argument("--train", type=float, default=0.8)
     p.add_argument("--val", type=float, default=0.1)
@@ -181,19 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on the features")
     p.add_argument("--model", required=True, choices=["vggish", "convlstm"])
-    p.add_argument("--labels", required=True, help="labels.tsv")
-    p.add_argument("--split", required=True, help="split.tsv")
-    p.add_argument("--features-dir", required=True)
+    p.add_argument("--labels", required=True, type=_input_file, help="labels.tsv")
+    p.add_argument("--split", required=True, type=_input_file, help="split.tsv")
+    p.add_argument("--features-dir", required=True, type=_input_dir)
     p.add_argument("--out-dir", required=True, help="model.keras, history.tsv, train.json and checkpoints/ go here")
     p.add_argument("--settings", required=True, help="training settings as JSON (see config.yaml)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, figures and thresholds of a trained model on the test split")
-    p.add_argument("--model-dir", required=True, help="results/models/<model> (model.keras, train.json, history.tsv)")
-    p.add_argument("--labels", required=True, help="labels.tsv")
-    p.add_argument("--split", required=True, help="split.tsv")
-    p.add_argument("--features-dir", required=True)
+    p.add_argument("--model-dir", required=True, type=_input_dir, help="results/models/<model>")
+    p.add_argument("--labels", required=True, type=_input_file, help="labels.tsv")
+    p.add_argument("--split", required=True, type=_input_file, help="split.tsv")
+    p.add_argument("--features-dir", required=True, type=_input_dir)
     p.add_argument("--out-dir", required=True, help="results/eval/<model>")
     p.add_argument("--target-precision", type=float, default=0.9, help="per-class thresholds reach this on val")
     p.add_argument("--top-k", type=int, default=5)
@@ -201,10 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="SavedModel for TensorFlow Serving, front end in the graph")
-    p.add_argument("--model-dir", required=True, help="results/models/<model>")
-    p.add_argument("--eval-dir", required=True, help="results/eval/<model> (metrics.json, thresholds.tsv)")
-    p.add_argument("--labels", required=True, help="labels.tsv")
-    p.add_argument("--split", required=True, help="split.tsv (counts for the model card)")
+    p.add_argument("--model-dir", required=True, type=_input_dir, help="results/models/<model>")
+    p.add_argument("--eval-dir", required=True, type=_input_dir, help="results/eval/<model>")
+    p.add_argument("--labels", required=True, type=_input_file, help="labels.tsv")
+    p.add_argument("--split", required=True, type=_input_file, help="split.tsv (counts for the model card)")
     p.add_argument("--frontend", help="front-end parameters as JSON (default: VGGish)")
     p.add_argument("--top-k", type=int, default=5, help="labels returned by serving_default")
     p.add_argument("--out", required=True, help="results/export/<model>/<version> (an integer version)")
@@ -222,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Problems with the user's input or disk, not with the code: one line each.
+# Anything else is a bug and keeps its traceback.
+_MISSING_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .fsutil import OutputError
@@ -232,9 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.func(args)
     except (ConfigError, LabelError, OutputError, ExportError) as exc:
-        print(f"jibjib {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    return status or 0
+        message = str(exc)
+    except _MISSING_PATH_ERRORS as exc:
+        if exc.filename is None:
+            raise
+        message = f"{exc.filename}: {exc.strerror}"
+    else:
+        return status or 0
+    print(f"jibjib {args.command}: error: {message}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -42,18 +42,26 @@ def make_tree(root: Path, species: dict[str, int], seconds: float = 2.0, sample_
     return root
 
 
-def run_snakemake(workdir: Path, *args: str, config: dict | None = None,
-                  check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's workflow in `workdir`, `config` overriding config.yaml."""
+SNAKEMAKE_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def snakemake_command(workdir: Path, *args: str, config: dict | None = None) -> list[str]:
+    """The command that runs the repository's workflow in `workdir`, `config` overriding config.yaml
+    (run it with env=SNAKEMAKE_ENV)."""
     overrides = workdir / ".test-config.yaml"
     overrides.write_text(yaml.safe_dump(json.loads(json.dumps(config or {}, default=str))))
-    command = [
+    return [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(REPO / "config.yaml"), str(overrides),
         "--cores", "2", *args,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict | None = None,
+                  check: bool = True) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in `workdir`, `config` overriding config.yaml."""
+    command = snakemake_command(workdir, *args, config=config)
+    result = subprocess.run(command, capture_output=True, text=True, env=SNAKEMAKE_ENV, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result

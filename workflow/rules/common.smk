@@ -36,6 +36,10 @@ def _validate_config():
         return check_config(config, demo_hint="make demo" if is_demo else "")
     except ConfigError as exc:
         _stop(exc)
+    except OSError as exc:  # an unreadable data_dir or label_map, say
+        if exc.filename is None:
+            raise
+        _stop(f"{exc.filename}: {exc.strerror}")
 
 
 INVENTORY = _validate_config()
@@ -54,11 +58,6 @@ shell.prefix(_prefix)
 
 wildcard_constraints:
     label=r"[^/]+",
-
-
-def species_inputs(wildcards):
-    """Every file of one species folder: adding, removing or editing one reruns the shard."""
-    return [str(p) for p in INVENTORY[wildcards.label]]
 
 
 def species_manifests():
