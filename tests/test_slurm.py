@@ -76,16 +76,18 @@ def _require_cluster() -> None:
     pytest.skip(problem)
 
 
-def _jobs_in_log(log: str) -> dict[int, tuple[str, str]]:
-    """Snakemake jobid -> (rule, wildcards) for every non-local job the run scheduled."""
-    jobs: dict[int, tuple[str, str]] = {}
+def _jobs_in_log(log: str) -> dict[int, tuple[str, str, bool]]:
+    """Snakemake jobid -> (rule, wildcards, asks for a GPU) for every non-local job the run scheduled."""
+    jobs: dict[int, tuple[str, str, bool]] = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", log):
         head = re.match(r"(local)?rule (\w+):\n", block)
         if not head or head.group(1):
             continue
         jobid = re.search(r"^\s+jobid: (\d+)$", block, re.M)
         wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.M)
-        jobs[int(jobid.group(1))] = (head.group(2), wildcards.group(1) if wildcards else "")
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
+        gpu = bool(resources and re.search(r"(^|, )gpu=[1-9]", resources.group(1)))
+        jobs[int(jobid.group(1))] = (head.group(2), wildcards.group(1) if wildcards else "", gpu)
     return jobs
 
 
@@ -195,8 +197,9 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path: Path) -> None:
     # Every non-local job went through sbatch exactly once (no retries needed),
     # and SLURM itself recorded each of them as completed.
     jobs = _jobs_in_log(log)
-    rules = sorted(rule for rule, _ in jobs.values())
+    rules = sorted(rule for rule, _, _ in jobs.values())
     assert rules.count("features") == 3 and {"labels", "split", "train_convlstm"} <= set(rules), rules
+    assert all(gpu for rule, _, gpu in jobs.values() if rule.startswith("train_"))
     submitted = _submissions_in_log(log)
     assert set(submitted) == set(jobs), f"jobs {sorted(jobs)} vs submitted {sorted(submitted)}"
     assert all(len(ids) == 1 for ids in submitted.values()), submitted
@@ -206,25 +209,27 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path: Path) -> None:
     assert set(records) == slurm_ids, f"SLURM knows {sorted(records)}, Snakemake submitted {sorted(slurm_ids)}"
 
     logdir = cluster / "logs/slurm"
-    for jobid, (rule, wildcards) in jobs.items():
+    for jobid, (rule, wildcards, gpu) in jobs.items():
         slurm_id = submitted[jobid][0]
         record = records[slurm_id]
         assert record["JobState"] == "COMPLETED", (rule, record)
-        wants_gpu = "gpu" in record.get("TresPerJob", "")
-        if rule.startswith("train_"):
-            # The profile's GPU routing: gpu=1 from the rule, the partition
-            # from JIBJIB_SLURM_GPU_PARTITION, CPUs per GPU from the threads.
-            assert wants_gpu and record["Partition"] == "gpu", record
+        got_gpu = "gpu" in record.get("TresPerJob", "")
+        if gpu:
+            # The profile's GPU routing: the GPU from the rule's gpu=1, the
+            # partition from JIBJIB_SLURM_GPU_PARTITION, CPUs per GPU from the
+            # threads (2 in tests/slurm/profile).
+            assert got_gpu and record["Partition"] == "gpu", \
+                f"{rule} asks for a GPU but ran as {record}: is it in profiles/slurm's set-resources?"
             assert record.get("CpusPerTres") == "gres:gpu:2", record
         else:
-            assert not wants_gpu and record["Partition"] == "cpu", (rule, record)
+            assert not got_gpu and record["Partition"] == "cpu", (rule, record)
         # The job's sbatch output shows which job it ran: array tasks share one
         # submission, so this proves each task ran its own species.
         job_log = next(logdir.glob(f"rule_{rule}/**/{slurm_id}.log"))
         if wildcards:
             assert f"wildcards: {wildcards}" in job_log.read_text(), (slurm_id, wildcards)
     # The feature jobs were one array (the profile's slurm-array-jobs).
-    assert len({submitted[j][0].split("_")[0] for j, (rule, _) in jobs.items() if rule == "features"}) == 1
+    assert len({submitted[j][0].split("_")[0] for j, (rule, _, _) in jobs.items() if rule == "features"}) == 1
 
     # Same outputs as the local run: data products byte for byte; the model,
     # whose training is not bit-reproducible across runs, by architecture,
