@@ -131,7 +131,7 @@ def evaluate(
         return score_split(model, files)
 
     val, test = scored("val"), scored("test")
-    temperature = metrics.fit_temperature(val.logits, val.y[val.owner], multi_label)
+    temperature = metrics.fit_temperature(val.logits, val.owner, val.y, multi_label)
     test_scores = test.file_scores(1.0, multi_label)
     thresholds = pd.DataFrame(metrics.precision_thresholds(
         val.y, val.file_scores(1.0, multi_label), classes, target_precision))
@@ -155,6 +155,8 @@ def evaluate(
         "patch": _level_report(test.y[test.owner], unit_scores, classes, top_k),
         "calibration": {
             "temperature": temperature,
+            "temperature_at_bound": not (
+                metrics.TEMPERATURE_BOUNDS[0] * 1.01 < temperature < metrics.TEMPERATURE_BOUNDS[1] / 1.01),
             "fitted_on": "val",
             "n_val_files": len(val.files),
             "ece_bins": metrics.ECE_BINS,
@@ -208,7 +210,9 @@ def markdown_report(report: dict[str, Any], thresholds: pd.DataFrame) -> str:
     lines += [
         "",
         f"Calibration: temperature {cal['temperature']:.3f} fitted on {cal['n_val_files']} val files; "
-        f"file-level ECE on test {fmt(cal['file_ece_before'])} before, {fmt(cal['file_ece_after'])} after.",
+        f"file-level ECE on test {fmt(cal['file_ece_before'])} before, {fmt(cal['file_ece_after'])} after."
+        + (" The fit stopped at its bound: the val split gives too little evidence to calibrate on."
+           if cal["temperature_at_bound"] else ""),
         "",
         "## Per class (file level)",
         "",

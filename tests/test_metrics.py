@@ -111,9 +111,12 @@ def test_temperature_recovers_the_overconfidence() -> None:
     true_logits = rng.normal(0, 2, (4000, 5))
     y = np.array([rng.choice(5, p=p) for p in metrics.softmax(true_logits)])
     # A model three times too sure of itself: its logits are 3x the calibrated ones.
-    temperature = metrics.fit_temperature(3 * true_logits, y)
-    assert temperature == pytest.approx(3.0, rel=0.1)
-    assert metrics.fit_temperature(np.zeros((0, 5)), np.zeros(0, int)) == 1.0
+    one_patch_each = np.arange(y.size)
+    assert metrics.fit_temperature(3 * true_logits, one_patch_each, y) == pytest.approx(3.0, rel=0.1)
+    # Two patches per file: the fit calibrates the file scores, the means of patch probabilities.
+    both = np.vstack([3 * true_logits, 3 * true_logits])
+    assert metrics.fit_temperature(both, np.r_[one_patch_each, one_patch_each], y) == pytest.approx(3.0, rel=0.1)
+    assert metrics.fit_temperature(np.zeros((0, 5)), np.zeros(0, int), np.zeros(0, int)) == 1.0
 
 
 def test_thresholds_reach_the_target_precision() -> None:
