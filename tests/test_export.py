@@ -175,3 +175,15 @@ def test_predict_names_a_folder_that_is_not_an_export(run: Path) -> None:
     result = jibjib("predict", "--model", "results/models/vggish", "x.wav", cwd=run)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("jibjib predict: error: results/models/vggish is not")
+
+
+def test_confusion_figure_keeps_a_readable_row_per_class(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from jibjib import figures
+
+    n = 60
+    figures.confusion_matrix(tmp_path / "c.png", np.eye(n, dtype=int) * 5, [f"Genus_species_{i}" for i in range(n)], "t")
+    height, width = matplotlib.image.imread(tmp_path / "c.png").shape[:2]
+    # At 110 dpi a 0.22 inch row is 24 px: room for a 7 pt label per class.
+    assert height / n > 20 and width / n > 20
