@@ -7,7 +7,8 @@ Writes a tree of N one-second 16 kHz 16-bit WAVs in S species folders
 (default: the original corpus's density, about 412 files per species) and
 measures, on the same files:
 
-  direct     jibjib.features.extract_species per species, 2 worker processes
+  direct     jibjib.features.update_species per species plus its manifest
+             (what `jibjib features` does, minus process start-up), 2 worker processes
   (b)        the feature stage through the workflow (every species manifest),
              --cores 2, from scratch: includes Snakemake's start-up and the
              one-time hashing pass over every file
@@ -42,8 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jibjib import fsutil  # noqa: E402
-from jibjib.features import extract_species  # noqa: E402
+from jibjib.features import update_species  # noqa: E402
+from jibjib.qc import write_manifest  # noqa: E402
 
 RATE = 16000
 FILES_PER_SPECIES = 412  # 80,000 files in 194 species
@@ -74,8 +75,8 @@ def write_tree(root: Path, n_files: int, n_species: int, seconds: float, first_s
 
 def _extract_one(job: tuple[Path, str, Path]) -> int:
     data_dir, label, features_dir = job
-    qc, stats = extract_species(data_dir, label, features_dir)
-    fsutil.write_tsv(features_dir / f"{label}.tsv", qc)
+    rows, stats = update_species(data_dir, label, features_dir)
+    write_manifest(features_dir / f"{label}.tsv", rows)
     return stats.computed
 
 
@@ -147,7 +148,7 @@ def main() -> None:
         started = time.perf_counter()
         computed = direct(data_dir, labels, root / "direct" / "features")
         t_direct = time.perf_counter() - started
-        rows.append(("direct: extract_species, 2 processes", f"{t_direct:.1f} s", f"{computed:,} npz"))
+        rows.append(("direct: update_species, 2 processes", f"{t_direct:.1f} s", f"{computed:,} npz"))
 
         manifests = [f"results/features/{label}.tsv" for label in labels]
         t_features, out = snakemake(work, data_dir, *manifests)

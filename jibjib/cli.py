@@ -1,7 +1,8 @@
 """The `jibjib` command: what the Snakemake rules call, one subcommand per step.
 
 Heavy imports (TensorFlow, pandas) happen inside the subcommands that need
-them, so `jibjib features` starts in a fraction of a second.
+them, and main() itself imports only jibjib.errors, so `jibjib features`,
+which runs once per species, imports neither.
 """
 
 from __future__ import annotations
@@ -35,10 +36,28 @@ def _input_dir(text: str) -> str:
     return text
 
 
+def _json(option: str, text: str):
+    """A JSON command-line value; bad JSON is the caller's mistake, reported in one line."""
+    from .errors import InputError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{option}: not valid JSON ({exc})") from None
+
+
 def _frontend(text: str | None):
     from .params import FrontEnd
 
-    return FrontEnd.from_config(json.loads(text) if text else None)
+    return FrontEnd.from_config(_json("--frontend", text) if text else None)
+
+
+def _recording_pattern(args: argparse.Namespace) -> str:
+    # Resolved here, not as the argparse default: jibjib.labels imports pandas,
+    # which the features command must not pay for.
+    from .labels import DEFAULT_RECORDING_PATTERN
+
+    return DEFAULT_RECORDING_PATTERN if args.recording_pattern is None else args.recording_pattern
 
 
 def cmd_make_demo(args: argparse.Namespace) -> None:
@@ -54,14 +73,17 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    from . import fsutil
-    from .features import extract_species
+    from .features import check_label, read_sources, update_species
+    from .qc import write_manifest
 
+    check_label(args.label)
     if not (Path(args.data_dir) / args.label).is_dir():
         # Otherwise an empty manifest would look like a species with no files.
         raise FileNotFoundError(errno.ENOENT, "no such species folder", str(Path(args.data_dir) / args.label))
-    qc, _ = extract_species(Path(args.data_dir), args.label, Path(args.features_dir), _frontend(args.frontend))
-    fsutil.write_tsv(args.manifest, qc)
+    sources = read_sources(args.sources) if args.sources else None
+    rows, _ = update_species(Path(args.data_dir), args.label, Path(args.features_dir), _frontend(args.frontend),
+                             sources=sources)
+    write_manifest(args.manifest, rows)
 
 
 def cmd_labels(args: argparse.Namespace) -> None:
@@ -84,7 +106,7 @@ def cmd_labels(args: argparse.Namespace) -> None:
     fsutil.write_tsv(args.qc, qc)
     label_map = load_label_map(args.label_map) if args.label_map else None
     species = sorted(Path(m).stem for m in args.manifests)
-    fsutil.write_tsv(args.out, label_index(qc, species, label_map, args.recording_pattern))
+    fsutil.write_tsv(args.out, label_index(qc, species, label_map, _recording_pattern(args)))
     counts = qc["status"].value_counts()
     print(
         f"labels: {len(species)} classes; files {counts.get('processed', 0)} processed, "
@@ -101,7 +123,7 @@ def cmd_split(args: argparse.Namespace) -> None:
     from .qc import read_qc
 
     fractions = {"train": args.train, "val": args.val, "test": args.test}
-    split = assign_splits(read_qc(args.manifests), fractions, args.seed, args.recording_pattern)
+    split = assign_splits(read_qc(args.manifests), fractions, args.seed, _recording_pattern(args))
     fsutil.write_tsv(args.out, split)
     counts = split.groupby(["split", "label"])["recording_id"].nunique()
     print("split: recordings " + ", ".join(
@@ -115,9 +137,10 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     _tensorflow_threads(args.threads)
+    settings = _json("--settings", args.settings)  # before TensorFlow loads: a typo costs no wait
     from .train import train
 
-    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, json.loads(args.settings))
+    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, settings)
     print(f"train {args.model}: {report['epochs_completed']} epochs in {report['seconds']} s", file=sys.stderr)
 
 
@@ -165,7 +188,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .labels import DEFAULT_RECORDING_PATTERN
 
     parser = _Parser(prog="jibjib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"jibjib {__version__}")
@@ -184,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features-dir", required=True, help="npz files go to <features-dir>/<label>/")
     p.add_argument("--manifest", required=True, help="QC rows of this species (TSV)")
     p.add_argument("--frontend", help="front-end parameters as JSON (default: VGGish)")
+    p.add_argument("--sources", type=_input_file,
+                   help="the species' content signature (results/sources/<label>.tsv): an npz is then current "
+                        "if it was computed from the recorded SHA-256, without hashing (default: size and mtime)")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("labels", help="label index and QC table from the species manifests")
@@ -192,17 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="labels.tsv")
     p.add_argument("--qc", required=True, help="qc/files.tsv")
     p.add_argument("--label-map", type=_input_file, help="old bird_id_map.pickle (species -> database id)")
-    p.add_argument("--recording-pattern", default=DEFAULT_RECORDING_PATTERN)
+    p.add_argument("--recording-pattern", help="regex on the file stem, group `recording` (default: strip _<digits>)")
     p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser("split", help="train/val/test split by recording")
     p.add_argument("--manifests", nargs="+", required=True, type=_input_file)
     p.add_argument("--out", required=True, help="split.tsv")
-    p.add_argument("--train", type=float, default=0.8)
-    p.add_argument("--val", type=float, default=0.1)
-    p.add_argument("--test", type=float, default=0.1)
+    # The defaults of config.yaml (split.fractions), so both ways of running agree.
+    p.add_argument("--train", type=float, default=0.7)
+    p.add_argument("--val", type=float, default=0.15)
+    p.add_argument("--test", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--recording-pattern", default=DEFAULT_RECORDING_PATTERN)
+    p.add_argument("--recording-pattern", help="regex on the file stem, group `recording` (default: strip _<digits>)")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train a model on the features")
@@ -254,15 +280,12 @@ _MISSING_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .fsutil import OutputError
-    from .labels import LabelError
-    from .predict import ExportError
+    from .errors import USER_ERRORS
 
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
-    except (ConfigError, LabelError, OutputError, ExportError) as exc:
+    except USER_ERRORS as exc:
         message = str(exc)
     except _MISSING_PATH_ERRORS as exc:
         if exc.filename is None:

@@ -11,12 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError, LabelError
 from .qc import ignore_reason, species_files
-from .labels import LabelError, check_fractions, load_label_map
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line naming the key."""
 
 
 def discover_species(data_dir: Path) -> list[str]:
@@ -25,8 +21,19 @@ def discover_species(data_dir: Path) -> list[str]:
 
 
 def loose_files(data_dir: Path) -> list[str]:
-    """Files directly in data_dir: they belong to no species, QC lists them as ignored."""
-    return sorted(p.name for p in data_dir.iterdir() if not p.is_dir())
+    """Files below data_dir that belong to no species, relative to data_dir, sorted.
+
+    Those directly in data_dir, and everything inside a hidden top-level
+    folder (`.Trashes/`, `.git/`): QC lists each one as ignored, so the table
+    keeps one row per file found.
+    """
+    found = []
+    for entry in data_dir.iterdir():
+        if not entry.is_dir():
+            found.append(entry.name)
+        elif entry.name.startswith("."):
+            found.extend(f.relative_to(data_dir).as_posix() for f in species_files(entry))
+    return sorted(found)
 
 
 def check_data_dir(data_dir: Path, demo_hint: str = "") -> dict[str, list[Path]]:
@@ -50,6 +57,8 @@ def check_data_dir(data_dir: Path, demo_hint: str = "") -> dict[str, list[Path]]
 
 
 def check_split(split: dict[str, Any]) -> None:
+    from .labels import check_fractions  # pandas: only where it is needed
+
     try:
         check_fractions(split["fractions"])
     except LabelError as exc:
@@ -63,6 +72,8 @@ def check_split(split: dict[str, Any]) -> None:
 def check_label_map(path: str | None, species: list[str]) -> None:
     if not path:
         return
+    from .labels import load_label_map
+
     try:
         mapping = load_label_map(path)
     except LabelError as exc:

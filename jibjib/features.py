@@ -8,6 +8,7 @@ the file's content or the front-end parameters changed.
 
 from __future__ import annotations
 
+import csv
 import ctypes
 import dataclasses
 import hashlib
@@ -17,16 +18,21 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from . import fsutil
 from .audio import AudioError, open_wav, to_mono
+from .errors import InputError
 from .frontend import LogMelStream, hertz_to_mel, mel_to_hertz
+from .inventory import NOT_HASHED, UNREADABLE
 from .params import VGGISH, FrontEnd
 from .qc import IGNORED, PROCESSED, REJECTED, QCRow, ignore_reason, species_files, to_frame
 from .resample import output_length
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FEATURE_SUFFIX = ".npz"
 
@@ -52,20 +58,38 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 256 << 20)
 
 
-def _current_feature(npz: Path, source: Path, fingerprint: str) -> dict | None:
-    """Metadata of an existing npz if it still matches its source and front end."""
+def read_sources(path: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 by data_dir-relative path from a species' content signature
+    (`results/sources/<label>.tsv`, see jibjib.inventory); only real hashes."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["path"]: row["sha256"] for row in csv.DictReader(f, delimiter="\t")
+                if row["sha256"] not in (NOT_HASHED, UNREADABLE)}
+
+
+def _current_feature(npz: Path, source: Path, fingerprint: str, recorded_sha256: str | None = None) -> dict | None:
+    """Metadata of an existing npz if it still matches its source and front end.
+
+    With `recorded_sha256` (the hash the workflow took when it planned this
+    job) the npz is current if it was computed from exactly that content: no
+    stat and no hashing here.  Without it, size and mtime decide, and a
+    differing mtime costs a hash.
+    """
     if not npz.exists():
         return None
     try:
         with np.load(npz, allow_pickle=False) as z:
             if str(z["frontend"]) != fingerprint:
                 return None
-            stat = source.stat()
-            if int(z["source_size"]) != stat.st_size:
-                return None
-            # Content decides: a checkout that only touched mtimes costs a hash, not a recompute.
-            if int(z["source_mtime_ns"]) != stat.st_mtime_ns and str(z["source_sha256"]) != sha256_file(source):
-                return None
+            if recorded_sha256 is not None:
+                if str(z["source_sha256"]) != recorded_sha256:
+                    return None
+            else:
+                stat = source.stat()
+                if int(z["source_size"]) != stat.st_size:
+                    return None
+                # Content decides: a checkout that only touched mtimes costs a hash, not a recompute.
+                if int(z["source_mtime_ns"]) != stat.st_mtime_ns and str(z["source_sha256"]) != sha256_file(source):
+                    return None
             return {
                 "sample_rate": int(z["sample_rate"]),
                 "channels": int(z["channels"]),
@@ -115,6 +139,8 @@ def extract_file(source: Path, npz: Path, params: FrontEnd = VGGISH) -> dict:
         if not audible:
             raise AudioError("silent", "all samples are zero")
         log_mel = stream.finish()
+        # The hash of the bytes just decoded, not a recorded one: if the file
+        # changed since the workflow hashed it, the npz says what it holds.
         stat, sha256 = wav.stat, wav.sha256()
     fsutil.save_npz(
         npz,
@@ -141,7 +167,7 @@ def check_label(label: str) -> None:
     features_dir: `..` would also aim the stale-npz cleanup at everything around it."""
     separators = {"/", "\0", os.sep, os.altsep or "/"}
     if label in ("", ".", "..") or any(s in label for s in separators):
-        raise ValueError(f"species label {label!r} is not a plain folder name")
+        raise InputError(f"species label {label!r} is not a plain folder name")
 
 
 @dataclasses.dataclass
@@ -159,12 +185,28 @@ def extract_species(
     features_dir: Path,
     params: FrontEnd = VGGISH,
     progress_every: float = 10.0,
+    sources: dict[str, str] | None = None,
 ) -> tuple[pd.DataFrame, ShardStats]:
+    """`update_species`, with the QC rows as a DataFrame (imports pandas)."""
+    rows, stats = update_species(data_dir, label, features_dir, params, progress_every, sources)
+    return to_frame(rows), stats
+
+
+def update_species(
+    data_dir: Path,
+    label: str,
+    features_dir: Path,
+    params: FrontEnd = VGGISH,
+    progress_every: float = 10.0,
+    sources: dict[str, str] | None = None,
+) -> tuple[list[QCRow], ShardStats]:
     """Bring `features_dir/<label>/` up to date with `data_dir/<label>/`.
 
     Returns the QC rows of every file in the species folder and the counts.
     Paths in the QC rows are relative to `data_dir`; feature paths are as given
-    by `features_dir`.
+    by `features_dir`.  `sources` (from `read_sources`) maps paths to the
+    SHA-256 the workflow recorded: an npz is then current if it was computed
+    from that content; a file missing from it is judged by size and mtime.
     """
     check_label(label)
     keep_freed_memory()
@@ -193,7 +235,7 @@ def extract_species(
             stats.rejected += 1
             continue
         claimed[npz] = row.path
-        meta = _current_feature(npz, source, fingerprint)
+        meta = _current_feature(npz, source, fingerprint, None if sources is None else sources.get(row.path))
         if meta is not None:
             stats.current += 1
         else:
@@ -214,7 +256,7 @@ def extract_species(
             _report(label, index, len(files), stats, now - started)
     stats.removed = _remove_orphans(out_dir, set(claimed))
     _report(label, len(files), len(files), stats, time.monotonic() - started)
-    return to_frame(rows), stats
+    return rows, stats
 
 
 def _remove_orphans(out_dir: Path, keep: set[Path]) -> int:

@@ -8,6 +8,7 @@ run would trust.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -17,11 +18,9 @@ from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
+from .errors import OutputError
+
 TMP_MARK = ".tmp-"
-
-
-class OutputError(OSError):
-    """A write that failed; the message names the path."""
 
 
 def _temp_name(path: Path) -> Path:
@@ -84,16 +83,62 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
         f.write(buffer.getbuffer())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_dead_temps(path: str | os.PathLike) -> int:
+    """Delete temporary copies of `path` left by killed processes; returns how many.
+
+    The small tables are rewritten in place by later runs, so unlike the
+    feature folders nothing else would ever sweep their folder.  The writer's
+    pid is part of each temporary name: a temp whose process still runs on
+    this machine is being written and is left alone.  (On a shared file
+    system a pid from another node can look dead here; Snakemake never runs
+    two jobs for one output at once, so that writer would be a stray.)
+    """
+    path = Path(path)
+    prefix = f".{path.name}{TMP_MARK}"
+    removed = 0
+    try:
+        candidates = [e for e in os.scandir(path.parent) if e.name.startswith(prefix)]
+    except OSError:
+        return 0  # no folder yet: nothing to clean
+    for entry in candidates:
+        pid = entry.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            _discard(Path(entry.path))
+            removed += 1
+    return removed
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
+    remove_dead_temps(path)
     with atomic_open(path) as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
 
 
-def write_tsv(path: str | os.PathLike, frame: "Any") -> None:
+def write_tsv(path: str | os.PathLike, frame: Any) -> None:
     """Write a pandas DataFrame as TSV (no index), atomically."""
+    remove_dead_temps(path)
     with atomic_open(path) as f:
         frame.to_csv(f, sep="\t", index=False, lineterminator="\n")
+
+
+def write_rows(path: str | os.PathLike, columns: list[str], rows: list[list[str]]) -> None:
+    """Write a header and rows of strings as TSV, atomically, quoted as pandas' `to_csv` quotes."""
+    remove_dead_temps(path)
+    with atomic_open(path) as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
 
 
 def remove_stale_temps(folder: Path) -> int:

@@ -16,16 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import LabelError
 from .qc import PROCESSED
 
 SPLITS = ("train", "val", "test")
 LABEL_COLUMNS = ["class_id", "label", "n_files", "n_recordings", "seconds"]
 SPLIT_COLUMNS = ["path", "label", "recording_id", "split"]
 DEFAULT_RECORDING_PATTERN = r"^(?P<recording>.+?)(?:_\d+)?$"
-
-
-class LabelError(ValueError):
-    """A problem with the labels or split that the user must fix."""
 
 
 def recording_ids(paths: pd.Series, pattern: str = DEFAULT_RECORDING_PATTERN) -> pd.Series:

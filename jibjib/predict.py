@@ -19,12 +19,9 @@ import numpy as np
 import pandas as pd
 
 from .audio import AudioError, read_wav
+from .errors import ExportError
 from .params import FrontEnd
 from .resample import resample
-
-
-class ExportError(ValueError):
-    """The --model folder is not a jibjib export."""
 
 
 @dataclass

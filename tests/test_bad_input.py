@@ -295,6 +295,12 @@ def make_corpus(root: Path) -> tuple[Path, dict[str, tuple[str, str]]]:
     put(".DS_Store", ("ignored", "hidden"), content=b"\0")
     put("README.txt", ("ignored", "outside_species_folder"), content=b"about")
     put("loose.wav", ("ignored", "outside_species_folder"))
+    # Hidden top-level folders are no species, but their files are found, so they get rows too.
+    put(".Trashes/501/x.wav", ("ignored", "hidden"))
+    put(".git/HEAD", ("ignored", "hidden"), content=b"ref: refs/heads/main\n")
+
+    # A species folder whose name looks like an option to the commands the rules run.
+    put("-Dash_bird/-Dash_bird-7_1.wav", PROCESSED)
     return data, expected
 
 
@@ -332,7 +338,7 @@ def test_workflow_accounts_for_every_file(tmp_path: Path) -> None:
     assert not [p for p in work.rglob("*") if fsutil.TMP_MARK in p.name]
     assert not list(tmp_path.rglob("PWNED"))  # no folder name ever reached a shell unquoted
     labels = pd.read_csv(work / "results/labels.tsv", sep="\t")
-    assert list(labels["label"]) == sorted(["Alpha_one", "Bad_cases", "Grünfink Chloris",
+    assert list(labels["label"]) == sorted(["-Dash_bird", "Alpha_one", "Bad_cases", "Grünfink Chloris",
                                             "Linked_one", "Odd $(touch PWNED) 'q' \"dq\" `x`"])
 
 
@@ -357,6 +363,30 @@ def test_a_label_cannot_lead_outside_the_features_folder(tmp_path: Path, label: 
     with pytest.raises(ValueError, match="not a plain folder name"):
         extract_species(data, label, tmp_path / "features")
     assert bystander.read_bytes() == b"keep" and not (tmp_path / "features").exists()
+
+
+def test_temp_copies_of_killed_writers_are_removed_but_live_ones_kept(tmp_path: Path) -> None:
+    """A kill while labels.tsv or a manifest is written leaves `.<name>.tmp-<pid>...`;
+    the next write of that file removes it, but never a temp another live process is writing."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead = int(finished.stdout)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        target = tmp_path / "labels.tsv"
+        stale = tmp_path / f".labels.tsv{fsutil.TMP_MARK}{dead}.tsv"
+        writing = tmp_path / f".labels.tsv{fsutil.TMP_MARK}{live.pid}.tsv"
+        other = tmp_path / f".split.tsv{fsutil.TMP_MARK}{dead}.tsv"  # another file's: its own write cleans it
+        for temp in (stale, writing, other):
+            temp.write_text("partial")
+        fsutil.write_tsv(target, pd.DataFrame({"a": [1]}))
+        assert target.read_text() == "a\n1\n"
+        assert not stale.exists() and writing.exists() and other.exists()
+        fsutil.write_rows(tmp_path / "split.tsv", ["a"], [["1"]])
+        assert not other.exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 def _ignore_file_size_signal_and_limit_writes(limit: int):

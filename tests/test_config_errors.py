@@ -235,7 +235,36 @@ def test_python_m_jibjib_prints_one_line_and_fails(manifest: Path) -> None:
          "--train", "0.5"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["jibjib split: error: train + val + test must add up to 1, "
-                                          "got 0.5 + 0.1 + 0.1 = 0.7"]
+                                          "got 0.5 + 0.15 + 0.15 = 0.8"]
+
+
+def test_cli_split_defaults_are_those_of_config_yaml() -> None:
+    import yaml
+
+    fractions = yaml.safe_load((REPO / "config.yaml").read_text())["split"]["fractions"]
+    args = cli.build_parser().parse_args(["split", "--manifests", str(REPO / "config.yaml"), "--out", "s.tsv"])
+    assert {"train": args.train, "val": args.val, "test": args.test} == fractions
+
+
+@pytest.mark.parametrize("label", ["..", "a/b"])
+def test_cli_features_label_that_is_not_a_folder_name_is_one_line(tmp_path: Path, capsys, label: str) -> None:
+    make_tree(tmp_path / "birds", {"Alpha_one": 1})
+    status, err = run_cli(capsys, "features", "--data-dir", str(tmp_path / "birds"), f"--label={label}",
+                          "--features-dir", str(tmp_path / "features"), "--manifest", str(tmp_path / "m.tsv"))
+    assert (status, err) == (1, [f"jibjib features: error: species label {label!r} is not a plain folder name"])
+    assert not (tmp_path / "m.tsv").exists() and not (tmp_path / "features").exists()
+
+
+def test_cli_train_bad_settings_json_is_one_line(manifest: Path, capsys) -> None:
+    root = manifest.parent
+    for name in ("labels.tsv", "split.tsv"):
+        (root / name).write_text("")
+    status, err = run_cli(capsys, "train", "--model", "convlstm", "--labels", str(root / "labels.tsv"),
+                          "--split", str(root / "split.tsv"), "--features-dir", str(root),
+                          "--out-dir", str(root / "model"), "--settings", "{epochs: 3}")
+    assert status == 1 and len(err) == 1
+    assert err[0].startswith("jibjib train: error: --settings: not valid JSON (Expecting property name")
+    assert not (root / "model").exists()
 
 
 # --- hostile files given as the VGGish checkpoint -------------------------------------------------

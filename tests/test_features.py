@@ -14,9 +14,11 @@ import pytest
 import soundfile
 
 from conftest import REPO, chirp, write_wav
-from jibjib.features import extract_file, extract_species
+from jibjib import features, fsutil
+from jibjib.features import extract_file, extract_species, sha256_file
 from jibjib.frontend import waveform_to_log_mel
 from jibjib.params import VGGISH
+from jibjib.qc import IGNORED, PROCESSED, REJECTED, QCRow, to_frame, write_manifest
 
 LABEL = "Turdus_merula"
 
@@ -150,14 +152,76 @@ def test_symlinked_species_folder(species: Path, tmp_path: Path) -> None:
     assert stats.computed == 3 and set(qc["status"]) == {"processed"}
 
 
-def test_feature_command_never_imports_tensorflow(species: Path, tmp_path: Path) -> None:
-    """TensorFlow's import alone costs seconds; the per-species jobs must not pay it."""
+def test_feature_command_never_imports_tensorflow_or_pandas(species: Path, tmp_path: Path) -> None:
+    """TensorFlow's import alone costs seconds and pandas' a quarter of one; the per-species jobs pay neither."""
     code = (
         "import sys; from jibjib.cli import main; "
         f"rc = main(['features', '--data-dir', {str(species)!r}, '--label', {LABEL!r}, "
         f"'--features-dir', {str(tmp_path / 'f')!r}, '--manifest', {str(tmp_path / 'm.tsv')!r}]); "
-        "assert rc == 0; assert 'tensorflow' not in sys.modules and 'resampy' not in sys.modules, 'heavy import'"
+        "assert rc == 0; heavy = {'tensorflow', 'resampy', 'pandas'} & set(sys.modules); assert not heavy, heavy"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "3 computed" in result.stderr
+
+
+def test_manifest_is_written_as_pandas_would(tmp_path: Path) -> None:
+    """The feature command writes its manifest with the csv module; readers and the
+    byte-for-byte rerun comparisons expect what pandas wrote before."""
+    rows = [
+        QCRow("A/a-1_1.wav", "A", PROCESSED, sample_rate=44100, channels=2, seconds=round(np.float64(2.00001), 4),
+              frames=198, feature="f/A/a-1_1.npz"),
+        QCRow("A/b c_ä.wav", "A", PROCESSED, sample_rate=8000, channels=1, seconds=0.0001, frames=1, feature="x.npz"),
+        QCRow("A/broken.wav", "A", REJECTED, "truncated", 'data chunk "declares"\t10\nbytes'),
+        QCRow("A/.DS_Store", "A", IGNORED, "hidden"),
+        QCRow("A/long.wav", "A", PROCESSED, sample_rate=192000, channels=6, seconds=1800.0, frames=179998,
+              feature="l.npz"),
+    ]
+    for name, chosen in {"mixed": rows, "rejected only": rows[2:4], "none": []}.items():
+        write_manifest(tmp_path / "csv.tsv", chosen)
+        fsutil.write_tsv(tmp_path / "pandas.tsv", to_frame(chosen))
+        assert (tmp_path / "csv.tsv").read_bytes() == (tmp_path / "pandas.tsv").read_bytes(), name
+
+
+def test_recorded_hashes_decide_without_hashing(species: Path, tmp_path: Path, monkeypatch) -> None:
+    """With the workflow's recorded SHA-256 (`--sources`), an npz is current if and only
+    if it was computed from that content, whatever the file's size and mtime say."""
+    run(species, tmp_path)
+    wavs = sorted((species / LABEL).iterdir())
+    recorded = {f"{LABEL}/{w.name}": sha256_file(w) for w in wavs}
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(features, "sha256_file", no_hashing)
+    for wav in wavs:
+        os.utime(wav, ns=(1, 1))  # a checkout: new mtimes, same content
+    _, stats = extract_species(species, LABEL, tmp_path / "features", sources=recorded)
+    assert (stats.computed, stats.current) == (0, 3)
+
+    # Same size, new content, old mtime restored (`cp -p`, `rsync -t`): the recorded hash changed.
+    edited = wavs[1]
+    write_wav(edited, chirp(2.0, 44100, seed=99), 44100)
+    os.utime(edited, ns=(1, 1))
+    assert edited.stat().st_size == wavs[0].stat().st_size
+    # This module's sha256_file is the original: only the feature code's one is patched.
+    recorded[f"{LABEL}/{edited.name}"] = new_sha = sha256_file(edited)
+    _, stats = extract_species(species, LABEL, tmp_path / "features", sources=recorded)
+    assert (stats.computed, stats.current) == (1, 2)
+    npz = tmp_path / "features" / LABEL / edited.with_suffix(".npz").name
+    with np.load(npz) as z:
+        assert str(z["source_sha256"]) == new_sha
+        samples, rate = soundfile.read(edited, dtype="float32")
+        np.testing.assert_array_equal(z["log_mel"], waveform_to_log_mel(samples, rate))
+
+
+def test_npz_records_the_content_it_read_not_the_recorded_hash(species: Path, tmp_path: Path) -> None:
+    """A file changed after the workflow hashed it: the npz must name what it was computed from,
+    so the next run (which records the new hash) finds it current, and never trusts a stale one."""
+    wav = species / LABEL / f"{LABEL}-123_1.wav"
+    recorded = {f"{LABEL}/{wav.name}": "0" * 64}  # hashed before a change the job then sees
+    extract_species(species, LABEL, tmp_path / "features", sources=recorded)
+    with np.load(tmp_path / "features" / LABEL / f"{LABEL}-123_1.npz") as z:
+        assert str(z["source_sha256"]) == sha256_file(wav)
+    _, stats = extract_species(species, LABEL, tmp_path / "features", sources={f"{LABEL}/{wav.name}": sha256_file(wav)})
+    assert (stats.computed, stats.current) == (0, 3)

@@ -7,6 +7,7 @@ write renames a temporary file into place).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -118,13 +119,21 @@ def test_modified_file_recomputes_only_that_file(built: Run) -> None:
     assert rewritten(before, npz_files(built.work)) == {"Alpha_one-101_2.npz"}
 
 
-def test_modified_file_with_restored_mtime_is_planned(built: Run) -> None:
-    """`cp -p` or `rsync -t` can write new content under the old mtime; the ctime still moves."""
+def test_modified_file_with_restored_mtime_is_recomputed(built: Run) -> None:
+    """`cp -p` or `rsync -t` can write new content under the old mtime and size; the ctime
+    still moves, so the shard is planned, and the job, judging by the recorded SHA-256
+    rather than size and mtime, recomputes that npz (and only it)."""
     wav = built.data / "Beta_two" / "Beta_two-101_1.wav"
     old = wav.stat()
+    before = npz_files(built.work)
     write_wav(wav, chirp(SECONDS, RATE, f0=5000, seed=8), RATE)
     os.utime(wav, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert wav.stat().st_size == old.st_size
     assert built.plan() == {"features": 1, **DOWNSTREAM}
+    built.run()
+    assert rewritten(before, npz_files(built.work)) == {"Beta_two-101_1.npz"}
+    with np.load(built.work / "results/features/Beta_two/Beta_two-101_1.npz", allow_pickle=False) as z:
+        assert str(z["source_sha256"]) == hashlib.sha256(wav.read_bytes()).hexdigest()
 
 
 def test_frontend_change_recomputes_every_file(built: Run) -> None:

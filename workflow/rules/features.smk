@@ -6,7 +6,12 @@
 # (results/sources/<label>.tsv: path, size and SHA-256 of every file), which
 # is rewritten at parse time only when a file was added, removed or changed
 # content. So a checkout or copy that only touches modification times reruns
-# nothing, here or downstream (see jibjib/inventory.py).
+# nothing, here or downstream (see jibjib/inventory.py). The job is handed
+# the same signature, so it judges each npz by the recorded SHA-256 instead of
+# hashing the files again.
+#
+# Options are written `--name=value`: a species folder named `-x` would
+# otherwise be read as an option.
 
 import os
 
@@ -44,6 +49,6 @@ rule features:
         mem_mb=1000,
         runtime=60,
     shell:
-        "python -m jibjib features --data-dir {params.data_dir:q} --label {wildcards.label:q}"
-        " --features-dir results/features --manifest {output.manifest:q}"
-        " --frontend {params.frontend:q} 2> {log:q}"
+        "python -m jibjib features --data-dir={params.data_dir:q} --label={wildcards.label:q}"
+        " --features-dir=results/features --manifest={output.manifest:q}"
+        " --sources={input.sources:q} --frontend={params.frontend:q} 2> {log:q}"

@@ -1,4 +1,7 @@
 # Stage 2: species manifests -> label index, QC table and the split by recording.
+# Options are written `--name=value` so that a value starting with `-` (a
+# species manifest results/features/-x.tsv is safe, a data_dir or pattern
+# might not be) is never read as an option.
 
 
 rule labels:
@@ -9,7 +12,7 @@ rule labels:
         qc=report("results/qc/files.tsv", caption="../report/qc.rst", category="Data"),
     params:
         data_dir=DATA_DIR,
-        label_map=f"--label-map {shlex.quote(config['label_map'])}" if config["label_map"] else "",
+        label_map=f"--label-map={shlex.quote(config['label_map'])}" if config["label_map"] else "",
         recording_pattern=config["split"]["recording_pattern"],
     log:
         "logs/labels.log",
@@ -19,9 +22,9 @@ rule labels:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m jibjib labels --data-dir {params.data_dir:q} --manifests {input.manifests:q}"
-        " --out {output.labels:q} --qc {output.qc:q} {params.label_map}"
-        " --recording-pattern {params.recording_pattern:q} 2> {log:q}"
+        "python -m jibjib labels --data-dir={params.data_dir:q} --manifests {input.manifests:q}"
+        " --out={output.labels:q} --qc={output.qc:q} {params.label_map}"
+        " --recording-pattern={params.recording_pattern:q} 2> {log:q}"
 
 
 rule split:
@@ -41,6 +44,6 @@ rule split:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m jibjib split --manifests {input.manifests:q} --out {output:q}"
-        " --train {params.fractions[train]} --val {params.fractions[val]} --test {params.fractions[test]}"
-        " --seed {params.seed} --recording-pattern {params.recording_pattern:q} 2> {log:q}"
+        "python -m jibjib split --manifests {input.manifests:q} --out={output:q}"
+        " --train={params.fractions[train]} --val={params.fractions[val]} --test={params.fractions[test]}"
+        " --seed={params.seed} --recording-pattern={params.recording_pattern:q} 2> {log:q}"
