@@ -23,6 +23,7 @@ say() { echo "slurm: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and runs slurmd)"
+case "$dir" in /*/*) ;; *) die "JIBJIB_SLURM_DIR=$dir: give a directory below a top-level one (it is emptied)";; esac
 
 if [ -s "$dir/pids" ]; then
     while read -r name pid; do
@@ -57,7 +58,7 @@ fi
 
 rm -rf "$dir"
 mkdir -p "$dir/state" "$dir/spool" "$etc"
-# munged refuses keys and sockets in directories others can write to.
+# Only root uses this cluster, and the directory holds the munge key.
 chmod 700 "$dir"
 host="$(hostname -s)"
 for name in slurm.conf gres.conf; do
@@ -94,6 +95,8 @@ wait_for() {  # wait_for <what> <command...>: retry for up to $wait_seconds
     done
 }
 
+# --force: munged refuses a socket that other users could not reach (our
+# directory is root-only), and only root talks to it here.
 launch munged munged --foreground --force --socket="$dir/munge.socket" \
     --key-file="$dir/munge.key" --pid-file="$dir/munged.pid" \
     --log-file="$dir/munged.log" --seed-file="$dir/munged.seed"
