@@ -29,6 +29,7 @@ for _model in MODEL_NAMES:
             mem_mb=8000,
             runtime=60,
         shell:
-            "python -m jibjib export --model-dir {params.model_dir:q} --eval-dir {params.eval_dir:q}"
+            # The export needs no GPU; hiding them keeps TensorFlow off a GPU a training may be using.
+            "CUDA_VISIBLE_DEVICES= python -m jibjib export --model-dir {params.model_dir:q} --eval-dir {params.eval_dir:q}"
             " --labels {input.labels:q} --split {input.split:q} --frontend {params.frontend:q}"
             " --top-k {params.top_k} --out {output:q} 2> {log:q}"
