@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import ctypes
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import fsutil
+from .fsutil import sha256_file
 from .audio import AudioError, open_wav, to_mono
 from .errors import InputError
 from .frontend import LogMelStream, hertz_to_mel, mel_to_hertz
@@ -35,11 +35,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FEATURE_SUFFIX = ".npz"
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def keep_freed_memory() -> None:

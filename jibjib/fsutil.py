@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
 import zipfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -118,27 +119,44 @@ def remove_dead_temps(path: str | os.PathLike) -> int:
     return removed
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
+@contextlib.contextmanager
+def _open_table(path: str | os.PathLike) -> Iterator[IO[Any]]:
+    """`atomic_open` for the small tables, after sweeping their dead temporary copies."""
     remove_dead_temps(path)
     with atomic_open(path) as f:
+        yield f
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    with _open_table(path) as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
 
 
 def write_tsv(path: str | os.PathLike, frame: Any) -> None:
     """Write a pandas DataFrame as TSV (no index), atomically."""
-    remove_dead_temps(path)
-    with atomic_open(path) as f:
+    with _open_table(path) as f:
         frame.to_csv(f, sep="\t", index=False, lineterminator="\n")
 
 
-def write_rows(path: str | os.PathLike, columns: list[str], rows: list[list[str]]) -> None:
-    """Write a header and rows of strings as TSV, atomically, quoted as pandas' `to_csv` quotes."""
-    remove_dead_temps(path)
-    with atomic_open(path) as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(rows)
+def tsv_text(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A header and rows as TSV text, quoted as pandas' `to_csv` quotes."""
+    text = io.StringIO()
+    writer = csv.writer(text, delimiter="\t", lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def write_rows(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a header and rows as TSV, atomically."""
+    with _open_table(path) as f:
+        f.write(tsv_text(columns, rows))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def remove_stale_temps(folder: Path) -> int:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
-import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,8 +72,7 @@ def _cache_path(signature_dir: Path, label: str) -> Path:
 
 def _sha256(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return fsutil.sha256_file(path)
     except OSError:
         return UNREADABLE
 
@@ -92,14 +89,6 @@ def _read_cache(path: Path) -> dict[str, _Entry]:
             }
     except (OSError, ValueError, KeyError, TypeError):
         return {}  # a missing or damaged cache only costs hashing
-
-
-def _tsv(columns: tuple[str, ...], rows: list[tuple]) -> str:
-    text = io.StringIO()
-    writer = csv.writer(text, delimiter="\t", lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    return text.getvalue()
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
@@ -164,7 +153,7 @@ def refresh_signatures(
 
     for label in inventory:
         ordered = sorted(entries[label].items())
-        signature = _tsv(
+        signature = fsutil.tsv_text(
             SIGNATURE_COLUMNS,
             [(path, NOT_HASHED if e.sha256 == NOT_HASHED else e.size, e.sha256) for path, e in ordered],
         )
@@ -174,7 +163,7 @@ def refresh_signatures(
         if cacheable != caches[label]:
             _write_if_changed(
                 _cache_path(signature_dir, label),
-                _tsv(CACHE_COLUMNS, [(p, e.size, e.mtime_ns, e.ctime_ns, e.sha256) for p, e in cacheable.items()]),
+                fsutil.tsv_text(CACHE_COLUMNS, [(p, e.size, e.mtime_ns, e.ctime_ns, e.sha256) for p, e in cacheable.items()]),
             )
     report.seconds = time.monotonic() - started
     return report
