@@ -23,7 +23,7 @@ import numpy as np
 
 from . import fsutil
 from .fsutil import sha256_file
-from .audio import AudioError, open_wav, to_mono
+from .audio import AudioError, WavInfo, open_wav, to_mono
 from .errors import InputError
 from .frontend import LogMelStream, hertz_to_mel, mel_to_hertz
 from .inventory import NOT_HASHED, UNREADABLE
@@ -108,6 +108,20 @@ def min_sample_rate(params: FrontEnd = VGGISH) -> float:
     return 2 * float(mel_to_hertz(middle))
 
 
+def check_usable(info: WavInfo, params: FrontEnd = VGGISH) -> None:
+    """What the header must allow before decoding: a rate that reaches the mel range, one full patch.
+
+    Shared by the feature step and `jibjib predict`, so both refuse the same files.
+    """
+    lowest_rate = min_sample_rate(params)
+    if info.sample_rate < lowest_rate:
+        raise AudioError("sample_rate_too_low", f"{info.sample_rate} Hz cannot carry the upper half of the "
+                         f"{params.fmin_hz:g}-{params.fmax_hz:g} Hz mel range (needs {lowest_rate:.0f} Hz)")
+    if output_length(info.frames, info.sample_rate, params.sample_rate) < params.min_samples:
+        need = params.min_samples / params.sample_rate
+        raise AudioError("too_short", f"{info.seconds:.3f} s, one patch needs {need:.3f} s")
+
+
 def extract_file(source: Path, npz: Path, params: FrontEnd = VGGISH) -> dict:
     """Compute and atomically write the features of one WAV; returns its metadata.
 
@@ -118,13 +132,7 @@ def extract_file(source: Path, npz: Path, params: FrontEnd = VGGISH) -> dict:
     """
     with open_wav(source) as wav:
         info = wav.info
-        lowest_rate = min_sample_rate(params)
-        if info.sample_rate < lowest_rate:
-            raise AudioError("sample_rate_too_low", f"{info.sample_rate} Hz cannot carry the upper half of the "
-                             f"{params.fmin_hz:g}-{params.fmax_hz:g} Hz mel range (needs {lowest_rate:.0f} Hz)")
-        if output_length(info.frames, info.sample_rate, params.sample_rate) < params.min_samples:
-            need = params.min_samples / params.sample_rate
-            raise AudioError("too_short", f"{info.seconds:.3f} s, one patch needs {need:.3f} s")
+        check_usable(info, params)
         stream = LogMelStream(info.sample_rate, params, total=info.frames)
         audible = False
         for block in wav.blocks():

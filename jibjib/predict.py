@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .audio import AudioError, read_wav
+from .audio import AudioError, open_wav, to_mono
 from .errors import ExportError
+from .features import check_usable
 from .params import FrontEnd
 from .resample import resample
 
@@ -59,14 +60,12 @@ class Exported:
 
     def waveform(self, path: str | os.PathLike) -> np.ndarray:
         """The file as float32 mono at the model's sample rate; AudioError if unusable."""
-        audio = read_wav(path)
-        mono = np.asarray(audio.mono(), dtype=np.float32)
-        if audio.sample_rate != self.params.sample_rate:
-            mono = resample(mono, audio.sample_rate, self.params.sample_rate)
-        if mono.shape[0] < self.params.min_samples:
-            need = self.params.min_samples / self.params.sample_rate
-            raise AudioError("too_short", f"{audio.seconds:.2f} s, one patch needs {need:.3f} s")
-        return mono
+        with open_wav(path) as wav:
+            # The feature step's own checks: predict refuses what training never saw.
+            check_usable(wav.info, self.params)
+            mono = np.concatenate([to_mono(block) for block in wav.blocks()]).astype(np.float32, copy=False)
+            rate = wav.info.sample_rate
+        return mono if rate == self.params.sample_rate else resample(mono, rate, self.params.sample_rate)
 
     def scores(self, waveform: np.ndarray, calibrated: bool = False) -> np.ndarray:
         outputs = self._serve(waveform=self._tf.constant(waveform[None, :]))

@@ -171,6 +171,14 @@ def test_predict_scores_good_files_and_reports_bad_ones(run: Path, tmp_path: Pat
         assert row["detected"] == (not np.isnan(expected) and row["score"] >= expected)
 
 
+def test_predict_refuses_what_the_feature_step_rejects(run: Path, tmp_path: Path) -> None:
+    low_rate = write_wav(tmp_path / "phone.wav", chirp(3.0, 1000, f0=100, f1=400), 1000)
+    result = jibjib("predict", "--model", "results/export/convlstm/1", str(low_rate), cwd=run)
+    assert result.returncode == 1 and result.stdout.strip() == "file\trank\tlabel\tscore"
+    assert result.stderr.strip() == f"jibjib predict: {low_rate}: sample_rate_too_low: " \
+        "1000 Hz cannot carry the upper half of the 125-7500 Hz mel range (needs 3802 Hz)"
+
+
 def test_predict_names_a_folder_that_is_not_an_export(run: Path) -> None:
     result = jibjib("predict", "--model", "results/models/vggish", "x.wav", cwd=run)
     assert result.returncode != 0
