@@ -173,10 +173,17 @@ class WavReader:
             self._hash_through(self.stat.st_size)  # chunks after the samples
 
     def sha256(self) -> str:
-        """SHA-256 of the file's bytes."""
+        """SHA-256 of the file's bytes ('' if they changed while the file was open)."""
         if self._hashed != self.stat.st_size:  # blocks() not used, or not the fast path
             self._raw.seek(0)
-            return hashlib.file_digest(self._raw, "sha256").hexdigest()
+            digest = hashlib.file_digest(self._raw, "sha256").hexdigest()
+            # A second read: if the file was written since it was opened, these
+            # are not the bytes decoded, and no hash is better than a wrong one.
+            now = os.fstat(self._raw.fileno())
+            if (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
+                    self.stat.st_size, self.stat.st_mtime_ns, self.stat.st_ctime_ns):
+                return ""
+            return digest
         return self._hash.hexdigest()
 
     def _hash_bytes(self, content: bytes | memoryview) -> None:

@@ -2,7 +2,7 @@
 
 Heavy imports (TensorFlow, pandas) happen inside the subcommands that need
 them, and main() itself imports only jibjib.errors, so `jibjib features`,
-which runs once per species, imports neither.
+which runs once per shard of species, imports neither.
 """
 
 from __future__ import annotations
@@ -89,13 +89,17 @@ def cmd_features(args: argparse.Namespace) -> None:
     from .features import check_label, read_sources, update_species
     from .qc import write_manifest
 
-    check_label(args.label)
-    if not (Path(args.data_dir) / args.label).is_dir():
-        # Otherwise an empty manifest would look like a species with no files.
-        raise FileNotFoundError(errno.ENOENT, "no such species folder", str(Path(args.data_dir) / args.label))
+    for label in args.label:
+        check_label(label)
+        if not (Path(args.data_dir) / label).is_dir():
+            # Otherwise an empty manifest would look like a species with no files.
+            raise FileNotFoundError(errno.ENOENT, "no such species folder", str(Path(args.data_dir) / label))
     sources = read_sources(args.sources) if args.sources else None
-    rows, _ = update_species(Path(args.data_dir), args.label, Path(args.features_dir), _frontend(args.frontend),
-                             sources=sources)
+    rows = []
+    for label in args.label:
+        species_rows, _ = update_species(Path(args.data_dir), label, Path(args.features_dir),
+                                         _frontend(args.frontend), sources=sources)
+        rows += species_rows
     write_manifest(args.manifest, rows)
 
 
@@ -118,7 +122,8 @@ def cmd_labels(args: argparse.Namespace) -> None:
     # The QC table is written first so that a failure below still leaves the reasons to read.
     fsutil.write_tsv(args.qc, qc)
     label_map = load_label_map(args.label_map) if args.label_map else None
-    species = sorted(Path(m).stem for m in args.manifests)
+    # Every species folder has at least one file, hence rows; loose files have no label.
+    species = sorted(set(qc["label"]) - {""})
     fsutil.write_tsv(args.out, label_index(qc, species, label_map, _recording_pattern(args)))
     counts = qc["status"].value_counts()
     print(
@@ -220,15 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="default: a seed whose demo fills every split")
     p.set_defaults(func=cmd_make_demo)
 
-    p = sub.add_parser("features", help="log-mel features for one species folder")
+    p = sub.add_parser("features", help="log-mel features for species folders (one shard)")
     p.add_argument("--data-dir", required=True, type=_input_dir)
-    p.add_argument("--label", required=True, help="species folder name below --data-dir")
+    p.add_argument("--label", required=True, action="append",
+                   help="species folder name below --data-dir; repeat for each species of the shard")
     p.add_argument("--features-dir", required=True, help="npz files go to <features-dir>/<label>/")
-    p.add_argument("--manifest", required=True, help="QC rows of this species (TSV)")
+    p.add_argument("--manifest", required=True, help="QC rows of these species (TSV)")
     p.add_argument("--frontend", help="front-end parameters as JSON (default: VGGish)")
     p.add_argument("--sources", type=_input_file,
-                   help="the species' content signature (results/sources/<label>.tsv): an npz is then current "
-                        "if it was computed from the recorded SHA-256, without hashing (default: size and mtime)")
+                   help="the shard's content signature (results/sources/<shard>.tsv): an npz is then current "
+                        "if it was computed from the recorded SHA-256, or for a file listed by a stamp from the "
+                        "file's own hash (default: size and mtime)")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("labels", help="label index and QC table from the species manifests")

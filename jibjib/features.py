@@ -1,9 +1,10 @@
-"""The feature step: one species folder in, one npz per WAV and a QC manifest out.
+"""The feature step: species folders in, one npz per WAV and a QC manifest out.
 
-A Snakemake job handles a whole species folder (a shard) rather than one file,
-because per-file jobs cost tens of milliseconds of scheduling each.  Inside the
-shard every file is still judged on its own: its npz is recomputed only when
-the file's content or the front-end parameters changed.
+A Snakemake job handles a shard of whole species folders (see
+jibjib.inventory) rather than one file, because per-file jobs cost tens of
+milliseconds of scheduling each and every job costs a Python start.  Inside
+the shard every file is still judged on its own: its npz is recomputed only
+when the file's content or the front-end parameters changed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .fsutil import sha256_file
 from .audio import AudioError, WavInfo, open_wav, to_mono
 from .errors import InputError
 from .frontend import LogMelStream, hertz_to_mel, mel_to_hertz
-from .inventory import NOT_HASHED, UNREADABLE
+from .inventory import is_sha256
 from .params import VGGISH, FrontEnd
 from .qc import IGNORED, PROCESSED, REJECTED, QCRow, ignore_reason, species_files, to_frame
 from .resample import output_length
@@ -54,20 +55,21 @@ def keep_freed_memory() -> None:
 
 
 def read_sources(path: str | os.PathLike) -> dict[str, str]:
-    """SHA-256 by data_dir-relative path from a species' content signature
-    (`results/sources/<label>.tsv`, see jibjib.inventory); only real hashes."""
+    """SHA-256 by data_dir-relative path from a shard's content signature
+    (`results/sources/<shard>.tsv`, see jibjib.inventory); only files it hashed."""
     with open(path, newline="", encoding="utf-8") as f:
-        return {row["path"]: row["sha256"] for row in csv.DictReader(f, delimiter="\t")
-                if row["sha256"] not in (NOT_HASHED, UNREADABLE)}
+        return {row["path"]: row["content"] for row in csv.DictReader(f, delimiter="\t") if is_sha256(row["content"])}
 
 
-def _current_feature(npz: Path, source: Path, fingerprint: str, recorded_sha256: str | None = None) -> dict | None:
+def _current_feature(
+    npz: Path, source: Path, fingerprint: str, recorded_sha256: str | None = None, trust_stat: bool = True
+) -> dict | None:
     """Metadata of an existing npz if it still matches its source and front end.
 
     With `recorded_sha256` (the hash the workflow took when it planned this
     job) the npz is current if it was computed from exactly that content: no
-    stat and no hashing here.  Without it, size and mtime decide, and a
-    differing mtime costs a hash.
+    stat and no hashing here.  Without it, size and mtime decide and a
+    differing mtime costs a hash; with `trust_stat=False` the hash always decides.
     """
     if not npz.exists():
         return None
@@ -83,13 +85,15 @@ def _current_feature(npz: Path, source: Path, fingerprint: str, recorded_sha256:
                 if int(z["source_size"]) != stat.st_size:
                     return None
                 # Content decides: a checkout that only touched mtimes costs a hash, not a recompute.
-                if int(z["source_mtime_ns"]) != stat.st_mtime_ns and str(z["source_sha256"]) != sha256_file(source):
+                same_stat = trust_stat and int(z["source_mtime_ns"]) == stat.st_mtime_ns
+                if not same_stat and str(z["source_sha256"]) != sha256_file(source):
                     return None
             return {
                 "sample_rate": int(z["sample_rate"]),
                 "channels": int(z["channels"]),
                 "seconds": float(z["seconds"]),
                 "frames": int(z["log_mel"].shape[0]),
+                "sha256": str(z["source_sha256"]),
             }
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # unreadable or from an older layout: recompute
@@ -162,6 +166,7 @@ def extract_file(source: Path, npz: Path, params: FrontEnd = VGGISH) -> dict:
         "channels": info.channels,
         "seconds": info.seconds,
         "frames": int(log_mel.shape[0]),
+        "sha256": sha256,
     }
 
 
@@ -209,7 +214,9 @@ def update_species(
     Paths in the QC rows are relative to `data_dir`; feature paths are as given
     by `features_dir`.  `sources` (from `read_sources`) maps paths to the
     SHA-256 the workflow recorded: an npz is then current if it was computed
-    from that content; a file missing from it is judged by size and mtime.
+    from that content, and for a file missing from it (one the workflow has
+    not hashed) if its hash matches the file's.  Without `sources`, size and
+    mtime decide, and a differing mtime costs a hash.
     """
     check_label(label)
     keep_freed_memory()
@@ -232,13 +239,15 @@ def update_species(
             stats.ignored += 1
             continue
         npz = out_dir / source.relative_to(species_dir).with_suffix(FEATURE_SUFFIX)
+        recorded = None if sources is None else sources.get(row.path)
         if npz in claimed:
             row.status, row.reason = REJECTED, "duplicate_name"
             row.detail = f"same feature file as {claimed[npz]}"
+            row.sha256 = recorded or _sha256_or_empty(source)
             stats.rejected += 1
             continue
         claimed[npz] = row.path
-        meta = _current_feature(npz, source, fingerprint, None if sources is None else sources.get(row.path))
+        meta = _current_feature(npz, source, fingerprint, recorded, trust_stat=sources is None)
         if meta is not None:
             stats.current += 1
         else:
@@ -247,12 +256,15 @@ def update_species(
                 stats.computed += 1
             except AudioError as exc:
                 row.status, row.reason, row.detail = REJECTED, exc.reason, exc.detail
+                # Recorded for rejected files too, so a checkout does not reschedule them (jibjib.inventory).
+                row.sha256 = recorded or _sha256_or_empty(source)
                 stats.rejected += 1
                 npz.unlink(missing_ok=True)
                 continue
         row.feature = npz.as_posix()
         row.sample_rate, row.channels = meta["sample_rate"], meta["channels"]
         row.seconds, row.frames = round(meta["seconds"], 4), meta["frames"]
+        row.sha256 = meta["sha256"]
         now = time.monotonic()
         if now - last_report >= progress_every:
             last_report = now
@@ -260,6 +272,13 @@ def update_species(
     stats.removed = _remove_orphans(out_dir, set(claimed))
     _report(label, len(files), len(files), stats, time.monotonic() - started)
     return rows, stats
+
+
+def _sha256_or_empty(source: Path) -> str:
+    try:
+        return sha256_file(source)
+    except OSError:
+        return ""
 
 
 def _remove_orphans(out_dir: Path, keep: set[Path]) -> int:

@@ -1,22 +1,34 @@
-"""Content signatures of the species folders: what decides whether a feature shard reruns.
+"""Feature shards and their content signatures: what decides whether a feature job reruns.
 
-Snakemake reruns a job when an input file is newer than its output, and in
-9.x that check cannot be switched off (`--rerun-triggers` without `mtime`
-changes nothing).  A `git checkout` or a copy sets new modification times on
-every WAV, so with the WAVs as inputs the feature shards, and after them
-labels, split and hours of training, would rerun although nothing changed.
+Shards.  One Snakemake job per WAV file would cost hours of scheduling on an
+80,000-file corpus, and even one job per species spends a large share of the
+feature stage starting Python.  So species are grouped into a fixed number of
+shards (`features.shards`), each species by a stable hash of its name: adding
+or removing a species reruns only its own shard, and which shard a species
+lands in never depends on the other species.
 
-So a feature shard's input is not its WAVs but one small file per species,
-`<signature_dir>/<label>.tsv`, listing path, size and SHA-256 of every file
-in the folder.  It is rewritten when the folder's content or file set really
-changed, never otherwise, and Snakemake's own timestamp logic does the rest.
+Signatures.  Snakemake reruns a job when an input file is newer than its
+output, and in 9.x that check cannot be switched off (`--rerun-triggers`
+without `mtime` changes nothing).  A `git checkout` or a copy sets new
+modification times on every WAV, so with the WAVs as inputs the feature jobs,
+and after them labels, split and hours of training, would rerun although
+nothing changed.  So a feature job's input is one small file per shard,
+`<signature_dir>/<shard>.tsv`, with a row per file (path, size, content) that
+is rewritten only when a file was added or removed or its content changed.
 
-Hashing every file on every run would cost minutes on a large corpus, so a
-per-species stat cache (`<signature_dir>/.stat-cache/<label>.tsv`) keeps each
-file's hash together with its size, mtime and ctime: only files whose stat
-changed are hashed again, and the cache is updated, so a checkout costs one
-hashing pass, not one per run.  The ctime is part of the key because any
-write changes it, even one that restores the old mtime (`cp -p`, `rsync -t`).
+`content` is the file's SHA-256, or for a file not hashed yet a stamp of its
+modification and change times (`stat:<mtime_ns>:<ctime_ns>`).  A file seen
+for the first time is not hashed here: its feature job reads every byte anyway
+and records the hash in its manifest (column `sha256`).  When a file's stat
+changes later, it is hashed and compared with the hash recorded for it (in the
+stat cache, or else in the manifest); equal content keeps the row as it was,
+whatever it says, so a checkout reruns nothing.
+
+A per-shard stat cache (`<signature_dir>/.stat-cache/<shard>.tsv`) keeps each
+file's size, mtime, ctime and known hash, so a file whose stat did not change
+costs no read and keeps its row from the previous signature.  The ctime is
+part of the key because any write changes it, even one that restores the old
+mtime (`cp -p`, `rsync -t`).
 """
 
 from __future__ import annotations
@@ -24,22 +36,44 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import fsutil
 from .qc import ignore_reason
 
-SIGNATURE_COLUMNS = ("path", "size", "sha256")
+SIGNATURE_COLUMNS = ("path", "size", "content")
 CACHE_COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "sha256")
 CACHE_FOLDER = ".stat-cache"
 # Ignored files (hidden, not WAV) reach only the QC table, where their content
 # does not matter: they are listed, not hashed.
 NOT_HASHED = "-"
-# A file we cannot read now: listed so the feature step can reject it with a
-# reason, never cached, so it is hashed again once it becomes readable.
+# A file we could not read when we had to hash it: its shard reruns, and the
+# feature step rejects it with a reason; never cached, so it is hashed again.
 UNREADABLE = "unreadable"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(content: str) -> bool:
+    return bool(_SHA256.fullmatch(content))
+
+
+def shard_of(label: str, shards: int) -> str:
+    """The shard of a species: `shard-<n>`, n from a CRC-32 of the name (stable across
+    runs, machines and Python versions, unlike `hash()`), zero-padded to sort."""
+    width = max(2, len(str(shards - 1)))
+    return f"shard-{zlib.crc32(label.encode('utf-8')) % shards:0{width}d}"
+
+
+def shard_species(labels: list[str], shards: int) -> dict[str, list[str]]:
+    """Shard name -> its species, sorted; shards without species are left out."""
+    grouped: dict[str, list[str]] = {}
+    for label in sorted(labels):
+        grouped.setdefault(shard_of(label, shards), []).append(label)
+    return dict(sorted(grouped.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +81,11 @@ class _Entry:
     size: int
     mtime_ns: int
     ctime_ns: int
-    sha256: str
+    sha256: str  # '' while the file has not been hashed here
+
+    @classmethod
+    def of(cls, stat: os.stat_result, sha256: str = "") -> "_Entry":
+        return cls(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, sha256)
 
     def same_stat(self, stat: os.stat_result) -> bool:
         return (self.size, self.mtime_ns, self.ctime_ns) == (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
@@ -56,18 +94,29 @@ class _Entry:
 @dataclasses.dataclass
 class RefreshReport:
     files: int = 0
+    new_files: int = 0
     hashed_files: int = 0
     hashed_bytes: int = 0
-    changed_species: list[str] = dataclasses.field(default_factory=list)
+    changed_shards: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
 
+    def summary(self) -> str:
+        """What the refresh did, for people ('' if it neither listed new files nor hashed)."""
+        done = []
+        if self.new_files:
+            done.append(f"{self.new_files} files new or changed, to be hashed by their feature jobs")
+        if self.hashed_files:
+            done.append(f"hashed {self.hashed_files} of {self.files} files "
+                        f"({self.hashed_bytes / 1e6:.0f} MB) in {self.seconds:.1f} s")
+        return "; ".join(done)
 
-def signature_path(signature_dir: Path, label: str) -> Path:
-    return signature_dir / f"{label}.tsv"
+
+def signature_path(signature_dir: Path, shard: str) -> Path:
+    return signature_dir / f"{shard}.tsv"
 
 
-def _cache_path(signature_dir: Path, label: str) -> Path:
-    return signature_dir / CACHE_FOLDER / f"{label}.tsv"
+def _cache_path(signature_dir: Path, shard: str) -> Path:
+    return signature_dir / CACHE_FOLDER / f"{shard}.tsv"
 
 
 def _sha256(path: Path) -> str:
@@ -77,18 +126,31 @@ def _sha256(path: Path) -> str:
         return UNREADABLE
 
 
-def _read_cache(path: Path) -> dict[str, _Entry]:
+def _read_table(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a TSV with exactly these leading columns; [] if missing, damaged or of another layout."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="\t")
-            if tuple(reader.fieldnames or ()) != CACHE_COLUMNS:
-                return {}  # another layout: start afresh, it only costs hashing
-            return {
-                row["path"]: _Entry(int(row["size"]), int(row["mtime_ns"]), int(row["ctime_ns"]), row["sha256"])
-                for row in reader
-            }
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}  # a missing or damaged cache only costs hashing
+            if tuple(reader.fieldnames or ())[: len(columns)] != columns:
+                return []
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def _read_cache(path: Path) -> dict[str, _Entry]:
+    try:
+        return {
+            row["path"]: _Entry(int(row["size"]), int(row["mtime_ns"]), int(row["ctime_ns"]), row["sha256"])
+            for row in _read_table(path, CACHE_COLUMNS)
+        }
+    except (ValueError, KeyError, TypeError):
+        return {}  # a damaged cache only costs hashing
+
+
+def _column(path: Path, column: str) -> dict[str, str]:
+    """`column` by path from a TSV with a `path` column ({} if there is none)."""
+    return {row["path"]: row.get(column) or "" for row in _read_table(path, ("path",))}
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
@@ -107,63 +169,96 @@ def refresh_signatures(
     data_dir: Path,
     inventory: dict[str, list[Path]],
     signature_dir: Path,
+    manifest_dir: Path,
+    shards: int,
     workers: int = 4,
 ) -> RefreshReport:
-    """Bring `signature_dir/<label>.tsv` up to date for every species in `inventory`.
+    """Bring `signature_dir/<shard>.tsv` up to date for every shard of the species in `inventory`.
 
-    `inventory` maps each label to the files found in `data_dir/<label>`
-    (as `jibjib.config.check_config` returns it).  A signature file is
-    rewritten only if a file was added, removed or changed content.
+    `inventory` maps each label to the files found in `data_dir/<label>` (as
+    `jibjib.config.check_config` returns it); `manifest_dir/<shard>.tsv` are
+    the feature jobs' manifests, which record the hashes they took.  A
+    signature file is rewritten only if a file was added or removed or its
+    content changed.
     """
     started = time.monotonic()
     report = RefreshReport()
-    stats: dict[str, dict[str, tuple[Path, os.stat_result]]] = {}
-    entries: dict[str, dict[str, _Entry]] = {}
+    rows: dict[str, dict[str, tuple[object, str]]] = {}  # shard -> path -> (size, content)
     caches: dict[str, dict[str, _Entry]] = {}
-    to_hash: list[tuple[str, str, Path, os.stat_result]] = []
-    for label, files in inventory.items():
-        species_dir = data_dir / label
-        cache = caches[label] = _read_cache(_cache_path(signature_dir, label))
-        entries[label] = {}
-        stats[label] = {}
-        for path in files:
-            try:
-                stat = path.stat()  # before hashing: a write during the hash makes the next run hash again
-            except FileNotFoundError:
-                continue  # removed since the folder was listed
-            relative = path.relative_to(data_dir).as_posix()
-            report.files += 1
-            if ignore_reason(path.relative_to(species_dir)):
-                entries[label][relative] = _Entry(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, NOT_HASHED)
-                continue
-            cached = cache.get(relative)
-            if cached is not None and cached.same_stat(stat):
-                entries[label][relative] = cached
-            else:
-                to_hash.append((label, relative, path, stat))
+    new_caches: dict[str, dict[str, _Entry]] = {}
+    to_hash: list[tuple[str, str, Path, os.stat_result, str, str]] = []
+    for shard, labels in shard_species(list(inventory), shards).items():
+        previous = _column(signature_path(signature_dir, shard), "content")
+        cache = caches[shard] = _read_cache(_cache_path(signature_dir, shard))
+        recorded: dict[str, str] | None = None
+        rows[shard], new_caches[shard] = {}, {}
+        for label in labels:
+            species_dir = data_dir / label
+            for path in inventory[label]:
+                try:
+                    stat = path.stat()  # before hashing: a write during the hash makes the next run hash again
+                except FileNotFoundError:
+                    continue  # removed since the folder was listed
+                relative = path.relative_to(data_dir).as_posix()
+                report.files += 1
+                if ignore_reason(path.relative_to(species_dir)):
+                    rows[shard][relative] = (NOT_HASHED, NOT_HASHED)
+                    continue
+                before, cached = previous.get(relative), cache.get(relative)
+                if before and cached is not None and cached.same_stat(stat):
+                    rows[shard][relative] = (stat.st_size, before)
+                    new_caches[shard][relative] = cached
+                    continue
+                known = cached.sha256 if cached is not None else ""
+                if before and not known:
+                    if recorded is None:
+                        recorded = _column(manifest_dir / f"{shard}.tsv", "sha256")
+                    known = recorded.get(relative, "")
+                if before and known:
+                    to_hash.append((shard, relative, path, stat, known, before))
+                else:
+                    # New, or changed with no hash to compare: a stamp, and the feature job hashes it.
+                    report.new_files += 1
+                    rows[shard][relative] = (stat.st_size, f"stat:{stat.st_mtime_ns}:{stat.st_ctime_ns}")
+                    new_caches[shard][relative] = _Entry.of(stat)
 
     if to_hash:
         # hashlib releases the GIL while it reads and hashes, so threads scale.
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            digests = pool.map(_sha256, [path for _, _, path, _ in to_hash])
-            for (label, relative, _, stat), digest in zip(to_hash, digests):
-                entries[label][relative] = _Entry(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, digest)
+            digests = pool.map(_sha256, [path for _, _, path, _, _, _ in to_hash])
+            for (shard, relative, _, stat, known, before), digest in zip(to_hash, digests):
+                # Same content keeps the row as it was, even a stamp: nothing downstream is stale.
+                same = digest == known and before != UNREADABLE
+                rows[shard][relative] = (stat.st_size, before if same else digest)
+                if digest != UNREADABLE:
+                    new_caches[shard][relative] = _Entry.of(stat, digest)
                 report.hashed_files += 1
                 report.hashed_bytes += stat.st_size
 
-    for label in inventory:
-        ordered = sorted(entries[label].items())
-        signature = fsutil.tsv_text(
-            SIGNATURE_COLUMNS,
-            [(path, NOT_HASHED if e.sha256 == NOT_HASHED else e.size, e.sha256) for path, e in ordered],
-        )
-        if _write_if_changed(signature_path(signature_dir, label), signature):
-            report.changed_species.append(label)
-        cacheable = {path: e for path, e in ordered if e.sha256 not in (NOT_HASHED, UNREADABLE)}
-        if cacheable != caches[label]:
+    for shard, shard_rows in rows.items():
+        text = fsutil.tsv_text(SIGNATURE_COLUMNS, [(path, *row) for path, row in sorted(shard_rows.items())])
+        if _write_if_changed(signature_path(signature_dir, shard), text):
+            report.changed_shards.append(shard)
+        if new_caches[shard] != caches[shard]:
             _write_if_changed(
-                _cache_path(signature_dir, label),
-                fsutil.tsv_text(CACHE_COLUMNS, [(p, e.size, e.mtime_ns, e.ctime_ns, e.sha256) for p, e in cacheable.items()]),
+                _cache_path(signature_dir, shard),
+                fsutil.tsv_text(CACHE_COLUMNS, [(p, e.size, e.mtime_ns, e.ctime_ns, e.sha256)
+                                                for p, e in sorted(new_caches[shard].items())]),
             )
+    _forget_other_shards(set(rows), signature_dir, manifest_dir)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _forget_other_shards(shards: set[str], signature_dir: Path, manifest_dir: Path) -> None:
+    """Delete signatures, caches and manifests of shards that hold no species now.
+
+    After `features.shards` changed and changed back, or a shard's only species
+    was removed and added again, an old manifest whose signature still matched
+    would otherwise be taken as current although its npz files were rewritten
+    in between.
+    """
+    for folder in (signature_dir, signature_dir / CACHE_FOLDER, manifest_dir):
+        for path in folder.glob("shard-*.tsv"):
+            if path.stem not in shards:
+                path.unlink(missing_ok=True)

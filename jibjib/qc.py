@@ -1,10 +1,10 @@
 """The QC table: one row for every file found below data_dir, and what became of it.
 
-Columns (results/qc/files.tsv and the per-species results/features/<label>.tsv):
+Columns (results/qc/files.tsv and the per-shard results/manifests/<shard>.tsv):
 path (relative to data_dir), label, status (processed / rejected / ignored),
 reason (a short code, empty when processed), detail (free text), sample_rate,
 channels, seconds (of the source file), frames (log-mel frames at 100/s),
-feature (the npz path).
+feature (the npz path), sha256 (of the source file the npz was computed from).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 QC_COLUMNS = [
     "path", "label", "status", "reason", "detail",
-    "sample_rate", "channels", "seconds", "frames", "feature",
+    "sample_rate", "channels", "seconds", "frames", "feature", "sha256",
 ]
-TEXT_COLUMNS = ["path", "label", "status", "reason", "detail", "feature"]
+TEXT_COLUMNS = ["path", "label", "status", "reason", "detail", "feature", "sha256"]
 PROCESSED, REJECTED, IGNORED = "processed", "rejected", "ignored"
 
 
@@ -43,6 +43,7 @@ class QCRow:
     seconds: float | None = None
     frames: int | None = None
     feature: str = ""
+    sha256: str = ""
 
 
 INTEGER_COLUMNS = ["sample_rate", "channels", "frames"]

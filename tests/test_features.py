@@ -15,6 +15,7 @@ import soundfile
 
 from conftest import REPO, chirp, write_wav
 from jibjib import features, fsutil
+from jibjib.audio import open_wav
 from jibjib.features import extract_file, extract_species, sha256_file
 from jibjib.frontend import waveform_to_log_mel
 from jibjib.params import VGGISH
@@ -153,7 +154,7 @@ def test_symlinked_species_folder(species: Path, tmp_path: Path) -> None:
 
 
 def test_feature_command_never_imports_tensorflow_or_pandas(species: Path, tmp_path: Path) -> None:
-    """TensorFlow's import alone costs seconds and pandas' a quarter of one; the per-species jobs pay neither."""
+    """TensorFlow's import alone costs seconds and pandas' a quarter of one; the feature jobs pay neither."""
     code = (
         "import sys; from jibjib.cli import main; "
         f"rc = main(['features', '--data-dir', {str(species)!r}, '--label', {LABEL!r}, "
@@ -225,3 +226,37 @@ def test_npz_records_the_content_it_read_not_the_recorded_hash(species: Path, tm
         assert str(z["source_sha256"]) == sha256_file(wav)
     _, stats = extract_species(species, LABEL, tmp_path / "features", sources={f"{LABEL}/{wav.name}": sha256_file(wav)})
     assert (stats.computed, stats.current) == (0, 3)
+
+
+def test_files_not_hashed_by_the_workflow_are_judged_by_their_hash(species: Path, tmp_path: Path) -> None:
+    """In the workflow (`sources` given) a file listed by a stamp has no recorded hash: an
+    existing npz must then match the file's own hash, never just its size and mtime."""
+    run(species, tmp_path)
+    wavs = sorted((species / LABEL).iterdir())
+    edited = wavs[1]
+    stat = edited.stat()
+    write_wav(edited, chirp(2.0, 44100, seed=99), 44100)  # same size, new content
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert edited.stat().st_size == stat.st_size
+    _, stats = extract_species(species, LABEL, tmp_path / "features")
+    assert (stats.computed, stats.current) == (0, 3)  # by hand, size and mtime decide
+    rows, stats = extract_species(species, LABEL, tmp_path / "features", sources={})
+    assert (stats.computed, stats.current) == (1, 2)
+    assert dict(zip(rows["path"], rows["sha256"]))[f"{LABEL}/{edited.name}"] == sha256_file(edited)
+
+
+def test_a_file_written_while_open_gets_no_hash(tmp_path: Path) -> None:
+    """Formats decoded by libsndfile are hashed in a second read: if the file changed in
+    between, that hash would not describe the decoded bytes, so there is none."""
+    wav = tmp_path / "float.wav"
+    soundfile.write(wav, chirp(1.0, 16000), 16000, subtype="FLOAT")
+    with open_wav(wav) as reader:
+        for _ in reader.blocks():
+            pass
+        with open(wav, "ab") as f:
+            f.write(b"\0" * 8)
+        assert reader.sha256() == ""
+    with open_wav(wav) as reader:
+        for _ in reader.blocks():
+            pass
+        assert reader.sha256() == sha256_file(wav)

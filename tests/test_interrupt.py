@@ -130,7 +130,8 @@ def test_killed_runs_end_like_an_uninterrupted_run(tmp_path: Path) -> None:
     names = [p.relative_to(reference) for p in feature_files(reference)]
     assert len(names) == N_FILES
     assert [p.relative_to(work) for p in feature_files(work)] == names
-    tables = [p.relative_to(reference) for p in (reference / "results/features").glob("*.tsv")]
+    tables = [p.relative_to(reference) for p in (reference / "results/manifests").glob("*.tsv")]
+    assert tables
     for name in names + tables + [Path("results/labels.tsv"), Path("results/split.tsv"),
                                   Path("results/qc/files.tsv")]:
         assert (work / name).read_bytes() == (reference / name).read_bytes(), name

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from conftest import chirp, make_tree, run_snakemake, write_wav
-from jibjib.inventory import refresh_signatures
-from jibjib.qc import species_files
+from jibjib.features import update_species
+from jibjib.inventory import refresh_signatures, shard_of, shard_species
+from jibjib.qc import species_files, write_manifest
 
 DATA_TARGETS = ["results/labels.tsv", "results/split.tsv"]
 RATE = 16000
@@ -195,25 +196,88 @@ def test_training_only_change_keeps_features(trained: Run) -> None:
     assert trained.plan("results/models/convlstm/model.keras", config=retrain) == {"train_convlstm": 1}
 
 
+def test_shards_are_stable_and_independent() -> None:
+    """A species' shard depends on its name alone (CRC-32, the same on every machine and
+    Python), so adding species moves no existing one and reruns at most one shard."""
+    assert [shard_of(name, 16) for name in ("Alpha_one", "Beta_two", "Turdus_merula")] == \
+        ["shard-08", "shard-01", "shard-14"]
+    assert shard_of("Turdus_merula", 1000) == "shard-006" and shard_of("Turdus_merula", 1) == "shard-00"
+    names = [f"Species_{i:03d}" for i in range(60)]
+    before = shard_species(names[:50], 16)
+    after = shard_species(names, 16)
+    assert sum(len(species) for species in after.values()) == 60
+    assert all(set(species) <= set(after[shard]) for shard, species in before.items())
+
+
 def test_signatures_change_with_content_only(tmp_path: Path) -> None:
-    """The stat cache: a file is hashed when its stat moved, and a signature is rewritten
-    only when the file set or a file's content changed."""
+    """A file is first listed by a stamp and hashed by its feature job; later it is hashed
+    here when its stat moved, and its row changes only when its content did."""
     data = make_tree(tmp_path / "birds", {"Alpha_one": 1, "Beta_two": 1}, seconds=SECONDS, sample_rate=RATE)
     (data / "Alpha_one" / ".DS_Store").write_bytes(b"finder")
-    signatures = tmp_path / "sources"
+    too_short = data / "Beta_two" / "short.wav"
+    write_wav(too_short, chirp(0.5, RATE), RATE)
+    signatures, manifests = tmp_path / "sources", tmp_path / "manifests"
+    shards = {label: shard_of(label, 16) for label in ("Alpha_one", "Beta_two")}
+    assert len(set(shards.values())) == 2
 
     def refresh():
-        inventory = {label: species_files(data / label) for label in ("Alpha_one", "Beta_two")}
-        return refresh_signatures(data, inventory, signatures, workers=2)
+        inventory = {label: species_files(data / label) for label in shards}
+        return refresh_signatures(data, inventory, signatures, manifests, 16, workers=2)
+
+    def signature(label: str) -> dict[str, str]:
+        text = (signatures / f"{shards[label]}.tsv").read_text()
+        return dict(line.split("\t")[::2] for line in text.splitlines()[1:])
 
     first = refresh()
-    assert (first.files, first.hashed_files, first.changed_species) == (5, 4, ["Alpha_one", "Beta_two"])
-    assert "Alpha_one/.DS_Store\t-\t-" in (signatures / "Alpha_one.tsv").read_text()
-    assert refresh().hashed_files == 0
+    assert (first.files, first.new_files, first.hashed_files) == (6, 5, 0)
+    assert sorted(first.changed_shards) == sorted(shards.values())
+    assert signature("Alpha_one")["Alpha_one/.DS_Store"] == "-"
+    assert all(v.startswith("stat:") for k, v in signature("Beta_two").items())
+    assert refresh().new_files == refresh().hashed_files == 0
+
+    # Before any feature job recorded a hash, a stat change can only be a new stamp.
+    edited = data / "Beta_two" / "Beta_two-100_1.wav"
+    edited.touch()
+    assert refresh().changed_shards == [shards["Beta_two"]]
+
+    for label in shards:  # what the feature jobs do
+        rows, _ = update_species(data, label, tmp_path / "features")
+        write_manifest(manifests / f"{shards[label]}.tsv", rows)
+    stamped = signature("Beta_two")
 
     copied = tmp_path / "copy.wav"
-    shutil.copy2(data / "Beta_two" / "Beta_two-100_1.wav", copied)
-    os.replace(copied, data / "Beta_two" / "Beta_two-100_1.wav")  # new inode and ctime, same bytes
+    shutil.copy2(edited, copied)
+    os.replace(copied, edited)  # new inode and ctime, same bytes
     (data / "Alpha_one" / ".DS_Store").write_bytes(b"finder wrote again")  # ignored: listed, not hashed
+    too_short.touch()  # rejected, but its hash is recorded all the same
     again = refresh()
-    assert (again.hashed_files, again.changed_species) == (1, [])
+    assert (again.new_files, again.hashed_files, again.changed_shards) == (0, 2, [])
+    assert signature("Beta_two") == stamped
+    assert refresh().hashed_files == 0
+
+    # Same size, old mtime restored: the new content is hashed and the row says so.
+    stat = edited.stat()
+    content = bytearray(edited.read_bytes())
+    content[-2:] = bytes([content[-2] ^ 1, content[-1]])
+    edited.write_bytes(bytes(content))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = refresh()
+    assert (changed.hashed_files, changed.changed_shards) == (1, [shards["Beta_two"]])
+    assert signature("Beta_two")["Beta_two/Beta_two-100_1.wav"] == hashlib.sha256(content).hexdigest()
+
+
+def test_shards_without_species_are_forgotten(tmp_path: Path) -> None:
+    """Files of a shard that holds no species now are deleted: after `features.shards`
+    changes and changes back, an old manifest must not pass for current."""
+    data = make_tree(tmp_path / "birds", {"Alpha_one": 1, "Beta_two": 1}, seconds=SECONDS, sample_rate=RATE)
+    signatures, manifests = tmp_path / "sources", tmp_path / "manifests"
+    inventory = {label: species_files(data / label) for label in ("Alpha_one", "Beta_two")}
+    refresh_signatures(data, inventory, signatures, manifests, 16)
+    for shard in ("shard-08", "shard-01"):
+        (manifests / f"{shard}.tsv").parent.mkdir(exist_ok=True)
+        (manifests / f"{shard}.tsv").write_text("path\tsha256\n")
+    assert {p.name for p in signatures.glob("*.tsv")} == {"shard-08.tsv", "shard-01.tsv"}
+
+    refresh_signatures(data, inventory, signatures, manifests, 1)
+    for folder in (signatures, signatures / ".stat-cache", manifests):
+        assert {p.name for p in folder.glob("*.tsv")} <= {"shard-00.tsv"}, folder

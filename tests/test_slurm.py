@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from conftest import REPO, run_snakemake
+from jibjib.inventory import shard_species
 
 CLUSTER = "jibjib-ci"  # ClusterName in tests/slurm/slurm.conf
 REQUIRED = os.environ.get("JIBJIB_REQUIRE_SLURM") == "1"
@@ -198,7 +199,9 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path: Path) -> None:
     # and SLURM itself recorded each of them as completed.
     jobs = _jobs_in_log(log)
     rules = sorted(rule for rule, _, _ in jobs.values())
-    assert rules.count("features") == 3 and {"labels", "split", "train_convlstm"} <= set(rules), rules
+    shards = shard_species([p.name for p in data.iterdir() if p.is_dir()], 16)
+    assert len(shards) > 1 and rules.count("features") == len(shards), (shards, rules)
+    assert {"labels", "split", "train_convlstm"} <= set(rules), rules
     assert all(gpu for rule, _, gpu in jobs.values() if rule.startswith("train_"))
     submitted = _submissions_in_log(log)
     assert set(submitted) == set(jobs), f"jobs {sorted(jobs)} vs submitted {sorted(submitted)}"
@@ -224,7 +227,7 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path: Path) -> None:
         else:
             assert not got_gpu and record["Partition"] == "cpu", (rule, record)
         # The job's sbatch output shows which job it ran: array tasks share one
-        # submission, so this proves each task ran its own species.
+        # submission, so this proves each task ran its own shard.
         job_log = next(logdir.glob(f"rule_{rule}/**/{slurm_id}.log"))
         if wildcards:
             assert f"wildcards: {wildcards}" in job_log.read_text(), (slurm_id, wildcards)
@@ -236,7 +239,7 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path: Path) -> None:
     # weight shapes and bookkeeping.
     assert _relative_files(cluster / "results") == _relative_files(local / "results")
     for path in sorted(_relative_files(local / "results")):
-        if path.startswith(("features/", "sources/", "labels.tsv", "split.tsv", "qc/")):
+        if path.startswith(("features/", "manifests/", "sources/", "labels.tsv", "split.tsv", "qc/")):
             assert filecmp.cmp(local / "results" / path, cluster / "results" / path, shallow=False), path
     model = "results/models/convlstm"
     assert _weight_shapes(local / model / "model.keras") == _weight_shapes(cluster / model / "model.keras")

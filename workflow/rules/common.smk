@@ -13,6 +13,7 @@ from snakemake.utils import validate
 # The rules call the package from this checkout, installed or not.
 sys.path.insert(0, workflow.basedir)
 from jibjib.config import ConfigError, check_config  # noqa: E402
+from jibjib.inventory import shard_species  # noqa: E402
 
 
 def _stop(message):
@@ -44,7 +45,11 @@ def _validate_config():
 
 INVENTORY = _validate_config()
 SPECIES = sorted(INVENTORY)
+SHARD_COUNT = config["features"]["shards"]
+SHARDS = shard_species(SPECIES, SHARD_COUNT)  # shard name -> its species
 DATA_DIR = Path(config["data_dir"])
+SOURCES_DIR = Path("results/sources")
+MANIFESTS_DIR = Path("results/manifests")
 FRONTEND_JSON = json.dumps(config["frontend"], sort_keys=True)
 
 # Rules run `python -m jibjib` from this checkout. Inside a conda env `python`
@@ -57,11 +62,17 @@ shell.prefix(_prefix)
 
 
 wildcard_constraints:
-    label=r"[^/]+",
+    shard=r"shard-\d+",
 
 
-def species_manifests():
-    return expand("results/features/{label}.tsv", label=SPECIES)
+def shard_labels(wildcards):
+    """The shard's species as `--label=<name>` options, each quoted for the shell."""
+    return " ".join(f"--label={shlex.quote(label)}" for label in SHARDS[wildcards.shard])
+
+
+def feature_manifests():
+    """Every shard's QC rows: what the stages after the features read."""
+    return expand(MANIFESTS_DIR / "{shard}.tsv", shard=SHARDS)
 
 
 def training_settings(model):

@@ -12,7 +12,7 @@ for _model in MODEL_NAMES:
             trained=f"results/models/{_model}/train.json",
             labels="results/labels.tsv",
             split="results/split.tsv",
-            features=species_manifests(),
+            features=feature_manifests(),
         output:
             metrics=report(f"results/eval/{_model}/metrics.json", caption="../report/metrics.rst", **report_place(_model)),
             summary=report(f"results/eval/{_model}/report.md", caption="../report/summary.rst", **report_place(_model)),

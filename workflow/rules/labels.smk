@@ -1,12 +1,11 @@
-# Stage 2: species manifests -> label index, QC table and the split by recording.
+# Stage 2: feature manifests -> label index, QC table and the split by recording.
 # Options are written `--name=value` so that a value starting with `-` (a
-# species manifest results/features/-x.tsv is safe, a data_dir or pattern
-# might not be) is never read as an option.
+# data_dir or a pattern might) is never read as an option.
 
 
 rule labels:
     input:
-        manifests=species_manifests(),
+        manifests=feature_manifests(),
     output:
         labels=report("results/labels.tsv", caption="../report/labels.rst", category="Data"),
         qc=report("results/qc/files.tsv", caption="../report/qc.rst", category="Data"),
@@ -29,7 +28,7 @@ rule labels:
 
 rule split:
     input:
-        manifests=species_manifests(),
+        manifests=feature_manifests(),
     output:
         "results/split.tsv",
     params:

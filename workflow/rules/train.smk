@@ -7,7 +7,7 @@ rule train_vggish:
     input:
         labels="results/labels.tsv",
         split="results/split.tsv",
-        features=species_manifests(),
+        features=feature_manifests(),
     output:
         model="results/models/vggish/model.keras",
         history="results/models/vggish/history.tsv",
