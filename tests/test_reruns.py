@@ -148,6 +148,27 @@ def test_frontend_change_recomputes_every_file(built: Run) -> None:
         assert '"log_offset": 0.001' in str(z["frontend_params"])
 
 
+def test_shard_count_change_keeps_features_and_forgets_old_shards(built: Run) -> None:
+    """Another features.shards reruns the shards but keeps every npz. An edit made under
+    the other count and reverted afterwards must still reach the npz once the old
+    count is back: the old shards' manifests are not taken for current."""
+    before = npz_files(built.work)
+    one = {"features": {"shards": 1}}
+    assert built.plan(config=one) == {"features": 1, **DOWNSTREAM}
+    built.run(config=one)
+    assert rewritten(before, npz_files(built.work)) == set()
+
+    wav = built.data / "Alpha_one" / "Alpha_one-101_2.wav"
+    original = wav.read_bytes()
+    write_wav(wav, chirp(SECONDS, RATE, f0=4000, seed=7), RATE)
+    built.run(config=one)
+    wav.write_bytes(original)  # a checkout of the old file
+    assert built.plan() == {"features": 2, **DOWNSTREAM}
+    built.run()
+    with np.load(built.work / "results/features/Alpha_one/Alpha_one-101_2.npz", allow_pickle=False) as z:
+        assert str(z["source_sha256"]) == hashlib.sha256(original).hexdigest()
+
+
 # Snakemake itself forgives a newer input whose checksum it recorded, but only
 # for files up to --max-checksum-file-size (1 MB): a 10 s 44.1 kHz slice is
 # 0.9 MB, longer or stereo recordings are more. Limit 0 makes these small test
