@@ -98,12 +98,6 @@ def score_split(model: Any, files: pd.DataFrame) -> ScoredSplit:
                        len(files) - len(scored))
 
 
-def _level_report(y: np.ndarray, scores: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:
-    report = metrics.classification_metrics(y, scores, classes, top_k)
-    report["confusion"] = metrics.confusion_matrix(y, scores.argmax(axis=1), len(classes)).tolist()
-    return report
-
-
 def evaluate(
     model_dir: str | os.PathLike,
     labels_tsv: str | os.PathLike,
@@ -135,12 +129,12 @@ def evaluate(
     test_scores = test.file_scores(1.0, multi_label)
     thresholds = pd.DataFrame(metrics.precision_thresholds(
         val.y, val.file_scores(1.0, multi_label), classes, target_precision))
-    file_level = _level_report(test.y, test_scores, classes, top_k)
+    file_level = metrics.classification_metrics(test.y, test_scores, classes, top_k)
     reliability = {
         "uncalibrated": metrics.expected_calibration_error(test.y, test_scores),
         "calibrated": metrics.expected_calibration_error(test.y, test.file_scores(temperature, multi_label)),
     }
-    unit_scores = (metrics.sigmoid if multi_label else metrics.softmax)(test.logits)
+    unit_scores = metrics.probabilities(test.logits, multi_label=multi_label)
     report = {
         "model": trained["model"],
         "split": "test",
@@ -152,7 +146,7 @@ def evaluate(
         "file_score": f"mean of the {unit} probabilities of the file",
         "file": file_level,
         "patch_unit": unit,
-        "patch": _level_report(test.y[test.owner], unit_scores, classes, top_k),
+        "patch": metrics.classification_metrics(test.y[test.owner], unit_scores, classes, top_k),
         "calibration": {
             "temperature": temperature,
             "temperature_at_bound": not (

@@ -23,14 +23,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,9 +36,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from . import __version__, fsutil  # noqa: E402
+from . import fsutil  # noqa: E402
+from .evaluate import model_seq_len  # noqa: E402
 from .frontend import mel_matrix, periodic_hann  # noqa: E402
 from .params import FrontEnd  # noqa: E402
+from .train import software_versions  # noqa: E402
 
 
 def tf_log_mel(waveform: tf.Tensor, params: FrontEnd) -> tf.Tensor:
@@ -67,7 +67,7 @@ class ExportModule(tf.Module):
         super().__init__()
         self.model = model
         self.params = params
-        self.seq_len = int(model.inputs[0].shape[1]) if len(model.inputs) > 1 else None
+        self.seq_len = model_seq_len(model)
         self.labels = tf.constant(classes)
         self.temperature = tf.constant(temperature, tf.float32)
         self.top_k = min(top_k, len(classes))
@@ -151,8 +151,7 @@ def model_card(trained: dict[str, Any], metrics: dict[str, Any], counts: dict[st
             "calibration": metrics["calibration"],
             "thresholds": metrics["thresholds"],
         },
-        "versions": {"jibjib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
+        "versions": software_versions(),
     }
 
 
@@ -178,7 +177,7 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
             (scratch / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
             shutil.copy(labels_tsv, scratch / "labels.tsv")
             shutil.copy(eval_dir / "thresholds.tsv", scratch / "thresholds.tsv")
-            (scratch / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+            fsutil.write_json(scratch / "model_card.json", card)
             assets = {"labels": scratch / "labels.txt", "labels_table": scratch / "labels.tsv",
                       "thresholds": scratch / "thresholds.tsv", "model_card": scratch / "model_card.json"}
             module = ExportModule(model, classes, params, float(metrics["calibration"]["temperature"]), top_k,

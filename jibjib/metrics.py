@@ -100,7 +100,8 @@ def expected_calibration_error(y: np.ndarray, scores: np.ndarray, bins: int = EC
 
 
 def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str], top_k: int = 5) -> dict[str, Any]:
-    """Per-class precision/recall/F1/support/AP/ROC-AUC, macro and micro averages, top-1/top-k, cmAP, ECE."""
+    """Per-class precision/recall/F1/support/AP/ROC-AUC, macro and micro averages, top-1/top-k, cmAP, ECE,
+    and the confusion matrix (counts[true][predicted])."""
     n_classes = len(classes)
     y = np.asarray(y, dtype=int)
     scores = np.asarray(scores, dtype=np.float64)
@@ -138,6 +139,7 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
         "micro": {"precision": accuracy, "recall": accuracy, "f1": accuracy},
         "cmap": _mean([row["average_precision"] for row in present]),
         "macro_roc_auc": _mean([row["roc_auc"] for row in present]),
+        "confusion": counts.tolist(),
         "ece": expected_calibration_error(y, scores)["ece"],
         "per_class": per_class,
     }
@@ -154,6 +156,11 @@ def sigmoid(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
 
 
+def probabilities(logits: np.ndarray, temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
+    """Per-class probabilities: independent sigmoids for a multi-label model, else a softmax."""
+    return (sigmoid if multi_label else softmax)(logits, temperature)
+
+
 def file_scores(logits: np.ndarray, file_index: np.ndarray, n_files: int,
                 temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
     """Mean of the per-patch (or per-sequence) probabilities of each file: (n_files, n_classes).
@@ -161,9 +168,8 @@ def file_scores(logits: np.ndarray, file_index: np.ndarray, n_files: int,
     Averaging probabilities rather than logits keeps one confident patch from
     outvoting the rest of a ten-second file.  A file without patches gets NaN.
     """
-    probabilities = (sigmoid if multi_label else softmax)(logits, temperature)
     totals = np.zeros((n_files, logits.shape[1]))
-    np.add.at(totals, file_index, probabilities)
+    np.add.at(totals, file_index, probabilities(logits, temperature, multi_label))
     counts = np.bincount(file_index, minlength=n_files)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return totals / counts

@@ -136,6 +136,12 @@ class _ResumableState(keras.callbacks.Callback):
                 old.unlink()
 
 
+def software_versions() -> dict[str, str]:
+    """What produced a model: recorded in train.json and in the export's model card."""
+    return {"jibjib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
 def train(
     model: str,
     split_tsv: str | os.PathLike,
@@ -230,8 +236,7 @@ def train(
         "trunk_initialisation": "checkpoint" if model == "vggish" and settings.get("checkpoint") else "random",
         "seconds": round(time.monotonic() - started, 1),
         "devices": {"replicas": replicas, "gpus": len(gpus)},
-        "versions": {"jibjib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
+        "versions": software_versions(),
     }
     fsutil.write_json(out / "train.json", report)
     return report
