@@ -18,6 +18,8 @@ from typing import BinaryIO, Iterator
 import numpy as np
 import soundfile
 
+from . import fsutil
+
 # Containers libsndfile may find behind a `.wav` name that we treat as WAV.
 WAV_FORMATS = {"WAV", "WAVEX", "RF64", "W64"}
 FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
@@ -179,9 +181,7 @@ class WavReader:
             digest = hashlib.file_digest(self._raw, "sha256").hexdigest()
             # A second read: if the file was written since it was opened, these
             # are not the bytes decoded, and no hash is better than a wrong one.
-            now = os.fstat(self._raw.fileno())
-            if (now.st_size, now.st_mtime_ns, now.st_ctime_ns) != (
-                    self.stat.st_size, self.stat.st_mtime_ns, self.stat.st_ctime_ns):
+            if fsutil.stat_key(os.fstat(self._raw.fileno())) != fsutil.stat_key(self.stat):
                 return ""
             return digest
         return self._hash.hexdigest()

@@ -243,7 +243,7 @@ def update_species(
         if npz in claimed:
             row.status, row.reason = REJECTED, "duplicate_name"
             row.detail = f"same feature file as {claimed[npz]}"
-            row.sha256 = recorded or _sha256_or_empty(source)
+            row.sha256 = recorded or fsutil.sha256_or(source, "")
             stats.rejected += 1
             continue
         claimed[npz] = row.path
@@ -257,7 +257,7 @@ def update_species(
             except AudioError as exc:
                 row.status, row.reason, row.detail = REJECTED, exc.reason, exc.detail
                 # Recorded for rejected files too, so a checkout does not reschedule them (jibjib.inventory).
-                row.sha256 = recorded or _sha256_or_empty(source)
+                row.sha256 = recorded or fsutil.sha256_or(source, "")
                 stats.rejected += 1
                 npz.unlink(missing_ok=True)
                 continue
@@ -272,13 +272,6 @@ def update_species(
     stats.removed = _remove_orphans(out_dir, set(claimed))
     _report(label, len(files), len(files), stats, time.monotonic() - started)
     return rows, stats
-
-
-def _sha256_or_empty(source: Path) -> str:
-    try:
-        return sha256_file(source)
-    except OSError:
-        return ""
 
 
 def _remove_orphans(out_dir: Path, keep: set[Path]) -> int:

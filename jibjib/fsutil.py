@@ -159,6 +159,19 @@ def sha256_file(path: str | os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def sha256_or(path: str | os.PathLike, unreadable: str) -> str:
+    """`sha256_file`, or `unreadable` for a file that cannot be read."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return unreadable
+
+
+def stat_key(stat: os.stat_result) -> tuple[int, int, int]:
+    """Size, mtime and ctime: any write changes the ctime, even one that restores the mtime."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def remove_stale_temps(folder: Path) -> int:
     """Delete temporary files a killed run left behind; returns how many."""
     removed = 0

@@ -85,10 +85,10 @@ class _Entry:
 
     @classmethod
     def of(cls, stat: os.stat_result, sha256: str = "") -> "_Entry":
-        return cls(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, sha256)
+        return cls(*fsutil.stat_key(stat), sha256)
 
     def same_stat(self, stat: os.stat_result) -> bool:
-        return (self.size, self.mtime_ns, self.ctime_ns) == (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        return (self.size, self.mtime_ns, self.ctime_ns) == fsutil.stat_key(stat)
 
 
 @dataclasses.dataclass
@@ -117,13 +117,6 @@ def signature_path(signature_dir: Path, shard: str) -> Path:
 
 def _cache_path(signature_dir: Path, shard: str) -> Path:
     return signature_dir / CACHE_FOLDER / f"{shard}.tsv"
-
-
-def _sha256(path: Path) -> str:
-    try:
-        return fsutil.sha256_file(path)
-    except OSError:
-        return UNREADABLE
 
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
@@ -225,7 +218,8 @@ def refresh_signatures(
     if to_hash:
         # hashlib releases the GIL while it reads and hashes, so threads scale.
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            digests = pool.map(_sha256, [path for _, _, path, _, _, _ in to_hash])
+            paths = [path for _, _, path, _, _, _ in to_hash]
+            digests = pool.map(fsutil.sha256_or, paths, [UNREADABLE] * len(paths))
             for (shard, relative, _, stat, known, before), digest in zip(to_hash, digests):
                 # Same content keeps the row as it was, even a stamp: nothing downstream is stale.
                 same = digest == known and before != UNREADABLE

@@ -69,7 +69,6 @@ def _plan(sr_in: int, sr_out: int):
         left, right = wing(frac), wing(scale - frac)
         columns.append((whole, left, right))
     reach_left = max(len(c[1]) for c in columns) - 1
-    reach_right = max(len(c[2]) for c in columns)
 
     blocks = []
     for start in range(0, outputs, BLOCK_OUTPUTS):
@@ -81,7 +80,8 @@ def _plan(sr_in: int, sr_out: int):
             weights[n - lo - np.arange(len(left)), c] = left
             weights[n - lo + 1 + np.arange(len(right)), c] = right
         blocks.append((start, lo, weights.astype(np.float32)))
-    return outputs, advance, reach_left, reach_right, tuple(blocks)
+    span = max(lo + weights.shape[0] for _, lo, weights in blocks)  # inputs one row reads, from its start
+    return outputs, advance, reach_left, span, tuple(blocks)
 
 
 class StreamResampler:
@@ -96,8 +96,7 @@ class StreamResampler:
 
     def __init__(self, sr_in: int, sr_out: int, total: int | None = None) -> None:
         self.sr_in, self.sr_out, self.total = sr_in, sr_out, total
-        self._outputs, self._advance, self._reach_left, _, self._blocks = _plan(sr_in, sr_out)
-        self._span = max(lo + w.shape[0] for _, lo, w in self._blocks)
+        self._outputs, self._advance, self._reach_left, self._span, self._blocks = _plan(sr_in, sr_out)
         # _pending[0] is input sample rows_done * advance - reach_left; the
         # reach_left samples before the signal count as zeros, as in resampy.
         self._pending = np.zeros(self._reach_left, np.float32)
