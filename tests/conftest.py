@@ -42,12 +42,25 @@ def make_tree(root: Path, species: dict[str, int], seconds: float = 2.0, sample_
     return root
 
 
-SNAKEMAKE_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+# Subprocesses import this checkout's jibjib.
+REPO_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+# The data-preparation stages: what the workflow tests run when training is not their subject.
+PREPARATION_TARGETS = ["results/labels.tsv", "results/split.tsv", "results/qc/files.tsv"]
+
+
+class WritesFile:
+    """Unpickling this calls open(target, "w"): the file appears if the pickle runs."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
 
 
 def snakemake_command(workdir: Path, *args: str, config: dict | None = None) -> list[str]:
     """The command that runs the repository's workflow in `workdir`, `config` overriding config.yaml
-    (run it with env=SNAKEMAKE_ENV)."""
+    (run it with env=REPO_ENV)."""
     overrides = workdir / ".test-config.yaml"
     overrides.write_text(yaml.safe_dump(json.loads(json.dumps(config or {}, default=str))))
     return [
@@ -61,7 +74,7 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None,
                   check: bool = True) -> subprocess.CompletedProcess:
     """Run the repository's workflow in `workdir`, `config` overriding config.yaml."""
     command = snakemake_command(workdir, *args, config=config)
-    result = subprocess.run(command, capture_output=True, text=True, env=SNAKEMAKE_ENV, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, env=REPO_ENV, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stderr[-4000:]}")
     return result

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import soundfile
 
-from conftest import REPO, run_snakemake, write_wav
+from conftest import PREPARATION_TARGETS as TARGETS
+from conftest import REPO, REPO_ENV, run_snakemake, write_wav
 from jibjib import audio, fsutil
 from jibjib.audio import read_wav
 from jibjib.config import check_data_dir, ConfigError
@@ -31,8 +32,6 @@ from jibjib.frontend import LogMelStream, waveform_to_log_mel
 from jibjib.params import VGGISH
 from jibjib.qc import read_qc
 from jibjib.resample import output_length
-
-TARGETS = ["results/labels.tsv", "results/split.tsv", "results/qc/files.tsv"]
 
 
 def tones(seconds: float, rate: int, noise: float = 0.0) -> np.ndarray:
@@ -188,7 +187,7 @@ def _feature_command_peak_rss(data_dir: Path, label: str, out: Path) -> int:
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+                            env=REPO_ENV, timeout=600)
     assert result.returncode == 0, result.stderr
     return int(result.stdout.split()[-1]) * 1024  # Linux reports KiB
 
@@ -404,14 +403,13 @@ def test_a_failed_write_names_the_path_and_leaves_no_partial_file(tmp_path: Path
     features = tmp_path / "features"
     command = [sys.executable, "-m", "jibjib", "features", "--data-dir", str(data), "--label", "Alpha_one",
                "--features-dir", str(features), "--manifest", str(tmp_path / "Alpha_one.tsv")]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    subprocess.run(command, check=True, capture_output=True, env=env)
+    subprocess.run(command, check=True, capture_output=True, env=REPO_ENV)
     npz, manifest = features / "Alpha_one" / "a.npz", tmp_path / "Alpha_one.tsv"
     old, old_manifest = npz.read_bytes(), manifest.read_bytes()
     assert len(old) > 200_000  # 1,000 frames of 64 float32: far beyond the limit below
 
     write_wav(data / "Alpha_one" / "a.wav", tones(10.0, 16000)[::-1].copy(), 16000)  # must be recomputed
-    result = subprocess.run(command, capture_output=True, text=True, env=env,
+    result = subprocess.run(command, capture_output=True, text=True, env=REPO_ENV,
                             preexec_fn=_ignore_file_size_signal_and_limit_writes(64 * 1024))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == f"jibjib features: error: cannot write {npz}: File too large"

@@ -16,21 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, chirp, make_tree, run_snakemake, write_wav
+from conftest import PREPARATION_TARGETS as TARGETS
+from conftest import REPO, WritesFile, chirp, make_tree, run_snakemake, write_wav
 from jibjib import cli
 from jibjib.config import ConfigError, check_checkpoint
-
-TARGETS = ["results/labels.tsv", "results/split.tsv", "results/qc/files.tsv"]
-
-
-class _WritesFile:
-    """Unpickling this calls open(target, "w"): the file appears if the pickle runs."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (str(self.target), "w"))
 
 
 @pytest.fixture
@@ -47,7 +36,7 @@ def trees(tmp_path: Path) -> Path:
         for file in files:
             (tmp_path / name / "Beta_two" / file).write_text("not audio")
     (tmp_path / "a_file").write_text("not a folder")
-    (tmp_path / "hostile.pickle").write_bytes(pickle.dumps({"Alpha_one": _WritesFile(tmp_path / "pwned")}))
+    (tmp_path / "hostile.pickle").write_bytes(pickle.dumps({"Alpha_one": WritesFile(tmp_path / "pwned")}))
     (tmp_path / "weights.pickle").write_bytes(pickle.dumps({"vggish/conv1/weights": [0.0]}))
     return tmp_path
 
@@ -204,7 +193,7 @@ def test_cli_split_fractions_must_add_up(manifest: Path, capsys, fractions: tupl
 def test_cli_refuses_a_hostile_label_map_without_running_it(manifest: Path, capsys) -> None:
     root = manifest.parent
     hostile = root / "bird_id_map.pickle"
-    hostile.write_bytes(pickle.dumps({"Alpha_one": _WritesFile(root / "pwned")}))
+    hostile.write_bytes(pickle.dumps({"Alpha_one": WritesFile(root / "pwned")}))
     status, err = run_cli(capsys, "labels", "--data-dir", str(root / "birds"), "--manifests", str(manifest),
                           "--out", str(root / "labels.tsv"), "--qc", str(root / "qc.tsv"),
                           "--label-map", str(hostile))

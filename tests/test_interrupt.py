@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from conftest import SNAKEMAKE_ENV, make_tree, run_snakemake, snakemake_command
+from conftest import REPO_ENV, make_tree, run_snakemake, snakemake_command
 from jibjib.fsutil import TMP_MARK
 
 SEED = 6  # draws every kill point: a failure replays with the same targets
@@ -60,7 +60,7 @@ def unlock(work: Path, config: dict) -> None:
 def run_until_killed(work: Path, config: dict, kill_point: Callable[[], bool], delay: float) -> None:
     """Rerun the workflow; once kill_point() holds, wait `delay` s and SIGKILL its process group."""
     unlock(work, config)
-    process = subprocess.Popen(snakemake_command(work, "--rerun-incomplete", config=config), env=SNAKEMAKE_ENV,
+    process = subprocess.Popen(snakemake_command(work, "--rerun-incomplete", config=config), env=REPO_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT

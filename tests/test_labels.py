@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import WritesFile
 from jibjib.labels import (
     LabelError, assign_splits, label_index, load_label_map, recording_ids,
 )
@@ -81,18 +82,10 @@ def test_adding_files_never_moves_a_recording() -> None:
     assert not before.equals(assign_splits(corpus(30), FRACTIONS, seed=8))
 
 
-class _Exploit:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (open, (str(self.target), "w"))
-
-
 def test_hostile_label_map_is_refused_without_running(tmp_path: Path) -> None:
     target = tmp_path / "pwned"
     hostile = tmp_path / "bird_id_map.pickle"
-    hostile.write_bytes(pickle.dumps({"Parus_major": _Exploit(target)}))
+    hostile.write_bytes(pickle.dumps({"Parus_major": WritesFile(target)}))
     with pytest.raises(LabelError, match="refused"):
         load_label_map(hostile)
     assert not target.exists()
@@ -117,7 +110,7 @@ def test_label_map_of_the_wrong_shape(tmp_path: Path) -> None:
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_pickle_that_would_write_a_file_is_refused_at_every_protocol(tmp_path: Path, protocol: int) -> None:
     target = tmp_path / "pwned"
-    payload = pickle.dumps({"Turdus_merula": 3, "Parus_major": _Exploit(target)}, protocol=protocol)
+    payload = pickle.dumps({"Turdus_merula": 3, "Parus_major": WritesFile(target)}, protocol=protocol)
     # The payload is real: an ordinary unpickler creates the file.
     pickle.loads(payload)["Parus_major"].close()
     assert target.exists()

@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, REPO_ENV, run_snakemake
 from jibjib.inventory import shard_species
 
 CLUSTER = "jibjib-ci"  # ClusterName in tests/slurm/slurm.conf
@@ -132,7 +132,7 @@ def _run_on_slurm(workdir: Path, overrides: Path) -> str:
         "--profile", str(REPO / "tests/slurm/profile"),
     ]
     # The test cluster's partitions, named as a user would name theirs.
-    env = {**os.environ, "PYTHONPATH": str(REPO),
+    env = {**REPO_ENV,
            "JIBJIB_SLURM_CPU_PARTITION": "cpu", "JIBJIB_SLURM_GPU_PARTITION": "gpu"}
     env.pop("JIBJIB_SLURM_ACCOUNT", None)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -182,7 +182,7 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path: Path) -> None:
     _require_cluster()
     data = tmp_path / "birds"
     subprocess.run([sys.executable, "-m", "jibjib", "make-demo", str(data), "--species", "3", "--recordings", "4"],
-                   check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+                   check=True, capture_output=True, env=REPO_ENV, timeout=120)
     config = {**TINY, "data_dir": str(data)}
 
     local = tmp_path / "local"

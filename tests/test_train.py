@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
+from conftest import REPO, REPO_ENV
 from jibjib import fsutil
 
 TINY_CONVLSTM = {
@@ -76,8 +75,7 @@ def test_training_learns_and_writes_its_outputs(tiny: Path) -> None:
 
 
 def test_killed_training_resumes_from_its_last_epoch(tiny: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(train_command(tiny, TINY_CONVLSTM), cwd=REPO, env=env,
+    process = subprocess.Popen(train_command(tiny, TINY_CONVLSTM), cwd=REPO, env=REPO_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while epochs_done(tiny) < 3 and time.monotonic() < deadline and process.poll() is None:
@@ -89,7 +87,7 @@ def test_killed_training_resumes_from_its_last_epoch(tiny: Path) -> None:
     assert not (tiny / "model" / "model.keras").exists()
 
     result = subprocess.run(train_command(tiny, TINY_CONVLSTM), capture_output=True, text=True, cwd=REPO,
-                            env=env, timeout=600)
+                            env=REPO_ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from the last saved epoch" in result.stderr
     history = pd.read_csv(tiny / "model" / "history.tsv", sep="\t")

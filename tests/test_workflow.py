@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from conftest import PREPARATION_TARGETS as TARGETS
 from conftest import chirp, make_tree, run_snakemake, write_wav
-
 from jibjib.inventory import shard_of
-
-# The data-preparation stages only: training is tested in test_train.py.
-TARGETS = ["results/labels.tsv", "results/split.tsv", "results/qc/files.tsv"]
 
 
 def read(path) -> pd.DataFrame:
