@@ -134,10 +134,19 @@ def check_checkpoint(path: str | None) -> None:
 
 
 def check_config(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[Path]]:
-    """Run every check; returns the species inventory (label -> files)."""
-    inventory = check_data_dir(Path(config["data_dir"]), demo_hint)
-    check_split(config["split"])
-    check_label_map(config.get("label_map"), sorted(inventory))
-    if "vggish" in config.get("models", []):
-        check_checkpoint(config.get("vggish", {}).get("checkpoint"))
+    """Run every check; returns the species inventory (label -> files).
+
+    A file or folder the checks cannot read (an unreadable data_dir or
+    label_map, say) is a ConfigError naming it, like every other problem.
+    """
+    try:
+        inventory = check_data_dir(Path(config["data_dir"]), demo_hint)
+        check_split(config["split"])
+        check_label_map(config.get("label_map"), sorted(inventory))
+        if "vggish" in config.get("models", []):
+            check_checkpoint(config.get("vggish", {}).get("checkpoint"))
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        raise ConfigError(f"{exc.filename}: {exc.strerror}") from None
     return inventory

@@ -37,10 +37,6 @@ def _validate_config():
         return check_config(config, demo_hint="make demo" if is_demo else "")
     except ConfigError as exc:
         _stop(exc)
-    except OSError as exc:  # an unreadable data_dir or label_map, say
-        if exc.filename is None:
-            raise
-        _stop(f"{exc.filename}: {exc.strerror}")
 
 
 INVENTORY = _validate_config()
