@@ -41,17 +41,22 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def _ranked_counts(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct score as a threshold, highest first: (threshold, true positives, detections)
+    when everything scoring at least the threshold is detected."""
+    order = np.argsort(-score, kind="stable")
+    score, positive = score[order], positive[order]
+    # Tied scores form one threshold: take the cumulative counts at the last of each tie.
+    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
+    return score[last_of_tie], np.cumsum(positive)[last_of_tie], last_of_tie + 1
+
+
 def average_precision(positive: np.ndarray, score: np.ndarray) -> float | None:
     """Area under the precision-recall step curve: sum of (R_k - R_k-1) * P_k over distinct scores."""
     n_pos = int(positive.sum())
     if n_pos == 0:
         return None
-    order = np.argsort(-score, kind="stable")
-    score, positive = score[order], positive[order]
-    # Tied scores form one threshold: take the cumulative counts at the last of each tie.
-    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
-    true_pos = np.cumsum(positive)[last_of_tie]
-    predicted = last_of_tie + 1
+    _, true_pos, predicted = _ranked_counts(positive, score)
     recall = true_pos / n_pos
     precision = true_pos / predicted
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
@@ -218,15 +223,12 @@ def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str],
                "support": int(positive.sum()), "status": "no_val_files"}
         if positive.any():
             row["status"] = "unreachable"
-            order = np.argsort(-scores[:, c], kind="stable")
-            ranked, hits = scores[order, c], positive[order]
-            last_of_tie = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
-            true_pos = np.cumsum(hits)[last_of_tie]
-            precision = true_pos / (last_of_tie + 1)
+            threshold, true_pos, predicted = _ranked_counts(positive, scores[:, c])
+            precision = true_pos / predicted
             reaching = np.flatnonzero((precision >= target_precision) & (true_pos > 0))
             if reaching.size:
                 best = reaching[-1]  # the lowest threshold that still reaches the target
-                row.update(threshold=float(ranked[last_of_tie[best]]), precision=float(precision[best]),
+                row.update(threshold=float(threshold[best]), precision=float(precision[best]),
                            recall=float(true_pos[best] / positive.sum()), status="ok")
         rows.append(row)
     return rows
