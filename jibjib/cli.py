@@ -109,15 +109,13 @@ def cmd_labels(args: argparse.Namespace) -> None:
     from . import fsutil
     from .config import loose_files
     from .labels import label_index, load_label_map
-    from .qc import IGNORED, QC_COLUMNS, read_qc, sorted_table
+    from .qc import IGNORED, QCRow, read_qc, sorted_table, to_frame
 
     qc = read_qc(args.manifests)
-    loose = pd.DataFrame(
-        [{"path": name, "label": "", "status": IGNORED,
-          "reason": "hidden" if name.startswith(".") else "outside_species_folder"}
-         for name in loose_files(Path(args.data_dir))],
-        columns=QC_COLUMNS,
-    )
+    loose = to_frame([
+        QCRow(path=name, label="", status=IGNORED, reason="hidden" if name.startswith(".") else "outside_species_folder")
+        for name in loose_files(Path(args.data_dir))
+    ])
     qc = sorted_table(pd.concat([qc, loose], ignore_index=True) if len(loose) else qc)
     # The QC table is written first so that a failure below still leaves the reasons to read.
     fsutil.write_tsv(args.qc, qc)

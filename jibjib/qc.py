@@ -82,15 +82,15 @@ def read_qc(paths: list[str | os.PathLike]) -> pd.DataFrame:
     frames = [pd.read_csv(p, sep="\t", dtype={c: str for c in TEXT_COLUMNS}) for p in paths]
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame(columns=QC_COLUMNS)
+        return to_frame([])
     qc = pd.concat(frames, ignore_index=True)[QC_COLUMNS]
     qc[TEXT_COLUMNS] = qc[TEXT_COLUMNS].fillna("")
     return _with_integer_columns(qc)
 
 
 def sorted_table(qc: pd.DataFrame) -> pd.DataFrame:
-    """Rows by path; integer columns stay integers even after a concat with gaps."""
-    return _with_integer_columns(qc.sort_values("path", kind="stable").reset_index(drop=True)[QC_COLUMNS])
+    """Rows by path (both `read_qc` and `to_frame` give integer columns their nullable type)."""
+    return qc.sort_values("path", kind="stable").reset_index(drop=True)[QC_COLUMNS]
 
 
 def is_hidden(relative: Path) -> bool:
