@@ -7,13 +7,16 @@ grow with the number of files (the old code loaded every patch up front).
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from . import fsutil
 from .params import VGGISH
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -44,11 +47,56 @@ def load_patches(npz: str | bytes, patch_frames: int = VGGISH.patch_frames) -> n
     return log_mel[: n * patch_frames].reshape(n, patch_frames, log_mel.shape[1])
 
 
-def class_weights(class_ids: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Inverse-frequency weights averaging 1 over the examples (absent classes get 1)."""
-    counts = np.bincount(class_ids, minlength=n_classes).astype(float)
-    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 1.0)
-    return {c: float(w) for c, w in enumerate(weights)}
+@dataclasses.dataclass(frozen=True)
+class FeatureStamp:
+    """What training needs to know about one npz without reading its log-mel."""
+
+    frames: int
+    content: str  # source SHA-256 and front-end fingerprint; the npz's own hash if it records neither
+
+
+def feature_stamp(npz: str | os.PathLike) -> FeatureStamp:
+    """Frames and content identity of a feature file, from its array headers and small members.
+
+    The feature step stores the source file's SHA-256 and the front end's
+    fingerprint in every npz; together (with the jibjib version) they
+    determine the log-mel, so the log-mel itself need not be read or hashed.
+    """
+    with zipfile.ZipFile(npz) as archive:
+        with archive.open("log_mel.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = read_header(member)[0]
+
+        def member(name: str) -> str | None:
+            if f"{name}.npy" not in archive.namelist():
+                return None
+            with archive.open(f"{name}.npy") as f:
+                return str(np.lib.format.read_array(f, allow_pickle=False))
+
+        source, frontend = member("source_sha256"), member("frontend")
+    content = f"{source}/{frontend}" if source and frontend else fsutil.sha256_file(npz)
+    return FeatureStamp(int(shape[0]), content)
+
+
+def sequence_count(n_patches: int, seq_len: int, short: str = "pad") -> int:
+    """How many sequences `to_sequences` cuts from a file of `n_patches` patches."""
+    if short == "skip":
+        return n_patches // seq_len
+    return max(1, -(-n_patches // seq_len))
+
+
+def class_weights(example_counts: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weight of each class, from its number of training examples.
+
+    Examples are what the loss averages over (patches for VGGish, sequences
+    for the ConvLSTM), so they are counted, not files: a class of long
+    recordings would otherwise be weighted as if it were rare. The weights
+    average 1 over the training examples; a class without examples gets 1.
+    """
+    counts = np.asarray(example_counts, dtype=float)
+    present = max(int((counts > 0).sum()), 1)
+    return np.where(counts > 0, counts.sum() / (present * np.maximum(counts, 1)), 1.0)
 
 
 def _stream(files: pd.DataFrame, read, batch_size: int, shuffle: bool, seed: int,
@@ -90,11 +138,8 @@ def to_sequences(patches: np.ndarray, seq_len: int, short: str = "pad") -> tuple
     sequence per `seq_len` patches, the remainder padded.
     """
     n = patches.shape[0]
-    if n < seq_len and short == "skip":
-        return np.zeros((0, seq_len, *patches.shape[1:]), np.float32), np.zeros((0, seq_len), bool)
-    k = max(1, -(-n // seq_len))
-    if n > seq_len and n % seq_len and short == "skip":
-        k = n // seq_len  # with skip, the short remainder is dropped like a short file
+    # With skip, a short remainder is dropped like a short file.
+    k = sequence_count(n, seq_len, short)
     padded = np.zeros((k * seq_len, *patches.shape[1:]), np.float32)
     used = min(n, k * seq_len)
     padded[:used] = patches[:used]

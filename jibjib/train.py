@@ -1,19 +1,22 @@
-"""Training runs: streaming input, per-epoch checkpoints and a resume that really resumes.
+"""Training runs: streaming input, per-epoch state, a resume that resumes only what it should.
 
-The full training state (weights, optimizer, epoch) is saved after every epoch
-under `<out>/checkpoints/`; a killed job that is started again continues from
-the last completed epoch instead of epoch 0 (the old code restored only the
-VGGish trunk).  All visible GPUs are used through MirroredStrategy; on a
-machine without GPUs the same code runs on the CPU.
+The full training state (weights, optimizer, epoch, best epoch and its
+weights, early-stopping counter) is saved after every epoch under
+`<out>/checkpoints/`; a killed job that is started again continues after the
+last completed epoch (the old code restored only the VGGish trunk), but only
+if everything the run is computed from is unchanged and the run had not
+finished. All visible GPUs are used through MirroredStrategy; on a machine
+without GPUs the same code runs on the CPU.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import math
 import os
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -29,14 +32,17 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from . import __version__, fsutil  # noqa: E402
-from .data import class_weights, patch_dataset, sequence_dataset, split_files  # noqa: E402
+from .config import checkpoint_prefix  # noqa: E402
+from .data import (  # noqa: E402
+    FeatureStamp, class_weights, feature_stamp, patch_dataset, sequence_count, sequence_dataset, split_files,
+)
 from .models import convlstm_classifier, vggish_classifier  # noqa: E402
+from .params import VGGISH  # noqa: E402
 
 MODELS = ("vggish", "convlstm")
 # Our datasets have unknown length by design (files are read lazily); Keras
 # reports each epoch's end as if it were a mistake.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
-log = logging.getLogger("jibjib.train")
 
 
 def build_model(model: str, n_classes: int, settings: dict[str, Any]) -> keras.Model:
@@ -97,43 +103,190 @@ class _EpochLog(keras.callbacks.Callback):
         print(f"epoch {epoch + 1}/{self.total_epochs} ({row['seconds']} s): {shown}", file=sys.stderr, flush=True)
 
 
-class _ResumableState(keras.callbacks.Callback):
-    """Weights, optimizer state and epoch after every epoch, restored when fit() starts again.
+TRAINING_INPUTS = {  # what a saved state must share with this run to be resumed, as the log names it
+    "model": "the model",
+    "settings": "the training settings",
+    "labels": "labels.tsv",
+    "split": "split.tsv",
+    "features": "the feature files (content or front end)",
+    "vggish_checkpoint": "the content of vggish.checkpoint",
+    "jibjib": "the jibjib version",
+}
 
-    Keras's BackupAndRestore overwrites its file in place, so a kill during the
-    write leaves a backup that cannot be read; here each state goes to a new
-    file that is renamed into place, and `state.json` names the newest complete one.
+
+def _sha256_text(*parts: str | bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """SHA-256 over a TF checkpoint's files: the V1 file, or a V2 prefix's index and data shards."""
+    prefix = Path(checkpoint_prefix(str(path)))
+    files = [prefix] if prefix.is_file() else sorted(prefix.parent.glob(f"{prefix.name}.*"))
+    return _sha256_text(*(f"{f.name}:{fsutil.sha256_file(f)}" for f in files))
+
+
+def training_inputs(model: str, settings: dict[str, Any], labels_tsv: Path, split_tsv: Path,
+                    files: pd.DataFrame, stamps: list[FeatureStamp]) -> dict[str, str]:
+    """A digest of each thing a training run is computed from (the keys of TRAINING_INPUTS)."""
+    checkpoint = settings.get("checkpoint") if model == "vggish" else None
+    return {
+        "model": model,
+        "settings": _sha256_text(json.dumps(settings, sort_keys=True)),
+        "labels": fsutil.sha256_file(labels_tsv),
+        "split": fsutil.sha256_file(split_tsv),
+        "features": _sha256_text(*(f"{path}\t{stamp.content}\t{stamp.frames}"
+                                   for path, stamp in zip(files["path"], stamps))),
+        "vggish_checkpoint": checkpoint_digest(checkpoint) if checkpoint else "none",
+        "jibjib": __version__,
+    }
+
+
+class _RunState(keras.callbacks.Callback):
+    """Everything a killed run needs to go on as if it had not been killed, saved after every epoch.
+
+    `checkpoints/state.json` names the last finished epoch, the weights and
+    optimizer state after it, the best epoch so far with its weights, the
+    early-stopping counter, and digests of everything the run is computed
+    from. A state is resumed only by a run of the same inputs, and never
+    once its run has finished: a retrain starts at epoch 1. (Keras's own
+    BackupAndRestore and EarlyStopping keep neither the best epoch nor the
+    patience counter across a restart, and overwrite their file in place.)
+    Each file is written under a new name and renamed into place.
     """
 
-    def __init__(self, folder: Path, fingerprint: str) -> None:
+    def __init__(self, folder: Path, inputs: dict[str, str], monitor: str, patience: int) -> None:
         super().__init__()
-        self.folder = folder
-        self.meta = folder / "state.json"
-        self.fingerprint = fingerprint
+        self.folder, self.meta = folder, folder / "state.json"
+        self.inputs, self.monitor, self.patience = inputs, monitor, patience
+        self.epoch = self.best_epoch = self.wait = 0
+        self.best = math.inf
+        self.stopped = False
+        self.best_weights: list[np.ndarray] | None = None
+        self.best_file: str | None = None
+        self.saved: dict[str, Any] | None = None  # the state being resumed
+        self.refused_because = self._check_saved_state()
 
-    def saved_state(self) -> dict | None:
-        """The state to resume from, if it was saved by a run with the same settings and data."""
+    def _check_saved_state(self) -> str | None:
+        """None if the saved state can be resumed (it is then in self.saved), else why not."""
         if not self.meta.exists():
-            return None
-        state = json.loads(self.meta.read_text())
-        return state if state.get("fingerprint") == self.fingerprint else None
+            return "no saved state"
+        try:
+            state = json.loads(self.meta.read_text())
+        except (OSError, ValueError):
+            return "the saved state is unreadable"
+        if state.get("finished"):
+            return "the saved state is of a finished run"
+        saved_inputs = state.get("inputs", {})
+        changed = [name for name in TRAINING_INPUTS if saved_inputs.get(name) != self.inputs.get(name)]
+        if changed:
+            return "changed since it was saved: " + ", ".join(TRAINING_INPUTS[name] for name in changed)
+        self.saved = state
+        return None
 
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        state = self.saved_state()
-        if state is None:
-            return
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(self.folder / state["weights"])
-        self.model._initial_epoch = state["epoch"]  # how Keras's own BackupAndRestore resumes
+    @property
+    def resumed(self) -> bool:
+        return self.saved is not None
+
+    def start_fresh(self) -> None:
+        """Forget every saved state, so nothing of another run can leak into this one."""
+        self.meta.unlink(missing_ok=True)
+        (self.folder / "history.tsv").unlink(missing_ok=True)
+        self._remove_states()
+
+    def restore(self, model: keras.Model) -> None:
+        """Load the saved weights, optimizer state, best epoch and counter into `model` (inside the strategy scope)."""
+        state = self.saved
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.folder / state["weights"])
+        self.epoch, self.wait, self.stopped = state["epoch"], state["wait"], state["stopped"]
+        if state.get("best_weights"):
+            self.best, self.best_epoch, self.best_file = state["best"], state["best_epoch"], state["best_weights"]
+            with np.load(self.folder / self.best_file) as saved:
+                self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        current = (logs or {}).get(self.monitor)
+        if current is not None and float(current) < self.best:  # NaN never improves
+            self.best, self.best_epoch, self.wait = float(current), epoch + 1, 0
+            self.best_weights = self.model.get_weights()
+            self.best_file = f"best-{epoch + 1:04d}.npz"
+            fsutil.atomic_save(self.folder / self.best_file, lambda tmp: np.savez(tmp, *self.best_weights))
+        else:
+            self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped = self.model.stop_training = True
         name = f"state-{epoch + 1:04d}.weights.h5"
         fsutil.atomic_save(self.folder / name, self.model.save_weights)
-        fsutil.write_json(self.meta, {"epoch": epoch + 1, "weights": name, "fingerprint": self.fingerprint})
-        for old in self.folder.glob("state-*.weights.h5"):
-            if old.name != name:
+        self.epoch = epoch + 1
+        self._write_meta(weights=name)
+        self._remove_states(keep={name, self.best_file})
+
+    def _write_meta(self, weights: str | None, finished: bool = False) -> None:
+        fsutil.write_json(self.meta, {
+            "epoch": self.epoch, "wait": self.wait, "stopped": self.stopped, "finished": finished,
+            "best": self.best if self.best_epoch else None, "best_epoch": self.best_epoch or None,
+            "best_weights": self.best_file, "weights": weights, "monitor": self.monitor, "inputs": self.inputs,
+        })
+
+    def _remove_states(self, keep: set[str | None] = frozenset()) -> None:
+        for old in [*self.folder.glob("state-*"), *self.folder.glob("best-*")]:
+            if old.name not in keep:
                 old.unlink()
+
+    def use_best_weights(self, model: keras.Model) -> None:
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)
+
+    def finish(self) -> None:
+        """Mark the run finished (never resumed again) and free the disk its states took."""
+        self.best_file = None
+        self._write_meta(weights=None, finished=True)
+        self._remove_states()
+
+
+@keras.saving.register_keras_serializable(package="jibjib")
+class ClassWeightedCrossentropy(keras.losses.Loss):
+    """Cross-entropy from logits with each class weighted, in the loss itself.
+
+    Keras's `class_weight` weights only the training batches, so val_loss
+    would measure something else than loss; a weighted loss applies to both.
+    Single-label: softmax cross-entropy times the weight of the example's
+    class. Multi-label: sigmoid cross-entropy per class, the positive term of
+    each class times its weight (negatives weigh 1).
+    """
+
+    def __init__(self, class_weights: list[float], multi_label: bool = False,
+                 name: str = "class_weighted_crossentropy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.class_weights = [float(w) for w in class_weights]
+        self.multi_label = multi_label
+
+    def call(self, y_true, y_pred):  # noqa: ANN001, ANN201 - Keras API
+        logits = keras.ops.cast(y_pred, "float32")
+        weights = keras.ops.convert_to_tensor(self.class_weights, "float32")
+        if self.multi_label:
+            target = keras.ops.cast(y_true, "float32")
+            per_class = keras.ops.binary_crossentropy(target, logits, from_logits=True)
+            return keras.ops.mean(per_class * (1.0 + (weights - 1.0) * target), axis=-1)
+        target = keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32")
+        return keras.ops.sparse_categorical_crossentropy(target, logits, from_logits=True) * keras.ops.take(weights, target)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "class_weights": self.class_weights, "multi_label": self.multi_label}
+
+
+def example_counts(model: str, stamps: list[FeatureStamp], class_ids: np.ndarray, n_classes: int,
+                   settings: dict[str, Any]) -> np.ndarray:
+    """Training examples per class: patches for VGGish, sequences for the ConvLSTM."""
+    patches = np.array([stamp.frames // VGGISH.patch_frames for stamp in stamps], dtype=int)
+    if model == "convlstm":
+        patches = np.array([sequence_count(n, settings["seq_len"], settings["short_files"]) for n in patches], dtype=int)
+    return np.bincount(class_ids, weights=patches, minlength=n_classes)
 
 
 def software_versions() -> dict[str, str]:
@@ -150,7 +303,11 @@ def train(
     out_dir: str | os.PathLike,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
-    """Train `model` ("vggish" or "convlstm"); writes model.keras, history.tsv and train.json."""
+    """Train `model` ("vggish" or "convlstm"); writes model.keras, history.tsv and train.json.
+
+    The shipped model has the weights of the best epoch of the whole run
+    (lowest val_loss, or loss without a val split), across resumes.
+    """
     out = Path(out_dir)
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -165,6 +322,8 @@ def train(
     val_files = split_files(split_tsv, labels_tsv, features_dir, "val")
     if train_files.empty:
         raise ValueError(f"{split_tsv} has no training files")
+    train_stamps = [feature_stamp(f) for f in train_files["feature"]]
+    val_stamps = [feature_stamp(f) for f in val_files["feature"]]
 
     gpus = tf.config.list_logical_devices("GPU")
     # MirroredStrategy over every visible GPU; the default (CPU) strategy otherwise.
@@ -176,50 +335,47 @@ def train(
     train_ds = _dataset(model, train_files, batch_size, settings, shuffle=True, seed=seed)
     val_ds = _dataset(model, val_files, batch_size, settings, shuffle=False, seed=seed) if len(val_files) else None
 
+    examples = example_counts(model, train_stamps, train_files["class_id"].to_numpy(), n_classes, settings)
+    weights = class_weights(examples) if settings["class_balance"] == "weights" else np.ones(n_classes)
+    monitor = "val_loss" if val_ds is not None else "loss"
+    inputs = training_inputs(model, settings, Path(labels_tsv), Path(split_tsv),
+                             pd.concat([train_files, val_files]), train_stamps + val_stamps)
+    state = _RunState(checkpoints, inputs, monitor, settings["patience"])
+    if not state.resumed:
+        state.start_fresh()
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)  # its curves belong to the run being replaced
+
     with distribution.scope():
         net = build_model(model, n_classes, settings)
-        if settings["multi_label"]:
-            loss = keras.losses.BinaryCrossentropy(from_logits=True)
-            metrics = [keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")]
-        else:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        net.compile(
-            optimizer=keras.optimizers.Adam(settings["learning_rate"], epsilon=1e-8),
-            loss=loss,
-            metrics=metrics,
-        )
+        metric = (keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if settings["multi_label"]
+                  else keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
+        net.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"], epsilon=1e-8),
+                    loss=ClassWeightedCrossentropy(weights.tolist(), settings["multi_label"]), metrics=[metric])
+        if state.resumed:
+            state.restore(net)
 
-    monitor = "val_loss" if val_ds is not None else "loss"
     history_path = checkpoints / "history.tsv"
-    # A saved state resumes only a run of the same settings on the same labels and split.
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()
-                                 + Path(labels_tsv).read_bytes() + Path(split_tsv).read_bytes()).hexdigest()
-    state = _ResumableState(checkpoints, fingerprint)
-    resumed = state.saved_state() is not None
-    if not resumed:
-        history_path.unlink(missing_ok=True)  # a fresh run starts a fresh history
     callbacks = [
-        # The history row goes first: a kill before the backup below reruns that
-        # epoch, whose row is then replaced, rather than losing it.
+        # The history row goes first: a kill before the state below is saved
+        # reruns that epoch, whose row is then replaced, rather than losing it.
         _EpochLog(history_path, settings["epochs"]),
         state,
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=settings["patience"], restore_best_weights=True),
         keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch"),
     ]
-    weights = None
-    if settings["class_balance"] == "weights" and not settings["multi_label"]:
-        weights = class_weights(train_files["class_id"].to_numpy(), n_classes)
-
+    done = state.stopped or state.epoch >= settings["epochs"]
     print(
-        f"train {model}: {len(train_files)} train files, {len(val_files)} val files, {n_classes} classes, "
-        f"batch {batch_size} on {replicas} replica(s) ({'GPU' if gpus else 'CPU'})"
-        + (", resuming from the last saved epoch" if resumed else ""),
+        f"train {model}: {len(train_files)} train files ({int(examples.sum())} examples), {len(val_files)} val files, "
+        f"{n_classes} classes, batch {batch_size} on {replicas} replica(s) ({'GPU' if gpus else 'CPU'}); "
+        + (f"resuming from the last saved epoch ({state.epoch}, best so far {state.best_epoch or 'none'})"
+           + (", which ended the run" if done else "") if state.resumed
+           else f"starting at epoch 1 ({state.refused_because})"),
         file=sys.stderr, flush=True,
     )
     started = time.monotonic()
-    net.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], class_weight=weights,
-            callbacks=callbacks, verbose=0, shuffle=False)  # the datasets shuffle themselves
+    if not done:
+        net.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], initial_epoch=state.epoch,
+                callbacks=callbacks, verbose=0, shuffle=False)  # the datasets shuffle themselves
+    state.use_best_weights(net)
 
     fsutil.atomic_save(out / "model.keras", net.save)
     history = pd.read_csv(history_path, sep="\t") if history_path.exists() else pd.DataFrame({"epoch": []})
@@ -231,12 +387,23 @@ def train(
         "settings": settings,
         "n_train_files": len(train_files),
         "n_val_files": len(val_files),
+        "train_examples_per_class": [int(n) for n in examples],
+        "class_weights": [round(float(w), 6) for w in weights],
         "epochs_completed": int(len(history)),
-        "resumed": resumed,
+        "stopped_early": state.stopped,
+        "monitor": monitor,
+        "best_epoch": state.best_epoch or None,
+        "best_val_loss": state.best if state.best_epoch and monitor == "val_loss" else None,
+        "resumed": state.resumed,
+        "resume_refused_because": state.refused_because,
+        "inputs": inputs,
         "trunk_initialisation": "checkpoint" if model == "vggish" and settings.get("checkpoint") else "random",
         "seconds": round(time.monotonic() - started, 1),
         "devices": {"replicas": replicas, "gpus": len(gpus)},
         "versions": software_versions(),
     }
     fsutil.write_json(out / "train.json", report)
+    state.finish()
+    print(f"train {model}: best epoch {state.best_epoch or '-'} of {len(history)}"
+          + (f" ({monitor} {state.best:.4f})" if state.best_epoch else ""), file=sys.stderr, flush=True)
     return report

@@ -302,3 +302,49 @@ def test_shards_without_species_are_forgotten(tmp_path: Path) -> None:
     refresh_signatures(data, inventory, signatures, manifests, 1)
     for folder in (signatures, signatures / ".stat-cache", manifests):
         assert {p.name for p in folder.glob("*.tsv")} <= {"shard-00.tsv"}, folder
+
+
+def model_weights(work: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.models.load_model(work / "results/models/convlstm/model.keras", compile=False).get_weights()
+
+
+def assert_trained_from_scratch(run: Run, before: list[np.ndarray] | None) -> list[np.ndarray]:
+    """The last training started at epoch 1 (not resuming the finished run) and, given
+    `before`, shipped other weights; returns the new weights."""
+    log = (run.work / "logs/train/convlstm.log").read_text()
+    assert "starting at epoch 1 (the saved state is of a finished run)" in log, log
+    assert re.findall(r"^epoch (\d+)/", log, re.MULTILINE) == ["1", "2"], log
+    weights = model_weights(run.work)
+    if before is not None:
+        assert any(not np.array_equal(a, b) for a, b in zip(before, weights))
+    return weights
+
+
+def test_retraining_never_resumes_a_finished_run(tmp_path: Path) -> None:
+    config = {**TINY_CONVLSTM, "convlstm": {**TINY_CONVLSTM["convlstm"], "epochs": 2, "patience": 2}}
+    run = Run(tmp_path, config)
+    make_tree(run.data, {"Alpha_one": 3, "Beta_two": 3}, seconds=SECONDS, sample_rate=RATE)
+    model = "results/models/convlstm/model.keras"
+    run.run(model)
+    weights = model_weights(run.work)
+
+    # A same-length content edit of one training WAV: labels.tsv and split.tsv stay byte-identical.
+    tables = {name: (run.work / name).read_bytes() for name in DATA_TARGETS}
+    split = (run.work / "results/split.tsv").read_text().splitlines()
+    edited = next(line.split("\t")[0] for line in split[1:] if line.endswith("\ttrain"))
+    write_wav(run.data / edited, chirp(SECONDS, RATE, f0=300, f1=900, seed=99), RATE)
+    run.run(model)
+    assert {name: (run.work / name).read_bytes() for name in DATA_TARGETS} == tables
+    weights = assert_trained_from_scratch(run, weights)
+
+    # A front-end change recomputes the features, and the training starts over.
+    run.config["frontend"] = {"log_offset": 0.02}
+    run.run(model)
+    weights = assert_trained_from_scratch(run, weights)
+
+    # --forcerun with nothing changed: the same seed and data may give the same weights,
+    # but the run must train, not reload the finished state.
+    run.run(model, "--forcerun", "train_convlstm")
+    assert_trained_from_scratch(run, None)

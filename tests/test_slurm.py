@@ -245,7 +245,7 @@ def test_workflow_on_slurm_matches_a_local_run(tmp_path: Path) -> None:
     assert _weight_shapes(local / model / "model.keras") == _weight_shapes(cluster / model / "model.keras")
     local_report = json.loads((local / model / "train.json").read_text())
     cluster_report = json.loads((cluster / model / "train.json").read_text())
-    for key in ("classes", "settings", "n_train_files", "n_val_files", "epochs_completed", "devices"):
+    for key in ("classes", "settings", "n_train_files", "n_val_files", "epochs_completed", "devices", "inputs"):
         assert cluster_report[key] == local_report[key], key
     local_history = pd.read_csv(local / model / "history.tsv", sep="\t")
     cluster_history = pd.read_csv(cluster / model / "history.tsv", sep="\t")

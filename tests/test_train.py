@@ -72,6 +72,8 @@ def test_training_learns_and_writes_its_outputs(tiny: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming" not in result.stderr
     assert list(pd.read_csv(tiny / "model" / "history.tsv", sep="\t")["epoch"]) == [1, 2]
+    report = json.loads((tiny / "model" / "train.json").read_text())
+    assert not report["resumed"] and report["resume_refused_because"] == "the saved state is of a finished run"
 
 
 def test_killed_training_resumes_from_its_last_epoch(tiny: Path) -> None:
@@ -97,3 +99,164 @@ def test_killed_training_resumes_from_its_last_epoch(tiny: Path) -> None:
     resumed_epochs = [int(e) for e in re.findall(r"epoch (\d+)/", result.stderr)]
     assert min(resumed_epochs) >= done and max(resumed_epochs) == TINY_CONVLSTM["epochs"]
     assert json.loads((tiny / "model" / "train.json").read_text())["resumed"]
+
+
+def kill_after_epoch(root: Path, settings: dict, epoch: int) -> int:
+    """Start a training run, SIGKILL it once `epoch` epochs are saved; the epochs saved by then."""
+    process = subprocess.Popen(train_command(root, settings), cwd=REPO, env=REPO_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = root / "model" / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= epoch:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = json.loads(state.read_text())["epoch"]
+    assert epoch <= saved < settings["epochs"], "the run was not killed mid-training"
+    return saved
+
+
+def test_resume_is_refused_when_a_feature_file_changed(tiny: Path) -> None:
+    settings = {**TINY_CONVLSTM, "epochs": 20}
+    kill_after_epoch(tiny, settings, 2)
+    # Same name and shape, other content: labels and split stay byte-identical.
+    npz = tiny / "features" / "Alpha_one" / "Alpha_one-0_1.npz"
+    with np.load(npz) as z:
+        log_mel = z["log_mel"]
+    fsutil.save_npz(npz, log_mel=log_mel[::-1].copy())
+    result = subprocess.run(train_command(tiny, {**settings, "epochs": 2}), capture_output=True, text=True,
+                            cwd=REPO, env=REPO_ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The epoch count is a setting too; what must be named is the data.
+    assert "starting at epoch 1" in result.stderr and "the feature files" in result.stderr
+    report = json.loads((tiny / "model" / "train.json").read_text())
+    assert not report["resumed"] and "the feature files" in report["resume_refused_because"]
+    assert re.findall(r"epoch (\d+)/", result.stderr)[0] == "1"
+
+
+@pytest.fixture
+def misleading_val(tiny: Path) -> Path:
+    """`tiny` with val files that sound like Alpha_one but are labelled Beta_two: the
+    better the model learns, the worse its val_loss, so the best epoch comes early."""
+    split = pd.read_csv(tiny / "split.tsv", sep="\t")
+    split.loc[split["recording_id"] == "Alpha_one-5", "split"] = "val"
+    split.loc[split["recording_id"] == "Alpha_one-5", "label"] = "Beta_two"
+    split.loc[split["recording_id"] == "Beta_two-5", "split"] = "train"
+    split.to_csv(tiny / "split.tsv", sep="\t", index=False)
+    return tiny
+
+
+def val_loss_of_saved_model(root: Path, settings: dict) -> float:
+    """The class-weighted val loss of model.keras, computed here as training defines it."""
+    import keras
+
+    from jibjib.data import sequence_dataset, split_files
+    from jibjib.metrics import softmax
+
+    report = json.loads((root / "model" / "train.json").read_text())
+    model = keras.models.load_model(root / "model" / "model.keras", compile=False)
+    val = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "val")
+    losses = []
+    for inputs, y in sequence_dataset(val, 4, seq_len=settings["seq_len"], shuffle=False):
+        p = softmax(model.predict_on_batch(inputs))
+        y = y.numpy()
+        losses += list(-np.log(p[np.arange(len(y)), y]) * np.array(report["class_weights"])[y])
+    return float(np.mean(losses))
+
+
+def test_resumed_run_ships_the_best_epoch_of_the_whole_run(misleading_val: Path) -> None:
+    root = misleading_val
+    settings = {**TINY_CONVLSTM, "epochs": 10, "patience": 10}
+    killed_at = kill_after_epoch(root, settings, 4)
+    result = subprocess.run(train_command(root, settings), capture_output=True, text=True, cwd=REPO,
+                            env=REPO_ENV, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from the last saved epoch" in result.stderr
+    history = pd.read_csv(root / "model" / "history.tsv", sep="\t")
+    assert list(history["epoch"]) == list(range(1, 11))
+    best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
+    assert best <= killed_at, "the test needs a best epoch before the kill"
+    report = json.loads((root / "model" / "train.json").read_text())
+    assert report["resumed"] and report["best_epoch"] == best
+    assert report["best_val_loss"] == pytest.approx(history["val_loss"].min(), rel=1e-6)
+    # The shipped weights are that epoch's: their val loss is the one logged for it.
+    assert val_loss_of_saved_model(root, settings) == pytest.approx(history["val_loss"].min(), rel=1e-4)
+    assert history["val_loss"].iloc[-1] > 1.05 * history["val_loss"].min()
+    # A finished run frees its saved states and is never resumed.
+    checkpoints = root / "model" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name != "history.tsv") == ["state.json"]
+    assert json.loads((checkpoints / "state.json").read_text())["finished"]
+
+
+def test_early_stop_counter_survives_a_resume(tiny: Path) -> None:
+    """Patience counts epochs without improvement across the kill, not from the restart."""
+    from jibjib.train import _RunState
+
+    state = _RunState(tiny, {"model": "m"}, "val_loss", patience=3)
+    state.epoch, state.wait, state.best, state.best_epoch = 5, 2, 0.5, 3
+    state._write_meta(weights="state-0005.weights.h5")
+    again = _RunState(tiny, {"model": "m"}, "val_loss", patience=3)
+    assert again.resumed and again.saved["wait"] == 2 and again.saved["best_epoch"] == 3
+
+
+def test_swapped_checkpoint_under_the_same_path_refuses_the_resume(tmp_path: Path) -> None:
+    from jibjib.train import _RunState, checkpoint_digest
+
+    checkpoint = tmp_path / "vggish_model.ckpt"
+    checkpoint.write_bytes(b"one set of weights")
+    inputs = {"model": "vggish", "vggish_checkpoint": checkpoint_digest(checkpoint)}
+    state = _RunState(tmp_path, inputs, "val_loss", patience=3)
+    state.epoch = 2
+    state._write_meta(weights="state-0002.weights.h5")
+    assert _RunState(tmp_path, dict(inputs), "val_loss", 3).resumed
+    checkpoint.write_bytes(b"another set of weights")  # same path, same length class: other content
+    swapped = {**inputs, "vggish_checkpoint": checkpoint_digest(checkpoint)}
+    refused = _RunState(tmp_path, swapped, "val_loss", 3)
+    assert not refused.resumed and "vggish.checkpoint" in refused.refused_because
+    # A V2 prefix is hashed over its index and data files.
+    (tmp_path / "v2.ckpt-1.index").write_bytes(b"index")
+    (tmp_path / "v2.ckpt-1.data-00000-of-00001").write_bytes(b"data")
+    before = checkpoint_digest(tmp_path / "v2.ckpt-1")
+    (tmp_path / "v2.ckpt-1.data-00000-of-00001").write_bytes(b"DATA")
+    assert checkpoint_digest(tmp_path / "v2.ckpt-1") != before
+
+
+def test_class_weights_count_examples_not_files() -> None:
+    from jibjib.data import FeatureStamp, class_weights
+    from jibjib.train import example_counts
+
+    # Alpha_one: one long file of 4 patches; Beta_two: two files of one patch.
+    stamps = [FeatureStamp(96 * 4 + 10, "a"), FeatureStamp(96, "b"), FeatureStamp(100, "c")]
+    class_ids = np.array([0, 1, 1])
+    patches = example_counts("vggish", stamps, class_ids, 3, {})
+    assert patches.tolist() == [4, 2, 0]
+    weights = class_weights(patches)
+    assert weights[1] == pytest.approx(2 * weights[0]) and weights[2] == 1.0
+    assert np.dot(weights[:2], patches[:2]) / patches.sum() == pytest.approx(1.0)  # mean 1 over examples
+    sequences = example_counts("convlstm", stamps, class_ids, 3, {"seq_len": 3, "short_files": "pad"})
+    assert sequences.tolist() == [2, 2, 0]
+    skipped = example_counts("convlstm", stamps, class_ids, 3, {"seq_len": 3, "short_files": "skip"})
+    assert skipped.tolist() == [1, 0, 0]
+
+
+def test_weighted_loss_weights_train_and_val_alike() -> None:
+    import keras
+
+    from jibjib.train import ClassWeightedCrossentropy
+
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    y = np.array([0, 1, 1])
+    weights = [0.5, 2.0]
+    ce = -np.log(np.exp(logits[np.arange(3), y]) / np.exp(logits).sum(axis=1))
+    loss = ClassWeightedCrossentropy(weights)
+    assert float(loss(y, logits)) == pytest.approx(np.mean(ce * np.array(weights)[y]), rel=1e-5)
+    # Multi-label: the positive term of each class carries its weight, negatives weigh 1.
+    target = np.eye(2)[y]
+    p = 1 / (1 + np.exp(-logits))
+    bce = -(target * np.log(p) * np.array(weights) + (1 - target) * np.log(1 - p))
+    multi = ClassWeightedCrossentropy(weights, multi_label=True)
+    assert float(multi(target, logits)) == pytest.approx(bce.mean(), rel=1e-5)
+    restored = keras.losses.deserialize(keras.losses.serialize(multi))
+    assert restored.class_weights == weights and restored.multi_label
