@@ -1,8 +1,9 @@
 """The `jibjib` command: what the Snakemake rules call, one subcommand per step.
 
 Heavy imports (TensorFlow, pandas) happen inside the subcommands that need
-them, and main() itself imports only jibjib.errors, so `jibjib features`,
-which runs once per shard of species, imports neither.
+them, and main() itself imports only jibjib.errors and jibjib.tflog (both
+standard library only), so `jibjib features`, which runs once per shard of
+species, imports neither.
 """
 
 from __future__ import annotations
@@ -103,52 +104,71 @@ def cmd_features(args: argparse.Namespace) -> None:
     write_manifest(args.manifest, rows)
 
 
-def cmd_labels(args: argparse.Namespace) -> None:
+def cmd_qc(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from . import fsutil
     from .config import loose_files
-    from .labels import label_index, load_label_map
-    from .qc import IGNORED, QCRow, read_qc, sorted_table, to_frame
+    from .qc import IGNORED, QCRow, read_qc, sorted_table, to_frame, with_duplicates
 
     qc = read_qc(args.manifests)
     loose = to_frame([
         QCRow(path=name, label="", status=IGNORED, reason="hidden" if name.startswith(".") else "outside_species_folder")
         for name in loose_files(Path(args.data_dir))
     ])
-    qc = sorted_table(pd.concat([qc, loose], ignore_index=True) if len(loose) else qc)
-    # The QC table is written first so that a failure below still leaves the reasons to read.
-    fsutil.write_tsv(args.qc, qc)
-    label_map = load_label_map(args.label_map) if args.label_map else None
-    # Every species folder has at least one file, hence rows; loose files have no label.
-    species = sorted(set(qc["label"]) - {""})
-    fsutil.write_tsv(args.out, label_index(qc, species, label_map, _recording_pattern(args)))
+    qc = with_duplicates(sorted_table(pd.concat([qc, loose], ignore_index=True) if len(loose) else qc))
+    fsutil.write_tsv(args.out, qc)
     counts = qc["status"].value_counts()
     print(
-        f"labels: {len(species)} classes; files {counts.get('processed', 0)} processed, "
-        f"{counts.get('rejected', 0)} rejected, {counts.get('ignored', 0)} ignored (see {args.qc})",
+        f"qc: files {counts.get('processed', 0)} processed, {counts.get('rejected', 0)} rejected, "
+        f"{counts.get('ignored', 0)} ignored, {(qc['duplicate_of'] != '').sum()} identical to another (see {args.out})",
         file=sys.stderr,
     )
 
 
-def cmd_split(args: argparse.Namespace) -> None:
+def cmd_labels(args: argparse.Namespace) -> None:
     from . import fsutil
-    import pandas as pd
-
-    from .labels import SPLITS, assign_splits
+    from .labels import label_index, load_label_map
     from .qc import read_qc
 
+    # The QC table is its own job's output, so that this one failing leaves the reasons to read.
+    qc = read_qc([args.qc])
+    label_map = load_label_map(args.label_map) if args.label_map else None
+    # Every species folder has at least one file, hence rows; loose files have no label.
+    species = sorted(set(qc["label"]) - {""})
+    fsutil.write_tsv(args.out, label_index(qc, species, label_map, _recording_pattern(args)))
+    print(f"labels: {len(species)} classes from {(qc['status'] == 'processed').sum()} usable files "
+          f"(see {args.qc})", file=sys.stderr)
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from . import fsutil
+    from .labels import (SPLITS, assign_splits, check_fractions, check_min_eval_recordings, read_ledger,
+                         split_settings, write_ledger)
+    from .qc import read_qc
+
+    def log(line: str) -> None:
+        print(f"split: {line}", file=sys.stderr)
+
     fractions = {"train": args.train, "val": args.val, "test": args.test}
-    split = assign_splits(read_qc(args.manifests), fractions, args.seed, _recording_pattern(args))
+    check_fractions(fractions)  # before the ledger's log line: a bad setting is the only line
+    check_min_eval_recordings(fractions, args.min_eval_recordings)
+    pattern = _recording_pattern(args)
+    settings = split_settings(fractions, args.seed, args.min_eval_recordings, pattern)
+    ledger = {}
+    if args.ledger:
+        ledger, note = read_ledger(args.ledger, settings)
+        log(note)
+    split = assign_splits(read_qc(args.manifests), fractions, args.seed, pattern, args.min_eval_recordings,
+                          ledger, log)
+    if args.ledger:
+        # Before split.tsv: a split.tsv the ledger does not know could be undone by the next run.
+        write_ledger(args.ledger, split, settings)
     fsutil.write_tsv(args.out, split)
-    counts = split.groupby(["split", "label"])["recording_id"].nunique()
-    print("split: recordings " + ", ".join(
-        f"{name} {counts.get(name, pd.Series(dtype=int)).sum()}" for name in SPLITS), file=sys.stderr)
-    for name in SPLITS:
-        if fractions[name] > 0:
-            missing = sorted(set(split["label"]) - set(counts.get(name, pd.Series(dtype=int)).index))
-            if missing:
-                print(f"split: warning: no {name} recording for {', '.join(missing)}", file=sys.stderr)
+    grouped = split.groupby("split")
+    recordings, files = grouped["recording_id"].nunique(), grouped.size()
+    log("recordings " + ", ".join(f"{name} {recordings.get(name, 0)}" for name in SPLITS)
+        + "; files " + ", ".join(f"{name} {files.get(name, 0)}" for name in SPLITS))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -191,7 +211,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = Exported(args.model)
     thresholds = None
     if args.thresholds is not None:
-        thresholds = load_thresholds(args.thresholds or model.thresholds_path, model.labels)
+        thresholds = load_thresholds(args.thresholds or model.thresholds_path, model.labels, args.calibrated)
     results = predict_files(model, args.files, args.top_k, thresholds, args.calibrated)
     for failed in (r for r in results if r.error):
         print(f"jibjib predict: {failed.path}: {failed.error}", file=sys.stderr)
@@ -236,24 +256,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "file's own hash (default: size and mtime)")
     p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("labels", help="label index and QC table from the species manifests")
+    p = sub.add_parser("qc", help="the QC table (results/qc/files.tsv) from the species manifests")
     p.add_argument("--data-dir", required=True, type=_input_dir)
     p.add_argument("--manifests", nargs="+", required=True, type=_input_file)
+    p.add_argument("--out", required=True, help="qc/files.tsv")
+    p.set_defaults(func=cmd_qc)
+
+    p = sub.add_parser("labels", help="label index from the QC table")
+    p.add_argument("--qc", required=True, type=_input_file, help="qc/files.tsv (or species manifests' QC rows)")
     p.add_argument("--out", required=True, help="labels.tsv")
-    p.add_argument("--qc", required=True, help="qc/files.tsv")
     p.add_argument("--label-map", type=_input_file, help="old bird_id_map.pickle (species -> database id)")
     p.add_argument("--recording-pattern", help="regex on the file stem, group `recording` (default: strip _<digits>)")
     p.set_defaults(func=cmd_labels)
 
-    p = sub.add_parser("split", help="train/val/test split by recording")
+    p = sub.add_parser("split", help="stratified train/val/test split by recording")
     p.add_argument("--manifests", nargs="+", required=True, type=_input_file)
     p.add_argument("--out", required=True, help="split.tsv")
-    # The defaults of config.yaml (split.fractions), so both ways of running agree.
+    # The defaults of config.yaml (split.*), so both ways of running agree.
     p.add_argument("--train", type=float, default=0.7)
     p.add_argument("--val", type=float, default=0.15)
     p.add_argument("--test", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--min-eval-recordings", type=int, default=3,
+                   help="a species with this many recordings gets at least one in each of val and test")
     p.add_argument("--recording-pattern", help="regex on the file stem, group `recording` (default: strip _<digits>)")
+    p.add_argument("--ledger", help="earlier assignments (split_ledger.tsv): read if present, then rewritten; "
+                                    "without it the split is made from scratch")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train a model on the features")
@@ -289,8 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="JSON instead of TSV")
     p.add_argument("--thresholds", nargs="?", const="", default=None, metavar="TSV",
-                   help="mark species at or above their threshold as detected (default TSV: the export's own)")
-    p.add_argument("--calibrated", action="store_true", help="temperature-scaled scores (thresholds apply to raw ones)")
+                   help="mark species at or above their threshold as detected and list every detected species, "
+                        "also below the top k (default TSV: the export's own)")
+    p.add_argument("--calibrated", action="store_true",
+                   help="temperature-scaled scores; --thresholds then uses the thresholds fitted on calibrated val "
+                        "scores (calibrated_threshold)")
     p.set_defaults(func=cmd_predict)
     return parser
 
@@ -302,18 +333,22 @@ _MISSING_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError
 
 def main(argv: list[str] | None = None) -> int:
     from .errors import USER_ERRORS
+    from .tflog import native_output_captured, quiet_python_logging
 
     args = build_parser().parse_args(argv)
-    try:
-        status = args.func(args)
-    except USER_ERRORS as exc:
-        message = str(exc)
-    except _MISSING_PATH_ERRORS as exc:
-        if exc.filename is None:
-            raise
-        message = f"{exc.filename}: {exc.strerror}"
-    else:
-        return status or 0
+    quiet_python_logging()
+    # TensorFlow's C++ start-up lines would otherwise sit between our one-line messages.
+    with native_output_captured(f"jibjib {args.command}"):
+        try:
+            status = args.func(args)
+        except USER_ERRORS as exc:
+            message = str(exc)
+        except _MISSING_PATH_ERRORS as exc:
+            if exc.filename is None:
+                raise
+            message = f"{exc.filename}: {exc.strerror}"
+        else:
+            return status or 0
     print(f"jibjib {args.command}: error: {message}", file=sys.stderr)
     return 1
 

@@ -57,12 +57,16 @@ def check_data_dir(data_dir: Path, demo_hint: str = "") -> dict[str, list[Path]]
 
 
 def check_split(split: dict[str, Any]) -> None:
-    from .labels import check_fractions  # pandas: only where it is needed
+    from .labels import check_fractions, check_min_eval_recordings  # pandas: only where it is needed
 
     try:
         check_fractions(split["fractions"])
     except LabelError as exc:
         raise ConfigError(f"split.fractions: {exc}") from None
+    try:
+        check_min_eval_recordings(split["fractions"], split["min_eval_recordings"])
+    except LabelError as exc:
+        raise ConfigError(f"split.min_eval_recordings: {str(exc).removeprefix('min_eval_recordings ')}") from None
     try:
         re.compile(split["recording_pattern"])
     except re.error as exc:

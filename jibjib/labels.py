@@ -1,27 +1,38 @@
-"""Label index, leak-free split and the QC table, built from the feature manifests.
+"""Label index, leak-free stratified split and the safe label-map reader, built from the feature manifests.
 
 Class ids come from the sorted label names, so every machine numbers the
-classes the same way (the old code used `os.walk` order).  Splits are drawn per
-recording, not per slice, from a seeded hash, so slices of one recording never
-straddle train and test, and adding files never moves an existing recording.
+classes the same way (the old code used `os.walk` order).  Splits are made per
+unit, never per slice: a unit is a recording (all its slices, in every species
+folder it appears in) together with every recording sharing a file's content.
+Per species, train comes first, then val and test, then the shares; a ledger of
+earlier assignments (see `assign_splits`) keeps adding files from moving any
+existing recording, which no pure function of the file list could promise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
+import json
 import pickle
 import re
+from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
+from . import fsutil
 from .errors import LabelError
 from .qc import PROCESSED
 
 SPLITS = ("train", "val", "test")
 LABEL_COLUMNS = ["class_id", "label", "n_files", "n_recordings", "seconds"]
 SPLIT_COLUMNS = ["path", "label", "recording_id", "split"]
+LEDGER_COLUMNS = ["recording_id", "split", "settings"]
+DEFAULT_MIN_EVAL_RECORDINGS = 3
+MAX_LOGGED_UNITS = 50  # a log is read by a person
 DEFAULT_RECORDING_PATTERN = r"^(?P<recording>.+?)(?:_\d+)?$"
 
 
@@ -93,9 +104,9 @@ def label_index(
     return index
 
 
-def _unit_hash(seed: int, label: str, recording: str) -> float:
-    digest = hashlib.sha256(f"{seed}\0{label}\0{recording}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+def _rank(seed: int, text: str) -> bytes:
+    # A seeded order that no file listing or machine can change.
+    return hashlib.sha256(f"{seed}\0{text}".encode()).digest()
 
 
 def check_fractions(fractions: dict[str, float]) -> None:
@@ -110,28 +121,186 @@ def check_fractions(fractions: dict[str, float]) -> None:
                          + " + ".join(f"{fractions[name]:g}" for name in SPLITS) + f" = {total:g}")
 
 
+def check_min_eval_recordings(fractions: dict[str, float], min_eval_recordings: int) -> None:
+    """One train recording and one per evaluated split must fit into min_eval_recordings."""
+    evaluated = [name for name in SPLITS[1:] if fractions[name] > 0]
+    if min_eval_recordings < 1 + len(evaluated):
+        raise LabelError(f"min_eval_recordings must be at least {1 + len(evaluated)} (one train recording"
+                         + "".join(f" and one {name}" for name in evaluated) + f"), got {min_eval_recordings}")
+
+
+def split_settings(fractions: dict[str, float], seed: int, min_eval_recordings: int,
+                   recording_pattern: str = DEFAULT_RECORDING_PATTERN) -> str:
+    """The ledger's `settings` value: assignments made under other settings are not reused."""
+    text = json.dumps({"fractions": {name: float(fractions[name]) for name in SPLITS}, "seed": seed,
+                       "min_eval_recordings": min_eval_recordings, "recording_pattern": recording_pattern},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def next_split(counts: dict[str, int], fractions: dict[str, float], min_eval_recordings: int,
+               order: tuple[str, ...] = SPLITS) -> tuple[int, str]:
+    """Where a species' next recording goes, from its counts so far, and how urgently (2, 1 or 0).
+
+    Train first (2); then an empty val or test (1) once the recordings still to
+    come before min_eval_recordings could not fill every empty one; otherwise
+    the split furthest below its share (0).  Ties go by `order`.
+    """
+    if counts["train"] == 0:
+        return 2, "train"
+    n = sum(counts.values()) + 1
+    empty = [name for name in order if name != "train" and fractions[name] > 0 and counts[name] == 0]
+    forced = bool(empty) and len(empty) > min_eval_recordings - n
+    return int(forced), max(empty if forced else order, key=lambda name: fractions[name] * n - counts[name])
+
+
+@dataclasses.dataclass
+class _Unit:
+    """Recordings that must share a split: a recording id (in whichever species folders it appears)
+    and every recording id that shares a file's content with it, transitively."""
+
+    recordings: list[str]
+    labels: list[str]
+    rank: bytes
+    split: str = ""
+
+
+def _units(files: pd.DataFrame, seed: int) -> list[_Unit]:
+    """The connected groups of recording ids (linked by a shared sha256), in seeded order."""
+    parent = {r: r for r in files["recording_id"]}
+
+    def root(r: str) -> str:
+        while parent[r] != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+
+    digests = files["sha256"].fillna("") if "sha256" in files else pd.Series("", index=files.index)
+    shared = (digests != "") & digests.duplicated(keep=False)
+    for _, recordings in files["recording_id"][shared].groupby(digests[shared]):
+        first, *rest = sorted(set(recordings))
+        for r in rest:
+            parent[root(r)] = root(first)
+    members: dict[str, list[str]] = {}
+    for r in sorted(parent):
+        members.setdefault(root(r), []).append(r)
+    labels: dict[str, set[str]] = {}
+    for r, label in zip(files["recording_id"], files["label"]):
+        labels.setdefault(r, set()).add(label)
+    units = [_Unit(rs, sorted(set().union(*(labels[r] for r in rs))), min(_rank(seed, r) for r in rs))
+             for rs in members.values()]
+    return sorted(units, key=lambda u: u.rank)
+
+
 def assign_splits(
     qc: pd.DataFrame,
     fractions: dict[str, float],
     seed: int,
     recording_pattern: str = DEFAULT_RECORDING_PATTERN,
+    min_eval_recordings: int = DEFAULT_MIN_EVAL_RECORDINGS,
+    ledger: dict[str, str] | None = None,
+    log: Callable[[str], None] = lambda line: None,
 ) -> pd.DataFrame:
     """split.tsv rows: every processed file with its recording and split.
 
-    Each recording draws a number in [0, 1) from a hash of (seed, label,
-    recording id) alone, so its split never depends on which other files exist.
+    Units (see `_Unit`) the ledger (recording id -> split, from an earlier run
+    under the same settings) knows keep their split; the others follow, in
+    seeded hash order, `next_split` of the species that needs them most (the
+    most urgent need, then the species with the fewest recordings).  A unit
+    whose recordings the ledger had put in different splits (new identical
+    content joined them) goes to train as a whole: nothing of it is left to
+    leak into val or test.  Only when minimums are broken otherwise (recordings
+    removed, such a merge) are units moved, each move logged.
     """
     check_fractions(fractions)
+    check_min_eval_recordings(fractions, min_eval_recordings)
+    ledger = ledger or {}
     files = processed_files(qc, recording_pattern)
-    train_edge = fractions["train"]
-    val_edge = train_edge + fractions["val"]
+    units = _units(files, seed)
+    totals = Counter(label for unit in units for label in unit.labels)
+    counts = {label: dict.fromkeys(SPLITS, 0) for label in totals}
+    # Which of val and test wins a tie, per species: otherwise val would always get the odd recording.
+    order = {label: SPLITS if _rank(seed, f"order\0{label}")[0] % 2 else ("train", "test", "val") for label in totals}
 
-    def split_of(label: str, recording: str) -> str:
-        u = _unit_hash(seed, label, recording)
-        return "train" if u < train_edge else "val" if u < val_edge else "test"
+    def put(unit: _Unit, split: str) -> None:
+        for label in unit.labels:
+            if unit.split:
+                counts[label][unit.split] -= 1
+            counts[label][split] += 1
+        unit.split = split
 
-    files["split"] = [split_of(label, rec) for label, rec in zip(files["label"], files["recording_id"])]
+    def required(label: str, split: str) -> int:
+        return int(split == "train" or (fractions[split] > 0 and totals[label] >= min_eval_recordings))
+
+    new = []
+    for unit in units:
+        known = sorted({ledger[r] for r in unit.recordings if r in ledger}, key=SPLITS.index)
+        if len(known) > 1:
+            log(f"warning: {', '.join(unit.recordings)} have identical files but the ledger had them in "
+                f"{' and '.join(known)}: all go to train")
+            put(unit, "train")
+        elif known:
+            put(unit, known[0])
+        else:
+            new.append(unit)
+    for unit in new:
+        need = min(unit.labels, key=lambda label: (-next_split(counts[label], fractions, min_eval_recordings,
+                                                                order[label])[0], totals[label], label))
+        put(unit, next_split(counts[need], fractions, min_eval_recordings, order[need])[1])
+
+    for label in sorted(totals):
+        for split in SPLITS:
+            if counts[label][split] >= required(label, split):
+                continue
+            donors = [u for u in units if label in u.labels and u.split != split
+                      and all(counts[other][u.split] > required(other, u.split) for other in u.labels)]
+            if not donors:
+                log(f"warning: {label} has no {split} recording and none can be moved there")
+                continue
+            donor = max(donors, key=lambda u: (counts[label][u.split] - fractions[u.split] * totals[label], u.rank))
+            log(f"warning: moved {', '.join(donor.recordings)} from {donor.split} to {split} "
+                f"so that {label} has a {split} recording")
+            put(donor, split)
+
+    joined = [unit for unit in units if len(unit.recordings) > 1 or len(unit.labels) > 1]
+    for unit in joined[:MAX_LOGGED_UNITS]:
+        why = (["identical files"] if len(unit.recordings) > 1 else []) + (
+            [f"in {', '.join(unit.labels)}"] if len(unit.labels) > 1 else [])
+        log(f"kept together in {unit.split}: {', '.join(unit.recordings)} ({'; '.join(why)})")
+    if len(joined) > MAX_LOGGED_UNITS:
+        log(f"kept together: {len(joined) - MAX_LOGGED_UNITS} more groups (duplicate_of in the QC table lists them)")
+    evaluated = [name for name in SPLITS[1:] if fractions[name] > 0]
+    few = sorted(label for label in totals if totals[label] < min_eval_recordings)
+    if evaluated and few:
+        log(f"{len(few)} of {len(totals)} species have fewer than {min_eval_recordings} recordings, too few to be "
+            "evaluated: " + ", ".join(f"{label} ({totals[label]})" for label in few))
+    split_of = {r: unit.split for unit in units for r in unit.recordings}
+    files["split"] = files["recording_id"].map(split_of)
     return files[SPLIT_COLUMNS]
+
+
+def read_ledger(path: str | Path, settings: str) -> tuple[dict[str, str], str]:
+    """The splits an earlier run gave to recordings (if made under `settings`), and a line for the log."""
+    path = Path(path)
+    if not path.exists():
+        return {}, f"no ledger {path} yet: split from scratch"
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        return {}, f"warning: ledger {path} ignored, unreadable ({exc}): split from scratch"
+    if list(table.columns) != LEDGER_COLUMNS or not table["split"].isin(SPLITS).all():
+        return {}, (f"warning: ledger {path} ignored, not a ledger (columns {', '.join(LEDGER_COLUMNS)}): "
+                    "split from scratch")
+    if (table["settings"] != settings).any():
+        return {}, (f"ledger {path} ignored: written under other split settings (seed, fractions, "
+                    "min_eval_recordings or recording_pattern); split from scratch")
+    return dict(zip(table["recording_id"], table["split"])), f"ledger {path}: reused for {len(table)} recordings"
+
+
+def write_ledger(path: str | Path, split: pd.DataFrame, settings: str) -> None:
+    """Every current recording's split, for the next run to keep (recordings gone since are forgotten)."""
+    table = split[["recording_id", "split"]].drop_duplicates().sort_values("recording_id", kind="stable")
+    fsutil.write_tsv(path, table.assign(settings=settings)[LEDGER_COLUMNS])
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):

@@ -5,6 +5,9 @@ path (relative to data_dir), label, status (processed / rejected / ignored),
 reason (a short code, empty when processed), detail (free text), sample_rate,
 channels, seconds (of the source file), frames (log-mel frames at 100/s),
 feature (the npz path), sha256 (of the source file the npz was computed from).
+results/qc/files.tsv alone adds duplicate_of: the first path (in sorted order)
+with the same sha256, empty for that first file and for files without a twin;
+the split keeps such files, and their whole recordings, in one split.
 """
 
 from __future__ import annotations
@@ -91,6 +94,14 @@ def read_qc(paths: list[str | os.PathLike]) -> pd.DataFrame:
 def sorted_table(qc: pd.DataFrame) -> pd.DataFrame:
     """Rows by path (both `read_qc` and `to_frame` give integer columns their nullable type)."""
     return qc.sort_values("path", kind="stable").reset_index(drop=True)[QC_COLUMNS]
+
+
+def with_duplicates(qc: pd.DataFrame) -> pd.DataFrame:
+    """`qc` plus the column duplicate_of (see the module docstring)."""
+    hashed = qc[qc["sha256"] != ""]
+    first = hashed.groupby("sha256")["path"].transform("min")
+    duplicate_of = first.where(first != hashed["path"], "").reindex(qc.index, fill_value="")
+    return qc.assign(duplicate_of=duplicate_of)
 
 
 def is_hidden(relative: Path) -> bool:

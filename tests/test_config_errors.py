@@ -161,11 +161,11 @@ def test_cli_usage_errors_are_one_line_before_any_work(tmp_path: Path, capsys) -
     assert status == 2
     assert err == [f"jibjib features: error: argument --data-dir: {tmp_path}/nowhere does not exist "
                    "(see jibjib features --help)"]
-    status, err = run_cli(capsys, "labels", "--data-dir", str(tmp_path), "--manifests", str(tmp_path),
-                          "--out", str(tmp_path / "l.tsv"), "--qc", str(tmp_path / "q.tsv"))
+    status, err = run_cli(capsys, "qc", "--data-dir", str(tmp_path), "--manifests", str(tmp_path),
+                          "--out", str(tmp_path / "q.tsv"))
     assert status == 2
-    assert err == [f"jibjib labels: error: argument --manifests: {tmp_path} is a folder, not a file "
-                   "(see jibjib labels --help)"]
+    assert err == [f"jibjib qc: error: argument --manifests: {tmp_path} is a folder, not a file "
+                   "(see jibjib qc --help)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -194,8 +194,7 @@ def test_cli_refuses_a_hostile_label_map_without_running_it(manifest: Path, caps
     root = manifest.parent
     hostile = root / "bird_id_map.pickle"
     hostile.write_bytes(pickle.dumps({"Alpha_one": WritesFile(root / "pwned")}))
-    status, err = run_cli(capsys, "labels", "--data-dir", str(root / "birds"), "--manifests", str(manifest),
-                          "--out", str(root / "labels.tsv"), "--qc", str(root / "qc.tsv"),
+    status, err = run_cli(capsys, "labels", "--qc", str(manifest), "--out", str(root / "labels.tsv"),
                           "--label-map", str(hostile))
     assert status == 1
     assert err == [f"jibjib labels: error: {hostile} refused: the pickle asks for io.open, only plain data is accepted"]

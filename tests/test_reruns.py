@@ -24,7 +24,7 @@ from jibjib.qc import species_files, write_manifest
 DATA_TARGETS = ["results/labels.tsv", "results/split.tsv"]
 RATE = 16000
 SECONDS = 1.2  # one 0.96 s patch needs 0.975 s
-DOWNSTREAM = {"labels": 1, "split": 1}
+DOWNSTREAM = {"qc": 1, "labels": 1, "split": 1}
 TINY_CONVLSTM = {
     "models": ["convlstm"],
     "convlstm": {"seq_len": 1, "conv_filters": [4], "lstm_units": 4, "dense_units": 4,

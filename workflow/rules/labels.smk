@@ -1,16 +1,39 @@
-# Stage 2: feature manifests -> label index, QC table and the split by recording.
+# Stage 2: feature manifests -> QC table, label index and the split by recording.
 # Options are written `--name=value` so that a value starting with `-` (a
 # data_dir or a pattern might) is never read as an option.
+
+# The split's memory of earlier assignments (README, "Split"). Deliberately no
+# declared output: Snakemake deletes a job's outputs before running it.
+SPLIT_LEDGER = "results/split_ledger.tsv"
+
+
+# Its own job, never failing for a species without usable files: when `labels`
+# fails, Snakemake deletes that job's outputs, and this table says why.
+rule qc:
+    input:
+        manifests=feature_manifests(),
+    output:
+        report("results/qc/files.tsv", caption="../report/qc.rst", category="Data"),
+    params:
+        data_dir=DATA_DIR,
+    log:
+        "logs/qc.log",
+    conda:
+        "../../envs/features.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m jibjib qc --data-dir={params.data_dir:q} --manifests {input.manifests:q}"
+        " --out={output:q} 2> {log:q}"
 
 
 rule labels:
     input:
-        manifests=feature_manifests(),
+        qc="results/qc/files.tsv",
     output:
-        labels=report("results/labels.tsv", caption="../report/labels.rst", category="Data"),
-        qc=report("results/qc/files.tsv", caption="../report/qc.rst", category="Data"),
+        report("results/labels.tsv", caption="../report/labels.rst", category="Data"),
     params:
-        data_dir=DATA_DIR,
         label_map=f"--label-map={shlex.quote(config['label_map'])}" if config["label_map"] else "",
         recording_pattern=config["split"]["recording_pattern"],
     log:
@@ -21,8 +44,7 @@ rule labels:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m jibjib labels --data-dir={params.data_dir:q} --manifests {input.manifests:q}"
-        " --out={output.labels:q} --qc={output.qc:q} {params.label_map}"
+        "python -m jibjib labels --qc={input.qc:q} --out={output:q} {params.label_map}"
         " --recording-pattern={params.recording_pattern:q} 2> {log:q}"
 
 
@@ -34,7 +56,9 @@ rule split:
     params:
         fractions=config["split"]["fractions"],
         seed=config["split"]["seed"],
+        min_eval_recordings=config["split"]["min_eval_recordings"],
         recording_pattern=config["split"]["recording_pattern"],
+        ledger=SPLIT_LEDGER,
     log:
         "logs/split.log",
     conda:
@@ -45,4 +69,5 @@ rule split:
     shell:
         "python -m jibjib split --manifests {input.manifests:q} --out={output:q}"
         " --train={params.fractions[train]} --val={params.fractions[val]} --test={params.fractions[test]}"
-        " --seed={params.seed} --recording-pattern={params.recording_pattern:q} 2> {log:q}"
+        " --seed={params.seed} --min-eval-recordings={params.min_eval_recordings}"
+        " --recording-pattern={params.recording_pattern:q} --ledger={params.ledger:q} 2> {log:q}"
