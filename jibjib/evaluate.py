@@ -3,7 +3,10 @@
 Scores are computed per patch (VGGish) or per sequence of patches (ConvLSTM)
 and averaged into one score per file, because users act on files.  The
 validation split is used only to fit the calibration temperature and the
-per-class thresholds; every reported figure is measured on the test split.
+per-class thresholds; every reported figure is measured on the test split,
+including what the val-fitted thresholds reach there.  Temperature scaling
+changes the order of file scores (a mean of patch probabilities), so the
+calibrated scores get thresholds of their own.
 """
 
 from __future__ import annotations
@@ -108,13 +111,12 @@ def evaluate(
     top_k: int = 5,
 ) -> dict[str, Any]:
     """Write metrics.json, report.md, file_scores.tsv, confusion.tsv, thresholds.tsv and figures to out_dir."""
-    import keras
-
     from . import figures
+    from .models import load_for_inference  # TensorFlow: only where it is needed
 
     model_dir, out = Path(model_dir), Path(out_dir)
     trained = json.loads((model_dir / "train.json").read_text())
-    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    model = load_for_inference(model_dir / "model.keras")  # float32 also after mixed precision
     multi_label = bool(trained["settings"].get("multi_label", False))
     classes = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)["label"].astype(str).tolist()
     unit = "patch" if model_seq_len(model) is None else "sequence"
@@ -126,13 +128,14 @@ def evaluate(
 
     val, test = scored("val"), scored("test")
     temperature = metrics.fit_temperature(val.logits, val.owner, val.y, multi_label)
-    test_scores = test.file_scores(1.0, multi_label)
-    thresholds = pd.DataFrame(metrics.precision_thresholds(
-        val.y, val.file_scores(1.0, multi_label), classes, target_precision))
+    test_scores, test_calibrated = test.file_scores(1.0, multi_label), test.file_scores(temperature, multi_label)
+    thresholds, threshold_report = threshold_table(
+        val.y, {"raw": val.file_scores(1.0, multi_label), "calibrated": val.file_scores(temperature, multi_label)},
+        test.y, {"raw": test_scores, "calibrated": test_calibrated}, classes, target_precision)
     file_level = metrics.classification_metrics(test.y, test_scores, classes, top_k)
     reliability = {
         "uncalibrated": metrics.expected_calibration_error(test.y, test_scores),
-        "calibrated": metrics.expected_calibration_error(test.y, test.file_scores(temperature, multi_label)),
+        "calibrated": metrics.expected_calibration_error(test.y, test_calibrated),
     }
     unit_scores = metrics.probabilities(test.logits, multi_label=multi_label)
     report = {
@@ -157,8 +160,8 @@ def evaluate(
             "file_ece_before": reliability["uncalibrated"]["ece"],
             "file_ece_after": reliability["calibrated"]["ece"],
         },
-        "thresholds": {"target_precision": target_precision, "fitted_on": "val",
-                       "classes_reaching_target": int((thresholds["status"] == "ok").sum())},
+        "thresholds": threshold_report,
+        **too_few_recordings(split_tsv, classes),
     }
 
     scores_table = pd.DataFrame({"path": test.files["path"], "label": test.files["label"],
@@ -176,6 +179,41 @@ def evaluate(
     with fsutil.atomic_open(out / "report.md") as f:
         f.write(markdown_report(report, thresholds))
     return report
+
+
+def threshold_table(val_y: np.ndarray, val_scores: dict[str, np.ndarray], test_y: np.ndarray,
+                    test_scores: dict[str, np.ndarray], classes: list[str],
+                    target_precision: float) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """thresholds.tsv and metrics.json's `thresholds`: per class, for raw and for calibrated file scores,
+    the threshold fitted on val and the precision and recall it reaches on test."""
+    table = pd.DataFrame({"label": classes})
+    summary: dict[str, Any] = {"target_precision": target_precision, "fitted_on": "val", "applied_to": "test"}
+    for kind, prefix in (("raw", ""), ("calibrated", "calibrated_")):
+        fitted = pd.DataFrame(metrics.precision_thresholds(val_y, val_scores[kind], classes, target_precision))
+        tested = metrics.threshold_outcomes(test_y, test_scores[kind], fitted["threshold"].to_numpy(float),
+                                            classes, target_precision)
+        on_test = pd.DataFrame(tested.pop("per_class"))
+        # The raw columns keep their old names and order; the val support is the same for both kinds.
+        for column in ["threshold", "precision", "recall"] + (["support"] if kind == "raw" else []) + ["status"]:
+            table[prefix + column] = fitted[column]
+        if kind == "raw":
+            table["test_support"] = on_test["support"]
+        table[f"{prefix}test_detections"] = on_test["detections"].astype("Int64")
+        for column in ("precision", "recall"):
+            table[f"{prefix}test_{column}"] = on_test[column].astype(float)
+        summary[kind] = {"classes_with_threshold": int((fitted["status"] == "ok").sum()), "test": tested}
+    # Kept from before the calibrated set existed (the model card carries it): raw classes reaching the target on val.
+    summary["classes_reaching_target"] = summary["raw"]["classes_with_threshold"]
+    summary["per_class"] = json.loads(table.to_json(orient="records", double_precision=15))
+    return table, summary
+
+
+def too_few_recordings(split_tsv: str | os.PathLike, classes: list[str]) -> dict[str, list[str]]:
+    """The species split.tsv gives no test file (no test figures) or no val file (no thresholds)."""
+    split = pd.read_csv(split_tsv, sep="\t", dtype=str, keep_default_na=False)
+    present = split.groupby("split")["label"].agg(set)
+    return {f"species_without_{name}_files": [c for c in classes if c not in present.get(name, set())]
+            for name in ("test", "val")}
 
 
 def fmt(value: float | None) -> str:
@@ -208,15 +246,43 @@ def markdown_report(report: dict[str, Any], thresholds: pd.DataFrame) -> str:
         + (" The fit stopped at its bound: the val split gives too little evidence to calibrate on."
            if cal["temperature_at_bound"] else ""),
         "",
+        threshold_sentence(report["thresholds"]),
+        "",
+        evaluated_sentence(report),
+        "",
         "## Per class (file level)",
         "",
         "| class | support | precision | recall | F1 | AP | ROC-AUC "
-        f"| threshold for precision {report['thresholds']['target_precision']:g} (val) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| threshold for precision {report['thresholds']['target_precision']:g} (val) "
+        "| test precision at threshold | test recall at threshold |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    threshold_of = dict(zip(thresholds["label"], thresholds["threshold"]))
+    by_label = thresholds.set_index("label")
     for row in report["file"]["per_class"]:
         cells = [row[k] for k in ("precision", "recall", "f1", "average_precision", "roc_auc")]
-        cells.append(threshold_of.get(row["label"]))
+        cells += [by_label.at[row["label"], k] for k in ("threshold", "test_precision", "test_recall")]
         lines.append(f"| {row['label']} | {row['support']} | " + " | ".join(fmt(v) for v in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def threshold_sentence(summary: dict[str, Any]) -> str:
+    target = f"{summary['target_precision']:g}"
+    parts = []
+    for kind in ("raw", "calibrated"):
+        test = summary[kind]["test"]
+        parts.append(f"{kind} scores precision {fmt(test['macro_precision'])}, recall {fmt(test['macro_recall'])} "
+                     f"over {test['classes']} species ({test['classes_reaching_target']} reach {target}, "
+                     f"{test['classes_without_detections']} detect nothing)")
+    return (f"Thresholds for precision {target}, fitted on val, on the test files (macro over the species with a "
+            "threshold and test files; a species detecting nothing counts as precision 0): " + "; ".join(parts)
+            + f". {summary['raw']['classes_with_threshold']} species have a raw threshold and "
+            f"{summary['calibrated']['classes_with_threshold']} a calibrated one; per species in thresholds.tsv.")
+
+
+def evaluated_sentence(report: dict[str, Any]) -> str:
+    no_test, no_val = report["species_without_test_files"], report["species_without_val_files"]
+    if not no_test and not no_val:
+        return "Every species has val and test files."
+    parts = [f"no test file ({len(no_test)}, not evaluated): {', '.join(no_test)}" if no_test else "",
+             f"no val file ({len(no_val)}, no threshold): {', '.join(no_val)}" if no_val else ""]
+    return "Too few recordings: " + "; ".join(p for p in parts if p) + "."

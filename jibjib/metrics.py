@@ -12,6 +12,12 @@ unbalanced test splits:
 * Precision of a class never predicted is 0 (no correct detections).
 * cmAP is the mean average precision over classes present; macro ROC-AUC the
   mean over classes present that also have negatives.
+* A per-class threshold applied to a split (`threshold_outcomes`) follows the
+  same rules with "detected" (score >= threshold) for "predicted": a class
+  with support and no detection has precision 0 and recall 0, because a
+  threshold that finds nothing has not delivered its target; the macro
+  averages are taken over the classes that have a threshold and support.
+  Classes without a threshold have null figures.
 """
 
 from __future__ import annotations
@@ -232,3 +238,37 @@ def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str],
                            recall=float(true_pos[best] / positive.sum()), status="ok")
         rows.append(row)
     return rows
+
+
+def threshold_outcomes(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, classes: list[str],
+                       target_precision: float) -> dict[str, Any]:
+    """What per-class thresholds fitted on one split achieve on another (y, scores).
+
+    Per class: support, detections (files scoring at least the threshold),
+    precision and recall; then the macro precision and recall over the classes
+    with a threshold and support, how many of them there are, how many reach
+    `target_precision` and how many detect nothing.
+    """
+    y = np.asarray(y, dtype=int)
+    rows = []
+    for c, label in enumerate(classes):
+        positive = y == c
+        row = {"label": label, "support": int(positive.sum()), "detections": None, "precision": None, "recall": None}
+        threshold = float(thresholds[c])
+        if not math.isnan(threshold):
+            detected = np.asarray(scores)[:, c] >= threshold
+            true_pos = int((detected & positive).sum())
+            precision = _ratio(true_pos, int(detected.sum()))
+            if precision is None and row["support"]:
+                precision = 0.0
+            row.update(detections=int(detected.sum()), precision=precision, recall=_ratio(true_pos, row["support"]))
+        rows.append(row)
+    evaluated = [row for row in rows if row["detections"] is not None and row["support"]]
+    return {
+        "classes": len(evaluated),
+        "macro_precision": _mean([row["precision"] for row in evaluated]),
+        "macro_recall": _mean([row["recall"] for row in evaluated]),
+        "classes_reaching_target": sum(row["precision"] >= target_precision for row in evaluated),
+        "classes_without_detections": sum(row["detections"] == 0 for row in evaluated),
+        "per_class": rows,
+    }

@@ -3,7 +3,10 @@
 Files at any sample rate are read and resampled with the feature step's own
 code, then handed to the export's `serving_default` signature as 16 kHz mono;
 the log-mel front end runs inside the exported graph.  A file that cannot be
-scored gets one line on stderr and the others are still scored.
+scored gets one line on stderr and the others are still scored.  With
+thresholds, raw scores are compared with the thresholds fitted on raw val
+scores and calibrated scores with those fitted on calibrated ones, and every
+detected species is reported, also below the top k.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from .resample import resample
 @dataclass
 class Prediction:
     path: str
-    top: list[dict[str, Any]] = field(default_factory=list)  # label, score, [external_id], [threshold, detected]
+    # rank, label, score, [external_id], [threshold, detected]: the top k, then detections below them, by rank
+    top: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    detected: list[str] | None = None  # with thresholds: every detected label, by rank
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.path, "predictions": self.top, **({"error": self.error} if self.error else {})}
+        return {"file": self.path, "predictions": self.top,
+                **({"detected": self.detected} if self.detected is not None else {}),
+                **({"error": self.error} if self.error else {})}
 
 
 class Exported:
@@ -46,6 +53,10 @@ class Exported:
                               "point --model at results/export/<model>/<version>)")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
+
+        from .tflog import quiet_python_logging
+
+        quiet_python_logging()
 
         self.card = json.loads(card_path.read_text())
         frontend = {k: v for k, v in self.card["frontend"].items() if k != "fingerprint"}
@@ -72,18 +83,26 @@ class Exported:
         return outputs["calibrated_scores" if calibrated else "scores"].numpy()[0]
 
 
-def load_thresholds(path: str | os.PathLike, labels: list[str]) -> np.ndarray:
-    """Per-class thresholds in class order; NaN (never detected) for classes without one."""
+def load_thresholds(path: str | os.PathLike, labels: list[str], calibrated: bool = False) -> np.ndarray:
+    """Per-class thresholds for raw or calibrated scores, in class order; NaN (never detected) where there is none."""
     table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["nan", "NaN", ""])
-    if not {"label", "threshold"} <= set(table.columns):
+    column = "calibrated_threshold" if calibrated else "threshold"
+    if "label" not in table.columns:
         raise ExportError(f"{path}: expected columns label and threshold")
-    by_label = dict(zip(table["label"].astype(str), table["threshold"].astype(float)))
+    if column not in table.columns:
+        if calibrated and "threshold" in table.columns:
+            # Raw thresholds on calibrated scores would detect at another precision than the one fitted.
+            raise ExportError(f"{path} has no calibrated_threshold column (written before calibrated thresholds "
+                              "existed): re-run the evaluation and export, or predict without --calibrated")
+        raise ExportError(f"{path}: expected columns label and {column}")
+    by_label = dict(zip(table["label"].astype(str), table[column].astype(float)))
     return np.array([by_label.get(label, math.nan) for label in labels])
 
 
 def predict_files(model: Exported, files: list[str], top_k: int = 5, thresholds: np.ndarray | None = None,
                   calibrated: bool = False) -> list[Prediction]:
-    """The top-k species of each file; with thresholds, each row also says whether the class is detected."""
+    """The top-k species of each file; with thresholds (for the kind of scores asked for), each row also says
+    whether the class is detected, and every detected class below the top k gets a row too."""
     results = []
     for path in files:
         result = Prediction(path)
@@ -94,22 +113,28 @@ def predict_files(model: Exported, files: list[str], top_k: int = 5, thresholds:
         except OSError as exc:
             result.error = f"unreadable: {exc.strerror or exc}"
         else:
-            for c in np.argsort(-scores, kind="stable")[: min(top_k, len(scores))]:
-                row: dict[str, Any] = {"label": model.labels[c], "score": round(float(scores[c]), 6)}
+            # NaN compares false: a class without a threshold is never detected.
+            detected = np.zeros(len(scores), bool) if thresholds is None else scores >= thresholds
+            for rank, c in enumerate(np.argsort(-scores, kind="stable"), start=1):
+                if rank > top_k and not detected[c]:
+                    continue
+                row: dict[str, Any] = {"rank": rank, "label": model.labels[c], "score": round(float(scores[c]), 6)}
                 if model.external_ids is not None:
                     row["external_id"] = model.external_ids[c]
                 if thresholds is not None:
                     threshold = float(thresholds[c])
                     row["threshold"] = None if math.isnan(threshold) else threshold
-                    row["detected"] = bool(not math.isnan(threshold) and scores[c] >= threshold)
+                    row["detected"] = bool(detected[c])
                 result.top.append(row)
+            if thresholds is not None:
+                result.detected = [row["label"] for row in result.top if row["detected"]]
         results.append(result)
     return results
 
 
 def to_tsv(results: list[Prediction]) -> str:
-    """One row per (file, rank); failed files have no rows (their error goes to stderr)."""
-    rows = [{"file": r.path, "rank": rank, **row} for r in results for rank, row in enumerate(r.top, start=1)]
+    """One row per (file, rank) reported; failed files have no rows (their error goes to stderr)."""
+    rows = [{"file": r.path, **row} for r in results for row in r.top]
     columns = ["file", "rank", "label", "score"] + [c for c in ("external_id", "threshold", "detected")
                                                     if any(c in row for row in rows)]
     return pd.DataFrame(rows, columns=columns).to_csv(sep="\t", index=False, lineterminator="\n")

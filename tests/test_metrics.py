@@ -135,3 +135,80 @@ def test_thresholds_reach_the_target_precision() -> None:
     assert mixed[1]["status"] == "unreachable" and math.isnan(mixed[1]["threshold"])
     absent = metrics.precision_thresholds(np.array([0, 0]), np.array([[0.9, 0.1]] * 2), ["a", "b"], 0.9)[1]
     assert absent["status"] == "no_val_files" and math.isnan(absent["threshold"])
+
+
+def test_val_thresholds_applied_to_test_by_hand() -> None:
+    """Six test files, true a a a b b c; thresholds fitted elsewhere: a 0.5, b 0.6, c 0.9, absent 0.5, none NaN.
+
+    a: detected at >= 0.5: files 0 1 3 (3 is a b file) -> P 2/3, R 2/3
+    b: files 2 (an a file, exactly at 0.6) 3 4 -> P 2/3, R 1
+    c: nothing reaches 0.9 -> detections 0, P 0 (by convention), R 0
+    absent: no test file, one detection -> P 0, R null, left out of the macro mean
+    none: no threshold -> null figures
+    """
+    y = np.array([0, 0, 0, 1, 1, 2])
+    scores = np.array([
+        # a     b     c     absent none
+        [0.80, 0.10, 0.10, 0.00, 0.9],
+        [0.60, 0.20, 0.20, 0.00, 0.9],
+        [0.30, 0.60, 0.10, 0.00, 0.9],
+        [0.55, 0.65, 0.05, 0.00, 0.9],
+        [0.10, 0.70, 0.20, 0.50, 0.9],
+        [0.20, 0.10, 0.70, 0.00, 0.9],
+    ])
+    thresholds = np.array([0.5, 0.6, 0.9, 0.5, math.nan])
+    result = metrics.threshold_outcomes(y, scores, thresholds, ["a", "b", "c", "absent", "none"], 0.6)
+    rows = {row["label"]: row for row in result["per_class"]}
+    assert rows["a"] == {"label": "a", "support": 3, "detections": 3, "precision": pytest.approx(2 / 3),
+                         "recall": pytest.approx(2 / 3)}
+    assert (rows["b"]["detections"], rows["b"]["precision"], rows["b"]["recall"]) == (3, pytest.approx(2 / 3), 1.0)
+    assert (rows["c"]["detections"], rows["c"]["precision"], rows["c"]["recall"]) == (0, 0.0, 0.0)
+    assert (rows["absent"]["support"], rows["absent"]["detections"]) == (0, 1)
+    assert (rows["absent"]["precision"], rows["absent"]["recall"]) == (0.0, None)
+    assert rows["none"] == {"label": "none", "support": 0, "detections": None, "precision": None, "recall": None}
+    assert result["classes"] == 3  # a, b, c: a threshold and test files
+    assert result["macro_precision"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert result["macro_recall"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert result["classes_reaching_target"] == 2 and result["classes_without_detections"] == 1
+
+
+def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) -> None:
+    pytest.importorskip("tensorflow")
+    from jibjib.evaluate import evaluated_sentence, threshold_sentence, threshold_table, too_few_recordings
+
+    # Val: a a b. Raw a scores 0.9 0.5 | 0.6 -> lowest threshold at precision 1 is 0.9 (0.6 is a b file);
+    # calibrated a scores 0.7 0.6 | 0.5 -> 0.6, recall 1. The order changed, so the thresholds differ.
+    val_y = np.array([0, 0, 1])
+    val = {"raw": np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]]),
+           "calibrated": np.array([[0.7, 0.3], [0.6, 0.4], [0.5, 0.5]])}
+    # Test: a b. Raw a 0.95 | 0.2 -> P 1 R 1 at 0.9; calibrated a 0.65 | 0.62 -> both detected at 0.6: P 1/2.
+    test_y = np.array([0, 1])
+    test = {"raw": np.array([[0.95, 0.05], [0.2, 0.8]]), "calibrated": np.array([[0.65, 0.35], [0.62, 0.38]])}
+    table, summary = threshold_table(val_y, val, test_y, test, ["a", "b"], target_precision=1.0)
+    assert list(table.columns) == [
+        "label", "threshold", "precision", "recall", "support", "status", "test_support", "test_detections",
+        "test_precision", "test_recall", "calibrated_threshold", "calibrated_precision", "calibrated_recall",
+        "calibrated_status", "calibrated_test_detections", "calibrated_test_precision", "calibrated_test_recall"]
+    a, b = summary["per_class"]
+    assert (a["threshold"], a["recall"], a["test_precision"], a["test_recall"]) == (0.9, 0.5, 1.0, 1.0)
+    assert (a["calibrated_threshold"], a["calibrated_recall"]) == (0.6, 1.0)
+    assert (a["calibrated_test_detections"], a["calibrated_test_precision"]) == (2, 0.5)
+    # b: the highest raw b score on val (0.5) is an a file: no raw threshold, no raw test figures.
+    assert (b["status"], b["threshold"], b["test_support"], b["test_precision"]) == ("unreachable", None, 1, None)
+    # Calibrated b scores on val 0.3 0.4 | 0.5 -> 0.5; on test the b file scores 0.38: no detection, precision 0.
+    assert (b["calibrated_threshold"], b["calibrated_test_detections"], b["calibrated_test_precision"]) == (0.5, 0, 0.0)
+    assert summary["raw"]["classes_with_threshold"] == 1 and summary["calibrated"]["classes_with_threshold"] == 2
+    assert summary["raw"]["test"]["classes"] == 1 and summary["raw"]["test"]["macro_precision"] == 1.0
+    calibrated = summary["calibrated"]["test"]
+    assert (calibrated["classes"], calibrated["macro_precision"], calibrated["macro_recall"]) == (2, 0.25, 0.5)
+    assert calibrated["classes_without_detections"] == 1
+    assert "calibrated scores" in threshold_sentence(summary)
+
+    split = tmp_path / "split.tsv"
+    split.write_text("path\tlabel\trecording_id\tsplit\n"
+                     "a/1.wav\ta\t1\ttrain\na/2.wav\ta\t2\tval\na/3.wav\ta\t3\ttest\nb/1.wav\tb\t1\ttrain\n"
+                     "c/1.wav\tc\t1\ttrain\nc/2.wav\tc\t2\tval\n")
+    few = too_few_recordings(split, ["a", "b", "c"])
+    assert few == {"species_without_test_files": ["b", "c"], "species_without_val_files": ["b"]}
+    assert evaluated_sentence(few) == "Too few recordings: no test file (2, not evaluated): b, c; " \
+        "no val file (1, no threshold): b."
