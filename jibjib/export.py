@@ -13,9 +13,15 @@ Signatures:
   serving_default: waveform float32 (batch, samples), mono 16 kHz -> scores,
       calibrated_scores (batch, classes), top_k_scores, top_k_labels (batch, k).
       The log-mel front end runs inside the graph with the feature step's parameters.
-  log_mel: patches float32 (n, 96, 64) of one recording -> scores (per patch
-      for VGGish, (1, classes) for the ConvLSTM) and file_scores (1, classes),
-      for clients of the old service, which sent patches.
+  log_mel: patches float32 (n, 96, 64) of one recording -> scores (units, classes),
+      one row per patch for VGGish and per sequence of seq_len patches for the
+      ConvLSTM (ceil(n / seq_len) rows, the last one padded), and file_scores
+      (1, classes), for clients of the old service, which sent patches.
+
+The graph computes in float32, also for a model trained with mixed precision.
+Folders and files get the modes of a new folder and file under the umask
+(0755 and 0644 under umask 022), so a TF Serving container running as another
+user can read them.
 """
 
 from __future__ import annotations
@@ -39,8 +45,12 @@ import tensorflow as tf  # noqa: E402
 from . import fsutil  # noqa: E402
 from .evaluate import model_seq_len  # noqa: E402
 from .frontend import mel_matrix, periodic_hann  # noqa: E402
+from .models import load_for_inference  # noqa: E402
 from .params import FrontEnd  # noqa: E402
+from .tflog import quiet_python_logging  # noqa: E402
 from .train import software_versions  # noqa: E402
+
+quiet_python_logging()
 
 
 def tf_log_mel(waveform: tf.Tensor, params: FrontEnd) -> tf.Tensor:
@@ -149,10 +159,33 @@ def model_card(trained: dict[str, Any], metrics: dict[str, Any], counts: dict[st
             "file_cmap": file_level["cmap"],
             "file_macro_roc_auc": file_level["macro_roc_auc"],
             "calibration": metrics["calibration"],
-            "thresholds": metrics["thresholds"],
+            # The per-species rows are in assets/thresholds.tsv already.
+            "thresholds": {k: v for k, v in metrics["thresholds"].items() if k != "per_class"},
         },
         "versions": software_versions(),
     }
+
+
+def _staging_folder(out: Path) -> Path:
+    """An empty hidden folder beside `out`, after removing those of killed exports.
+
+    Made by mkdir, so it gets the mode any new folder gets here (mkdtemp's is 0700).
+    """
+    fsutil.remove_stale_temps(out.parent)
+    staging = out.parent / f".{out.name}{fsutil.TMP_MARK}{os.getpid()}"
+    staging.mkdir()
+    return staging
+
+
+def _open_to_umask(root: Path) -> None:
+    """Give everything below `root` the mode of `root`, a fresh folder (files without x):
+    TensorFlow makes its folders 0755 whatever the umask."""
+    folder_mode = root.stat().st_mode & 0o777
+    for parent, folders, files in os.walk(root):
+        for name in folders:
+            os.chmod(os.path.join(parent, name), folder_mode)
+        for name in files:
+            os.chmod(os.path.join(parent, name), folder_mode & 0o666)
 
 
 def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv: str | os.PathLike,
@@ -165,12 +198,11 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     labels = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)
     classes = labels["label"].astype(str).tolist()
-    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    model = load_for_inference(model_dir / "model.keras")
     card = model_card(trained, metrics, _data_counts(Path(split_tsv), labels), params, version)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    fsutil.remove_stale_temps(out.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{fsutil.TMP_MARK}", dir=out.parent))
+    staging = _staging_folder(out)
     try:
         with tempfile.TemporaryDirectory() as scratch:
             scratch = Path(scratch)
@@ -184,6 +216,7 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
                                   bool(trained["settings"].get("multi_label", False)), assets)
             tf.saved_model.save(module, str(staging), signatures={
                 "serving_default": module.serve_waveform, "log_mel": module.serve_log_mel})
+        _open_to_umask(staging)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

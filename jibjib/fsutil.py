@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
@@ -173,10 +174,15 @@ def stat_key(stat: os.stat_result) -> tuple[int, int, int]:
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
+    """Delete temporary files and folders a killed run left behind; returns how many."""
     removed = 0
     if folder.is_dir():
-        for tmp in folder.rglob(f".*{TMP_MARK}*"):
-            tmp.unlink(missing_ok=True)
+        for tmp in sorted(folder.rglob(f".*{TMP_MARK}*")):  # a folder sorts before what it holds
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif not tmp.parent.exists():
+                continue  # it was inside a folder removed just before
+            else:
+                tmp.unlink(missing_ok=True)
             removed += 1
     return removed

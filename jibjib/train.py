@@ -38,6 +38,9 @@ from .data import (  # noqa: E402
 )
 from .models import convlstm_classifier, vggish_classifier  # noqa: E402
 from .params import VGGISH  # noqa: E402
+from .tflog import quiet_python_logging  # noqa: E402
+
+quiet_python_logging()
 
 MODELS = ("vggish", "convlstm")
 # Our datasets have unknown length by design (files are read lazily); Keras

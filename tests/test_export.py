@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -29,10 +30,16 @@ EVAL_FILES = ["metrics.json", "report.md", "file_scores.tsv", "confusion.tsv", "
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """The whole workflow, both models, on 16 kHz files (so the waveform path needs no resampling)."""
+    """The whole workflow, both models, on 16 kHz files (so the waveform path needs no resampling),
+    under umask 022 and with a folder that a killed export left behind."""
     workdir = tmp_path_factory.mktemp("workflow")
     make_tree(workdir / "birds", SPECIES, seconds=2.0, sample_rate=16000)
-    run_snakemake(workdir, config={**TINY, "data_dir": str(workdir / "birds")})
+    (workdir / "results" / "export" / "vggish" / ".1.tmp-999999" / "variables").mkdir(parents=True)
+    umask = os.umask(0o022)
+    try:
+        run_snakemake(workdir, config={**TINY, "data_dir": str(workdir / "birds")})
+    finally:
+        os.umask(umask)
     return workdir
 
 
@@ -45,8 +52,9 @@ def python(code: str, cwd: Path) -> str:
 
 
 def jibjib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # TensorFlow's C++ logging forced on: stderr must still hold only jibjib's lines.
     return subprocess.run([sys.executable, "-m", "jibjib", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""})
+                          timeout=600, env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "0", "PATH": ""})
 
 
 @pytest.mark.parametrize("model", ["vggish", "convlstm"])
@@ -89,7 +97,57 @@ def test_export_layout_and_signatures(run: Path, model: str) -> None:
                            capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "signature_def['serving_default']" in shown.stdout and "signature_def['log_mel']" in shown.stdout
-    assert not list(export.parent.glob(".*tmp-*"))  # the staging folder was renamed into place
+    # The staging folder was renamed into place, and the one of a killed export removed.
+    assert not list(export.parent.glob(".*tmp-*"))
+
+
+@pytest.mark.parametrize("model", ["vggish", "convlstm"])
+def test_export_is_readable_by_other_users(run: Path, model: str) -> None:
+    """Under umask 022 the modes of any new folder and file (mkdtemp's 0700 shut a TF Serving user out)."""
+    export = run / "results" / "export" / model / "1"
+    modes = {export: 0o755}
+    for parent, folders, files in os.walk(export):
+        modes |= {Path(parent, name): 0o755 for name in folders} | {Path(parent, name): 0o644 for name in files}
+    assert len(modes) >= 10  # saved_model.pb, variables/, assets/ and the four assets at least
+    wrong = {str(path.relative_to(export)): f"{path.stat().st_mode & 0o777:o}"
+             for path, mode in modes.items() if path.stat().st_mode & 0o777 != mode}
+    assert wrong == {}
+
+
+def test_a_mixed_precision_model_is_loaded_to_compute_in_float32(tmp_path: Path) -> None:
+    """model.keras of a mixed_float16 run: same weights, float32 layers (nested ones too), float16-close outputs."""
+    import keras
+
+    from jibjib.models import convlstm_classifier, load_for_inference
+
+    def all_layers(model: keras.Model):
+        for layer in model.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from all_layers(layer)
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = convlstm_classifier(3, seq_len=2, conv_filters=(4,), lstm_units=8, dense_units=8, dropout=0.0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.save(tmp_path / "model.keras")
+    assert {layer.dtype_policy.name for layer in all_layers(mixed)} == {"mixed_float16"}
+
+    loaded = load_for_inference(tmp_path / "model.keras")
+    assert {layer.dtype_policy.name for layer in all_layers(loaded)} == {"float32"}
+    assert any(isinstance(layer, keras.Model) for layer in loaded.layers)  # the patch encoder
+    weights, expected = loaded.get_weights(), mixed.get_weights()
+    assert len(weights) == len(expected) and all(np.array_equal(a, b) for a, b in zip(weights, expected))
+    rng = np.random.default_rng(0)
+    inputs = {"patches": rng.standard_normal((4, 2, 96, 64)).astype(np.float32),
+              "mask": np.array([[True, True], [True, False], [True, True], [False, True]])}
+    got, half = loaded(inputs), mixed(inputs)
+    assert got.dtype == "float32" and half.dtype == "float16"
+    assert np.allclose(np.asarray(got), np.asarray(half, np.float32), atol=1e-2, rtol=1e-2)
+    loaded.save(tmp_path / "float32.keras")  # a float32 model loads as it is
+    again = load_for_inference(tmp_path / "float32.keras")
+    assert {layer.dtype_policy.name for layer in all_layers(again)} == {"float32"}
 
 
 @pytest.mark.parametrize("model", ["vggish", "convlstm"])

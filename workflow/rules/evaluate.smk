@@ -28,7 +28,8 @@ for _model in MODEL_NAMES:
             target_precision=config["evaluate"]["target_precision"],
             top_k=config["evaluate"]["top_k"],
         log:
-            f"logs/evaluate/{_model}.log",
+            job=f"logs/evaluate/{_model}.log",
+            tensorflow=f"logs/evaluate/{_model}.tensorflow.log",
         conda:
             "../../envs/tensorflow.yaml"
         threads: 4
@@ -37,6 +38,6 @@ for _model in MODEL_NAMES:
             mem_mb=8000,
             runtime=4 * 60,
         shell:
-            "python -m jibjib evaluate --model-dir {params.model_dir:q} --labels {input.labels:q}"
+            "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib evaluate --model-dir {params.model_dir:q} --labels {input.labels:q}"
             " --split {input.split:q} --features-dir results/features --out-dir {params.out_dir:q}"
-            " --target-precision {params.target_precision} --top-k {params.top_k} --threads {threads} 2> {log:q}"
+            " --target-precision {params.target_precision} --top-k {params.top_k} --threads {threads} 2> {log.job:q}"

@@ -21,7 +21,8 @@ for _model in MODEL_NAMES:
             frontend=FRONTEND_JSON,
             top_k=config["export"]["top_k"],
         log:
-            f"logs/export/{_model}.log",
+            job=f"logs/export/{_model}.log",
+            tensorflow=f"logs/export/{_model}.tensorflow.log",
         conda:
             "../../envs/tensorflow.yaml"
         threads: 2
@@ -30,6 +31,6 @@ for _model in MODEL_NAMES:
             runtime=60,
         shell:
             # The export needs no GPU; hiding them keeps TensorFlow off a GPU a training may be using.
-            "CUDA_VISIBLE_DEVICES= python -m jibjib export --model-dir {params.model_dir:q} --eval-dir {params.eval_dir:q}"
+            "CUDA_VISIBLE_DEVICES= JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib export --model-dir {params.model_dir:q} --eval-dir {params.eval_dir:q}"
             " --labels {input.labels:q} --split {input.split:q} --frontend {params.frontend:q}"
-            " --top-k {params.top_k} --out {output:q} 2> {log:q}"
+            " --top-k {params.top_k} --out {output:q} 2> {log.job:q}"

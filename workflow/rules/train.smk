@@ -1,6 +1,7 @@
 # Stage 3: features + labels + split -> trained Keras models (results/models/<model>/).
 # Tagged gpu=1 so a workstation runs one training per GPU and a SLURM profile
 # sends them to GPU nodes; on a machine without GPUs they run on the CPU.
+# TensorFlow's own messages (devices, CUDA) go to logs/<stage>/<model>.tensorflow.log.
 
 
 rule train_vggish:
@@ -16,7 +17,8 @@ rule train_vggish:
         model="vggish",
         settings=lambda wildcards: training_settings("vggish"),
     log:
-        "logs/train/vggish.log",
+        job="logs/train/vggish.log",
+        tensorflow="logs/train/vggish.tensorflow.log",
     conda:
         "../../envs/tensorflow.yaml"
     threads: 8
@@ -25,9 +27,9 @@ rule train_vggish:
         mem_mb=16000,
         runtime=24 * 60,
     shell:
-        "python -m jibjib train --model {params.model} --labels {input.labels:q} --split {input.split:q}"
+        "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib train --model {params.model} --labels {input.labels:q} --split {input.split:q}"
         " --features-dir results/features --out-dir results/models/{params.model}"
-        " --settings {params.settings:q} --threads {threads} 2> {log:q}"
+        " --settings {params.settings:q} --threads {threads} 2> {log.job:q}"
 
 
 use rule train_vggish as train_convlstm with:
@@ -39,4 +41,5 @@ use rule train_vggish as train_convlstm with:
         model="convlstm",
         settings=lambda wildcards: training_settings("convlstm"),
     log:
-        "logs/train/convlstm.log",
+        job="logs/train/convlstm.log",
+        tensorflow="logs/train/convlstm.tensorflow.log",
