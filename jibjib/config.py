@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .audio import CONTAINERS
 from .errors import ConfigError, LabelError
 from .qc import ignore_reason, species_files
 
@@ -52,7 +53,7 @@ def check_data_dir(data_dir: Path, demo_hint: str = "") -> dict[str, list[Path]]
     for label, files in inventory.items():
         folder = data_dir / label
         if not any(not ignore_reason(f.relative_to(folder)) for f in files):
-            raise ConfigError(f"data_dir: species folder {folder} has no .wav files")
+            raise ConfigError(f"data_dir: species folder {folder} has no audio files ({', '.join(CONTAINERS)})")
     return inventory
 
 

@@ -1,4 +1,4 @@
-"""The feature step: species folders in, one npz per WAV and a QC manifest out.
+"""The feature step: species folders in, one npz per audio file and a QC manifest out.
 
 A Snakemake job handles a shard of whole species folders (see
 jibjib.inventory) rather than one file, because per-file jobs cost tens of
@@ -24,7 +24,7 @@ import numpy as np
 
 from . import fsutil
 from .fsutil import sha256_file
-from .audio import AudioError, WavInfo, open_wav, to_mono
+from .audio import AudioError, AudioInfo, open_audio, to_mono
 from .errors import InputError
 from .frontend import LogMelStream, hertz_to_mel, mel_to_hertz
 from .inventory import is_sha256
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 FEATURE_SUFFIX = ".npz"
+# Digital silence: no sample reaches the quietest step of 24-bit PCM.  Not
+# exactly zero, because the Opus decoder turns silence into ~1e-34.
+SILENCE = 2.0**-24
 
 
 def keep_freed_memory() -> None:
@@ -112,43 +115,45 @@ def min_sample_rate(params: FrontEnd = VGGISH) -> float:
     return 2 * float(mel_to_hertz(middle))
 
 
-def check_usable(info: WavInfo, params: FrontEnd = VGGISH) -> None:
+def check_usable(info: AudioInfo, params: FrontEnd = VGGISH) -> None:
     """What the header must allow before decoding: a rate that reaches the mel range, one full patch.
 
-    Shared by the feature step and `jibjib predict`, so both refuse the same files.
+    Shared by the feature step and `jibjib predict`, so both refuse the same files.  A length
+    the header only estimates (`info.exact` False) is checked once decoding has found it.
     """
     lowest_rate = min_sample_rate(params)
     if info.sample_rate < lowest_rate:
         raise AudioError("sample_rate_too_low", f"{info.sample_rate} Hz cannot carry the upper half of the "
                          f"{params.fmin_hz:g}-{params.fmax_hz:g} Hz mel range (needs {lowest_rate:.0f} Hz)")
-    if output_length(info.frames, info.sample_rate, params.sample_rate) < params.min_samples:
+    if info.exact and output_length(info.frames, info.sample_rate, params.sample_rate) < params.min_samples:
         need = params.min_samples / params.sample_rate
         raise AudioError("too_short", f"{info.seconds:.3f} s, one patch needs {need:.3f} s")
 
 
 def extract_file(source: Path, npz: Path, params: FrontEnd = VGGISH) -> dict:
-    """Compute and atomically write the features of one WAV; returns its metadata.
+    """Compute and atomically write the features of one audio file; returns its metadata.
 
     The file is decoded, resampled and turned into log-mel block by block, so
     memory does not grow with its length; only the log-mel result does (1.5 MB
     per minute of audio, held about twice while it is written).  Raises
     AudioError for files that cannot be used.
     """
-    with open_wav(source) as wav:
-        info = wav.info
-        check_usable(info, params)
-        stream = LogMelStream(info.sample_rate, params, total=info.frames)
+    with open_audio(source) as reader:
+        check_usable(reader.info, params)
+        stream = LogMelStream(reader.info.sample_rate, params, total=reader.info.frames if reader.info.exact else None)
         audible = False
-        for block in wav.blocks():
+        for block in reader.blocks():
             mono = to_mono(block)
-            audible = audible or bool(np.any(mono))
+            audible = audible or bool(mono.max(initial=0) >= SILENCE or mono.min(initial=0) <= -SILENCE)
             stream.push(mono)
+        info = reader.info  # with the decoded length, where the header had only an estimate
+        check_usable(info, params)
         if not audible:
-            raise AudioError("silent", "all samples are zero")
+            raise AudioError("silent", "all samples are zero (below 2^-24)")
         log_mel = stream.finish()
         # The hash of the bytes just decoded, not a recorded one: if the file
         # changed since the workflow hashed it, the npz says what it holds.
-        stat, sha256 = wav.stat, wav.sha256()
+        stat, sha256 = reader.stat, reader.sha256()
     fsutil.save_npz(
         npz,
         log_mel=log_mel,
@@ -275,7 +280,7 @@ def update_species(
 
 
 def _remove_orphans(out_dir: Path, keep: set[Path]) -> int:
-    """Delete npz files whose source WAV is gone, so no stale feature survives."""
+    """Delete npz files whose source recording is gone, so no stale feature survives."""
     removed = 0
     if out_dir.is_dir():
         for npz in out_dir.rglob(f"*{FEATURE_SUFFIX}"):

@@ -1,6 +1,6 @@
 """Feature shards and their content signatures: what decides whether a feature job reruns.
 
-Shards.  One Snakemake job per WAV file would cost hours of scheduling on an
+Shards.  One Snakemake job per audio file would cost hours of scheduling on an
 80,000-file corpus, and even one job per species spends a large share of the
 feature stage starting Python.  So species are grouped into a fixed number of
 shards (`features.shards`), each species by a stable hash of its name: adding
@@ -10,9 +10,9 @@ lands in never depends on the other species.
 Signatures.  Snakemake reruns a job when an input file is newer than its
 output, and in 9.x that check cannot be switched off (`--rerun-triggers`
 without `mtime` changes nothing).  A `git checkout` or a copy sets new
-modification times on every WAV, so with the WAVs as inputs the feature jobs,
-and after them labels, split and hours of training, would rerun although
-nothing changed.  So a feature job's input is one small file per shard,
+modification times on every recording, so with the recordings as inputs the
+feature jobs, and after them labels, split and hours of training, would rerun
+although nothing changed.  So a feature job's input is one small file per shard,
 `<signature_dir>/<shard>.tsv`, with a row per file (path, size, content) that
 is rewritten only when a file was added or removed or its content changed.
 
@@ -48,7 +48,7 @@ from .qc import ignore_reason
 SIGNATURE_COLUMNS = ("path", "size", "content")
 CACHE_COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "sha256")
 CACHE_FOLDER = ".stat-cache"
-# Ignored files (hidden, not WAV) reach only the QC table, where their content
+# Ignored files (hidden, not audio) reach only the QC table, where their content
 # does not matter: they are listed, not hashed.
 NOT_HASHED = "-"
 # A file we could not read when we had to hash it: its shard reruns, and the

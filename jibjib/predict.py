@@ -1,4 +1,4 @@
-"""`jibjib predict`: score WAV files with an exported model.
+"""`jibjib predict`: score audio files (WAV, FLAC, Ogg, MP3) with an exported model.
 
 Files at any sample rate are read and resampled with the feature step's own
 code, then handed to the export's `serving_default` signature as 16 kHz mono;
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .audio import AudioError, open_wav, to_mono
+from .audio import AudioError, open_audio, to_mono
 from .errors import ExportError
 from .features import check_usable
 from .params import FrontEnd
@@ -71,11 +71,12 @@ class Exported:
 
     def waveform(self, path: str | os.PathLike) -> np.ndarray:
         """The file as float32 mono at the model's sample rate; AudioError if unusable."""
-        with open_wav(path) as wav:
+        with open_audio(path) as reader:
             # The feature step's own checks: predict refuses what training never saw.
-            check_usable(wav.info, self.params)
-            mono = np.concatenate([to_mono(block) for block in wav.blocks()]).astype(np.float32, copy=False)
-            rate = wav.info.sample_rate
+            check_usable(reader.info, self.params)
+            mono = np.concatenate([to_mono(block) for block in reader.blocks()]).astype(np.float32, copy=False)
+            check_usable(reader.info, self.params)  # again with the decoded length, where the header only estimated it
+            rate = reader.info.sample_rate
         return mono if rate == self.params.sample_rate else resample(mono, rate, self.params.sample_rate)
 
     def scores(self, waveform: np.ndarray, calibrated: bool = False) -> np.ndarray:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import fsutil
+from .audio import is_audio_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -109,11 +110,11 @@ def is_hidden(relative: Path) -> bool:
 
 
 def ignore_reason(relative: Path) -> str:
-    """Why a file is not an input ('' if it is a WAV we should read)."""
+    """Why a file is not an input ('' if it is an audio file we should read, see jibjib.audio.CONTAINERS)."""
     if is_hidden(relative):
         return "hidden"
-    if relative.suffix.lower() != ".wav":
-        return "not_wav"
+    if not is_audio_file(relative):
+        return "not_audio"
     return ""
 
 

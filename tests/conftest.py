@@ -32,6 +32,37 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int, subtype: str = 
     return path
 
 
+def write_audio(path: Path, samples: np.ndarray, sample_rate: int, format: str, subtype: str | None = None,
+                **options) -> Path:
+    """FLAC, OGG (subtype VORBIS or OPUS) or MP3 through libsndfile, written in blocks of 16384 frames:
+    one large write to Vorbis crashes libsndfile.  `options`: compression_level, bitrate_mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = np.asarray(samples)
+    channels = 1 if samples.ndim == 1 else samples.shape[1]
+    with soundfile.SoundFile(str(path), "w", sample_rate, channels, subtype, format=format, **options) as f:
+        for start in range(0, samples.shape[0], 16384):
+            f.write(samples[start:start + 16384])
+    return path
+
+
+def feature_command_peak_rss(data_dir: Path, label: str, out: Path) -> int:
+    """Peak resident memory (bytes) of `jibjib features` on one species folder, in its own process.
+
+    VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking process (pytest) through exec,
+    so a child smaller than pytest would report pytest's size.
+    """
+    code = (
+        "import re, sys; from jibjib.cli import main; "
+        f"rc = main(['features', '--data-dir', {str(data_dir)!r}, '--label', {label!r}, "
+        f"'--features-dir', {str(out / 'features')!r}, '--manifest', {str(out / label)!r} + '.tsv']); "
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]); sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env=REPO_ENV, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1]) * 1024  # kB
+
+
 def make_tree(root: Path, species: dict[str, int], seconds: float = 2.0, sample_rate: int = 22050) -> Path:
     """`root/<label>/<label>-<rec>_<k>.wav`: `species[label]` recordings of two slices each."""
     for s_index, (label, n_recordings) in enumerate(species.items()):

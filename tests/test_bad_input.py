@@ -23,9 +23,9 @@ import pytest
 import soundfile
 
 from conftest import PREPARATION_TARGETS as TARGETS
-from conftest import REPO, REPO_ENV, run_snakemake, write_wav
+from conftest import REPO_ENV, feature_command_peak_rss, run_snakemake, write_audio, write_wav
 from jibjib import audio, fsutil
-from jibjib.audio import read_wav
+from jibjib.audio import read_audio
 from jibjib.config import check_data_dir, ConfigError
 from jibjib.features import extract_file, extract_species, min_sample_rate
 from jibjib.frontend import LogMelStream, waveform_to_log_mel
@@ -83,7 +83,7 @@ def test_sample_formats_match_the_16_bit_file(tmp_path: Path, subtype: str) -> N
     assert np.abs(got - reference)[loud].max() < SUBTYPE_TOLERANCE[subtype]
     # Decoding (scale, the unsigned 8-bit offset) agrees with libsndfile's own, sample for sample.
     expected, _ = soundfile.read(str(other), dtype="float32")
-    np.testing.assert_array_equal(read_wav(other).samples, expected)
+    np.testing.assert_array_equal(read_audio(other).samples, expected)
 
 
 def test_six_channels_are_averaged(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_small_read_blocks_give_the_same_features(tmp_path: Path, monkeypatch, s
     with np.load(tmp_path / "out" / "x.npz") as z:  # hashed while reading, on the fast path
         assert str(z["source_sha256"]) == hashlib.sha256(path.read_bytes()).hexdigest()
     expected, _ = soundfile.read(str(path), dtype="float32")
-    np.testing.assert_array_equal(read_wav(path).samples, expected)
+    np.testing.assert_array_equal(read_audio(path).samples, expected)
 
 
 def _write_long(path: Path, minutes: float, rate: int = 48000) -> Path:
@@ -178,28 +178,14 @@ def _write_long(path: Path, minutes: float, rate: int = 48000) -> Path:
     return path
 
 
-def _feature_command_peak_rss(data_dir: Path, label: str, out: Path) -> int:
-    """Peak resident memory (bytes) of `jibjib features` on one species folder, in its own process."""
-    code = (
-        "import resource, sys; from jibjib.cli import main; "
-        f"rc = main(['features', '--data-dir', {str(data_dir)!r}, '--label', {label!r}, "
-        f"'--features-dir', {str(out / 'features')!r}, '--manifest', {str(out / label)!r} + '.tsv']); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                            env=REPO_ENV, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout.split()[-1]) * 1024  # Linux reports KiB
-
-
 def test_a_30_minute_file_in_bounded_memory(tmp_path: Path) -> None:
     data = tmp_path / "birds"
     (data / "short").mkdir(parents=True)
     (data / "long").mkdir(parents=True)
     _write_long(data / "short" / "three_minutes.wav", 3)
     _write_long(data / "long" / "thirty_minutes.wav", 30)
-    short_peak = _feature_command_peak_rss(data, "short", tmp_path)
-    long_peak = _feature_command_peak_rss(data, "long", tmp_path)
+    short_peak = feature_command_peak_rss(data, "short", tmp_path)
+    long_peak = feature_command_peak_rss(data, "long", tmp_path)
     # Holding the extra 27 minutes as float32 would take 311 MB (float64 twice
     # that).  What may grow is the log-mel result itself: 1.5 MB a minute.
     extra_float32 = 27 * 60 * 48000 * 4
@@ -255,8 +241,20 @@ def make_corpus(root: Path) -> tuple[Path, dict[str, tuple[str, str]]]:
     put(f"{bad}/unknown_length.wav", PROCESSED, content=_riff_with_data_size(good, 0xFFFFFFFF))
     put(f"{bad}/text.wav", ("rejected", "unreadable"), content=b"field notes, not audio\n" * 40)
     for container in ("MP3", "FLAC", "OGG"):
-        put(f"{bad}/{container.lower()}_inside.wav", ("rejected", "unsupported_format"),
+        put(f"{bad}/{container.lower()}_inside.wav", ("rejected", "format_mismatch"),
             rate=44100 if container == "MP3" else 22050, subtype=None, format=container)
+    put(f"{bad}/flac_data.mp3", ("rejected", "format_mismatch"), subtype=None, format="FLAC")
+    put(f"{bad}/aiff_inside.wav", ("rejected", "unsupported_format"), format="AIFF")
+    # The compressed formats, whole and cut off (see jibjib.audio for how each cut is found).
+    compressed = {"2_1.flac": ("FLAC", "PCM_24", 22050), "2_2.MP3": ("MP3", None, 44100),
+                  "3_1.ogg": ("OGG", "VORBIS", 22050), "3_2.opus": ("OGG", "OPUS", 48000)}
+    for name, (container, subtype, rate) in compressed.items():
+        whole = write_audio(data / bad / f"Bad_cases-{name}", tones(2.0, rate), rate, container, subtype).read_bytes()
+        expected[f"{bad}/Bad_cases-{name}"] = PROCESSED
+        put(f"{bad}/cut_{name}", ("rejected", "truncated"), content=whole[: len(whole) * 2 // 3])
+    put(f"{bad}/twin.wav", ("rejected", "duplicate_name"))
+    write_audio(data / bad / "twin.flac", tones(2.0, 22050), 22050, "FLAC")  # sorts first: keeps twin.npz
+    expected[f"{bad}/twin.flac"] = PROCESSED
     for subtype in ("PCM_U8", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"):
         put(f"{bad}/{subtype.lower()}.wav", PROCESSED, subtype=subtype)
     for value in ("nan", "inf"):
@@ -270,7 +268,7 @@ def make_corpus(root: Path) -> tuple[Path, dict[str, tuple[str, str]]]:
     put(f"{bad}/shorter_than_a_patch.wav", ("rejected", "too_short"), tones(0.9, 22050))
     put(f"{bad}/same_name.wav", ("rejected", "duplicate_name"))
     put(f"{bad}/same_name.WAV", PROCESSED)  # sorts first, so it keeps same_name.npz
-    put(f"{bad}/notes.txt", ("ignored", "not_wav"), content=b"notes")
+    put(f"{bad}/notes.txt", ("ignored", "not_audio"), content=b"notes")
     put(f"{bad}/.DS_Store", ("ignored", "hidden"), content=b"\0\0\0\1Bud1")
     put(f"{bad}/._Bad_cases-1_1.wav", ("ignored", "hidden"), content=b"\0\5\26\7AppleDouble")
     (data / bad / "gone.wav").symlink_to(root / "nowhere.wav")
@@ -325,6 +323,8 @@ def test_workflow_accounts_for_every_file(tmp_path: Path) -> None:
     assert rows.loc["Bad_cases/rate_192k.wav", "sample_rate"] == 192000
     assert rows.loc["Bad_cases/unknown_length.wav", "frames"] == rows.loc["Bad_cases/Bad_cases-1_1.wav", "frames"]
     assert rows.loc["Bad_cases/cut_in_data.wav", "detail"].startswith("data chunk declares")
+    assert rows.loc["Bad_cases/Bad_cases-2_1.flac", "frames"] == rows.loc["Bad_cases/Bad_cases-1_1.wav", "frames"]
+    assert rows.loc["Bad_cases/Bad_cases-3_2.opus", "sample_rate"] == 48000
     as_written = pd.read_csv(work / "results/qc/files.tsv", sep="\t", dtype=str).set_index("path")
     assert list(as_written.loc["Bad_cases/six_channels.wav", ["sample_rate", "channels"]]) == ["22050", "6"]
 

@@ -41,6 +41,8 @@ def trees(tmp_path: Path) -> Path:
     return tmp_path
 
 
+NO_AUDIO = "has no audio files (.wav, .flac, .opus, .ogg, .oga, .mp3)"
+
 # (config overrides, the one line expected on stderr); {tmp} is the test's tmp_path.
 BAD_CONFIGS = {
     "missing data_dir": ({"data_dir": "{tmp}/nowhere"}, "config: data_dir: {tmp}/nowhere does not exist"),
@@ -50,11 +52,11 @@ BAD_CONFIGS = {
     "one species": ({"data_dir": "{tmp}/one"},
                     "config: data_dir: {tmp}/one has only one species folder (Alpha_one); a classifier needs two or more"),
     "empty species folder": ({"data_dir": "{tmp}/empty"},
-                             "config: data_dir: species folder {tmp}/empty/Beta_two has no .wav files"),
+                             "config: data_dir: species folder {tmp}/empty/Beta_two " + NO_AUDIO),
     "species of text files": ({"data_dir": "{tmp}/texts"},
-                              "config: data_dir: species folder {tmp}/texts/Beta_two has no .wav files"),
+                              "config: data_dir: species folder {tmp}/texts/Beta_two " + NO_AUDIO),
     "species of hidden files": ({"data_dir": "{tmp}/hidden"},
-                                "config: data_dir: species folder {tmp}/hidden/Beta_two has no .wav files"),
+                                "config: data_dir: species folder {tmp}/hidden/Beta_two " + NO_AUDIO),
     "fractions sum": ({"split": {"fractions": {"train": 0.5, "val": 0.1, "test": 0.1}}},
                       "config: split.fractions: train + val + test must add up to 1, got 0.5 + 0.1 + 0.1 = 0.7"),
     "fraction above 1": ({"split": {"fractions": {"train": 1.5}}},
@@ -119,7 +121,7 @@ def test_species_whose_wavs_are_all_unusable_is_named(tmp_path: Path) -> None:
     assert result.returncode != 0
     log = (tmp_path / "logs/labels.log").read_text()
     assert log.splitlines() == ["jibjib labels: error: no usable audio for species 'Beta_two' "
-                                "(empty: 2 files, not_wav: 1 file); fix or remove that folder"]
+                                "(empty: 2 files, not_audio: 1 file); fix or remove that folder"]
     assert not (tmp_path / "results/labels.tsv").exists()
 
 

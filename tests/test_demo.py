@@ -16,7 +16,7 @@ import scipy.signal
 import soundfile
 
 from jibjib import demo
-from jibjib.audio import read_wav
+from jibjib.audio import read_audio
 from jibjib.demo import DEFAULT_SEED, MARKER_NAME, DemoSummary, make_demo
 
 # Seed 1 at 3 x 3 holds every subtype, mono and stereo, and all four rates (see test_small_set_is_varied).
@@ -112,7 +112,7 @@ def test_samples_finite_and_in_range_and_readable(small):
         assert np.isfinite(data).all(), path
         assert np.abs(data).max() <= 1.0, path
         assert np.abs(data).max() > 0.1, path  # peak-normalised, not near silence
-        read_wav(path)  # the pipeline's own reader finds nothing to reject
+        read_audio(path)  # the pipeline's own reader finds nothing to reject
 
 
 def test_small_set_is_varied(small):

@@ -15,7 +15,7 @@ import soundfile
 
 from conftest import REPO, chirp, write_wav
 from jibjib import features, fsutil
-from jibjib.audio import open_wav
+from jibjib.audio import open_audio
 from jibjib.features import extract_file, extract_species, sha256_file
 from jibjib.frontend import waveform_to_log_mel
 from jibjib.params import VGGISH
@@ -84,8 +84,8 @@ def _bad_files(folder: Path) -> dict[str, str]:
     write_wav(folder / "ok.WAV", good, 16000)
     return {
         "ok.wav": "", "ok.WAV": "", "empty.wav": "empty", "header.wav": "unreadable", "cut.wav": "truncated",
-        "text.wav": "unreadable", "flac.wav": "unsupported_format", "nan.wav": "non_finite",
-        "silence.wav": "silent", "short.wav": "too_short", "notes.txt": "not_wav",
+        "text.wav": "unreadable", "flac.wav": "format_mismatch", "nan.wav": "non_finite",
+        "silence.wav": "silent", "short.wav": "too_short", "notes.txt": "not_audio",
         ".DS_Store": "hidden", "._ok.wav": "hidden",
     }
 
@@ -250,13 +250,13 @@ def test_a_file_written_while_open_gets_no_hash(tmp_path: Path) -> None:
     between, that hash would not describe the decoded bytes, so there is none."""
     wav = tmp_path / "float.wav"
     soundfile.write(wav, chirp(1.0, 16000), 16000, subtype="FLOAT")
-    with open_wav(wav) as reader:
+    with open_audio(wav) as reader:
         for _ in reader.blocks():
             pass
         with open(wav, "ab") as f:
             f.write(b"\0" * 8)
         assert reader.sha256() == ""
-    with open_wav(wav) as reader:
+    with open_audio(wav) as reader:
         for _ in reader.blocks():
             pass
         assert reader.sha256() == sha256_file(wav)
