@@ -71,6 +71,14 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
         f"{summary.n_files} files, {summary.seconds:.0f} s of audio",
         file=sys.stderr,
     )
+    if args.soundscapes != "":
+        from .demo_soundscapes import make_soundscapes
+
+        # Beside the species folders, never inside: there it would be read as one more species.
+        folder = args.soundscapes or str(Path(args.out_dir).parent / "demo_soundscapes")
+        scapes = make_soundscapes(folder, n_species=args.species, seed=seed)
+        print(f"demo soundscapes in {folder}: {scapes.n_files} files ({', '.join(scapes.files)}), "
+              f"{scapes.seconds / 60:.1f} min, {scapes.n_calls} annotated calls", file=sys.stderr)
 
 
 def _single_threaded_blas() -> None:
@@ -222,6 +230,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
+    from .analysis.soundscapes import fmt, write_soundscape_report
+
+    report = write_soundscape_report(args.scores, args.annotations, args.thresholds, args.out_dir, args.audio,
+                                     args.model, args.threshold_column, args.figure)
+    if args.audio and report["figure_note"]:
+        print(f"jibjib evaluate-soundscapes: no figure: {report['figure_note']}", file=sys.stderr)
+    m = report["macro"]
+    print(f"evaluate-soundscapes {report['model']}: {report['n_files']} files, {report['calls']} calls, "
+          f"window cmAP {fmt(report['cmap'])}, event recall {fmt(m['event_recall'])}, "
+          f"false detections per hour {fmt(m['false_detections_per_hour'], 1)} (see {args.out_dir}/soundscapes.md)",
+          file=sys.stderr)
+
+
 def _add_dataset_inputs(p: argparse.ArgumentParser) -> None:
     """The label index, the split and the features: what training and evaluation read."""
     p.add_argument("--labels", required=True, type=_input_file, help="labels.tsv")
@@ -241,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species", type=int, default=8)
     p.add_argument("--recordings", type=int, default=20, help="recordings per species")
     p.add_argument("--seed", type=int, help="default: a seed whose demo fills every split")
+    p.add_argument("--soundscapes", metavar="DIR",
+                   help="folder for the annotated demo soundscapes (default: demo_soundscapes beside OUT_DIR; "
+                        "'' for none)")
     p.set_defaults(func=cmd_make_demo)
 
     p = sub.add_parser("features", help="log-mel features for species folders (one shard)")
@@ -310,6 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="labels returned by serving_default")
     p.add_argument("--out", required=True, help="results/export/<model>/<version> (an integer version)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate-soundscapes", help="window scores of analyze --scores against annotated soundscapes")
+    p.add_argument("--scores", required=True, type=_input_dir, help="the npz folder of jibjib analyze --scores")
+    p.add_argument("--annotations", required=True,
+                   help="a folder of Raven selection tables (<file>.selections.txt), one such table, or a TSV of "
+                        "file, start, end, label")
+    p.add_argument("--thresholds", required=True, type=_input_file, help="thresholds.tsv (column window_threshold)")
+    p.add_argument("--threshold-column", default="window_threshold", help="the thresholds.tsv column to use")
+    p.add_argument("--audio", type=_input_dir, help="the audio folder: draws the figure")
+    p.add_argument("--figure", metavar="NAME", help="the figure's file name in --out-dir (default: "
+                                                    "soundscape_<file>.png, after the file drawn)")
+    p.add_argument("--out-dir", required=True, help="results/eval/<model>: soundscapes.json, soundscapes.md, figure")
+    p.add_argument("--model", help="name in the report (default: the --out-dir folder's name)")
+    p.set_defaults(func=cmd_evaluate_soundscapes)
 
     p = sub.add_parser("predict", help="top species of WAV files, with an exported model")
     p.add_argument("--model", required=True, help="an export folder: results/export/<model>/<version>")
