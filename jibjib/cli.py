@@ -350,9 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="name in the report (default: the --out-dir folder's name)")
     p.set_defaults(func=cmd_evaluate_soundscapes)
 
-    p = sub.add_parser("predict", help="top species of WAV files, with an exported model")
+    p = sub.add_parser("predict", help="top species of audio files (WAV, FLAC, Ogg, MP3), with an exported model")
     p.add_argument("--model", required=True, help="an export folder: results/export/<model>/<version>")
-    p.add_argument("files", nargs="+", metavar="FILE", help="WAV files, any sample rate")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files, any sample rate")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="JSON instead of TSV")
     p.add_argument("--thresholds", nargs="?", const="", default=None, metavar="TSV",

@@ -1,9 +1,9 @@
-# Stage 1: WAV -> per-file VGGish log-mel (results/features/<label>/<stem>.npz).
+# Stage 1: audio (WAV, FLAC, Ogg, MP3) -> per-file VGGish log-mel (results/features/<label>/<stem>.npz).
 # One job per shard of species folders (features.shards, each species by a hash
 # of its name; see jibjib/inventory.py); inside it, files whose content and
 # front end are unchanged keep their npz.
 #
-# The job's input is not the WAVs but the shard's content signature
+# The job's input is not the recordings but the shard's content signature
 # (results/sources/<shard>.tsv: path, size and content of every file), which
 # is rewritten at parse time only when a file was added, removed or changed
 # content. So a checkout or copy that only touches modification times reruns
