@@ -117,10 +117,10 @@ TRAINING_INPUTS = {  # what a saved state must share with this run to be resumed
 }
 
 
-def _sha256_text(*parts: str | bytes) -> str:
+def _sha256_text(*parts: str) -> str:
     digest = hashlib.sha256()
     for part in parts:
-        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
 
