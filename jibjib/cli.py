@@ -244,6 +244,102 @@ def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def _table_settings(args: argparse.Namespace):
+    from .analysis.analyze import TableSettings
+
+    if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
+        from .errors import InputError
+
+        raise InputError(f"--min-score: {args.min_score:g} is not a probability between 0 and 1")
+    return TableSettings(args.min_score, args.merge, args.format, Path(args.thresholds) if args.thresholds else None)
+
+
+def _write_tables(analyzer, results, settings, out_dir: str) -> int:
+    from .analysis.analyze import write_outputs
+    from .analysis.tables import read_window_thresholds
+
+    thresholds = None
+    if settings.min_score is None:
+        thresholds = read_window_thresholds(settings.thresholds_path or analyzer.thresholds_path)
+    params = analyzer.params
+    return write_outputs(Path(out_dir), results, analyzer.labels, analyzer.external_ids, thresholds, settings,
+                         (params.fmin_hz, params.fmax_hz))
+
+
+def _analysis_summary(results, detections: int, out: str) -> str:
+    from .analysis.analyze import REJECTED
+
+    rejected = sum(r.status == REJECTED for r in results)
+    return (f"{sum(r.scores is not None for r in results)} files analysed, {rejected} rejected, "
+            f"{detections} detections (see {out})")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    _tensorflow_threads(args.threads)
+    settings = _table_settings(args)  # before TensorFlow loads: a bad option costs no wait
+    from .analysis.analyze import REJECTED, Analyzer, analyze_files, find_inputs, write_manifest
+    from .errors import InputError
+
+    if args.sources:
+        if not args.root:
+            raise InputError("--sources needs --root, the folder its paths are relative to")
+        from .features import read_sources
+
+        recorded = read_sources(args.sources)
+        names = _signature_paths(args.sources)
+        inputs = [(Path(args.root) / name, name) for name in names]
+    else:
+        if not args.paths:
+            raise InputError("name the audio files or folders to analyse (or --sources)")
+        recorded, inputs = None, find_inputs(args.paths, args.root)
+    if args.manifest and not args.scores:
+        raise InputError("--manifest writes no tables, so it needs --scores to keep the scores in")
+    analyzer = Analyzer(args.model, args.hop)
+    results = analyze_files(analyzer, inputs, Path(args.scores) if args.scores else None, recorded)
+    for failed in (r for r in results if r.status == REJECTED):
+        print(f"jibjib analyze: {failed.path}: {failed.reason}" + (f": {failed.detail}" if failed.detail else ""),
+              file=sys.stderr)
+    if args.manifest:
+        write_manifest(Path(args.manifest), results)
+    else:
+        found = _write_tables(analyzer, results, settings, args.out)
+        print(f"analyze: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
+    return 1 if any(r.status == REJECTED for r in results) else 0
+
+
+def _signature_paths(path: str) -> list[str]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row["path"] for row in csv.DictReader(f, delimiter="\t")]
+
+
+def cmd_analysis_tables(args: argparse.Namespace) -> None:
+    settings = _table_settings(args)
+    from .analysis.analyze import Analyzer, remove_orphan_scores, results_from_manifests
+    from .analysis.scores import scores_path
+
+    results = results_from_manifests(args.manifests, Path(args.scores))
+    analyzer = Analyzer(args.model)
+    if args.remove_other_scores:
+        removed = remove_orphan_scores(Path(args.scores), {scores_path(args.scores, r.relative) for r in results})
+        if removed:
+            print(f"analysis-tables: removed {removed} score files of recordings no longer there", file=sys.stderr)
+    found = _write_tables(analyzer, results, settings, args.out)
+    print(f"analysis-tables: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-score", type=float, metavar="X",
+                   help="detect every species at this score instead of at its window threshold")
+    p.add_argument("--merge", action="store_true",
+                   help="join consecutive detections of a species into one (first start, last end, highest score)")
+    p.add_argument("--format", choices=["raven", "audacity"], default="raven",
+                   help="per-file table: Raven Pro selection table (default) or Audacity labels")
+    p.add_argument("--thresholds", type=_input_file,
+                   help="thresholds.tsv with a window_threshold column (default: the export's own)")
+
+
 def _add_dataset_inputs(p: argparse.ArgumentParser) -> None:
     """The label index, the split and the features: what training and evaluation read."""
     p.add_argument("--labels", required=True, type=_input_file, help="labels.tsv")
@@ -349,6 +445,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="results/eval/<model>: soundscapes.json, soundscapes.md, figure")
     p.add_argument("--model", help="name in the report (default: the --out-dir folder's name)")
     p.set_defaults(func=cmd_evaluate_soundscapes)
+
+    p = sub.add_parser("analyze", help="detections in long field recordings, window by window, with an exported model")
+    p.add_argument("--model", required=True, help="an export folder: results/export/<model>/<version>")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="audio files or folders (searched recursively)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="folder for detections.tsv, files.tsv and a table per file")
+    target.add_argument("--manifest", help="write only a files table here, no detections (the workflow's shard "
+                                           "jobs; needs --scores)")
+    p.add_argument("--hop", type=float, metavar="SECONDS", help="seconds between window starts (default: half a window)")
+    p.add_argument("--scores", metavar="DIR",
+                   help="keep every window's scores per file (npz) here; a file whose scores there are current "
+                        "(same content, export and hop) is not analysed again")
+    p.add_argument("--root", type=_input_dir, help="name files relative to this folder (default: the folder given)")
+    p.add_argument("--sources", type=_input_file,
+                   help="analyse the files of a content signature (path, size, content; paths relative to --root)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
+    _add_table_options(p)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("analysis-tables", help="detections.tsv and per-file tables from the shard manifests of analyze")
+    p.add_argument("--model", required=True, help="the export the scores came from (labels, thresholds)")
+    p.add_argument("--scores", required=True, type=_input_dir, help="the npz folder of the shard jobs")
+    p.add_argument("--manifests", nargs="+", required=True, type=_input_file, help="files tables of analyze --manifest")
+    p.add_argument("--out", required=True, help="results/analysis/<model>")
+    p.add_argument("--remove-other-scores", action="store_true",
+                   help="delete score files in --scores of recordings no manifest lists")
+    _add_table_options(p)
+    p.set_defaults(func=cmd_analysis_tables)
 
     p = sub.add_parser("predict", help="top species of audio files (WAV, FLAC, Ogg, MP3), with an exported model")
     p.add_argument("--model", required=True, help="an export folder: results/export/<model>/<version>")

@@ -17,6 +17,13 @@ Signatures:
       one row per patch for VGGish and per sequence of seq_len patches for the
       ConvLSTM (ceil(n / seq_len) rows, the last one padded), and file_scores
       (1, classes), for clients of the old service, which sent patches.
+  windows: waveform float32 (batch, samples), mono 16 kHz, and hop_seconds (a
+      scalar) -> scores (batch, windows, classes), start and end (windows,) in
+      seconds: the model over windows of its own unit (one patch for VGGish,
+      seq_len patches for the ConvLSTM) every hop, as `jibjib analyze` scores them
+      (only whole windows; jibjib.params.WindowGrid).
+  log_mel_windows: windows float32 (n, window frames, 64) of log-mel -> scores
+      (n, classes), for clients that cut the windows themselves (jibjib analyze does).
 
 The graph computes in float32, also for a model trained with mixed precision.
 Folders and files get the modes of a new folder and file under the umask
@@ -46,7 +53,7 @@ from . import fsutil  # noqa: E402
 from .evaluate import model_seq_len  # noqa: E402
 from .frontend import mel_matrix, periodic_hann  # noqa: E402
 from .models import load_for_inference  # noqa: E402
-from .params import FrontEnd  # noqa: E402
+from .params import FrontEnd, WindowGrid  # noqa: E402
 from .tflog import quiet_python_logging  # noqa: E402
 from .train import software_versions  # noqa: E402
 
@@ -89,6 +96,11 @@ class ExportModule(tf.Module):
                                           input_signature=[tf.TensorSpec([None, None], tf.float32, "waveform")])
         self.serve_log_mel = tf.function(self._serve_log_mel,
                                          input_signature=[tf.TensorSpec([None, frames, bands], tf.float32, "patches")])
+        self.grid = WindowGrid.for_model(params, self.seq_len or 1)
+        self.serve_windows = tf.function(self._serve_windows, input_signature=[
+            tf.TensorSpec([None, None], tf.float32, "waveform"), tf.TensorSpec([], tf.float32, "hop_seconds")])
+        self.serve_log_mel_windows = tf.function(self._serve_log_mel_windows, input_signature=[
+            tf.TensorSpec([None, self.grid.window_frames, bands], tf.float32, "windows")])
 
     def _probabilities(self, logits: tf.Tensor, temperature: tf.Tensor | float = 1.0) -> tf.Tensor:
         logits = tf.cast(logits, tf.float32) / temperature
@@ -124,6 +136,34 @@ class ExportModule(tf.Module):
             "top_k_labels": tf.gather(self.labels, top_index),
         }
 
+    def _window_scores(self, windows: tf.Tensor) -> tf.Tensor:
+        """(n, window frames, bands) log-mel windows -> (n, classes) probabilities; every patch is real, none masked."""
+        frames, bands = self.params.patch_frames, self.params.mel_bands
+        if self.seq_len is None:
+            return self._probabilities(self.model(windows, training=False))
+        n = tf.shape(windows)[0]
+        logits = self.model({"patches": tf.reshape(windows, [n, self.seq_len, frames, bands]),
+                             "mask": tf.ones([n, self.seq_len], tf.bool)}, training=False)
+        return self._probabilities(logits)
+
+    def _serve_windows(self, waveform: tf.Tensor, hop_seconds: tf.Tensor) -> dict[str, tf.Tensor]:
+        tf.debugging.assert_positive(hop_seconds, message="hop_seconds must be positive")
+        # Rounded as WindowGrid.frames_for rounds (half to even), so both grids agree.
+        hop = tf.maximum(1, tf.cast(tf.round(hop_seconds / self.params.hop_seconds), tf.int32))
+        log_mel = tf_log_mel(waveform, self.params)
+        tf.debugging.assert_greater_equal(
+            tf.shape(log_mel)[1], self.grid.window_frames,
+            message=f"waveform shorter than one window ({self.grid.window_seconds:g} s)")
+        windows = tf.signal.frame(log_mel, self.grid.window_frames, hop, axis=1)  # (batch, w, frames, bands)
+        batch, count = tf.shape(windows)[0], tf.shape(windows)[1]
+        flat = tf.reshape(windows, [-1, self.grid.window_frames, self.params.mel_bands])
+        scores = tf.reshape(self._window_scores(flat), [batch, count, -1])
+        start = tf.cast(tf.range(count) * hop, tf.float64) * self.params.hop_seconds
+        return {"scores": scores, "start": start, "end": start + self.grid.window_seconds}
+
+    def _serve_log_mel_windows(self, windows: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"scores": self._window_scores(windows)}
+
     def _serve_log_mel(self, patches: tf.Tensor) -> dict[str, tf.Tensor]:
         unit_scores = self._probabilities(self._unit_logits(patches[None]))[0]
         return {"scores": unit_scores, "file_scores": tf.reduce_mean(unit_scores, axis=0, keepdims=True)}
@@ -138,14 +178,22 @@ def _data_counts(split_tsv: Path, labels: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def window_card(grid: WindowGrid, params: FrontEnd) -> dict[str, Any]:
+    """What `jibjib analyze` and the windows signatures score: the model card's `window`."""
+    return {"frames": grid.window_frames, "seconds": grid.window_seconds,
+            "patches": grid.window_frames // params.patch_frames, "default_hop_seconds": grid.hop_seconds,
+            "tail": "dropped (only whole windows are scored)"}
+
+
 def model_card(trained: dict[str, Any], metrics: dict[str, Any], counts: dict[str, Any],
-               params: FrontEnd, version: int) -> dict[str, Any]:
+               params: FrontEnd, version: int, grid: WindowGrid) -> dict[str, Any]:
     file_level = metrics["file"]
     return {
         "model": trained["model"],
         "version": version,
         "input": {"waveform": f"float32 mono at {params.sample_rate} Hz, at least {params.min_samples} samples",
                   "log_mel": f"float32 patches ({params.patch_frames}, {params.mel_bands})"},
+        "window": window_card(grid, params),
         "frontend": {**dataclasses.asdict(params), "fingerprint": params.fingerprint()},
         "training": {"settings": trained["settings"], "epochs_completed": trained["epochs_completed"],
                      "trunk_initialisation": trained.get("trunk_initialisation"),
@@ -199,8 +247,20 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
     labels = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)
     classes = labels["label"].astype(str).tolist()
     model = load_for_inference(model_dir / "model.keras")
-    card = model_card(trained, metrics, _data_counts(Path(split_tsv), labels), params, version)
+    grid = WindowGrid.for_model(params, model_seq_len(model) or 1)
+    card = model_card(trained, metrics, _data_counts(Path(split_tsv), labels), params, version, grid)
 
+    save_export(out, model, classes, Path(labels_tsv), eval_dir / "thresholds.tsv", card, params,
+                float(metrics["calibration"]["temperature"]), top_k,
+                bool(trained["settings"].get("multi_label", False)))
+    print(f"export {trained['model']}: {out} ({len(classes)} classes)", file=sys.stderr)
+    return out
+
+
+def save_export(out: Path, model: keras.Model, classes: list[str], labels_tsv: Path, thresholds_tsv: Path,
+                card: dict[str, Any], params: FrontEnd, temperature: float = 1.0, top_k: int = 5,
+                multi_label: bool = False) -> None:
+    """Write the SavedModel with its signatures and assets to `out`, atomically: a kill leaves no half export."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_folder(out)
     try:
@@ -208,14 +268,14 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
             scratch = Path(scratch)
             (scratch / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
             shutil.copy(labels_tsv, scratch / "labels.tsv")
-            shutil.copy(eval_dir / "thresholds.tsv", scratch / "thresholds.tsv")
+            shutil.copy(thresholds_tsv, scratch / "thresholds.tsv")
             fsutil.write_json(scratch / "model_card.json", card)
             assets = {"labels": scratch / "labels.txt", "labels_table": scratch / "labels.tsv",
                       "thresholds": scratch / "thresholds.tsv", "model_card": scratch / "model_card.json"}
-            module = ExportModule(model, classes, params, float(metrics["calibration"]["temperature"]), top_k,
-                                  bool(trained["settings"].get("multi_label", False)), assets)
+            module = ExportModule(model, classes, params, temperature, top_k, multi_label, assets)
             tf.saved_model.save(module, str(staging), signatures={
-                "serving_default": module.serve_waveform, "log_mel": module.serve_log_mel})
+                "serving_default": module.serve_waveform, "log_mel": module.serve_log_mel,
+                "windows": module.serve_windows, "log_mel_windows": module.serve_log_mel_windows})
         _open_to_umask(staging)
         if out.exists():
             shutil.rmtree(out)
@@ -223,5 +283,3 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    print(f"export {trained['model']}: {out} ({len(classes)} classes)", file=sys.stderr)
-    return out

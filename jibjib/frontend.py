@@ -108,29 +108,33 @@ class LogMelStream:
         self._parts: list[np.ndarray] = []
 
     def push(self, samples: np.ndarray) -> None:
-        """Feed the next samples at the source rate, mono or (n, channels)."""
-        mono = np.asarray(to_mono(samples), dtype=np.float32)
-        self._add(self._resampler.push(mono) if self._resampler else mono)
+        """Feed the next samples at the source rate, mono or (n, channels); `finish` returns all frames."""
+        self._parts.append(self.feed(samples))
 
     def finish(self) -> np.ndarray:
-        """float32 (frames, mel_bands) of everything fed; a trailing partial frame is dropped."""
-        if self._resampler:
-            self._add(self._resampler.finish())
-        parts, self._parts = self._parts, []
+        """float32 (frames, mel_bands) of everything pushed; a trailing partial frame is dropped."""
+        self._parts.append(self.flush())
+        parts, self._parts = [p for p in self._parts if p.shape[0]], []
         if not parts:
             return np.zeros((0, self.params.mel_bands), np.float32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _add(self, signal: np.ndarray) -> None:
-        if not signal.shape[0]:
-            return
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        """Feed the next samples; returns the frames they complete (for callers that consume frames as they come)."""
+        mono = np.asarray(to_mono(samples), dtype=np.float32)
+        return self._frames(self._resampler.push(mono) if self._resampler else mono)
+
+    def flush(self) -> np.ndarray:
+        """The frames the resampler's tail completes, once everything is fed."""
+        return self._frames(self._resampler.finish()) if self._resampler else self._frames(np.zeros(0, np.float32))
+
+    def _frames(self, signal: np.ndarray) -> np.ndarray:
         if self._carry.shape[0]:
             signal = np.concatenate([self._carry, signal])
         frames = log_mel(signal, self.params)
-        if frames.shape[0]:
-            self._parts.append(frames)
         # A copy, so a view does not keep the whole block alive.
         self._carry = signal[frames.shape[0] * self.params.hop_samples:].copy()
+        return frames
 
 
 def waveform_to_log_mel(samples: np.ndarray, sample_rate: int, params: FrontEnd = VGGISH) -> np.ndarray:

@@ -11,6 +11,8 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class FrontEnd:
@@ -58,3 +60,51 @@ class FrontEnd:
 
 
 VGGISH = FrontEnd()
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowGrid:
+    """Where analysis windows sit in a recording's log-mel frames.
+
+    A window is the model's own unit (one patch for VGGish, `seq_len` patches
+    for the ConvLSTM); window k covers frames [k * hop, k * hop + window).
+    Only whole windows are scored: the audio after the last one, less than a
+    hop, is dropped, and a recording shorter than one window has no window.
+    Shared by `jibjib analyze` and the export's `windows` signature, so both
+    put windows at the same times.
+    """
+
+    window_frames: int
+    hop_frames: int
+    frame_seconds: float  # the front end's hop: 10 ms for VGGish
+
+    @classmethod
+    def for_model(cls, params: FrontEnd, patches_per_window: int, hop_seconds: float | None = None) -> "WindowGrid":
+        """The grid for a model whose window is `patches_per_window` patches; hop default: half a window."""
+        window = params.patch_frames * patches_per_window
+        hop = max(1, window // 2) if hop_seconds is None else cls.frames_for(hop_seconds, params)
+        return cls(window, hop, params.hop_seconds)
+
+    @staticmethod
+    def frames_for(hop_seconds: float, params: FrontEnd) -> int:
+        """A hop in seconds as whole frames (at least one); the export's graph rounds the same way."""
+        if not hop_seconds > 0:
+            raise ValueError(f"hop must be positive, not {hop_seconds:g} s")
+        return max(1, int(round(hop_seconds / params.hop_seconds)))
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_frames * self.frame_seconds
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_frames * self.frame_seconds
+
+    def count(self, n_frames: int) -> int:
+        """Whole windows in `n_frames` frames."""
+        return 0 if n_frames < self.window_frames else 1 + (n_frames - self.window_frames) // self.hop_frames
+
+    def times(self, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end seconds of windows first .. first + n - 1."""
+        start = (first + np.arange(n, dtype=np.float64)) * self.hop_frames * self.frame_seconds
+        return start, start + self.window_seconds

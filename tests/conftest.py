@@ -114,3 +114,29 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None,
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     return make_tree(tmp_path / "birds", {"Alpha_one": 3, "Beta_two": 3})
+
+
+# A tiny run of the whole workflow, shared by the tests of evaluation, export, predict and analyze.
+SPECIES = {"Alpha_one": 4, "Beta_two": 4, "Gamma_three": 4}
+TINY = {
+    "split": {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}},
+    "train": {"shuffle_buffer": 64},
+    "vggish": {"epochs": 1, "batch_size": 8, "trainable": "head", "head_units": 8},
+    "convlstm": {"epochs": 2, "batch_size": 4, "seq_len": 2, "conv_filters": [4], "lstm_units": 8,
+                 "dense_units": 8, "dropout": 0.0},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory) -> Path:
+    """The whole workflow, both models (TINY settings), on 16 kHz files (so the waveform path needs no resampling),
+    under umask 022 and with a folder that a killed export left behind."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    make_tree(workdir / "birds", SPECIES, seconds=2.0, sample_rate=16000)
+    (workdir / "results" / "export" / "vggish" / ".1.tmp-999999" / "variables").mkdir(parents=True)
+    umask = os.umask(0o022)
+    try:
+        run_snakemake(workdir, config={**TINY, "data_dir": str(workdir / "birds")})
+    finally:
+        os.umask(umask)
+    return workdir

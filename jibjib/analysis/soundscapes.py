@@ -38,7 +38,6 @@ import csv
 import math
 import os
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,14 +46,15 @@ import numpy as np
 import pandas as pd
 
 from .. import fsutil, metrics
+from ..audio import is_audio_file
 from ..errors import InputError
+from .scores import ScoreFileError, WindowScores, load_scores
+from .tables import detections, read_window_thresholds
 
 __all__ = ["Call", "WindowScores", "read_annotations", "read_scores", "read_window_thresholds",
            "evaluate_soundscapes", "markdown_section", "write_soundscape_report", "OVERLAP_SHARE"]
 
 OVERLAP_SHARE = 0.5
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
-SCORE_KEYS = ("start", "end", "scores", "labels", "sample_rate", "seconds", "source_sha256")
 STRIP_SECONDS = 60.0
 _RAVEN_RE = re.compile(r"^(?P<stem>.+?)(?:\.Table\.\d+)?\.selections\.txt$")
 _BEGIN, _END = "Begin Time (s)", "End Time (s)"
@@ -71,17 +71,6 @@ class Call:
     high_hz: float | None = None
 
 
-@dataclass(frozen=True)
-class WindowScores:
-    start: np.ndarray  # float64 seconds, (windows,)
-    end: np.ndarray
-    scores: np.ndarray  # float32 (windows, classes)
-    labels: list[str]
-    seconds: float  # the file's duration
-    sample_rate: int
-    source_sha256: str
-
-
 # --------------------------------------------------------------------------
 # Reading
 
@@ -89,7 +78,7 @@ class WindowScores:
 def recording_key(name: str) -> str:
     """A file's path as annotations and score folders name it: posix, relative, without an audio extension."""
     path = Path(name.replace("\\", "/").removeprefix("./"))
-    return (path.with_suffix("") if path.suffix.lower() in AUDIO_SUFFIXES else path).as_posix()
+    return (path.with_suffix("") if is_audio_file(path) else path).as_posix()
 
 
 def _numbers(table: pd.DataFrame, column: str, path: Path, lines: np.ndarray) -> np.ndarray:
@@ -212,42 +201,18 @@ def read_scores(folder: str | os.PathLike) -> dict[str, WindowScores]:
     for path in sorted(folder.rglob("*.npz")):
         if any(part.startswith(".") for part in path.relative_to(folder).parts):
             continue  # temporary files of a writer
-        data = _load_npz(path)
-        missing = [k for k in SCORE_KEYS if k not in data]
-        if missing:
-            raise InputError(f"{path}: not a window score file: no {', '.join(missing)}")
-        n = data["start"].shape[0] if data["start"].ndim == 1 else -1
-        if n < 0 or data["end"].shape != (n,) or data["scores"].ndim != 2 or data["scores"].shape[0] != n or \
-                data["scores"].shape[1] != data["labels"].shape[0]:
-            raise InputError(f"{path}: start, end, scores and labels do not agree in shape")
-        file_labels = [str(x) for x in data["labels"]]
+        try:
+            scores = load_scores(path)
+        except ScoreFileError as exc:
+            raise InputError(str(exc)) from None
         if labels is None:
-            labels = file_labels
-        elif file_labels != labels:
+            labels = scores.labels
+        elif scores.labels != labels:
             raise InputError(f"{path}: its labels differ from those of the other score files (another model?)")
-        out[path.relative_to(folder).with_suffix("").as_posix()] = WindowScores(
-            data["start"].astype(np.float64), data["end"].astype(np.float64), data["scores"], file_labels,
-            float(data["seconds"]), int(data["sample_rate"]), str(data["source_sha256"]))
+        out[path.relative_to(folder).with_suffix("").as_posix()] = scores
     if not out:
         raise InputError(f"{folder}: no window score files (.npz, written by jibjib analyze --scores)")
     return out
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") \
-            from None
-
-
-def read_window_thresholds(path: str | os.PathLike, column: str = "window_threshold") -> dict[str, float]:
-    """Label -> window threshold (NaN where none was fitted) from thresholds.tsv."""
-    table = pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["nan", "NaN", ""])
-    if "label" not in table.columns or column not in table.columns:
-        raise InputError(f"{path}: expected columns label and {column}")
-    return dict(zip(table["label"].astype(str), pd.to_numeric(table[column], errors="coerce").astype(float)))
 
 
 # --------------------------------------------------------------------------
@@ -270,19 +235,6 @@ def window_truth(start: np.ndarray, end: np.ndarray, calls: list[Call]) -> tuple
     # A nanosecond of slack: window and call times are sums of decimal seconds.
     positive = ((overlap >= need - 1e-9) & (overlap > 0)).any(axis=1)
     return positive, (overlap > 0).any(axis=1) & ~positive
-
-
-def detections(start: np.ndarray, end: np.ndarray, score: np.ndarray,
-               threshold: float) -> list[tuple[float, float, float]]:
-    """(start, end, highest score) of each run of consecutive windows scoring at least `threshold`,
-    each window of a run starting before the previous one ends."""
-    order = np.argsort(start, kind="stable")
-    s, e, x = start[order], end[order], score[order]
-    hit = x >= threshold  # NaN compares false: no threshold, no detection
-    joined = np.r_[False, hit[:-1] & hit[1:] & (s[1:] <= e[:-1] + 1e-9)]
-    firsts = np.flatnonzero(hit & ~joined)
-    lasts = np.flatnonzero(hit & ~np.r_[joined[1:], False])
-    return [(float(s[f]), float(e[f : l + 1].max()), float(x[f : l + 1].max())) for f, l in zip(firsts, lasts)]
 
 
 def _covered_seconds(calls: list[Call], seconds: float) -> float:
@@ -482,7 +434,7 @@ def find_audio(audio_dir: str | os.PathLike, key: str) -> Path | None:
     if not base.parent.is_dir():
         return None
     for path in sorted(base.parent.iterdir()):
-        if path.stem == base.name and path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
+        if path.stem == base.name and is_audio_file(path) and path.is_file():
             return path
     return None
 
