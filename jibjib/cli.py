@@ -201,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate, fmt
 
     report = evaluate(args.model_dir, args.labels, args.split, args.features_dir, args.out_dir,
-                      target_precision=args.target_precision, top_k=args.top_k)
+                      target_precision=args.target_precision, top_k=args.top_k, report_name=args.report_name)
     f = report["file"]
     print(f"evaluate {report['model']}: {report['n_files']} test files, file top-1 {fmt(f['top1_accuracy'])}, "
           f"macro F1 {fmt(f['macro']['f1'])}, cmAP {fmt(f['cmap'])} (see {args.out_dir}/report.md)", file=sys.stderr)
@@ -234,7 +234,7 @@ def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
     from .analysis.soundscapes import fmt, write_soundscape_report
 
     report = write_soundscape_report(args.scores, args.annotations, args.thresholds, args.out_dir, args.audio,
-                                     args.model, args.threshold_column, args.figure)
+                                     args.model, args.threshold_column, args.figure, args.with_report)
     if args.audio and report["figure_note"]:
         print(f"jibjib evaluate-soundscapes: no figure: {report['figure_note']}", file=sys.stderr)
     m = report["macro"]
@@ -254,15 +254,15 @@ def _table_settings(args: argparse.Namespace):
     return TableSettings(args.min_score, args.merge, args.format, Path(args.thresholds) if args.thresholds else None)
 
 
-def _write_tables(analyzer, results, settings, out_dir: str) -> int:
+def _write_tables(export, results, settings, out_dir: str) -> int:
     from .analysis.analyze import write_outputs
     from .analysis.tables import read_window_thresholds
 
     thresholds = None
     if settings.min_score is None:
-        thresholds = read_window_thresholds(settings.thresholds_path or analyzer.thresholds_path)
-    params = analyzer.params
-    return write_outputs(Path(out_dir), results, analyzer.labels, analyzer.external_ids, thresholds, settings,
+        thresholds = read_window_thresholds(settings.thresholds_path or export.thresholds_path)
+    params = export.params
+    return write_outputs(Path(out_dir), results, export.labels, export.external_ids, thresholds, settings,
                          (params.fmin_hz, params.fmax_hz))
 
 
@@ -301,6 +301,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.manifest:
         write_manifest(Path(args.manifest), results)
+        return 0  # the workflow's shard job: the reasons are in the manifest, the other shards go on
     else:
         found = _write_tables(analyzer, results, settings, args.out)
         print(f"analyze: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
@@ -316,16 +317,16 @@ def _signature_paths(path: str) -> list[str]:
 
 def cmd_analysis_tables(args: argparse.Namespace) -> None:
     settings = _table_settings(args)
-    from .analysis.analyze import Analyzer, remove_orphan_scores, results_from_manifests
+    from .analysis.analyze import ExportAssets, remove_orphan_scores, results_from_manifests
     from .analysis.scores import scores_path
 
     results = results_from_manifests(args.manifests, Path(args.scores))
-    analyzer = Analyzer(args.model)
+    export = ExportAssets(args.model)
     if args.remove_other_scores:
         removed = remove_orphan_scores(Path(args.scores), {scores_path(args.scores, r.relative) for r in results})
         if removed:
             print(f"analysis-tables: removed {removed} score files of recordings no longer there", file=sys.stderr)
-    found = _write_tables(analyzer, results, settings, args.out)
+    found = _write_tables(export, results, settings, args.out)
     print(f"analysis-tables: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
 
 
@@ -419,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="results/eval/<model>")
     p.add_argument("--target-precision", type=float, default=0.9, help="per-class thresholds reach this on val")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--report-name", default="report.md", help="file name of the markdown report in --out-dir")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -444,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "soundscape_<file>.png, after the file drawn)")
     p.add_argument("--out-dir", required=True, help="results/eval/<model>: soundscapes.json, soundscapes.md, figure")
     p.add_argument("--model", help="name in the report (default: the --out-dir folder's name)")
+    p.add_argument("--with-report", type=_input_file, metavar="MD",
+                   help="also write report.md in --out-dir: this report followed by the soundscape section")
     p.set_defaults(func=cmd_evaluate_soundscapes)
 
     p = sub.add_parser("analyze", help="detections in long field recordings, window by window, with an exported model")

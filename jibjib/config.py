@@ -138,6 +138,47 @@ def check_checkpoint(path: str | None) -> None:
         raise ConfigError(f"vggish.checkpoint: {path}: {problem}")
 
 
+def _existing_folder(key: str, value: str, demo_hint: str = "") -> Path:
+    folder = Path(value)
+    if not folder.exists():
+        hint = f" (create the demo soundscapes with `{demo_hint}`)" if demo_hint else ""
+        raise ConfigError(f"{key}: {folder} does not exist{hint}")
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: {folder} is not a folder")
+    return folder
+
+
+def analysis_models(config: dict[str, Any]) -> list[str]:
+    """The models the analysis stage runs (none without analyze.input_dir)."""
+    section = config.get("analyze", {})
+    if not section.get("input_dir"):
+        return []
+    return list(config["models"] if section.get("models") is None else section["models"])
+
+
+def check_analysis(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[Path]]:
+    """The analysis and soundscape settings; returns the recordings to analyse (relative path -> [file])."""
+    recordings: dict[str, list[Path]] = {}
+    section = config.get("analyze", {})
+    if section.get("input_dir"):
+        not_trained = sorted(set(analysis_models(config)) - set(config["models"]))
+        if not_trained:
+            raise ConfigError(f"analyze.models: {', '.join(not_trained)} not among the trained models "
+                              f"({', '.join(config['models'])})")
+        folder = _existing_folder("analyze.input_dir", section["input_dir"], demo_hint)
+        recordings = {path.relative_to(folder).as_posix(): [path] for path in species_files(folder)}
+        if all(ignore_reason(Path(name)) for name in recordings):
+            raise ConfigError(f"analyze.input_dir: {folder} has no audio files ({', '.join(CONTAINERS)})")
+    scapes = config.get("soundscapes", {})
+    if scapes.get("audio_dir"):
+        folder = _existing_folder("soundscapes.audio_dir", scapes["audio_dir"], demo_hint)
+        if not any(not ignore_reason(p.relative_to(folder)) for p in species_files(folder)):
+            raise ConfigError(f"soundscapes.audio_dir: {folder} has no audio files ({', '.join(CONTAINERS)})")
+        if scapes.get("annotations") and not Path(scapes["annotations"]).exists():
+            raise ConfigError(f"soundscapes.annotations: {scapes['annotations']} does not exist")
+    return recordings
+
+
 def check_config(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[Path]]:
     """Run every check; returns the species inventory (label -> files).
 

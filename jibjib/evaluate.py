@@ -109,8 +109,10 @@ def evaluate(
     out_dir: str | os.PathLike,
     target_precision: float = 0.9,
     top_k: int = 5,
+    report_name: str = "report.md",
 ) -> dict[str, Any]:
-    """Write metrics.json, report.md, file_scores.tsv, confusion.tsv, thresholds.tsv and figures to out_dir."""
+    """Write metrics.json, report.md (`report_name`), file_scores.tsv, confusion.tsv, thresholds.tsv and figures
+    to out_dir."""
     from . import figures
     from .models import load_for_inference  # TensorFlow: only where it is needed
 
@@ -176,7 +178,7 @@ def evaluate(
     history = pd.read_csv(model_dir / "history.tsv", sep="\t")
     figures.training_curves(out / "training_curves.png", history, trained["model"])
     fsutil.write_json(out / "metrics.json", report)
-    with fsutil.atomic_open(out / "report.md") as f:
+    with fsutil.atomic_open(out / report_name) as f:
         f.write(markdown_report(report, thresholds))
     return report
 

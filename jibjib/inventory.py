@@ -141,9 +141,9 @@ def _read_cache(path: Path) -> dict[str, _Entry]:
         return {}  # a damaged cache only costs hashing
 
 
-def _column(path: Path, column: str) -> dict[str, str]:
-    """`column` by path from a TSV with a `path` column ({} if there is none)."""
-    return {row["path"]: row.get(column) or "" for row in _read_table(path, ("path",))}
+def _column(path: Path, column: str, key: str = "path") -> dict[str, str]:
+    """`column` by path from a TSV whose first column `key` holds the path ({} if there is none)."""
+    return {row[key]: row.get(column) or "" for row in _read_table(path, (key,))}
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
@@ -165,12 +165,16 @@ def refresh_signatures(
     manifest_dir: Path,
     shards: int,
     workers: int = 4,
+    manifest_path_column: str = "path",
 ) -> RefreshReport:
     """Bring `signature_dir/<shard>.tsv` up to date for every shard of the species in `inventory`.
 
-    `inventory` maps each label to the files found in `data_dir/<label>` (as
-    `jibjib.config.check_config` returns it); `manifest_dir/<shard>.tsv` are
-    the feature jobs' manifests, which record the hashes they took.  A
+    `inventory` maps each group (a species label, whose files are found in
+    `data_dir/<label>` as `jibjib.config.check_config` returns them, or for the
+    analysis stage a file's relative path) to its files, and groups are sharded
+    by name; `manifest_dir/<shard>.tsv` are
+    the jobs' manifests, which record the hashes they took (in column `sha256`,
+    by the path in column `manifest_path_column`).  A
     signature file is rewritten only if a file was added or removed or its
     content changed.
     """
@@ -186,7 +190,6 @@ def refresh_signatures(
         recorded: dict[str, str] | None = None
         rows[shard], new_caches[shard] = {}, {}
         for label in labels:
-            species_dir = data_dir / label
             for path in inventory[label]:
                 try:
                     stat = path.stat()  # before hashing: a write during the hash makes the next run hash again
@@ -194,7 +197,7 @@ def refresh_signatures(
                     continue  # removed since the folder was listed
                 relative = path.relative_to(data_dir).as_posix()
                 report.files += 1
-                if ignore_reason(path.relative_to(species_dir)):
+                if ignore_reason(Path(relative)):
                     rows[shard][relative] = (NOT_HASHED, NOT_HASHED)
                     continue
                 before, cached = previous.get(relative), cache.get(relative)
@@ -205,7 +208,7 @@ def refresh_signatures(
                 known = cached.sha256 if cached is not None else ""
                 if before and not known:
                     if recorded is None:
-                        recorded = _column(manifest_dir / f"{shard}.tsv", "sha256")
+                        recorded = _column(manifest_dir / f"{shard}.tsv", "sha256", manifest_path_column)
                     known = recorded.get(relative, "")
                 if before and known:
                     to_hash.append((shard, relative, path, stat, known, before))

@@ -7,6 +7,7 @@ that puts a 3 kHz tone at known times knows where the detections must be.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 import soundfile
 
-from conftest import REPO_ENV, write_audio
+from conftest import REPO_ENV, TINY, run_snakemake, write_audio
 from jibjib.analysis.analyze import ANALYSED, REJECTED, REUSED, Analyzer, analyze_files, find_inputs
 from jibjib.analysis.tables import RAVEN_COLUMNS
 from jibjib.export import save_export, window_card
@@ -237,3 +238,50 @@ def test_memory_stays_flat_on_a_long_file(exports: dict[str, Path], tmp_path: Pa
     assert long - short < 60e6, (short, long)
     table = pd.read_csv(tmp_path / "long" / "detections.tsv", sep="\t")
     assert len(table) >= 40 and table["start"].max() > 39 * 60
+
+
+def test_the_workflow_stage_reanalyses_only_what_changed(tiny_workflow: Path) -> None:
+    workdir = tiny_workflow
+    field = workdir / "field"
+    write_audio(field / "a.wav", soundscape(4.0, 22050, [(1.0, 2.0)]), 22050, "WAV")
+    write_audio(field / "deep" / "b.flac", soundscape(3.0, 16000, []), 16000, "FLAC")
+    (field / "notes.txt").write_text("not audio")
+    config = {**TINY, "data_dir": str(workdir / "birds"),
+              "analyze": {"input_dir": str(field), "shards": 3, "min_score": 0.0, "models": ["vggish"]}}
+    out = workdir / "results" / "analysis" / "vggish"
+    trained = (workdir / "results" / "models" / "vggish" / "train.json").stat().st_mtime_ns
+
+    run_snakemake(workdir, config=config)
+    files = pd.read_csv(out / "files.tsv", sep="\t", keep_default_na=False).set_index("file")
+    assert files["status"].to_dict() == {"a.wav": "analysed", "deep/b.flac": "analysed", "notes.txt": "ignored"}
+    detections = pd.read_csv(out / "detections.tsv", sep="\t")
+    # min_score 0: every window of every file for each of the three species.
+    windows = {name: int(files.loc[name, "windows"]) for name in ("a.wav", "deep/b.flac")}
+    assert detections.groupby("file").size().to_dict() == {k: 3 * v for k, v in windows.items()}
+    assert (out / "deep" / "b.selections.txt").is_file() and (out / "scores" / "deep" / "b.npz").is_file()
+
+    def manifests() -> dict[str, dict[str, str]]:
+        return {p.name: pd.read_csv(p, sep="\t", keep_default_na=False).set_index("file")["status"].to_dict()
+                for p in sorted((out / "shards").glob("*.tsv"))}
+
+    before = manifests()
+    write_audio(field / "c.wav", soundscape(3.0, 16000, []), 16000, "WAV")
+    run_snakemake(workdir, config=config)
+    after = manifests()
+    changed = {name for name in after if after[name] != before.get(name)}
+    assert len(changed) == 1  # only the new file's shard ran, and in it only the new file was analysed
+    (name,) = changed
+    assert after[name]["c.wav"] == "analysed"
+    assert all(status in ("reused", "ignored") for file, status in after[name].items() if file != "c.wav")
+    assert (workdir / "results" / "models" / "vggish" / "train.json").stat().st_mtime_ns == trained
+
+    # A checkout that only touches modification times reruns nothing.
+    for path in field.rglob("*"):
+        os.utime(path)
+    assert "Nothing to be done" in run_snakemake(workdir, config=config).stderr
+
+    # A removed recording takes its scores and its table with it.
+    (field / "deep" / "b.flac").unlink()
+    run_snakemake(workdir, config=config)
+    assert not (out / "deep" / "b.selections.txt").exists() and not (out / "scores" / "deep" / "b.npz").exists()
+    assert "deep/b.flac" not in set(pd.read_csv(out / "detections.tsv", sep="\t")["file"])

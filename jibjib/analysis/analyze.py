@@ -99,10 +99,10 @@ class FileResult:
     seconds_taken: float = 0.0
 
 
-class Analyzer:
-    """A loaded export and the window grid it is run on."""
+class ExportAssets:
+    """What an export says about itself (model card, front end, labels, thresholds), without loading the model."""
 
-    def __init__(self, export_dir: str | os.PathLike, hop_seconds: float | None = None) -> None:
+    def __init__(self, export_dir: str | os.PathLike) -> None:
         folder = Path(export_dir)
         card_path = folder / "assets" / "model_card.json"
         if not (folder / "saved_model.pb").is_file() or not card_path.is_file():
@@ -114,11 +114,6 @@ class Analyzer:
             raise ExportError(f"{folder} was exported before jibjib analyze existed (no window signature): "
                               "export the model again")
         self.params = FrontEnd.from_config({k: v for k, v in self.card["frontend"].items() if k != "fingerprint"})
-        try:
-            self.grid = WindowGrid.for_model(self.params, int(self.card["window"]["patches"]), hop_seconds)
-        except ValueError as exc:
-            raise InputError(f"--hop: {exc}") from None
-        self.batch_windows = max(1, BATCH_PATCHES // int(self.card["window"]["patches"]))
 
         import pandas as pd
 
@@ -126,7 +121,20 @@ class Analyzer:
         self.labels = labels["label"].tolist()
         self.external_ids = labels["external_id"].tolist() if "external_id" in labels else None
         self.thresholds_path = folder / "assets" / "thresholds.tsv"
-        self.digest = export_digest(folder)
+
+
+class Analyzer(ExportAssets):
+    """A loaded export and the window grid it is run on."""
+
+    def __init__(self, export_dir: str | os.PathLike, hop_seconds: float | None = None) -> None:
+        super().__init__(export_dir)
+        patches = int(self.card["window"]["patches"])
+        try:
+            self.grid = WindowGrid.for_model(self.params, patches, hop_seconds)
+        except ValueError as exc:
+            raise InputError(f"--hop: {exc}") from None
+        self.batch_windows = max(1, BATCH_PATCHES // patches)
+        self.digest = export_digest(self.folder)
 
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
@@ -135,7 +143,7 @@ class Analyzer:
 
         quiet_python_logging()
         # A SavedModel is a graph and weights: loading it runs no Python code from the folder.
-        self._forward = tf.saved_model.load(str(folder)).signatures["log_mel_windows"]
+        self._forward = tf.saved_model.load(str(self.folder)).signatures["log_mel_windows"]
         self._tf = tf
 
     @property
@@ -381,7 +389,7 @@ def write_outputs(out_dir: Path, results: list[FileResult], analyzer_labels: lis
     Tables that an earlier run wrote for files no longer analysed are removed (only those).
     """
     thresholds = tables.thresholds_for(analyzer_labels, window_thresholds, settings.min_score)
-    before = tables.tables_written_before(out_dir / "files.tsv")
+    before = tables.tables_written_before(out_dir)
     everything: list[tables.Detection] = []
     rows, written = [], set()
     for result in results:
@@ -397,6 +405,7 @@ def write_outputs(out_dir: Path, results: list[FileResult], analyzer_labels: lis
         written.add(name)
         rows.append(manifest_row(result, len(found), name))
     tables.remove_stale_tables(out_dir, before, written)
+    tables.remember_tables(out_dir, written)
     tables.write_text(out_dir / "detections.tsv", tables.detections_text(everything, external_ids is not None))
     tables.write_text(out_dir / "files.tsv", tables.files_text(rows))
     return len(everything)

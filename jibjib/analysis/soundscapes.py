@@ -460,9 +460,11 @@ def write_soundscape_report(scores_dir: str | os.PathLike, annotations_path: str
                             thresholds_tsv: str | os.PathLike, out_dir: str | os.PathLike,
                             audio_dir: str | os.PathLike | None = None, model: str | None = None,
                             threshold_column: str = "window_threshold",
-                            figure_name: str | None = None) -> dict[str, Any]:
+                            figure_name: str | None = None,
+                            with_report: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write soundscapes.json, soundscapes.md and, with `audio_dir`, the figure to `out_dir`
-    (`figure_name`, by default soundscape_<file>.png after the file drawn)."""
+    (`figure_name`, by default soundscape_<file>.png after the file drawn); with `with_report`
+    (the test split's report) also report.md, that report followed by the soundscape section."""
     out = Path(out_dir)
     scores = read_scores(scores_dir)
     annotations = read_annotations(annotations_path)
@@ -473,8 +475,12 @@ def write_soundscape_report(scores_dir: str | os.PathLike, annotations_path: str
     if audio_dir is not None:
         report.update(_figure(out, scores, annotations, thresholds, Path(audio_dir), report["model"], figure_name))
     fsutil.write_json(out / "soundscapes.json", report)
+    section = markdown_section(report)
     with fsutil.atomic_open(out / "soundscapes.md") as f:
-        f.write(markdown_section(report))
+        f.write(section)
+    if with_report is not None:
+        with fsutil.atomic_open(out / "report.md") as f:
+            f.write(Path(with_report).read_text(encoding="utf-8").rstrip("\n") + "\n\n" + section)
     return report
 
 

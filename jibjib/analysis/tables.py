@@ -141,13 +141,20 @@ def write_text(path: Path, text: str) -> None:
         f.write(text)
 
 
-def tables_written_before(files_tsv: Path) -> set[str]:
-    """The per-file tables an earlier run listed in files.tsv (only these may be removed as stale)."""
+# The per-file tables a run wrote, so the next run may remove those of files gone (and nothing else).
+# Not files.tsv: the workflow deletes its outputs before the job runs.
+WRITTEN_LIST = ".tables-written"
+
+
+def tables_written_before(out_dir: Path) -> set[str]:
     try:
-        with open(files_tsv, newline="", encoding="utf-8") as f:
-            return {row["table"] for row in csv.DictReader(f, delimiter="\t") if row.get("table")}
-    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return set((out_dir / WRITTEN_LIST).read_text(encoding="utf-8").splitlines()) - {""}
+    except (OSError, UnicodeDecodeError):
         return set()
+
+
+def remember_tables(out_dir: Path, names: set[str]) -> None:
+    write_text(out_dir / WRITTEN_LIST, "".join(f"{name}\n" for name in sorted(names)))
 
 
 def remove_stale_tables(out_dir: Path, before: set[str], now: set[str]) -> None:

@@ -12,7 +12,7 @@ from snakemake.utils import validate
 
 # The rules call the package from this checkout, installed or not.
 sys.path.insert(0, workflow.basedir)
-from jibjib.config import ConfigError, check_config  # noqa: E402
+from jibjib.config import ConfigError, analysis_models, check_analysis, check_config  # noqa: E402
 from jibjib.inventory import shard_species  # noqa: E402
 
 
@@ -39,7 +39,16 @@ def _validate_config():
         _stop(exc)
 
 
+def _check_analysis():
+    try:
+        is_demo = "demo_soundscapes" in str(config["analyze"]["input_dir"]) + str(config["soundscapes"]["audio_dir"])
+        return check_analysis(config, demo_hint="make demo" if is_demo else "")
+    except ConfigError as exc:
+        _stop(exc)
+
+
 INVENTORY = _validate_config()
+RECORDINGS = _check_analysis()  # relative path -> [file] below analyze.input_dir
 SPECIES = sorted(INVENTORY)
 SHARD_COUNT = config["features"]["shards"]
 SHARDS = shard_species(SPECIES, SHARD_COUNT)  # shard name -> its species
@@ -89,6 +98,31 @@ def report_place(model):
 
 
 def model_targets():
-    """Per configured model: its evaluation and its export (which need the trained model)."""
-    return [target for model in config["models"]
-            for target in (f"results/eval/{model}/metrics.json", export_dir(model))]
+    """Per configured model: its evaluation and its export (which need the trained model),
+    and where configured its soundscape evaluation and its analysis of field recordings."""
+    targets = [target for model in config["models"]
+               for target in (f"results/eval/{model}/metrics.json", export_dir(model))]
+    if config["soundscapes"]["audio_dir"]:
+        targets += [f"results/eval/{model}/soundscapes.json" for model in config["models"]]
+    return targets + [f"results/analysis/{model}/detections.tsv" for model in analysis_models(config)]
+
+
+def table_options():
+    """The detection settings of analyze: as options of jibjib analysis-tables."""
+    section = config["analyze"]
+    options = [f"--format={section['format']}"]
+    if section["min_score"] is not None:
+        options.append(f"--min-score={section['min_score']}")
+    if section["merge"]:
+        options.append("--merge")
+    return " ".join(options)
+
+
+def hop_option():
+    hop = config["analyze"]["hop_seconds"]
+    return "" if hop is None else f"--hop={hop}"
+
+
+def soundscape_files(folder):
+    """Every file below the soundscape folder: a new or edited recording or table reruns the evaluation."""
+    return [str(path) for path in sorted(Path(folder).rglob("*")) if path.is_file()]

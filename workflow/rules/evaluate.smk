@@ -1,5 +1,9 @@
 # Stage 4: trained model -> evaluation on the test split (results/eval/<model>/).
 # The val split only tunes the calibration temperature and the per-class thresholds.
+# With annotated soundscapes, the markdown report is test_report.md and the
+# soundscape stage writes report.md from it with its own section appended.
+
+REPORT_NAME = "test_report.md" if config["soundscapes"]["audio_dir"] else "report.md"
 
 for _model in MODEL_NAMES:
 
@@ -15,7 +19,8 @@ for _model in MODEL_NAMES:
             features=feature_manifests(),
         output:
             metrics=report(f"results/eval/{_model}/metrics.json", caption="../report/metrics.rst", **report_place(_model)),
-            summary=report(f"results/eval/{_model}/report.md", caption="../report/summary.rst", **report_place(_model)),
+            summary=f"results/eval/{_model}/{REPORT_NAME}" if config["soundscapes"]["audio_dir"] else
+                report(f"results/eval/{_model}/report.md", caption="../report/summary.rst", **report_place(_model)),
             file_scores=f"results/eval/{_model}/file_scores.tsv",
             confusion=report(f"results/eval/{_model}/confusion.tsv", caption="../report/confusion.rst", **report_place(_model)),
             confusion_png=report(f"results/eval/{_model}/confusion.png", caption="../report/confusion.rst", **report_place(_model)),
@@ -27,6 +32,7 @@ for _model in MODEL_NAMES:
             out_dir=lambda wildcards, output: Path(output.metrics).parent,
             target_precision=config["evaluate"]["target_precision"],
             top_k=config["evaluate"]["top_k"],
+            report_name=REPORT_NAME,
         log:
             job=f"logs/evaluate/{_model}.log",
             tensorflow=f"logs/evaluate/{_model}.tensorflow.log",
@@ -40,4 +46,4 @@ for _model in MODEL_NAMES:
         shell:
             "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib evaluate --model-dir {params.model_dir:q} --labels {input.labels:q}"
             " --split {input.split:q} --features-dir results/features --out-dir {params.out_dir:q}"
-            " --target-precision {params.target_precision} --top-k {params.top_k} --threads {threads} 2> {log.job:q}"
+            " --target-precision {params.target_precision} --top-k {params.top_k} --report-name {params.report_name} --threads {threads} 2> {log.job:q}"

@@ -1,0 +1,85 @@
+# Stage 6: exported models -> detections in long field recordings (results/analysis/<model>/).
+# Only with analyze.input_dir. The recordings are sharded by a hash of their
+# path (analyze.shards) and each shard's input is its content signature
+# (results/analysis/sources/<shard>.tsv), rewritten only when a file was
+# added, removed or changed content, as in the feature stage. A shard job
+# keeps each file's window scores (results/analysis/<model>/scores/, npz)
+# and analyses again only the files whose content, export or window hop
+# changed; the tables job then writes detections.tsv, files.tsv and a
+# table per recording from all shards' scores.
+
+import os
+
+from jibjib.inventory import refresh_signatures, shard_species
+
+ANALYSIS_DIR = Path(config["analyze"]["input_dir"] or ".")
+ANALYSIS_SOURCES = Path("results/analysis/sources")
+ANALYSIS_SHARDS = shard_species(list(RECORDINGS), config["analyze"]["shards"])
+ANALYSIS_MODELS = analysis_models(config)
+
+if ANALYSIS_MODELS and workflow.is_main_process:
+    # The hashes a shard job took are read back from the first model's manifests.
+    _analysis_sources = refresh_signatures(ANALYSIS_DIR, RECORDINGS, ANALYSIS_SOURCES,
+                                           Path(f"results/analysis/{ANALYSIS_MODELS[0]}/shards"),
+                                           config["analyze"]["shards"], workers=min(8, os.cpu_count() or 1),
+                                           manifest_path_column="file")
+    if _analysis_sources.summary():
+        print(f"analysis sources: {_analysis_sources.summary()}; {len(_analysis_sources.changed_shards)} of "
+              f"{len(ANALYSIS_SHARDS)} shards changed", file=sys.stderr)
+
+
+rule analyze_shard:
+    input:
+        sources=ANALYSIS_SOURCES / "{shard}.tsv",
+        export=lambda wildcards: export_dir(wildcards.model),
+    output:
+        manifest="results/analysis/{model}/shards/{shard}.tsv",
+    params:
+        root=ANALYSIS_DIR,
+        scores="results/analysis/{model}/scores",
+        hop=hop_option(),
+    log:
+        job="logs/analysis/{model}/{shard}.log",
+        tensorflow="logs/analysis/{model}/{shard}.tensorflow.log",
+    wildcard_constraints:
+        model="|".join(MODEL_NAMES),
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=4 * 60,
+    shell:
+        "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analyze --model={input.export:q} --root={params.root:q}"
+        " --sources={input.sources:q} --scores={params.scores:q} --manifest={output.manifest:q} {params.hop}"
+        " --threads={threads} 2> {log.job:q}"
+
+
+rule analysis_tables:
+    input:
+        manifests=expand("results/analysis/{{model}}/shards/{shard}.tsv", shard=ANALYSIS_SHARDS),
+        export=lambda wildcards: export_dir(wildcards.model),
+    output:
+        detections=report("results/analysis/{model}/detections.tsv", caption="../report/detections.rst",
+                          category="Analysis", subcategory="{model}"),
+        files="results/analysis/{model}/files.tsv",
+    params:
+        scores="results/analysis/{model}/scores",
+        out_dir="results/analysis/{model}",
+        options=table_options(),
+    log:
+        job="logs/analysis/{model}/tables.log",
+        tensorflow="logs/analysis/{model}/tables.tensorflow.log",
+    wildcard_constraints:
+        model="|".join(MODEL_NAMES),
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "CUDA_VISIBLE_DEVICES= JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analysis-tables --model={input.export:q}"
+        " --scores={params.scores:q} --manifests {input.manifests:q} --out={params.out_dir:q} --remove-other-scores"
+        " {params.options} 2> {log.job:q}"
