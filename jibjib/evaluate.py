@@ -7,6 +7,18 @@ per-class thresholds; every reported figure is measured on the test split,
 including what the val-fitted thresholds reach there.  Temperature scaling
 changes the order of file scores (a mean of patch probabilities), so the
 calibrated scores get thresholds of their own.
+
+Window thresholds are for `jibjib analyze`, which scores long recordings one
+window (the model's unit) at a time: they are fitted on the raw probabilities
+of the val split's patches (VGGish) or sequences (ConvLSTM).  The data holds
+no labels finer than a file, so every window takes its file's label: a
+window of a focal recording that holds no song still counts as that species,
+and a call of another species in its background counts as a false detection
+of that other species.  Songless windows the model rightly misses lower the
+window recall; background calls lower the window precision, so it is a lower
+bound and the thresholds err on the high side, as long as the model does not
+score a recording's songless windows high for the recording's species
+(learning the recording rather than the song), which would raise it.
 """
 
 from __future__ import annotations
@@ -92,6 +104,23 @@ class ScoredSplit:
     def file_scores(self, temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
         return metrics.file_scores(self.logits, self.owner, len(self.files), temperature, multi_label)
 
+    @property
+    def unit_y(self) -> np.ndarray:
+        """The class of each unit: its file's, the only label there is."""
+        return self.y[self.owner]
+
+    def unit_scores(self, multi_label: bool = False) -> np.ndarray:
+        """Raw (temperature 1) probabilities of each unit."""
+        return metrics.probabilities(self.logits, multi_label=multi_label)
+
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """Score rows (one per file or per window) and the true class of each row."""
+
+    y: np.ndarray
+    scores: np.ndarray
+
 
 def score_split(model: Any, files: pd.DataFrame) -> ScoredSplit:
     logits, owner = score_files(model, files)
@@ -130,16 +159,15 @@ def evaluate(
 
     val, test = scored("val"), scored("test")
     temperature = metrics.fit_temperature(val.logits, val.owner, val.y, multi_label)
-    test_scores, test_calibrated = test.file_scores(1.0, multi_label), test.file_scores(temperature, multi_label)
-    thresholds, threshold_report = threshold_table(
-        val.y, {"raw": val.file_scores(1.0, multi_label), "calibrated": val.file_scores(temperature, multi_label)},
-        test.y, {"raw": test_scores, "calibrated": test_calibrated}, classes, target_precision)
+    test_kinds = threshold_scores(test, temperature, multi_label)
+    test_scores, test_calibrated = test_kinds["raw"].scores, test_kinds["calibrated"].scores
+    thresholds, threshold_report = threshold_table(threshold_scores(val, temperature, multi_label), test_kinds,
+                                                   classes, target_precision, unit)
     file_level = metrics.classification_metrics(test.y, test_scores, classes, top_k)
     reliability = {
         "uncalibrated": metrics.expected_calibration_error(test.y, test_scores),
         "calibrated": metrics.expected_calibration_error(test.y, test_calibrated),
     }
-    unit_scores = metrics.probabilities(test.logits, multi_label=multi_label)
     report = {
         "model": trained["model"],
         "split": "test",
@@ -151,7 +179,7 @@ def evaluate(
         "file_score": f"mean of the {unit} probabilities of the file",
         "file": file_level,
         "patch_unit": unit,
-        "patch": metrics.classification_metrics(test.y[test.owner], unit_scores, classes, top_k),
+        "patch": metrics.classification_metrics(test.unit_y, test_kinds["window"].scores, classes, top_k),
         "calibration": {
             "temperature": temperature,
             "temperature_at_bound": not (
@@ -183,29 +211,45 @@ def evaluate(
     return report
 
 
-def threshold_table(val_y: np.ndarray, val_scores: dict[str, np.ndarray], test_y: np.ndarray,
-                    test_scores: dict[str, np.ndarray], classes: list[str],
-                    target_precision: float) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """thresholds.tsv and metrics.json's `thresholds`: per class, for raw and for calibrated file scores,
-    the threshold fitted on val and the precision and recall it reaches on test."""
+# The kinds of score thresholds are fitted on, and the prefix of their columns in thresholds.tsv.
+THRESHOLD_KINDS = {"raw": "", "calibrated": "calibrated_", "window": "window_"}
+
+
+def threshold_scores(split: ScoredSplit, temperature: float, multi_label: bool) -> dict[str, Labelled]:
+    """The scores of `split` each kind of threshold (THRESHOLD_KINDS) is fitted on or measured with."""
+    return {"raw": Labelled(split.y, split.file_scores(1.0, multi_label)),
+            "calibrated": Labelled(split.y, split.file_scores(temperature, multi_label)),
+            "window": Labelled(split.unit_y, split.unit_scores(multi_label))}
+
+
+def threshold_table(val: dict[str, Labelled], test: dict[str, Labelled], classes: list[str],
+                    target_precision: float, window_unit: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """thresholds.tsv and metrics.json's `thresholds`: per class and per kind of score (THRESHOLD_KINDS: raw
+    and calibrated file scores, raw window probabilities), the threshold fitted on val and the precision and
+    recall it reaches on test."""
     table = pd.DataFrame({"label": classes})
     summary: dict[str, Any] = {"target_precision": target_precision, "fitted_on": "val", "applied_to": "test"}
-    for kind, prefix in (("raw", ""), ("calibrated", "calibrated_")):
-        fitted = pd.DataFrame(metrics.precision_thresholds(val_y, val_scores[kind], classes, target_precision))
-        tested = metrics.threshold_outcomes(test_y, test_scores[kind], fitted["threshold"].to_numpy(float),
+    for kind, prefix in THRESHOLD_KINDS.items():
+        fitted = pd.DataFrame(metrics.precision_thresholds(val[kind].y, val[kind].scores, classes, target_precision))
+        tested = metrics.threshold_outcomes(test[kind].y, test[kind].scores, fitted["threshold"].to_numpy(float),
                                             classes, target_precision)
         on_test = pd.DataFrame(tested.pop("per_class"))
-        # The raw columns keep their old names and order; the val support is the same for both kinds.
-        for column in ["threshold", "precision", "recall"] + (["support"] if kind == "raw" else []) + ["status"]:
+        # Calibrated scores rank the same files as raw ones, so their supports would repeat the raw columns.
+        with_support = kind != "calibrated"
+        # The raw columns keep their old names and order, and the other kinds follow it.
+        for column in ["threshold", "precision", "recall"] + (["support"] if with_support else []) + ["status"]:
             table[prefix + column] = fitted[column]
-        if kind == "raw":
-            table["test_support"] = on_test["support"]
+        if with_support:
+            table[f"{prefix}test_support"] = on_test["support"]
         table[f"{prefix}test_detections"] = on_test["detections"].astype("Int64")
         for column in ("precision", "recall"):
             table[f"{prefix}test_{column}"] = on_test[column].astype(float)
         summary[kind] = {"classes_with_threshold": int((fitted["status"] == "ok").sum()), "test": tested}
     # Kept from before the calibrated set existed (the model card carries it): raw classes reaching the target on val.
     summary["classes_reaching_target"] = summary["raw"]["classes_with_threshold"]
+    summary["window_unit"] = window_unit
+    summary["window_labels"] = (f"each {window_unit} takes its file's label, also where it holds no song "
+                                "(the data has no finer labels)")
     summary["per_class"] = json.loads(table.to_json(orient="records", double_precision=15))
     return table, summary
 
@@ -250,35 +294,53 @@ def markdown_report(report: dict[str, Any], thresholds: pd.DataFrame) -> str:
         "",
         threshold_sentence(report["thresholds"]),
         "",
+        window_threshold_sentence(report["thresholds"]),
+        "",
         evaluated_sentence(report),
         "",
         "## Per class (file level)",
         "",
         "| class | support | precision | recall | F1 | AP | ROC-AUC "
         f"| threshold for precision {report['thresholds']['target_precision']:g} (val) "
-        "| test precision at threshold | test recall at threshold |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| test precision at threshold | test recall at threshold "
+        f"| window threshold ({report['thresholds']['window_unit']}) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_label = thresholds.set_index("label")
     for row in report["file"]["per_class"]:
         cells = [row[k] for k in ("precision", "recall", "f1", "average_precision", "roc_auc")]
-        cells += [by_label.at[row["label"], k] for k in ("threshold", "test_precision", "test_recall")]
+        cells += [by_label.at[row["label"], k]
+                  for k in ("threshold", "test_precision", "test_recall", "window_threshold")]
         lines.append(f"| {row['label']} | {row['support']} | " + " | ".join(fmt(v) for v in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _test_outcome(summary: dict[str, Any], kind: str, name: str) -> str:
+    """What the `kind` thresholds reach on test, as a phrase about `name`."""
+    test = summary[kind]["test"]
+    return (f"{name} precision {fmt(test['macro_precision'])}, recall {fmt(test['macro_recall'])} "
+            f"over {test['classes']} species ({test['classes_reaching_target']} reach "
+            f"{summary['target_precision']:g}, {test['classes_without_detections']} detect nothing)")
+
+
 def threshold_sentence(summary: dict[str, Any]) -> str:
     target = f"{summary['target_precision']:g}"
-    parts = []
-    for kind in ("raw", "calibrated"):
-        test = summary[kind]["test"]
-        parts.append(f"{kind} scores precision {fmt(test['macro_precision'])}, recall {fmt(test['macro_recall'])} "
-                     f"over {test['classes']} species ({test['classes_reaching_target']} reach {target}, "
-                     f"{test['classes_without_detections']} detect nothing)")
+    parts = [_test_outcome(summary, kind, f"{kind} scores") for kind in ("raw", "calibrated")]
     return (f"Thresholds for precision {target}, fitted on val, on the test files (macro over the species with a "
             "threshold and test files; a species detecting nothing counts as precision 0): " + "; ".join(parts)
             + f". {summary['raw']['classes_with_threshold']} species have a raw threshold and "
             f"{summary['calibrated']['classes_with_threshold']} a calibrated one; per species in thresholds.tsv.")
+
+
+def window_threshold_sentence(summary: dict[str, Any]) -> str:
+    """The window thresholds (for `jibjib analyze`) in one sentence."""
+    unit = summary["window_unit"]
+    units = {"patch": "patches", "sequence": "sequences"}[unit]
+    return (f"Window thresholds for precision {summary['target_precision']:g}, fitted on the raw probabilities of "
+            f"the val {units}, each {unit} labelled with its file's species also where it holds no song, on the "
+            f"test {units}: " + _test_outcome(summary, "window", "window")
+            + f". {summary['window']['classes_with_threshold']} species have one (window_threshold in "
+            "thresholds.tsv).")
 
 
 def evaluated_sentence(report: dict[str, Any]) -> str:

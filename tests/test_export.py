@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, SPECIES, TINY, chirp, run_snakemake, write_wav
 from jibjib.frontend import log_mel
+from jibjib.params import VGGISH
 
 EVAL_FILES = ["metrics.json", "report.md", "file_scores.tsv", "confusion.tsv", "confusion.png",
               "reliability.png", "training_curves.png", "thresholds.tsv"]
@@ -37,6 +38,16 @@ def jibjib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     # TensorFlow's C++ logging forced on: stderr must still hold only jibjib's lines.
     return subprocess.run([sys.executable, "-m", "jibjib", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env={"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "0", "PATH": ""})
+
+
+def window_count(npz: Path, model: str) -> int:
+    """How many windows the model scores in one file: its whole patches, or its sequences of seq_len of them
+    (the last one padded); none in a file too short for one patch."""
+    with np.load(npz) as z:
+        patches = z["log_mel"].shape[0] // VGGISH.patch_frames
+    if model == "vggish" or patches == 0:
+        return patches
+    return -(-patches // TINY["convlstm"]["seq_len"])
 
 
 @pytest.mark.parametrize("model", ["vggish", "convlstm"])
@@ -63,6 +74,24 @@ def test_evaluation_writes_its_contract(run: Path, model: str) -> None:
     thresholds = pd.read_csv(out / "thresholds.tsv", sep="\t")
     assert list(thresholds["label"]) == sorted(SPECIES)
     assert set(thresholds["status"]) <= {"ok", "unreachable", "no_val_files"}
+    window_columns = ["window_threshold", "window_precision", "window_recall", "window_support", "window_status",
+                      "window_test_support", "window_test_detections", "window_test_precision", "window_test_recall"]
+    assert list(thresholds.columns[-len(window_columns):]) == window_columns
+    assert set(thresholds["window_status"]) <= {"ok", "unreachable", "no_val_files"}
+    assert thresholds["window_threshold"].notna().sum() == (thresholds["window_status"] == "ok").sum()
+    # Window thresholds are fitted on every val window, labelled with its file's species.
+    windows_of_file = {path: window_count(run / "results" / "features" / Path(path).with_suffix(".npz"), model)
+                       for path in split["path"]}
+    for name, column in (("val", "window_support"), ("test", "window_test_support")):
+        rows = split[split["split"] == name]
+        expected = {label: sum(windows_of_file[path] for path in rows.loc[rows["label"] == label, "path"])
+                    for label in SPECIES}
+        assert dict(zip(thresholds["label"], thresholds[column])) == expected, name
+    assert thresholds["window_test_support"].sum() == m["patch"]["n"]
+    window = m["thresholds"]["window"]
+    assert window["classes_with_threshold"] == (thresholds["window_status"] == "ok").sum()
+    assert {"classes", "macro_precision", "macro_recall"} <= set(window["test"])
+    assert m["thresholds"]["window_unit"] == m["patch_unit"]
 
 
 @pytest.mark.parametrize("model", ["vggish", "convlstm"])
@@ -75,6 +104,10 @@ def test_export_layout_and_signatures(run: Path, model: str) -> None:
     assert card["model"] == model and card["data"]["classes"] == len(SPECIES)
     assert {"tensorflow", "keras", "numpy", "jibjib", "python"} <= set(card["versions"])
     assert card["training"]["settings"]["epochs"] == TINY[model]["epochs"]
+    # The card carries the threshold summaries, the window ones too, and leaves the rows to assets/thresholds.tsv.
+    assert {"raw", "calibrated", "window", "window_unit"} <= set(card["metrics"]["thresholds"])
+    assert "per_class" not in card["metrics"]["thresholds"]
+    assert "window_threshold" in pd.read_csv(assets / "thresholds.tsv", sep="\t").columns
     shown = subprocess.run([str(Path(sys.executable).parent / "saved_model_cli"), "show", "--all", "--dir", str(export)],
                            capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]

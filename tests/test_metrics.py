@@ -174,7 +174,7 @@ def test_val_thresholds_applied_to_test_by_hand() -> None:
 
 def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) -> None:
     pytest.importorskip("tensorflow")
-    from jibjib.evaluate import evaluated_sentence, threshold_sentence, threshold_table, too_few_recordings
+    from jibjib.evaluate import Labelled, evaluated_sentence, threshold_sentence, threshold_table, too_few_recordings
 
     # Val: a a b. Raw a scores 0.9 0.5 | 0.6 -> lowest threshold at precision 1 is 0.9 (0.6 is a b file);
     # calibrated a scores 0.7 0.6 | 0.5 -> 0.6, recall 1. The order changed, so the thresholds differ.
@@ -184,11 +184,16 @@ def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) 
     # Test: a b. Raw a 0.95 | 0.2 -> P 1 R 1 at 0.9; calibrated a 0.65 | 0.62 -> both detected at 0.6: P 1/2.
     test_y = np.array([0, 1])
     test = {"raw": np.array([[0.95, 0.05], [0.2, 0.8]]), "calibrated": np.array([[0.65, 0.35], [0.62, 0.38]])}
-    table, summary = threshold_table(val_y, val, test_y, test, ["a", "b"], target_precision=1.0)
+    # One window per file here: the window thresholds are the subject of the next test.
+    val, test = ({**{kind: Labelled(y, scores[kind]) for kind in scores}, "window": Labelled(y, scores["raw"])}
+                 for y, scores in ((val_y, val), (test_y, test)))
+    table, summary = threshold_table(val, test, ["a", "b"], target_precision=1.0, window_unit="patch")
     assert list(table.columns) == [
         "label", "threshold", "precision", "recall", "support", "status", "test_support", "test_detections",
         "test_precision", "test_recall", "calibrated_threshold", "calibrated_precision", "calibrated_recall",
-        "calibrated_status", "calibrated_test_detections", "calibrated_test_precision", "calibrated_test_recall"]
+        "calibrated_status", "calibrated_test_detections", "calibrated_test_precision", "calibrated_test_recall",
+        "window_threshold", "window_precision", "window_recall", "window_support", "window_status",
+        "window_test_support", "window_test_detections", "window_test_precision", "window_test_recall"]
     a, b = summary["per_class"]
     assert (a["threshold"], a["recall"], a["test_precision"], a["test_recall"]) == (0.9, 0.5, 1.0, 1.0)
     assert (a["calibrated_threshold"], a["calibrated_recall"]) == (0.6, 1.0)
@@ -204,6 +209,8 @@ def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) 
     assert calibrated["classes_without_detections"] == 1
     assert "calibrated scores" in threshold_sentence(summary)
 
+    assert summary["window"]["classes_with_threshold"] == summary["raw"]["classes_with_threshold"]
+
     split = tmp_path / "split.tsv"
     split.write_text("path\tlabel\trecording_id\tsplit\n"
                      "a/1.wav\ta\t1\ttrain\na/2.wav\ta\t2\tval\na/3.wav\ta\t3\ttest\nb/1.wav\tb\t1\ttrain\n"
@@ -212,3 +219,45 @@ def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) 
     assert few == {"species_without_test_files": ["b", "c"], "species_without_val_files": ["b"]}
     assert evaluated_sentence(few) == "Too few recordings: no test file (2, not evaluated): b, c; " \
         "no val file (1, no threshold): b."
+
+
+def test_window_thresholds_are_fitted_on_the_windows_of_val_files_labelled_by_their_file() -> None:
+    """Two classes, two windows per file; the numbers are P(a) per window (P(b) = 1 - P(a)).
+
+    Val: file a 0.9 0.3 (mean 0.6), file b 0.5 0.5 (mean 0.5).  At precision 1:
+    a  file threshold 0.6 (recall 1); its windows 0.9 | 0.5 0.5 (b's) | 0.3 -> window threshold 0.9,
+       recall 1/2: the quiet window of the a file counts as a window of a, missed.
+    b  file threshold 0.5 (b means 0.4 | 0.5); its windows' highest P(b), 0.7, is the a file's quiet
+       window -> unreachable: no window threshold although the file threshold exists.
+    Test: file a 0.95 0.35 (mean 0.65), file b 0.6 0.3 (mean 0.45).
+    """
+    pytest.importorskip("tensorflow")
+    import pandas as pd
+
+    from jibjib.evaluate import ScoredSplit, threshold_scores, threshold_table, window_threshold_sentence
+
+    def split(p_a: list[float]) -> ScoredSplit:
+        p = np.array(p_a)
+        return ScoredSplit(pd.DataFrame({"class_id": [0, 1]}), np.log(np.c_[p, 1 - p]), np.array([0, 0, 1, 1]), 0)
+
+    val, test = split([0.9, 0.3, 0.5, 0.5]), split([0.95, 0.35, 0.6, 0.3])
+    table, summary = threshold_table(threshold_scores(val, 1.0, False), threshold_scores(test, 1.0, False),
+                                     ["a", "b"], target_precision=1.0, window_unit="patch")
+    a, b = table.to_dict("records")
+    assert (a["threshold"], a["recall"], a["support"]) == (pytest.approx(0.6), 1.0, 1)
+    assert (a["window_threshold"], a["window_precision"], a["window_recall"]) == (pytest.approx(0.9), 1.0, 0.5)
+    assert (a["window_support"], a["window_status"]) == (2, "ok")
+    # On test the a file (mean 0.65) is detected; of its windows only 0.95 reaches 0.9.
+    assert (a["test_detections"], a["test_recall"]) == (1, 1.0)
+    assert (a["window_test_support"], a["window_test_detections"], a["window_test_precision"],
+            a["window_test_recall"]) == (2, 1, 1.0, 0.5)
+    assert (b["status"], b["threshold"]) == ("ok", pytest.approx(0.5))
+    assert b["window_status"] == "unreachable" and math.isnan(b["window_threshold"])
+    assert (b["window_support"], b["window_test_support"]) == (2, 2)
+    assert pd.isna(b["window_test_detections"]) and math.isnan(b["window_test_precision"])
+    assert summary["window"]["classes_with_threshold"] == 1 and summary["raw"]["classes_with_threshold"] == 2
+    assert summary["window"]["test"]["classes"] == 1 and summary["window"]["test"]["macro_recall"] == 0.5
+    assert summary["window_unit"] == "patch" and "file's label" in summary["window_labels"]
+    sentence = window_threshold_sentence(summary)
+    assert "the val patches, each patch labelled with its file's species" in sentence
+    assert "on the test patches: window precision 1.000, recall 0.500 over 1 species" in sentence
