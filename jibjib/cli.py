@@ -254,13 +254,18 @@ def _table_settings(args: argparse.Namespace):
     return TableSettings(args.min_score, args.merge, args.format, Path(args.thresholds) if args.thresholds else None)
 
 
-def _write_tables(export, results, settings, out_dir: str) -> int:
-    from .analysis.analyze import write_outputs
+def _window_thresholds(export, settings) -> dict[str, float] | None:
+    """The thresholds the tables use (None with a minimum score), read before any file is analysed."""
     from .analysis.tables import read_window_thresholds
 
-    thresholds = None
-    if settings.min_score is None:
-        thresholds = read_window_thresholds(settings.thresholds_path or export.thresholds_path)
+    if settings.min_score is not None:
+        return None
+    return read_window_thresholds(settings.thresholds_path or export.thresholds_path)
+
+
+def _write_tables(export, results, settings, thresholds, out_dir: str) -> int:
+    from .analysis.analyze import write_outputs
+
     params = export.params
     return write_outputs(Path(out_dir), results, export.labels, export.external_ids, thresholds, settings,
                          (params.fmin_hz, params.fmax_hz))
@@ -295,6 +300,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.manifest and not args.scores:
         raise InputError("--manifest writes no tables, so it needs --scores to keep the scores in")
     analyzer = Analyzer(args.model, args.hop)
+    thresholds = None if args.manifest else _window_thresholds(analyzer, settings)
     results = analyze_files(analyzer, inputs, Path(args.scores) if args.scores else None, recorded)
     for failed in (r for r in results if r.status == REJECTED):
         print(f"jibjib analyze: {failed.path}: {failed.reason}" + (f": {failed.detail}" if failed.detail else ""),
@@ -302,9 +308,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.manifest:
         write_manifest(Path(args.manifest), results)
         return 0  # the workflow's shard job: the reasons are in the manifest, the other shards go on
-    else:
-        found = _write_tables(analyzer, results, settings, args.out)
-        print(f"analyze: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
+    found = _write_tables(analyzer, results, settings, thresholds, args.out)
+    print(f"analyze: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
     return 1 if any(r.status == REJECTED for r in results) else 0
 
 
@@ -322,11 +327,12 @@ def cmd_analysis_tables(args: argparse.Namespace) -> None:
 
     results = results_from_manifests(args.manifests, Path(args.scores))
     export = ExportAssets(args.model)
+    thresholds = _window_thresholds(export, settings)
     if args.remove_other_scores:
         removed = remove_orphan_scores(Path(args.scores), {scores_path(args.scores, r.relative) for r in results})
         if removed:
             print(f"analysis-tables: removed {removed} score files of recordings no longer there", file=sys.stderr)
-    found = _write_tables(export, results, settings, args.out)
+    found = _write_tables(export, results, settings, thresholds, args.out)
     print(f"analysis-tables: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
 
 

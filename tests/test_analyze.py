@@ -7,7 +7,9 @@ that puts a 3 kHz tone at known times knows where the detections must be.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ import pandas as pd
 import pytest
 import soundfile
 
-from conftest import REPO_ENV, TINY, run_snakemake, write_audio
+from conftest import REPO_ENV, TINY, chirp, run_snakemake, write_audio
 from jibjib.analysis.analyze import ANALYSED, REJECTED, REUSED, Analyzer, analyze_files, find_inputs
 from jibjib.analysis.tables import RAVEN_COLUMNS
 from jibjib.export import save_export, window_card
@@ -168,17 +170,20 @@ def test_formats_short_and_broken_files(exports: dict[str, Path], tmp_path: Path
     write_audio(audio / "short.wav", soundscape(0.5, 16000, []), 16000, "WAV")
     (audio / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
     (audio / "notes.txt").write_text("not audio")
+    (audio / "twice.flac").write_bytes((audio / "stereo.flac").read_bytes())
+    (audio / "twice.wav").write_bytes((audio / "plain.wav").read_bytes())  # would share twice.selections.txt
     out = tmp_path / "out"
     done = analyze_cli("--model", str(exports["patch"]), "--out", str(out), "--merge", str(audio))
     assert done.returncode == 1  # some files could not be analysed
     errors = [line for line in done.stderr.splitlines() if line.startswith("jibjib analyze:")]
-    assert len(errors) == 2 and any("short.wav: too_short" in e for e in errors), done.stderr
+    assert len(errors) == 3 and any("short.wav: too_short" in e for e in errors), done.stderr
+    assert any("twice.wav: duplicate_name" in e for e in errors), done.stderr
     files = pd.read_csv(out / "files.tsv", sep="\t", keep_default_na=False).set_index("file")
     assert files.loc["short.wav", "status"] == "rejected" and files.loc["broken.wav", "status"] == "rejected"
     assert files.loc["notes.txt", "status"] == "ignored"
     assert int(files.loc["stereo.flac", "channels"]) == 2 and int(files.loc["lossy.mp3", "sample_rate"]) == 32000
     table = pd.read_csv(out / "detections.tsv", sep="\t")
-    assert sorted(table["file"]) == ["lossy.mp3", "plain.wav", "stereo.flac"]
+    assert sorted(table["file"]) == ["lossy.mp3", "plain.wav", "stereo.flac", "twice.flac"]
     # The MP3 decoder's delay shifts it by a few ms at most.
     assert table["start"].between(2.0, 3.5).all() and table["end"].between(5.0, 6.0).all()
 
@@ -240,8 +245,16 @@ def test_memory_stays_flat_on_a_long_file(exports: dict[str, Path], tmp_path: Pa
     assert len(table) >= 40 and table["start"].max() > 39 * 60
 
 
-def test_the_workflow_stage_reanalyses_only_what_changed(tiny_workflow: Path) -> None:
-    workdir = tiny_workflow
+@pytest.fixture
+def workflow_copy(tiny_workflow: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny run (times kept), so that these configs leave the shared run as it was."""
+    workdir = tmp_path / "workflow"
+    shutil.copytree(tiny_workflow, workdir, symlinks=True)
+    return workdir
+
+
+def test_the_workflow_stage_reanalyses_only_what_changed(workflow_copy: Path) -> None:
+    workdir = workflow_copy
     field = workdir / "field"
     write_audio(field / "a.wav", soundscape(4.0, 22050, [(1.0, 2.0)]), 22050, "WAV")
     write_audio(field / "deep" / "b.flac", soundscape(3.0, 16000, []), 16000, "FLAC")
@@ -285,3 +298,34 @@ def test_the_workflow_stage_reanalyses_only_what_changed(tiny_workflow: Path) ->
     run_snakemake(workdir, config=config)
     assert not (out / "deep" / "b.selections.txt").exists() and not (out / "scores" / "deep" / "b.npz").exists()
     assert "deep/b.flac" not in set(pd.read_csv(out / "detections.tsv", sep="\t")["file"])
+
+
+def test_the_workflow_evaluates_annotated_soundscapes(workflow_copy: Path) -> None:
+    workdir = workflow_copy
+    scapes = workdir / "scapes"
+    samples = soundscape(20.0, 16000, [])
+    samples[4 * 16000 : 6 * 16000] += chirp(2.0, 16000, f0=1500)  # Alpha_one's song in the tiny set
+    write_audio(scapes / "site.wav", samples, 16000, "WAV")
+    (scapes / "site.selections.txt").write_text(
+        "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tSpecies\n1\tSpectrogram 1\t1\t4.0\t6.0\tAlpha_one\n")
+    run_snakemake(workdir, config={**TINY, "data_dir": str(workdir / "birds"), "models": ["vggish"],
+                                   "soundscapes": {"audio_dir": str(scapes)}})
+    eval_dir = workdir / "results" / "eval" / "vggish"
+    summary = json.loads((eval_dir / "soundscapes.json").read_text())
+    assert summary["n_files"] == 1 and summary["calls"] == 1
+    report = (eval_dir / "report.md").read_text()
+    assert report.startswith((eval_dir / "test_report.md").read_text().rstrip("\n"))
+    assert "## Annotated soundscapes" in report and (eval_dir / "soundscape.png").stat().st_size > 10_000
+    assert (eval_dir / "soundscapes" / "site.selections.txt").is_file()
+
+
+def test_an_export_without_window_thresholds_is_refused_before_any_work(tmp_path: Path) -> None:
+    old = write_tone_export(tmp_path / "old" / "1", None, window_thresholds=None)
+    audio = write_audio(tmp_path / "a.wav", soundscape(3.0, 16000, []), 16000, "WAV")
+    done = analyze_cli("--model", str(old), "--out", str(tmp_path / "out"), str(audio))
+    assert done.returncode == 1 and not (tmp_path / "out").exists()
+    (line,) = done.stderr.strip().splitlines()
+    assert "window_threshold" in line and "minimum score" in line, line
+    # A minimum score needs no thresholds.
+    assert analyze_cli("--model", str(old), "--out", str(tmp_path / "out"), "--min-score", "0.9",
+                       str(audio)).returncode == 0

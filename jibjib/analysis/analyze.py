@@ -271,7 +271,7 @@ def analyze_files(analyzer: Analyzer, inputs: list[tuple[Path, str]], scores_dir
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     results: list[FileResult] = []
-    claimed: dict[Path, str] = {}
+    claimed: dict[str, str] = {}
     started = time.monotonic()
     audio_seconds = 0.0
     for index, (path, relative) in enumerate(inputs, 1):
@@ -279,13 +279,15 @@ def analyze_files(analyzer: Analyzer, inputs: list[tuple[Path, str]], scores_dir
         if reason:
             results.append(FileResult(path, relative, IGNORED, reason))
             continue
+        # a.wav and a.flac would share their table and score file.
+        stem = Path(relative).with_suffix("").as_posix()
+        if stem in claimed:
+            results.append(FileResult(path, relative, REJECTED, "duplicate_name",
+                                      f"same table and score file names as {claimed[stem]}"))
+            continue
+        claimed[stem] = relative
         npz = scores_path(scores_dir, relative) if scores_dir is not None else None
         if npz is not None:
-            if npz in claimed:
-                results.append(FileResult(path, relative, REJECTED, "duplicate_name",
-                                          f"same score file as {claimed[npz]}"))
-                continue
-            claimed[npz] = relative
             known = (recorded or {}).get(relative) or (fsutil.sha256_or(path, "") if npz.is_file() else "")
             reused = analyzer.reusable(npz, known) if known else None
             if reused is not None:
