@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ from .scores import ScoreFileError, WindowScores, load_scores, save_scores, scor
 # Patches per forward pass, as in evaluation: enough to keep a CPU busy, small for any GPU.
 BATCH_PATCHES = 256
 PROGRESS_SECONDS = 10.0
+# Batches the front end may run ahead of the model (each 256 patches: about 6 MB).
+PREFETCH_BATCHES = 4
 
 ANALYSED, REUSED, REJECTED, IGNORED = "analysed", "reused", "rejected", "ignored"
 
@@ -178,19 +182,67 @@ class Analyzer(ExportAssets):
         info = reader.info
         stream = LogMelStream(info.sample_rate, self.params, total=info.frames if info.exact else None)
         cutter = WindowCutter(self.grid, self.params.mel_bands)
-        waiting = np.zeros((0, self.grid.window_frames, self.params.mel_bands), np.float32)
-        decoded = 0
+        waiting: list[np.ndarray] = []
+        count, decoded = 0, 0
+
+        def cut(frames: np.ndarray, last: bool = False) -> Iterator[np.ndarray]:
+            nonlocal waiting, count
+            windows = cutter.push(frames)
+            waiting.append(windows)
+            count += windows.shape[0]
+            if count >= self.batch_windows or (last and count):
+                joined = np.concatenate(waiting)
+                full = joined.shape[0] if last else count // self.batch_windows * self.batch_windows
+                for first in range(0, full, self.batch_windows):
+                    yield joined[first : min(first + self.batch_windows, full)]
+                waiting, count = [joined[full:]], joined.shape[0] - full
+
         for block in reader.blocks():
             decoded += block.shape[0]
             progress(decoded / info.sample_rate)
-            waiting = np.concatenate([waiting, cutter.push(stream.feed(block))])
-            full = waiting.shape[0] // self.batch_windows * self.batch_windows
-            for first in range(0, full, self.batch_windows):
-                yield waiting[first : first + self.batch_windows]
-            waiting = waiting[full:]
-        waiting = np.concatenate([waiting, cutter.push(stream.flush())])
-        for first in range(0, waiting.shape[0], self.batch_windows):
-            yield waiting[first : first + self.batch_windows]
+            yield from cut(stream.feed(block))
+        yield from cut(stream.flush(), last=True)
+
+    def _prefetched(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """`batches`, computed in a thread while the model scores the previous ones.
+
+        Decoding, resampling and log-mel run in numpy and libsndfile, which
+        release the GIL, so the front end and the model overlap instead of
+        taking turns (a small model on a 2-core machine otherwise waits for
+        the front end about half the time).
+        """
+        handoff: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+        stop = threading.Event()
+        done = object()
+
+        def produce() -> None:
+            try:
+                for batch in batches:
+                    while not stop.is_set():
+                        try:
+                            handoff.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                handoff.put(done)
+            except BaseException as exc:  # handed to the consumer, which raises it
+                handoff.put(exc)
+
+        worker = threading.Thread(target=produce, name="jibjib-analyze-front-end", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = handoff.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
 
     def score_file(self, path: str | os.PathLike, progress: Callable[[float], None] | None = None) -> WindowScores:
         """Every window's scores of one file; AudioError if it cannot be used.
@@ -202,7 +254,7 @@ class Analyzer(ExportAssets):
             check_usable(reader.info, self.params)  # the feature step's own checks
             if reader.info.exact:
                 self._check_length(reader.info.frames, reader.info.sample_rate)
-            for batch in self._window_batches(reader, progress or (lambda seconds: None)):
+            for batch in self._prefetched(self._window_batches(reader, progress or (lambda seconds: None))):
                 parts.append(self.score_log_mel_windows(batch))
             info = reader.info  # with the decoded length, where the header had only an estimate
             check_usable(info, self.params)
