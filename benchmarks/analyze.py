@@ -321,7 +321,7 @@ def measure_peer(audio: Path, threads: int, repeat: int) -> Line:
 
 
 def table(lines: list[Line]) -> str:
-    header = (f"{'':30} {'window':>7} {'hop':>6} {'windows':>8} | {'end to end':^32} | {'ceiling':^17} |"
+    header = (f"{'':30} {'window':>7} {'hop':>6} {'windows':>8} | {'end to end':^39} | {'ceiling':^17} |"
               f" {'ratio':^12} | {'peak RSS, MiB':^26}\n"
               f"{'':30} {'s':>7} {'s':>6} {'':>8} | {'s':>7} {'start':>6} {'files':>6} {'cores':>5} {'xRT/core':>10} |"
               f" {'s':>6} {'xRT/core':>10} | {'all':>5} {'run':>6} | {'whole':>8} {'model':>8} {'stream':>8}")
