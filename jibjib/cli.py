@@ -84,8 +84,9 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
 def _single_threaded_blas() -> None:
     """One BLAS thread: must run before numpy loads.
 
-    Feature jobs run one per core side by side; BLAS's own threads on top
-    oversubscribed the cores and made each job about 3x slower (2-core VM).
+    Feature jobs run one per core side by side, and analyze's front end
+    beside TensorFlow; BLAS's own threads on top oversubscribed the cores and
+    made each feature job about 3x slower (2-core VM).
     """
     import os
 
@@ -280,6 +281,9 @@ def _analysis_summary(results, detections: int, out: str) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    # The front end runs in a thread beside TensorFlow's own: BLAS threads on top oversubscribed the cores
+    # (a small model on 2 cores took 30 % longer).
+    _single_threaded_blas()
     _tensorflow_threads(args.threads)
     settings = _table_settings(args)  # before TensorFlow loads: a bad option costs no wait
     from .analysis.analyze import REJECTED, Analyzer, analyze_files, find_inputs, write_manifest

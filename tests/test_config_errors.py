@@ -76,6 +76,15 @@ BAD_CONFIGS = {
                           "config: label_map: {tmp}/missing.pickle does not exist"),
     "hostile label map": ({"label_map": "{tmp}/hostile.pickle"},
                           "config: label_map: {tmp}/hostile.pickle refused: the pickle asks for "),
+    "missing analysis folder": ({"analyze": {"input_dir": "{tmp}/field"}},
+                                "config: analyze.input_dir: {tmp}/field does not exist"),
+    "analysis folder without audio": ({"analyze": {"input_dir": "{tmp}/texts/Beta_two"}},
+                                      "config: analyze.input_dir: {tmp}/texts/Beta_two " + NO_AUDIO),
+    "analysis with an untrained model": ({"models": ["vggish"], "analyze": {"input_dir": "{tmp}/birds",
+                                                                            "models": ["convlstm"]}},
+                                         "config: analyze.models: convlstm not among the trained models (vggish)"),
+    "missing soundscapes": ({"soundscapes": {"audio_dir": "{tmp}/scapes"}},
+                            "config: soundscapes.audio_dir: {tmp}/scapes does not exist"),
 }
 
 
