@@ -213,12 +213,6 @@ def _plan_file(seed: int, index: int, species: list[_Species], seconds: float) -
 # The background bed
 
 
-def _slow(rng: np.random.Generator, n: int, sr: int, every: float, low: float, high: float) -> np.ndarray:
-    """A smooth positive envelope through random points `every` seconds apart."""
-    points = rng.uniform(low, high, size=int(n / sr / every) + 3)
-    return np.interp(np.arange(n) / sr, np.arange(points.size) * every, points)
-
-
 def _wind(rng: np.random.Generator, n: int, sr: float) -> np.ndarray:
     wind = _colored_noise(rng, n, sr, alpha=2.0, knee_hz=20.0, cutoff_hz=rng.uniform(150.0, 500.0))
     return wind * _slow(rng, n, sr, 1.5, 0.2, 1.0) ** 2
