@@ -303,18 +303,31 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         recorded, inputs = None, find_inputs(args.paths, args.root)
     if args.manifest and not args.scores:
         raise InputError("--manifest writes no tables, so it needs --scores to keep the scores in")
+    if args.remove_other_scores and not args.scores:
+        raise InputError("--remove-other-scores needs --scores")
     analyzer = Analyzer(args.model, args.hop)
     thresholds = None if args.manifest else _window_thresholds(analyzer, settings)
     results = analyze_files(analyzer, inputs, Path(args.scores) if args.scores else None, recorded)
     for failed in (r for r in results if r.status == REJECTED):
         print(f"jibjib analyze: {failed.path}: {failed.reason}" + (f": {failed.detail}" if failed.detail else ""),
               file=sys.stderr)
+    if args.remove_other_scores:
+        _remove_other_scores(args.scores, results)
     if args.manifest:
         write_manifest(Path(args.manifest), results)
         return 0  # the workflow's shard job: the reasons are in the manifest, the other shards go on
     found = _write_tables(analyzer, results, settings, thresholds, args.out)
     print(f"analyze: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
     return 1 if any(r.status == REJECTED for r in results) else 0
+
+
+def _remove_other_scores(scores_dir: str, results) -> None:
+    from .analysis.analyze import remove_orphan_scores
+    from .analysis.scores import scores_path
+
+    removed = remove_orphan_scores(Path(scores_dir), {scores_path(scores_dir, r.relative) for r in results})
+    if removed:
+        print(f"analyze: removed {removed} score files of recordings no longer analysed here", file=sys.stderr)
 
 
 def _signature_paths(path: str) -> list[str]:
@@ -326,16 +339,13 @@ def _signature_paths(path: str) -> list[str]:
 
 def cmd_analysis_tables(args: argparse.Namespace) -> None:
     settings = _table_settings(args)
-    from .analysis.analyze import ExportAssets, remove_orphan_scores, results_from_manifests
-    from .analysis.scores import scores_path
+    from .analysis.analyze import ExportAssets, results_from_manifests
 
     results = results_from_manifests(args.manifests, Path(args.scores))
     export = ExportAssets(args.model)
     thresholds = _window_thresholds(export, settings)
     if args.remove_other_scores:
-        removed = remove_orphan_scores(Path(args.scores), {scores_path(args.scores, r.relative) for r in results})
-        if removed:
-            print(f"analysis-tables: removed {removed} score files of recordings no longer there", file=sys.stderr)
+        _remove_other_scores(args.scores, results)
     found = _write_tables(export, results, settings, thresholds, args.out)
     print(f"analysis-tables: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
 
@@ -474,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=_input_dir, help="name files relative to this folder (default: the folder given)")
     p.add_argument("--sources", type=_input_file,
                    help="analyse the files of a content signature (path, size, content; paths relative to --root)")
+    p.add_argument("--remove-other-scores", action="store_true",
+                   help="delete score files in --scores of recordings not analysed in this run")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
     _add_table_options(p)
     p.set_defaults(func=cmd_analyze)

@@ -148,8 +148,9 @@ class ExportModule(tf.Module):
 
     def _serve_windows(self, waveform: tf.Tensor, hop_seconds: tf.Tensor) -> dict[str, tf.Tensor]:
         tf.debugging.assert_positive(hop_seconds, message="hop_seconds must be positive")
-        # Rounded as WindowGrid.frames_for rounds (half to even), so both grids agree.
-        hop = tf.maximum(1, tf.cast(tf.round(hop_seconds / self.params.hop_seconds), tf.int32))
+        # As WindowGrid.frames_for computes it (float64, half to even), so both grids agree.
+        frames = tf.round(tf.cast(hop_seconds, tf.float64) / tf.constant(self.params.hop_seconds, tf.float64))
+        hop = tf.maximum(1, tf.cast(frames, tf.int32))
         log_mel = tf_log_mel(waveform, self.params)
         tf.debugging.assert_greater_equal(
             tf.shape(log_mel)[1], self.grid.window_frames,

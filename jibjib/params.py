@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -88,9 +89,11 @@ class WindowGrid:
     @staticmethod
     def frames_for(hop_seconds: float, params: FrontEnd) -> int:
         """A hop in seconds as whole frames (at least one); the export's graph rounds the same way."""
-        if not hop_seconds > 0:
-            raise ValueError(f"hop must be positive, not {hop_seconds:g} s")
-        return max(1, int(round(hop_seconds / params.hop_seconds)))
+        if not (math.isfinite(hop_seconds) and hop_seconds > 0):
+            raise ValueError(f"hop must be a positive number of seconds, not {hop_seconds:g}")
+        # As the export's graph computes it: the float32 a client sends, divided in float64 (float32
+        # division rounds differently once TensorFlow turns it into a multiplication), half to even.
+        return max(1, int(np.round(np.float64(np.float32(hop_seconds)) / params.hop_seconds)))
 
     @property
     def window_seconds(self) -> float:

@@ -329,3 +329,49 @@ def test_an_export_without_window_thresholds_is_refused_before_any_work(tmp_path
     # A minimum score needs no thresholds.
     assert analyze_cli("--model", str(old), "--out", str(tmp_path / "out"), "--min-score", "0.9",
                        str(audio)).returncode == 0
+
+
+def test_hops_that_float32_rounds_differently_give_one_grid(exports: dict[str, Path]) -> None:
+    import tensorflow as tf
+
+    samples = soundscape(4.0, 16000, [])
+    served = tf.saved_model.load(str(exports["patch"])).signatures["windows"]
+    for hop in (0.235, 0.575, 1.175):
+        grid = WindowGrid.for_model(VGGISH, 1, hop)
+        start = served(waveform=tf.constant(samples[None]), hop_seconds=tf.constant(hop))["start"].numpy()
+        np.testing.assert_allclose(start, grid.times(0, start.size)[0])
+        assert start.size == grid.count(VGGISH.n_frames(samples.size))
+
+
+def test_inputs_and_options_that_cannot_work_get_one_line(exports: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "notes.txt").write_text("no audio")
+    audio = write_audio(tmp_path / "a.wav", soundscape(3.0, 16000, []), 16000, "WAV")
+    for args, expected in [(["--hop", "inf", str(audio)], "--hop: hop must be a positive number"),
+                           (["--hop", "0", str(audio)], "--hop: hop must be a positive number"),
+                           ([str(tmp_path / "empty"), str(tmp_path / "texts")], "no audio files")]:
+        done = analyze_cli("--model", str(exports["patch"]), "--out", str(tmp_path / "out"), *args)
+        (line,) = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and expected in line, done.stderr
+
+
+def test_several_folders_keep_their_names_apart(tmp_path: Path) -> None:
+    for site in ("siteA", "siteB"):
+        write_audio(tmp_path / site / "20260501_0500.wav", soundscape(2.0, 16000, []), 16000, "WAV")
+    names = [name for _, name in find_inputs([tmp_path / "siteA", tmp_path / "siteB", tmp_path / "siteA"])]
+    assert names == ["siteA/20260501_0500.wav", "siteB/20260501_0500.wav"]
+    assert [name for _, name in find_inputs([tmp_path / "siteA"])] == ["20260501_0500.wav"]
+
+
+def test_a_failing_model_call_stops_the_front_end_instead_of_hanging(exports: dict[str, Path], tmp_path: Path) -> None:
+    path = write_audio(tmp_path / "a.wav", soundscape(30.0, 16000, []), 16000, "WAV")
+    analyzer = Analyzer(exports["patch"])
+    analyzer.batch_windows = 2  # many small batches: the hand-off fills while the model call fails
+
+    def broken(windows: np.ndarray) -> np.ndarray:
+        raise RuntimeError("model failed")
+
+    analyzer.score_log_mel_windows = broken
+    with pytest.raises(RuntimeError, match="model failed"):
+        analyzer.score_file(path)

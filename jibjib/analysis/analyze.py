@@ -31,12 +31,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .. import fsutil
-from ..audio import AudioError, open_audio
+from ..audio import CONTAINERS, AudioError, open_audio
 from ..errors import ExportError, InputError
 from ..features import check_usable
 from ..frontend import LogMelStream
 from ..params import FrontEnd, WindowGrid
-from ..qc import ignore_reason
+from ..qc import ignore_reason, species_files
 from ..resample import output_length
 from . import tables
 from .scores import ScoreFileError, WindowScores, load_scores, save_scores, scores_path
@@ -215,20 +215,24 @@ class Analyzer(ExportAssets):
         stop = threading.Event()
         done = object()
 
+        def hand_over(item: object) -> bool:
+            """Put `item` unless the consumer has stopped (it no longer takes any: a plain put could block forever)."""
+            while not stop.is_set():
+                try:
+                    handoff.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
             try:
                 for batch in batches:
-                    while not stop.is_set():
-                        try:
-                            handoff.put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not hand_over(batch):
                         return
-                handoff.put(done)
+                hand_over(done)
             except BaseException as exc:  # handed to the consumer, which raises it
-                handoff.put(exc)
+                hand_over(exc)
 
         worker = threading.Thread(target=produce, name="jibjib-analyze-front-end", daemon=True)
         worker.start()
@@ -283,26 +287,36 @@ class Analyzer(ExportAssets):
 def find_inputs(paths: Iterable[str | os.PathLike], root: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
     """(file, name in the tables) for the files and folders given, folders searched recursively.
 
-    Names are relative to `root` if given, else to the folder a file was found
-    in (a file given by itself is named by its file name).  Hidden files and
-    folders and files that are not audio are kept, to be listed as ignored.
+    Names are relative to `root` if given; else relative to the folder given
+    (with several folders or files given, prefixed by that folder's name, so
+    that recorders naming files by time do not collide); a file given by
+    itself is named by its file name.  Hidden files and files that are not
+    audio are kept, to be listed as ignored; a file given twice counts once.
+    InputError if nothing given is audio.
     """
+    given_paths = [Path(p) for p in paths]
     found: list[tuple[Path, str]] = []
-    for given in map(Path, paths):
+    seen: set[Path] = set()
+    for given in given_paths:
         if given.is_dir():
-            files = sorted(p for p in given.rglob("*") if p.is_file())
-            base = given
+            files, base = species_files(given), given
+            prefix = given.resolve().name if len(given_paths) > 1 and root is None else ""
         elif given.is_file():
-            files, base = [given], given.parent
+            files, base, prefix = [given], given.parent, ""
         else:
             raise FileNotFoundError(2, "no such file or folder", str(given))
         for path in files:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
             anchor = Path(root) if root is not None else base
             try:
                 relative = path.resolve().relative_to(anchor.resolve()).as_posix()
             except ValueError:
                 raise InputError(f"{path} is not below --root {anchor}") from None
-            found.append((path, relative))
+            found.append((path, f"{prefix}/{relative}" if prefix else relative))
+    if all(ignore_reason(Path(name)) for _, name in found):
+        raise InputError(f"no audio files ({', '.join(CONTAINERS)}) in {', '.join(map(str, given_paths))}")
     return found
 
 
@@ -364,6 +378,8 @@ def analyze_files(analyzer: Analyzer, inputs: list[tuple[Path, str]], scores_dir
             continue
         except OSError as exc:
             results.append(FileResult(path, relative, REJECTED, "unreadable", exc.strerror or str(exc)))
+            if npz is not None:
+                npz.unlink(missing_ok=True)
             continue
         taken = time.monotonic() - file_started
         if npz is not None:

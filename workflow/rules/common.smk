@@ -123,6 +123,8 @@ def hop_option():
     return "" if hop is None else f"--hop={hop}"
 
 
-def soundscape_files(folder):
-    """Every file below the soundscape folder: a new or edited recording or table reruns the evaluation."""
-    return [str(path) for path in sorted(Path(folder).rglob("*")) if path.is_file()]
+def soundscape_audio(folder):
+    """The audio files below the soundscape folder: a new or edited recording reruns its analysis."""
+    from jibjib.qc import ignore_reason
+
+    return [str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file() and not ignore_reason(p.relative_to(folder))]

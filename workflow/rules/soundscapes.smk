@@ -18,7 +18,7 @@ if SOUNDSCAPE_DIR:
                 f"soundscape_scores_{_model}"
             input:
                 export=export_dir(_model),
-                audio=soundscape_files(SOUNDSCAPE_DIR),
+                audio=soundscape_audio(SOUNDSCAPE_DIR),
             output:
                 files=f"results/eval/{_model}/soundscapes/files.tsv",
                 detections=f"results/eval/{_model}/soundscapes/detections.tsv",
@@ -37,10 +37,11 @@ if SOUNDSCAPE_DIR:
                 mem_mb=4000,
                 runtime=60,
             shell:
-                # Exit status 1 only means some file could not be analysed: its reason is in files.tsv.
+                # A file that could not be analysed gives exit status 1 after files.tsv (its reason) is
+                # written; any other failure leaves no files.tsv (Snakemake removed the old one).
                 "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analyze --model={input.export:q}"
-                " --out={params.out_dir:q} --scores={params.scores:q} --merge --threads={threads}"
-                " {params.audio_dir:q} 2> {log.job:q} || test $? -eq 1"
+                " --out={params.out_dir:q} --scores={params.scores:q} --remove-other-scores --merge"
+                " --threads={threads} {params.audio_dir:q} 2> {log.job:q} || test -e {output.files:q}"
 
         rule:
             name:
