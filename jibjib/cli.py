@@ -339,7 +339,8 @@ def _signature_paths(path: str) -> list[str]:
 
 def cmd_analysis_tables(args: argparse.Namespace) -> None:
     settings = _table_settings(args)
-    from .analysis.analyze import ExportAssets, results_from_manifests
+    from .analysis.analyze import results_from_manifests
+    from .exported import ExportAssets
 
     results = results_from_manifests(args.manifests, Path(args.scores))
     export = ExportAssets(args.model)

@@ -11,11 +11,9 @@ detected species is reported, also below the top k.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,8 +21,8 @@ import pandas as pd
 
 from .audio import AudioError, open_audio, to_mono
 from .errors import ExportError
+from .exported import ExportAssets
 from .features import check_usable
-from .params import FrontEnd
 from .resample import resample
 
 
@@ -42,32 +40,13 @@ class Prediction:
                 **({"error": self.error} if self.error else {})}
 
 
-class Exported:
+class Exported(ExportAssets):
     """A loaded export: the serving function, its front-end parameters, labels and thresholds."""
 
     def __init__(self, export_dir: str | os.PathLike) -> None:
-        folder = Path(export_dir)
-        card_path = folder / "assets" / "model_card.json"
-        if not (folder / "saved_model.pb").is_file() or not card_path.is_file():
-            raise ExportError(f"{folder} is not a jibjib export (expected saved_model.pb and assets/model_card.json; "
-                              "point --model at results/export/<model>/<version>)")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
-        from .tflog import quiet_python_logging
-
-        quiet_python_logging()
-
-        self.card = json.loads(card_path.read_text())
-        frontend = {k: v for k, v in self.card["frontend"].items() if k != "fingerprint"}
-        self.params = FrontEnd.from_config(frontend)
-        labels = pd.read_csv(folder / "assets" / "labels.tsv", sep="\t", keep_default_na=False)
-        self.labels = labels["label"].astype(str).tolist()
-        self.external_ids = labels["external_id"].tolist() if "external_id" in labels else None
-        self.thresholds_path = folder / "assets" / "thresholds.tsv"
-        # A SavedModel is a graph and weights: loading it runs no Python code from the folder.
-        self._serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
-        self._tf = tf
+        super().__init__(export_dir)
+        self._tf, loaded = self.load_saved_model()
+        self._serve = loaded.signatures["serving_default"]
 
     def waveform(self, path: str | os.PathLike) -> np.ndarray:
         """The file as float32 mono at the model's sample rate; AudioError if unusable."""

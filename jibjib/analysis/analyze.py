@@ -18,7 +18,6 @@ is not analysed again (jibjib.analysis.scores).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import queue
 import sys
@@ -33,9 +32,10 @@ import numpy as np
 from .. import fsutil
 from ..audio import CONTAINERS, AudioError, open_audio
 from ..errors import ExportError, InputError
+from ..exported import ExportAssets
 from ..features import check_usable
 from ..frontend import LogMelStream
-from ..params import FrontEnd, WindowGrid
+from ..params import WindowGrid
 from ..qc import ignore_reason, species_files
 from ..resample import output_length
 from . import tables
@@ -103,35 +103,14 @@ class FileResult:
     seconds_taken: float = 0.0
 
 
-class ExportAssets:
-    """What an export says about itself (model card, front end, labels, thresholds), without loading the model."""
-
-    def __init__(self, export_dir: str | os.PathLike) -> None:
-        folder = Path(export_dir)
-        card_path = folder / "assets" / "model_card.json"
-        if not (folder / "saved_model.pb").is_file() or not card_path.is_file():
-            raise ExportError(f"{folder} is not a jibjib export (expected saved_model.pb and assets/model_card.json; "
-                              "point --model at results/export/<model>/<version>)")
-        self.folder = folder
-        self.card = json.loads(card_path.read_text())
-        if "window" not in self.card:
-            raise ExportError(f"{folder} was exported before jibjib analyze existed (no window signature): "
-                              "export the model again")
-        self.params = FrontEnd.from_config({k: v for k, v in self.card["frontend"].items() if k != "fingerprint"})
-
-        import pandas as pd
-
-        labels = pd.read_csv(folder / "assets" / "labels.tsv", sep="\t", keep_default_na=False, dtype=str)
-        self.labels = labels["label"].tolist()
-        self.external_ids = labels["external_id"].tolist() if "external_id" in labels else None
-        self.thresholds_path = folder / "assets" / "thresholds.tsv"
-
-
 class Analyzer(ExportAssets):
     """A loaded export and the window grid it is run on."""
 
     def __init__(self, export_dir: str | os.PathLike, hop_seconds: float | None = None) -> None:
         super().__init__(export_dir)
+        if "window" not in self.card:
+            raise ExportError(f"{self.folder} was exported before jibjib analyze existed (no window signature): "
+                              "export the model again")
         patches = int(self.card["window"]["patches"])
         try:
             self.grid = WindowGrid.for_model(self.params, patches, hop_seconds)
@@ -140,15 +119,8 @@ class Analyzer(ExportAssets):
         self.batch_windows = max(1, BATCH_PATCHES // patches)
         self.digest = export_digest(self.folder)
 
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
-        from ..tflog import quiet_python_logging
-
-        quiet_python_logging()
-        # A SavedModel is a graph and weights: loading it runs no Python code from the folder.
-        self._forward = tf.saved_model.load(str(self.folder)).signatures["log_mel_windows"]
-        self._tf = tf
+        self._tf, loaded = self.load_saved_model()
+        self._forward = loaded.signatures["log_mel_windows"]
 
     @property
     def window_seconds(self) -> float:
