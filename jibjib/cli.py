@@ -65,10 +65,12 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
     from .demo import DEFAULT_SEED, make_demo
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
-    summary = make_demo(args.out_dir, n_species=args.species, recordings_per_species=args.recordings, seed=seed)
+    summary = make_demo(args.out_dir, n_species=args.species, recordings_per_species=args.recordings, seed=seed,
+                        background_recordings=args.background)
     print(
         f"demo set in {args.out_dir}: {summary.n_species} species, {summary.n_recordings} recordings, "
-        f"{summary.n_files} files, {summary.seconds:.0f} s of audio",
+        f"{summary.n_files} files ({summary.n_background_files} in noise/, without birds), "
+        f"{summary.seconds:.0f} s of audio",
         file=sys.stderr,
     )
     if args.soundscapes != "":
@@ -380,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="folder to write <species>/<species>-<n>_<k>.wav into")
     p.add_argument("--species", type=int, default=8)
     p.add_argument("--recordings", type=int, default=20, help="recordings per species")
+    p.add_argument("--background", type=int, default=40,
+                   help="recordings without birds (wind, rain, insects, traffic) in OUT_DIR/noise/")
     p.add_argument("--seed", type=int, help="default: a seed whose demo fills every split")
     p.add_argument("--soundscapes", metavar="DIR",
                    help="folder for the annotated demo soundscapes (default: demo_soundscapes beside OUT_DIR; "

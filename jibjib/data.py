@@ -1,8 +1,9 @@
 """Streaming training input: tf.data pipelines that read the per-file npz lazily.
 
 Only the list of file names is held in memory; patches are read by parallel
-workers, mixed in a fixed-size shuffle buffer and prefetched, so memory does not
-grow with the number of files (the old code loaded every patch up front).
+workers, mixed in a fixed-size shuffle buffer, augmented (jibjib.training.augment)
+and prefetched, so memory does not grow with the number of files (the old code
+loaded every patch up front).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pandas as pd
 import tensorflow as tf
 
 from . import fsutil
-from .params import VGGISH
+from .params import VGGISH, FrontEnd
+from .training.augment import Augmentation, augment_example, mixup_batch
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -116,37 +118,6 @@ def class_weights(example_counts: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, counts.sum() / (present * np.maximum(counts, 1)), 1.0)
 
 
-def _stream(files: pd.DataFrame, read, batch_size: int, shuffle: bool, seed: int,
-            shuffle_buffer: int) -> tf.data.Dataset:
-    """Files (shuffled each epoch) -> `read` in parallel -> examples -> shuffle buffer -> batches."""
-    ds = tf.data.Dataset.from_tensor_slices((files["feature"].to_numpy(str), files["class_id"].to_numpy(np.int32)))
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(read, num_parallel_calls=AUTOTUNE, deterministic=not shuffle).unbatch()
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
-
-
-def patch_dataset(
-    files: pd.DataFrame,
-    batch_size: int,
-    shuffle: bool = True,
-    seed: int = 0,
-    shuffle_buffer: int = 4096,
-    patch_frames: int = VGGISH.patch_frames,
-    bands: int = VGGISH.mel_bands,
-) -> tf.data.Dataset:
-    """(patches (B, patch_frames, bands), class ids (B,)) for the VGGish classifier."""
-
-    def read(path: tf.Tensor, class_id: tf.Tensor):
-        patches = tf.numpy_function(lambda p: load_patches(p, patch_frames), [path], tf.float32)
-        patches.set_shape([None, patch_frames, bands])
-        return patches, tf.fill([tf.shape(patches)[0]], class_id)
-
-    return _stream(files, read, batch_size, shuffle, seed, shuffle_buffer)
-
-
 def to_sequences(patches: np.ndarray, seq_len: int, short: str = "pad") -> tuple[np.ndarray, np.ndarray]:
     """Cut one file's patches into (k, seq_len, ...) sequences and a (k, seq_len) mask.
 
@@ -165,26 +136,180 @@ def to_sequences(patches: np.ndarray, seq_len: int, short: str = "pad") -> tuple
     return padded.reshape(k, seq_len, *patches.shape[1:]), mask.reshape(k, seq_len)
 
 
-def sequence_dataset(
-    files: pd.DataFrame,
-    batch_size: int,
-    seq_len: int = 10,
-    short: str = "pad",
-    shuffle: bool = True,
-    seed: int = 0,
-    shuffle_buffer: int = 512,
-    patch_frames: int = VGGISH.patch_frames,
-    bands: int = VGGISH.mel_bands,
-) -> tf.data.Dataset:
-    """({"patches": (B, seq_len, patch_frames, bands), "mask": (B, seq_len)}, class ids) for the ConvLSTM."""
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What the training input cuts, targets and augments (one model's settings)."""
 
-    def load(path: bytes) -> tuple[np.ndarray, np.ndarray]:
-        return to_sequences(load_patches(path, patch_frames), seq_len, short)
+    n_classes: int
+    seq_len: int | None = None  # None: single patches (VGGish); else sequences of seq_len patches (ConvLSTM)
+    short_files: str = "pad"
+    multi_label: bool = False
+    label_smoothing: float = 0.0
+    class_balance: str = "weights"  # or "sampling": files drawn so every class gives as many examples
+    shuffle_buffer: int = 4096
+    augmentation: Augmentation = Augmentation(enabled=False)
+    frontend: FrontEnd = VGGISH
 
-    def read(path: tf.Tensor, class_id: tf.Tensor):
-        seqs, mask = tf.numpy_function(load, [path], (tf.float32, tf.bool))
-        seqs.set_shape([None, seq_len, patch_frames, bands])
-        mask.set_shape([None, seq_len])
-        return {"patches": seqs, "mask": mask}, tf.fill([tf.shape(seqs)[0]], class_id)
+    @property
+    def unit_patches(self) -> int:
+        return self.seq_len or 1
 
-    return _stream(files, read, batch_size, shuffle, seed, shuffle_buffer)
+
+def file_targets(files: pd.DataFrame, spec: InputSpec) -> np.ndarray:
+    """(files, classes) training targets before smoothing and mixup.
+
+    Sigmoid outputs: multi-hot, all zero for a background file. Softmax: the
+    file's class, and for a background file the uniform distribution over the
+    species (Outlier Exposure): the model learns to spread its belief when it
+    hears no bird, so no species reaches its threshold there.
+    """
+    targets = target_matrix(files["class_ids"], spec.n_classes)
+    if not spec.multi_label:
+        totals = targets.sum(axis=1, keepdims=True)
+        targets = np.where(totals > 0, targets / np.maximum(totals, 1.0), 1.0 / spec.n_classes).astype(np.float32)
+    return targets
+
+
+def balanced_draw_weights(files: pd.DataFrame, examples: np.ndarray) -> np.ndarray:
+    """Draw probability per file that gives every stratum (species, species set, background) equal examples.
+
+    A file is drawn with probability proportional to 1 / (examples of its
+    stratum): each stratum then yields the same number of examples in
+    expectation, however many and however long its files.
+    """
+    strata = files["class_ids"].map(lambda ids: ",".join(map(str, ids)))
+    totals = pd.Series(examples, index=files.index, dtype=float).groupby(strata).transform("sum").to_numpy()
+    weights = np.where(totals > 0, 1.0 / np.maximum(totals, 1.0), 0.0)
+    return weights / weights.sum()
+
+
+def _load_units(path: bytes, seed: int, unit: int, short: str, random_offset: bool, tile: bool,
+                patch_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k, unit, patch_frames, bands) examples of one file and their (k, unit) mask.
+
+    With `random_offset` the patch grid starts at a random frame (seeded) in
+    the first patch, as far as the file leaves room. `tile` repeats a short
+    file until it fills one unit (for background recordings, which must not
+    bring padding into a mix).
+    """
+    with np.load(path.decode(), allow_pickle=False) as z:
+        log_mel = z["log_mel"]
+    if tile and log_mel.shape[0] < unit * patch_frames:
+        log_mel = np.tile(log_mel, (-(-unit * patch_frames // log_mel.shape[0]), 1))
+    spare = log_mel.shape[0] - patch_frames
+    if random_offset and spare > 0:
+        offset = int(np.random.default_rng(seed & 0x7FFFFFFFFFFFFFFF).integers(0, min(patch_frames, spare + 1)))
+        log_mel = log_mel[offset:]
+    n = log_mel.shape[0] // patch_frames
+    patches = log_mel[: n * patch_frames].reshape(n, patch_frames, log_mel.shape[1])
+    return to_sequences(patches, unit, "skip" if tile else short)
+
+
+def _seed_pairs(seed: int, rerandomize: bool) -> tf.data.Dataset:
+    """An endless stream of stateless-op seeds (shape [2]), new each epoch when `rerandomize`."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize).batch(2)
+
+
+def _read(paths: np.ndarray, targets: np.ndarray, spec: InputSpec, random_offset: bool, tile: bool):
+    unit, frames, bands = spec.unit_patches, spec.frontend.patch_frames, spec.frontend.mel_bands
+    paths, targets = tf.constant(paths), tf.constant(targets)
+
+    def read(index: tf.Tensor, seed: tf.Tensor):
+        units, mask = tf.numpy_function(
+            lambda p, s: _load_units(p, int(s), unit, spec.short_files, random_offset, tile, frames),
+            [tf.gather(paths, index), seed[0]], (tf.float32, tf.bool))
+        units.set_shape([None, unit, frames, bands])
+        mask.set_shape([None, unit])
+        target = tf.tile(tf.gather(targets, index)[None], [tf.shape(units)[0], 1])
+        return tf.data.Dataset.from_tensor_slices((units, mask, target))
+
+    return read
+
+
+def training_dataset(files: pd.DataFrame, spec: InputSpec, batch_size: int, training: bool,
+                     seed: int = 0) -> tf.data.Dataset:
+    """Batches of (inputs, targets (B, classes) float32) from a split's files.
+
+    Inputs are patches (B, patch_frames, bands) for VGGish, or {"patches":
+    (B, seq_len, patch_frames, bands), "mask": (B, seq_len)} for the ConvLSTM.
+    Only the list of files is held in memory: files are read by parallel
+    workers in a seeded order (reshuffled each epoch when `training`), their
+    examples mixed in a fixed-size shuffle buffer. With `training` the
+    augmentation of `spec` applies (background recordings are the split's
+    files without a species), and `class_balance: sampling` draws files with
+    replacement so that every class gives the same number of examples; without
+    it every example comes once, unchanged, in file order.
+    """
+    aug = spec.augmentation.active() if training else Augmentation(enabled=False).active()
+    paths = files["feature"].to_numpy(str)
+    targets = file_targets(files, spec)
+    n = len(files)
+    order = tf.data.Dataset.range(n)
+    if training and spec.class_balance == "sampling":
+        patches = [feature_stamp(f).frames // spec.frontend.patch_frames for f in paths]
+        examples = np.array([n if spec.seq_len is None else sequence_count(n, spec.seq_len, spec.short_files)
+                             for n in patches])
+        cdf = tf.constant(np.cumsum(balanced_draw_weights(files, examples)), tf.float64)
+        draws = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).take(n)
+        # Dataset.random gives 32 random bits per element.
+        order = draws.map(lambda r: tf.minimum(
+            tf.searchsorted(cdf, [tf.cast(r % (1 << 32), tf.float64) / float(1 << 32)], side="right")[0], n - 1))
+    elif training:
+        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip(order, _seed_pairs(seed + 2, training))
+    ds = ds.interleave(_read(paths, targets, spec, aug.random_offsets, tile=False),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training:
+        ds = ds.shuffle(spec.shuffle_buffer, seed=seed + 3, reshuffle_each_iteration=True)
+        background = _background_stream(files, targets, spec, aug, seed)
+        if background is not None or _changes_examples(aug):
+            extra = background if background is not None else tf.data.Dataset.from_tensors(tf.zeros([0])).repeat()
+            ds = tf.data.Dataset.zip(ds, extra, _seed_pairs(seed + 4, True)).map(
+                lambda example, bg, s: _augment(example, bg if background is not None else None, s, aug, spec),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size)
+    if training and aug.mixup_probability > 0:
+        ds = tf.data.Dataset.zip(ds, _seed_pairs(seed + 5, True)).map(
+            lambda batch, s: _mixup(batch, s, aug), num_parallel_calls=AUTOTUNE, deterministic=True)
+    smoothing = spec.label_smoothing if training else 0.0
+    ds = ds.map(lambda units, mask, target: _model_io(units, mask, target, spec, smoothing))
+    return ds.prefetch(AUTOTUNE)
+
+
+def _changes_examples(aug: Augmentation) -> bool:
+    return aug.gain_db > 0 or aug.time_masks > 0 or aug.freq_masks > 0 or aug.lowpass_probability > 0
+
+
+def _background_stream(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: Augmentation,
+                       seed: int) -> tf.data.Dataset | None:
+    """Endless random background units (from the files without a species), or None if there are none."""
+    is_background = (files["class_ids"].map(len) == 0).to_numpy()
+    if aug.background_probability <= 0 or not is_background.any():
+        return None
+    paths = files["feature"].to_numpy(str)[is_background]
+    order = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed + 6, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip(order.repeat(), _seed_pairs(seed + 7, True))
+    ds = ds.interleave(_read(paths, targets[is_background], spec, True, tile=True),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.shuffle(256, seed=seed + 8, reshuffle_each_iteration=True).map(lambda units, mask, target: units)
+
+
+def _augment(example, background, seed, aug: Augmentation, spec: InputSpec):
+    units, mask, target = example
+    return augment_example(units, background, seed, aug, spec.frontend), mask, target
+
+
+def _mixup(batch, seed, aug: Augmentation):
+    units, mask, target = batch
+    mixed_units, mixed_target = mixup_batch(units, target, seed, aug.mixup_probability, aug.mixup_alpha)
+    partner_mask = tf.roll(mask, shift=1, axis=0)
+    return mixed_units, mask | partner_mask, mixed_target
+
+
+def _model_io(units, mask, target, spec: InputSpec, smoothing: float):
+    if smoothing > 0:
+        share = 0.5 if spec.multi_label else 1.0 / spec.n_classes
+        target = target * (1.0 - smoothing) + smoothing * share
+    if spec.seq_len is None:
+        return units[:, 0], target
+    return {"patches": units, "mask": mask}, target

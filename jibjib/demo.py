@@ -30,12 +30,13 @@ import scipy.fft
 import soundfile
 
 from . import fsutil
+from .demo_bed import _colored_noise, field_bed
 
 __all__ = ["DemoSummary", "make_demo", "DEFAULT_SEED", "MARKER_NAME", "GENERATOR_VERSION"]
 
 # Bump whenever the output of the same arguments changes, so an old demo
 # folder is regenerated instead of being trusted by the marker.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 # Written last, so its presence means "complete" (the Makefile uses it as its target).
 MARKER_NAME = ".demo.json"
 # With the workflow's default split (seed 42, 0.7/0.15/0.15 by recording), this
@@ -66,10 +67,13 @@ PITCH_JITTER = 0.01   # per syllable
 
 # Independent random streams per purpose: adding a feature to one stream must
 # not shift the numbers drawn by another (names, plans, sounds).
-_NAMES_STREAM, _SPECIES_STREAM, _PLAN_STREAM, _RENDER_STREAM = 1, 2, 3, 4
+_NAMES_STREAM, _SPECIES_STREAM, _PLAN_STREAM, _RENDER_STREAM, _BACKGROUND_STREAM = 1, 2, 3, 4, 5
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _KINDS = ("sweep", "trill", "harmonic", "chevron")
-_FILE_RE = re.compile(r"^(?P<species>[A-Z][a-z]+_[a-z]+)/(?P=species)-\d+_\d+\.wav$")
+_FILE_RE = re.compile(r"^(?P<species>[A-Z][a-z]+_[a-z]+|noise)/(?P=species)-\d+_\d+\.wav$")
+# The folder of recordings without birds (a default of labels.background).
+BACKGROUND_FOLDER = "noise"
+BACKGROUND_RMS = 0.05  # the soundscapes' bed level; each recording varies it by +-10 dB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +85,7 @@ class DemoSummary:
     n_files: int
     seconds: float  # total audio duration of all files
     species: list[str]  # sorted, i.e. in class-id order
+    n_background_files: int = 0  # in the background folder (noise/), counted in n_files too
 
 
 # --------------------------------------------------------------------------
@@ -290,27 +295,6 @@ def _render_song(species: _Species, sr: int, pitch: float, tempo: float,
     return np.concatenate(parts)
 
 
-def _colored_noise(rng: np.random.Generator, n: int, sr: int, alpha: float, knee_hz: float,
-                   cutoff_hz: float | None = None) -> np.ndarray:
-    """Unit-power noise with a 1/f^alpha power spectrum, flat below `knee_hz`.
-
-    The knee stands in for a microphone's low cut, without which brown noise
-    would be all sub-audible drift.
-    """
-    size = scipy.fft.next_fast_len(n, real=True)  # a prime length would make the FFT crawl
-    freqs = np.fft.rfftfreq(size, 1.0 / sr)
-    shape = np.exp(np.log(knee_hz**2 + freqs**2) * (-alpha / 4.0))
-    if cutoff_hz is not None:
-        rolloff = (freqs / cutoff_hz) ** 2
-        rolloff **= 4  # 8th-order low-pass magnitude: wind stays well below 1 kHz
-        shape /= np.sqrt(1.0 + rolloff)
-    shape[0] = 0.0
-    spectrum = rng.standard_normal(2 * freqs.size).view(np.complex128)
-    spectrum *= shape
-    noise = scipy.fft.irfft(spectrum, size)[:n]
-    return noise / max(float(np.sqrt(np.dot(noise, noise) / n)), 1e-12)
-
-
 def _background(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     """One channel of field background: coloured noise plus, sometimes, gusty wind rumble."""
     noise = _colored_noise(rng, n, sr, alpha=rng.uniform(1.0, 2.0), knee_hz=rng.uniform(30.0, 200.0))
@@ -350,32 +334,54 @@ class _Recording:
 
 
 def _plan(seed: int, species: list[_Species], recordings_per_species: int,
-          slice_seconds: float, max_slices: int) -> list[_Recording]:
-    """Names, formats and lengths of every recording, without synthesising any audio."""
+          slice_seconds: float, max_slices: int, background_recordings: int = 0) -> list[_Recording]:
+    """Names, formats and lengths of every recording, without synthesising any audio.
+
+    Background recordings (species index -1) come last, from a stream of
+    their own, so adding them changes no species recording.
+    """
     plans = []
     min_last = min(MIN_LAST_SLICE_SECONDS, slice_seconds)
-    for s, sp in enumerate(species):
-        used: set[int] = set()
-        for r in range(recordings_per_species):
-            rng = np.random.default_rng([seed, s, r, _PLAN_STREAM])
-            number = int(rng.integers(10_000, 1_000_000))
-            while number in used:
-                number += 1
-            used.add(number)
-            sr = int(rng.choice(SAMPLE_RATES, p=SAMPLE_RATE_WEIGHTS))
-            channels = 2 if rng.random() < STEREO_PROBABILITY else 1
-            subtype = str(rng.choice(SUBTYPES, p=SUBTYPE_WEIGHTS))
-            n_slices = int(rng.integers(1, max_slices + 1))
-            full = int(round(slice_seconds * sr))
-            last = min(full, int(round(rng.uniform(min_last, slice_seconds) * sr)))
-            snr_db = round(float(rng.uniform(*SNR_DB)), 2)
-            plans.append(_Recording(s, r, sp.name, number, sr, channels, subtype,
-                                    (full,) * (n_slices - 1) + (last,), snr_db))
+    owners = [(s, sp.name, r, [seed, s, r, _PLAN_STREAM])
+              for s, sp in enumerate(species) for r in range(recordings_per_species)]
+    owners += [(-1, BACKGROUND_FOLDER, r, [seed, r, _BACKGROUND_STREAM, _PLAN_STREAM])
+               for r in range(background_recordings)]
+    used: dict[int, set[int]] = {}
+    for s, name, r, stream in owners:
+        rng = np.random.default_rng(stream)
+        number = int(rng.integers(10_000, 1_000_000))
+        while number in used.setdefault(s, set()):
+            number += 1
+        used[s].add(number)
+        sr = int(rng.choice(SAMPLE_RATES, p=SAMPLE_RATE_WEIGHTS))
+        channels = 2 if rng.random() < STEREO_PROBABILITY and s >= 0 else 1
+        subtype = str(rng.choice(SUBTYPES, p=SUBTYPE_WEIGHTS))
+        n_slices = int(rng.integers(1, max_slices + 1))
+        full = int(round(slice_seconds * sr))
+        last = min(full, int(round(rng.uniform(min_last, slice_seconds) * sr)))
+        snr_db = round(float(rng.uniform(*SNR_DB)), 2)
+        plans.append(_Recording(s, r, name, number, sr, channels, subtype,
+                                (full,) * (n_slices - 1) + (last,), snr_db))
     return plans
 
 
-def _render_recording(species: _Species, rec: _Recording, seed: int) -> np.ndarray:
+def _render_background(rec: _Recording, seed: int) -> np.ndarray:
+    """A recording with no bird: a random field bed (wind, rain, insects, traffic, noise floor) as (samples, channels)."""
+    rng = np.random.default_rng([seed, rec.recording_index, _BACKGROUND_STREAM, _RENDER_STREAM])
+    gains = {"wind": float(rng.uniform(-6.0, 3.0)), "floor": float(rng.uniform(-40.0, -25.0))}
+    for name, chance, low, high in (("rain", 0.4, -6.0, 2.0), ("insects", 0.6, -16.0, -4.0),
+                                    ("traffic", 0.4, -8.0, 0.0)):
+        if rng.random() < chance:
+            gains[name] = float(rng.uniform(low, high))
+    bed = field_bed(rng, rec.samples, rec.sample_rate, gains)
+    bed *= BACKGROUND_RMS * 10.0 ** (rng.uniform(-10.0, 10.0) / 20.0) / max(float(np.sqrt(np.mean(bed**2))), 1e-12)
+    return (bed * min(1.0, 0.95 / max(float(np.abs(bed).max()), 1e-12)))[:, None]
+
+
+def _render_recording(species: _Species | None, rec: _Recording, seed: int) -> np.ndarray:
     """The whole recording as float64 (samples, channels), peak within [-0.95, 0.95]."""
+    if species is None:
+        return _render_background(rec, seed)
     rng = np.random.default_rng([seed, rec.species_index, rec.recording_index, _RENDER_STREAM])
     sr, n = rec.sample_rate, rec.samples
     pitch = rng.uniform(1.0 - PITCH_SPREAD, 1.0 + PITCH_SPREAD)
@@ -446,7 +452,7 @@ def _clear_peak_timestamp(wav: bytes) -> bytes:
     return bytes(out)
 
 
-def _write_recording(out: Path, species: _Species, rec: _Recording, seed: int) -> dict[str, int]:
+def _write_recording(out: Path, species: _Species | None, rec: _Recording, seed: int) -> dict[str, int]:
     audio = _render_recording(species, rec, seed)
     sizes = {}
     start = 0
@@ -461,7 +467,7 @@ def _write_recording(out: Path, species: _Species, rec: _Recording, seed: int) -
 
 
 def _arguments(n_species: int, recordings_per_species: int, seed: int,
-               slice_seconds: float, max_slices: int) -> dict[str, Any]:
+               slice_seconds: float, max_slices: int, background_recordings: int = 0) -> dict[str, Any]:
     def count(value: Any, name: str, low: int, high: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
@@ -480,6 +486,7 @@ def _arguments(n_species: int, recordings_per_species: int, seed: int,
         "seed": count(seed, "seed", 0),
         "slice_seconds": slice_seconds,
         "max_slices": count(max_slices, "max_slices", 1),
+        "background_recordings": count(background_recordings, "background_recordings", 0),
     }
 
 
@@ -542,11 +549,13 @@ def make_demo(
     seed: int = DEFAULT_SEED,
     slice_seconds: float = 10.0,
     max_slices: int = 2,
+    background_recordings: int = 0,
 ) -> DemoSummary:
     """Write a synthetic bird-song set to `out_dir/<Genus_species>/<Genus_species>-<n>_<k>.wav`.
 
     Each recording lasts 1 to `max_slices` slices of `slice_seconds` (the last
-    one at least 3 s) and is cut into numbered files.  The same arguments give
+    one at least 3 s) and is cut into numbered files; `background_recordings`
+    more, without birds, go to `out_dir/noise/` (a background folder).  The same arguments give
     byte-identical files.  If `out_dir` already holds a complete demo made with
     the same arguments (its `.demo.json` marker says so and every file is
     there at its recorded size), nothing is rewritten.  Files of an earlier
@@ -554,16 +563,17 @@ def make_demo(
     non-empty `out_dir` without a marker is refused (FileExistsError) so real
     recordings never get mixed with synthetic ones.
     """
-    arguments = _arguments(n_species, recordings_per_species, seed, slice_seconds, max_slices)
+    arguments = _arguments(n_species, recordings_per_species, seed, slice_seconds, max_slices, background_recordings)
     out = Path(out_dir)
     names = _species_names(arguments["seed"], arguments["n_species"])
     species = [_make_species(arguments["seed"], i, name) for i, name in enumerate(names)]
     plans = _plan(arguments["seed"], species, arguments["recordings_per_species"],
-                  arguments["slice_seconds"], arguments["max_slices"])
+                  arguments["slice_seconds"], arguments["max_slices"], arguments["background_recordings"])
     summary = DemoSummary(
         n_species=len(species),
         n_recordings=len(plans),
         n_files=sum(len(p.files) for p in plans),
+        n_background_files=sum(len(p.files) for p in plans if p.species_index < 0),
         seconds=round(sum(p.seconds for p in plans), 3),
         species=sorted(names),
     )
@@ -594,7 +604,8 @@ def make_demo(
     marker_path.unlink(missing_ok=True)
     sizes: dict[str, int | None] = {}
     for rec in plans:
-        sizes.update(_write_recording(out, species[rec.species_index], rec, arguments["seed"]))
+        sizes.update(_write_recording(out, species[rec.species_index] if rec.species_index >= 0 else None, rec,
+                                      arguments["seed"]))
     _remove_stale(out, old - new)
     fsutil.write_json(marker_path, _marker(arguments, sizes, plans))
     partial_path.unlink()

@@ -11,6 +11,7 @@ without GPUs the same code runs on the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -34,11 +35,13 @@ import tensorflow as tf  # noqa: E402
 from . import __version__, fsutil  # noqa: E402
 from .config import checkpoint_prefix  # noqa: E402
 from .data import (  # noqa: E402
-    FeatureStamp, class_weights, feature_stamp, patch_dataset, sequence_count, sequence_dataset, split_files,
+    FeatureStamp, InputSpec, class_weights, feature_stamp, sequence_count, split_files, target_matrix,
+    training_dataset,
 )
 from .models import convlstm_classifier, vggish_classifier  # noqa: E402
 from .params import VGGISH  # noqa: E402
 from .tflog import quiet_python_logging  # noqa: E402
+from .training.augment import Augmentation  # noqa: E402
 
 quiet_python_logging()
 
@@ -70,18 +73,31 @@ def build_model(model: str, n_classes: int, settings: dict[str, Any]) -> keras.M
     raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
 
 
-def _dataset(model: str, files: pd.DataFrame, batch_size: int, settings: dict[str, Any],
-              shuffle: bool, seed: int) -> tf.data.Dataset:
-    if model == "vggish":
-        ds = patch_dataset(files, batch_size, shuffle=shuffle, seed=seed,
-                           shuffle_buffer=settings["shuffle_buffer"])
-    else:
-        ds = sequence_dataset(files, batch_size, seq_len=settings["seq_len"], short=settings["short_files"],
-                              shuffle=shuffle, seed=seed, shuffle_buffer=settings["shuffle_buffer"])
-    if settings["multi_label"]:
-        n_classes = settings["n_classes"]
-        ds = ds.map(lambda x, y: (x, tf.one_hot(y, n_classes)))
-    return ds
+def input_spec(model: str, settings: dict[str, Any]) -> InputSpec:
+    """The training input of one run, from its settings (missing keys take their defaults)."""
+    return InputSpec(
+        n_classes=settings["n_classes"],
+        seq_len=settings["seq_len"] if model == "convlstm" else None,
+        short_files=settings.get("short_files", "pad"),
+        multi_label=settings["multi_label"],
+        label_smoothing=float(settings.get("label_smoothing", 0.0)),
+        class_balance=settings["class_balance"],
+        shuffle_buffer=settings["shuffle_buffer"],
+        augmentation=Augmentation.from_settings(settings.get("augment")),
+    )
+
+
+def learning_rate(settings: dict[str, Any], replicas: int, steps_per_epoch: int
+                  ) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The configured rate times the replicas (the batch grows with them), constant or warm-up then cosine."""
+    peak = float(settings["learning_rate"]) * replicas
+    if settings.get("lr_schedule", "cosine") == "constant":
+        return peak
+    total = max(1, int(settings["epochs"]) * steps_per_epoch)
+    warmup = min(total - 1, int(round(float(settings.get("warmup_epochs", 1)) * steps_per_epoch)))
+    # Warm-up from a hundredth of the peak, then cosine down to a hundredth.
+    return keras.optimizers.schedules.CosineDecay(peak / 100.0, max(1, total - warmup), alpha=0.01,
+                                                  warmup_target=peak, warmup_steps=warmup)
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -258,9 +274,10 @@ class ClassWeightedCrossentropy(keras.losses.Loss):
 
     Keras's `class_weight` weights only the training batches, so val_loss
     would measure something else than loss; a weighted loss applies to both.
-    Single-label: softmax cross-entropy times the weight of the example's
-    class. Multi-label: sigmoid cross-entropy per class, the positive term of
-    each class times its weight (negatives weigh 1).
+    Targets are (batch, classes) probabilities (mixed, smoothed or uniform for
+    background under softmax). Single-label: softmax cross-entropy times the
+    target-weighted class weight. Multi-label: sigmoid cross-entropy per class,
+    the positive term of each class times its weight (negatives weigh 1).
     """
 
     def __init__(self, class_weights: list[float], multi_label: bool = False,
@@ -272,24 +289,24 @@ class ClassWeightedCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):  # noqa: ANN001, ANN201 - Keras API
         logits = keras.ops.cast(y_pred, "float32")
         weights = keras.ops.convert_to_tensor(self.class_weights, "float32")
+        target = keras.ops.cast(y_true, "float32")
         if self.multi_label:
-            target = keras.ops.cast(y_true, "float32")
             per_class = keras.ops.binary_crossentropy(target, logits, from_logits=True)
             return keras.ops.mean(per_class * (1.0 + (weights - 1.0) * target), axis=-1)
-        target = keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32")
-        return keras.ops.sparse_categorical_crossentropy(target, logits, from_logits=True) * keras.ops.take(weights, target)
+        loss = keras.ops.categorical_crossentropy(target, logits, from_logits=True)
+        return loss * keras.ops.sum(target * weights, axis=-1)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "class_weights": self.class_weights, "multi_label": self.multi_label}
 
 
-def example_counts(model: str, stamps: list[FeatureStamp], class_ids: np.ndarray, n_classes: int,
+def example_counts(model: str, stamps: list[FeatureStamp], class_ids: pd.Series, n_classes: int,
                    settings: dict[str, Any]) -> np.ndarray:
-    """Training examples per class: patches for VGGish, sequences for the ConvLSTM."""
+    """Training examples per class: patches for VGGish, sequences for the ConvLSTM (background files count for none)."""
     patches = np.array([stamp.frames // VGGISH.patch_frames for stamp in stamps], dtype=int)
     if model == "convlstm":
         patches = np.array([sequence_count(n, settings["seq_len"], settings["short_files"]) for n in patches], dtype=int)
-    return np.bincount(class_ids, weights=patches, minlength=n_classes)
+    return (target_matrix(class_ids, n_classes) * patches[:, None]).sum(axis=0)
 
 
 def software_versions() -> dict[str, str]:
@@ -323,6 +340,8 @@ def train(
     settings = {**settings, "n_classes": n_classes}
     train_files = split_files(split_tsv, labels_tsv, features_dir, "train")
     val_files = split_files(split_tsv, labels_tsv, features_dir, "val")
+    if not settings.get("use_background", True):
+        train_files, val_files = (f[f["class_ids"].map(len) > 0].reset_index(drop=True) for f in (train_files, val_files))
     if train_files.empty:
         raise ValueError(f"{split_tsv} has no training files")
     train_stamps = [feature_stamp(f) for f in train_files["feature"]]
@@ -335,11 +354,17 @@ def train(
     if settings["mixed_precision"] and gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
     batch_size = int(settings["batch_size"]) * replicas
-    train_ds = _dataset(model, train_files, batch_size, settings, shuffle=True, seed=seed)
-    val_ds = _dataset(model, val_files, batch_size, settings, shuffle=False, seed=seed) if len(val_files) else None
+    spec = input_spec(model, settings)
+    train_ds = training_dataset(train_files, spec, batch_size, training=True, seed=seed)
+    val_ds = training_dataset(val_files, spec, batch_size, training=False, seed=seed) if len(val_files) else None
 
-    examples = example_counts(model, train_stamps, train_files["class_id"].to_numpy(), n_classes, settings)
+    examples = example_counts(model, train_stamps, train_files["class_ids"], n_classes, settings)
     weights = class_weights(examples) if settings["class_balance"] == "weights" else np.ones(n_classes)
+    n_background = int((train_files["class_ids"].map(len) == 0).sum())
+    units = [stamp.frames // VGGISH.patch_frames for stamp in train_stamps]
+    if model == "convlstm":
+        units = [sequence_count(n, settings["seq_len"], settings["short_files"]) for n in units]
+    steps_per_epoch = max(1, -(-sum(units) // batch_size))
     monitor = "val_loss" if val_ds is not None else "loss"
     inputs = training_inputs(model, settings, Path(labels_tsv), Path(split_tsv),
                              pd.concat([train_files, val_files]), train_stamps + val_stamps)
@@ -351,8 +376,8 @@ def train(
     with distribution.scope():
         net = build_model(model, n_classes, settings)
         metric = (keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if settings["multi_label"]
-                  else keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
-        net.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"], epsilon=1e-8),
+                  else keras.metrics.CategoricalAccuracy(name="accuracy"))
+        net.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, replicas, steps_per_epoch), epsilon=1e-8),
                     loss=ClassWeightedCrossentropy(weights.tolist(), settings["multi_label"]), metrics=[metric])
         if state.resumed:
             state.restore(net)
@@ -367,7 +392,8 @@ def train(
     ]
     done = state.stopped or state.epoch >= settings["epochs"]
     print(
-        f"train {model}: {len(train_files)} train files ({int(examples.sum())} examples), {len(val_files)} val files, "
+        f"train {model}: {len(train_files)} train files ({int(examples.sum())} examples"
+        f"{f', {n_background} background files' if n_background else ''}), {len(val_files)} val files, "
         f"{n_classes} classes, batch {batch_size} on {replicas} replica(s) ({'GPU' if gpus else 'CPU'}); "
         + (f"resuming from the last saved epoch ({state.epoch}, best so far {state.best_epoch or 'none'})"
            + (", which ended the run" if done else "") if state.resumed
@@ -391,6 +417,8 @@ def train(
         "n_train_files": len(train_files),
         "n_val_files": len(val_files),
         "train_examples_per_class": [int(n) for n in examples],
+        "n_train_background_files": n_background,
+        "augmentation": dataclasses.asdict(spec.augmentation.active()),
         "class_weights": [round(float(w), 6) for w in weights],
         "epochs_completed": int(len(history)),
         "stopped_early": state.stopped,

@@ -12,9 +12,10 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from jibjib import fsutil  # noqa: E402
-from jibjib.data import (  # noqa: E402
-    class_weights, patch_dataset, sequence_dataset, split_files, to_sequences,
-)
+from jibjib.data import InputSpec, class_weights, split_files, to_sequences, training_dataset  # noqa: E402
+from jibjib.training.augment import Augmentation  # noqa: E402
+
+PLAIN = Augmentation(enabled=False)
 
 
 @pytest.fixture
@@ -37,17 +38,18 @@ def corpus(tmp_path: Path):
 
 
 def test_every_training_patch_once_per_epoch(corpus: pd.DataFrame) -> None:
-    ds = patch_dataset(corpus, batch_size=5, shuffle=True, seed=3, shuffle_buffer=7)
+    spec = InputSpec(n_classes=3, shuffle_buffer=7, augmentation=PLAIN)
+    ds = training_dataset(corpus, spec, batch_size=5, training=True, seed=3)
     expected = Counter({i: 1 + i % 4 for i in range(9)})
     orders = []
     for _ in range(2):
         seen: Counter = Counter()
         order = []
-        for patches, class_ids in ds:
+        for patches, targets in ds:
             assert patches.shape[1:] == (96, 64)
-            for patch, class_id in zip(patches.numpy(), class_ids.numpy()):
+            for patch, target in zip(patches.numpy(), targets.numpy()):
                 file_number = int(patch[0, 0])
-                assert (patch == file_number).all() and class_id == file_number % 3
+                assert (patch == file_number).all() and target.argmax() == file_number % 3 and target.max() == 1
                 seen[file_number] += 1
                 order.append(file_number)
         assert seen == expected
@@ -67,9 +69,9 @@ def test_sequences_pad_mask_and_skip() -> None:
 
 
 def test_sequence_dataset_covers_every_file(corpus: pd.DataFrame) -> None:
-    ds = sequence_dataset(corpus, batch_size=4, seq_len=2, shuffle=False)
+    ds = training_dataset(corpus, InputSpec(n_classes=3, seq_len=2), batch_size=4, training=False)
     counts: Counter = Counter()
-    for inputs, class_ids in ds:
+    for inputs, targets in ds:
         for seq, mask in zip(inputs["patches"].numpy(), inputs["mask"].numpy()):
             counts[int(seq[0, 0, 0])] += int(mask.sum())
             assert (seq[~mask] == 0).all()

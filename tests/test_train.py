@@ -152,16 +152,17 @@ def val_loss_of_saved_model(root: Path, settings: dict) -> float:
     """The class-weighted val loss of model.keras, computed here as training defines it."""
     import keras
 
-    from jibjib.data import sequence_dataset, split_files
+    from jibjib.data import InputSpec, split_files, training_dataset
     from jibjib.metrics import softmax
 
     report = json.loads((root / "model" / "train.json").read_text())
     model = keras.models.load_model(root / "model" / "model.keras", compile=False)
     val = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "val")
     losses = []
-    for inputs, y in sequence_dataset(val, 4, seq_len=settings["seq_len"], shuffle=False):
+    spec = InputSpec(n_classes=len(report["classes"]), seq_len=settings["seq_len"])
+    for inputs, targets in training_dataset(val, spec, 4, training=False):
         p = softmax(model.predict_on_batch(inputs))
-        y = y.numpy()
+        y = targets.numpy().argmax(axis=1)
         losses += list(-np.log(p[np.arange(len(y)), y]) * np.array(report["class_weights"])[y])
     return float(np.mean(losses))
 
@@ -229,7 +230,7 @@ def test_class_weights_count_examples_not_files() -> None:
 
     # Alpha_one: one long file of 4 patches; Beta_two: two files of one patch.
     stamps = [FeatureStamp(96 * 4 + 10, "a"), FeatureStamp(96, "b"), FeatureStamp(100, "c")]
-    class_ids = np.array([0, 1, 1])
+    class_ids = [(0,), (1,), (1,)]
     patches = example_counts("vggish", stamps, class_ids, 3, {})
     assert patches.tolist() == [4, 2, 0]
     weights = class_weights(patches)
@@ -239,6 +240,9 @@ def test_class_weights_count_examples_not_files() -> None:
     assert sequences.tolist() == [2, 2, 0]
     skipped = example_counts("convlstm", stamps, class_ids, 3, {"seq_len": 3, "short_files": "skip"})
     assert skipped.tolist() == [1, 0, 0]
+    # A file of two species counts for both; a background file for none.
+    mixed = example_counts("vggish", stamps, [(0, 1), (), (2,)], 3, {})
+    assert mixed.tolist() == [4, 4, 1]
 
 
 def test_weighted_loss_weights_train_and_val_alike() -> None:
@@ -251,7 +255,11 @@ def test_weighted_loss_weights_train_and_val_alike() -> None:
     weights = [0.5, 2.0]
     ce = -np.log(np.exp(logits[np.arange(3), y]) / np.exp(logits).sum(axis=1))
     loss = ClassWeightedCrossentropy(weights)
-    assert float(loss(y, logits)) == pytest.approx(np.mean(ce * np.array(weights)[y]), rel=1e-5)
+    assert float(loss(np.eye(2)[y], logits)) == pytest.approx(np.mean(ce * np.array(weights)[y]), rel=1e-5)
+    # A uniform target (background under softmax) weighs the mean of the class weights.
+    uniform = np.full((1, 2), 0.5, np.float32)
+    log_p = logits[:1] - np.log(np.exp(logits[:1]).sum())
+    assert float(loss(uniform, logits[:1])) == pytest.approx(-(0.5 * log_p).sum() * 1.25, rel=1e-5)
     # Multi-label: the positive term of each class carries its weight, negatives weigh 1.
     target = np.eye(2)[y]
     p = 1 / (1 + np.exp(-logits))

@@ -1,0 +1,1 @@
+"""Training: input pipeline, augmentation and the training run."""

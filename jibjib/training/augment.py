@@ -1,0 +1,175 @@
+"""On-the-fly augmentation of log-mel training examples, in TensorFlow ops, seeded per example.
+
+What a focal recording lacks and a soundscape has: a bird that is faint,
+under wind and insects, cut off by a window edge, partly masked by another
+sound, heard from far away (its high notes lost) or together with another
+bird. Each step below imitates one of these, and the training input applies
+them only to training batches (never to validation or evaluation).
+
+Log-mel values are log(m + offset), m the mel-weighted magnitude spectrum.
+Sounds are added in the power domain, m_mix = sqrt(m_a^2 + m_b^2), which is
+what the spectrum of the summed waveforms is in expectation for independent
+sounds; adding log-mels would multiply the spectra instead.
+
+Every random choice comes from a stateless generator seeded by the example's
+own seed, so one seed gives the same augmented epoch on any machine and with
+any number of parallel workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from ..frontend import hertz_to_mel, mel_to_hertz
+from ..params import FrontEnd
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The `train.augment` settings; each step is off at 0 (probability, count or range)."""
+
+    enabled: bool = True
+    random_offsets: bool = True  # cut each file's patches from a random first frame, not only frame 0
+    gain_db: float = 6.0  # level change, uniform in +-gain_db
+    background_probability: float = 0.5  # share of examples mixed with a background recording
+    background_snr_db: tuple[float, float] = (-3.0, 20.0)  # example power over the background's
+    time_masks: int = 2  # per patch
+    time_mask_frames: int = 10  # widest time mask
+    freq_masks: int = 2  # per patch
+    freq_mask_bands: int = 8  # widest frequency mask
+    mixup_probability: float = 0.3  # share of examples mixed with another example of the batch
+    mixup_alpha: float = 0.4  # Beta(alpha, alpha) of the mixing weight
+    lowpass_probability: float = 0.0  # share of examples heard from far away
+    lowpass_hz: tuple[float, float] = (2000.0, 7000.0)  # range of the low-pass corner
+
+    @classmethod
+    def from_settings(cls, section: dict[str, Any] | None) -> "Augmentation":
+        """From a config section; unknown keys are an error, missing ones take the defaults above."""
+        section = dict(section or {})
+        unknown = sorted(set(section) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown train.augment settings: {', '.join(unknown)}")
+        for key in ("background_snr_db", "lowpass_hz"):
+            if key in section:
+                low, high = (float(v) for v in section[key])
+                if not low <= high:
+                    raise ValueError(f"train.augment.{key} must be [low, high] with low <= high, got {section[key]}")
+                section[key] = (low, high)
+        return cls(**section)
+
+    def active(self) -> "Augmentation":
+        """These settings, or every step off when `enabled` is false."""
+        if self.enabled:
+            return self
+        return dataclasses.replace(self, random_offsets=False, gain_db=0.0, background_probability=0.0,
+                                   time_masks=0, freq_masks=0, mixup_probability=0.0, lowpass_probability=0.0)
+
+
+def to_magnitude(log_mel: tf.Tensor, log_offset: float) -> tf.Tensor:
+    """The mel magnitudes a log-mel was computed from (never negative)."""
+    return tf.maximum(tf.exp(log_mel) - log_offset, 0.0)
+
+
+def to_log_mel(magnitude: tf.Tensor, log_offset: float) -> tf.Tensor:
+    return tf.math.log(magnitude + log_offset)
+
+
+def mix_in_power(signal: tf.Tensor, noise: tf.Tensor, snr_db: tf.Tensor) -> tf.Tensor:
+    """Mel magnitudes of `signal` plus `noise` scaled to `snr_db` (mean power of signal over noise)."""
+    signal_power, noise_power = tf.square(signal), tf.square(noise)
+    scale = tf.reduce_mean(signal_power) / (tf.reduce_mean(noise_power) * 10.0 ** (snr_db / 10.0) + 1e-20)
+    return tf.sqrt(signal_power + scale * noise_power)
+
+
+def mel_band_hz(params: FrontEnd) -> np.ndarray:
+    """Centre frequency of each mel band of the front end (the mel scale of jibjib.frontend)."""
+    edges = np.linspace(hertz_to_mel(params.fmin_hz), hertz_to_mel(params.fmax_hz), params.mel_bands + 2)
+    return mel_to_hertz(edges[1:-1])
+
+
+def lowpass_gain(band_hz: tf.Tensor, corner_hz: tf.Tensor) -> tf.Tensor:
+    """Magnitude response of a 2nd-order Butterworth low-pass at each band (12 dB per octave)."""
+    return tf.math.rsqrt(1.0 + tf.pow(band_hz / corner_hz, 4.0))
+
+
+def _masks(seed: tf.Tensor, units: int, count: int, width: int, size: int) -> tf.Tensor:
+    """(units, size) bool: `count` masks per unit, each 0..width wide at a random place."""
+    width = min(width, size)
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    widths = tf.random.stateless_uniform([units, count], seeds[0], 0, width + 1, tf.int32)
+    starts = tf.cast(tf.random.stateless_uniform([units, count], seeds[1]) * tf.cast(size - widths + 1, tf.float32),
+                     tf.int32)
+    position = tf.range(size)[None, None, :]
+    inside = (position >= starts[..., None]) & (position < (starts + widths)[..., None])
+    return tf.reduce_any(inside, axis=1)
+
+
+def augment_example(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: Augmentation,
+                    params: FrontEnd) -> tf.Tensor:
+    """One example, (units, patch_frames, bands) of log-mel, augmented; `background` has its shape.
+
+    Order: background mix, distance low-pass and gain act on the sound, in the
+    magnitude domain; the masks then hide parts of the result, each masked
+    cell set to its patch's mean.
+    """
+    units, frames, bands = patches.shape
+    seeds = tf.random.experimental.stateless_split(seed, 8)
+
+    def chance(i: int, probability: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([], seeds[i]) < probability
+
+    sound_steps = ((background is not None and aug.background_probability > 0) or aug.lowpass_probability > 0
+                   or aug.gain_db > 0)
+    out = patches
+    if sound_steps:  # the round trip through magnitudes is skipped when nothing acts on the sound
+        magnitude = to_magnitude(patches, params.log_offset)
+        if background is not None and aug.background_probability > 0:
+            snr = tf.random.stateless_uniform([], seeds[1], *aug.background_snr_db)
+            mixed = mix_in_power(magnitude, to_magnitude(background, params.log_offset), snr)
+            magnitude = tf.where(chance(0, aug.background_probability), mixed, magnitude)
+        if aug.lowpass_probability > 0:
+            low, high = (math.log(hz) for hz in aug.lowpass_hz)
+            corner = tf.exp(tf.random.stateless_uniform([], seeds[3], low, high))
+            filtered = magnitude * lowpass_gain(tf.constant(mel_band_hz(params), tf.float32), corner)
+            magnitude = tf.where(chance(2, aug.lowpass_probability), filtered, magnitude)
+        if aug.gain_db > 0:
+            gain_db = tf.random.stateless_uniform([], seeds[4], -aug.gain_db, aug.gain_db)
+            magnitude = magnitude * 10.0 ** (gain_db / 20.0)
+        out = to_log_mel(magnitude, params.log_offset)
+    hidden = tf.zeros([units, frames, bands], tf.bool)
+    if aug.time_masks > 0:
+        hidden |= _masks(seeds[5], units, aug.time_masks, aug.time_mask_frames, frames)[:, :, None]
+    if aug.freq_masks > 0:
+        hidden |= _masks(seeds[6], units, aug.freq_masks, aug.freq_mask_bands, bands)[:, None, :]
+    fill = tf.reduce_mean(out, axis=[1, 2], keepdims=True)
+    return tf.where(hidden, fill, out)
+
+
+def mixup_batch(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, probability: float,
+                alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mix each chosen example with its neighbour in the batch: inputs and targets by the same weight.
+
+    The weight w ~ Beta(alpha, alpha), folded to w >= 0.5 so the example
+    keeps its identity; inputs are interpolated as log-mel (as in mixup for
+    spectrograms), targets as w * own + (1 - w) * neighbour's.
+    """
+    batch = tf.shape(targets)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    a = tf.random.stateless_gamma([batch], seeds[0], alpha)
+    b = tf.random.stateless_gamma([batch], seeds[1], alpha)
+    weight = a / (a + b + 1e-12)
+    weight = tf.maximum(weight, 1.0 - weight)
+    chosen = tf.random.stateless_uniform([batch], seeds[2]) < probability
+    weight = tf.where(chosen, weight, 1.0)
+    partner = tf.roll(tf.range(batch), shift=1, axis=0)
+
+    def mix(x: tf.Tensor) -> tf.Tensor:
+        w = tf.reshape(weight, [-1] + [1] * (len(x.shape) - 1))
+        return w * x + (1.0 - w) * tf.gather(x, partner)
+
+    return mix(inputs), mix(targets)
