@@ -52,11 +52,13 @@ def throughput(root: Path, steps: int, trainable: str, batch_size: int = 32) -> 
     import keras
     import tensorflow as tf
 
-    from jibjib.data import load_patches, patch_dataset, split_files
+    from jibjib.data import InputSpec, load_patches, split_files, training_dataset
     from jibjib.models import vggish_classifier
+    from jibjib.training.augment import Augmentation
 
     files = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "train")
-    streamed = patch_dataset(files, batch_size, shuffle=True, seed=0, shuffle_buffer=1024).repeat()
+    spec = InputSpec(n_classes=len(LABELS), shuffle_buffer=1024, augmentation=Augmentation(enabled=False))
+    streamed = training_dataset(files, spec, batch_size, training=True).map(lambda x, y: (x, tf.argmax(y, 1))).repeat()
     patches = np.concatenate([load_patches(f) for f in files["feature"]])
     class_ids = np.repeat(files["class_id"].to_numpy(), [len(load_patches(f)) for f in files["feature"]])
     in_memory = (tf.data.Dataset.from_tensor_slices((patches, class_ids)).shuffle(len(patches), seed=0)

@@ -179,6 +179,14 @@ def check_analysis(config: dict[str, Any], demo_hint: str = "") -> dict[str, lis
     return recordings
 
 
+def check_augmentation(section: dict[str, Any] | None) -> None:
+    """Ranges the schema cannot order: [low, high] with low <= high."""
+    for key in ("background_snr_db", "lowpass_hz"):
+        low, high = (section or {}).get(key, (0.0, 0.0))
+        if low > high:
+            raise ConfigError(f"train.augment.{key}: must be [low, high] with low <= high, got [{low:g}, {high:g}]")
+
+
 def check_config(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[Path]]:
     """Run every check; returns the species inventory (label -> files).
 
@@ -191,6 +199,7 @@ def check_config(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[
         check_label_map(config.get("label_map"), sorted(inventory))
         if "vggish" in config.get("models", []):
             check_checkpoint(config.get("vggish", {}).get("checkpoint"))
+        check_augmentation(config.get("train", {}).get("augment"))
     except OSError as exc:
         if exc.filename is None:
             raise

@@ -85,6 +85,10 @@ BAD_CONFIGS = {
                                          "config: analyze.models: convlstm not among the trained models (vggish)"),
     "missing soundscapes": ({"soundscapes": {"audio_dir": "{tmp}/scapes"}},
                             "config: soundscapes.audio_dir: {tmp}/scapes does not exist"),
+    "reversed SNR range": ({"train": {"augment": {"background_snr_db": [20, 0]}}},
+                           "config: train.augment.background_snr_db: must be [low, high] with low <= high, got [20, 0]"),
+    "misspelt augmentation": ({"train": {"augment": {"mix_up": 0.5}}},
+                              "config: train.augment: Additional properties are not allowed ('mix_up' was unexpected)"),
 }
 
 
