@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -167,9 +168,20 @@ def test_a_multi_species_folder_with_a_softmax_model_is_one_config_line(tmp_path
     ]:
         result = run_snakemake(tmp_path, "--dry-run", config={"data_dir": data, **config}, check=False)
         assert_stops_with_one_line(result, line, tmp_path)
-    # Sigmoid outputs for every model: the same tree is accepted.
+    # Sigmoid outputs for every model: the same tree is accepted, and a label map needs ids for the species
+    # the folders name, not for the folder names.
     both = {"vggish": {"multi_label": True}, "convlstm": {"multi_label": True}}
-    assert run_snakemake(tmp_path, "--dry-run", config={"data_dir": data, **both}, check=False).returncode == 0
+    label_map = tmp_path / "bird_id_map.pickle"
+    label_map.write_bytes(pickle.dumps({"Alpha_one": 3, "Beta_two": 5}))
+    (data / "noise").mkdir()
+    result = run_snakemake(tmp_path, "--dry-run", config={"data_dir": data, "label_map": label_map, **both},
+                           check=False)
+    assert result.returncode == 0, result.stderr
+    label_map.write_bytes(pickle.dumps({"Alpha_one": 3}))
+    result = run_snakemake(tmp_path, "--dry-run", config={"data_dir": data, "label_map": label_map, **both},
+                           check=False)
+    assert [line for line in result.stderr.splitlines() if line.startswith("config:")] == [
+        f"config: label_map: {label_map} has no id for species Beta_two"]
 
 
 @pytest.mark.parametrize("folders, line", [
