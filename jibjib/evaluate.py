@@ -205,7 +205,8 @@ def evaluate(
         "n_multi_species_files": file_level["n_multi_species"],
         "single_species_metrics": ("top-1 and top-k accuracy, confusion and ECE count the single-species files "
                                    "(n_single_species); per-class figures count every file: a background file is "
-                                   "a negative for every species, a multi-species file a positive for each of its"),
+                                   "a negative for every species, a multi-species file a positive for each of its "
+                                   "species"),
         "background": background_summary(test_kinds, thresholds),
         "calibration": {
             "temperature": temperature,
@@ -255,7 +256,7 @@ def background_summary(test: dict[str, Labelled], thresholds: pd.DataFrame) -> d
     contain no species, how often no species reaches its val threshold ("no species") and the mean top score."""
     summary: dict[str, Any] = {}
     for kind, prefix in THRESHOLD_KINDS.items():
-        rows = ~np.asarray(test[kind].y, dtype=bool).any(axis=1)
+        rows = ~metrics.truth_matrix(test[kind].y, test[kind].scores.shape[1]).any(axis=1)
         summary[kind] = metrics.no_species(test[kind].scores[rows], thresholds[f"{prefix}threshold"].to_numpy(float))
     return {"n_files": summary["raw"]["n"], **summary}
 
