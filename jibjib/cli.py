@@ -228,9 +228,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     report = evaluate(args.model_dir, args.labels, args.split, args.features_dir, args.out_dir,
                       target_precision=args.target_precision, top_k=args.top_k, report_name=args.report_name)
-    f = report["file"]
+    f, background = report["file"], report["background"]
+    quiet = (f", no species on {fmt(background['raw']['no_species_rate'])} of {background['n_files']} background "
+             "files" if background["n_files"] else "")
     print(f"evaluate {report['model']}: {report['n_files']} test files, file top-1 {fmt(f['top1_accuracy'])}, "
-          f"macro F1 {fmt(f['macro']['f1'])}, cmAP {fmt(f['cmap'])} (see {args.out_dir}/report.md)", file=sys.stderr)
+          f"macro F1 {fmt(f['macro']['f1'])}, cmAP {fmt(f['cmap'])}{quiet} (see {args.out_dir}/report.md)",
+          file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -293,7 +293,7 @@ def test_softmax_temperature_takes_background_as_uniform() -> None:
 
 # --- evaluation end to end, with a model whose scores are known --------------------------------------
 
-def test_evaluation_with_background_and_multi_species_test_files(tmp_path: Path) -> None:
+def test_evaluation_with_background_and_multi_species_test_files(tmp_path: Path, capsys) -> None:
     """A sigmoid model whose logit for class k is the mean of log-mel band k: a file with band k at +4 scores
     sigmoid(4) = 0.982 for k, the others sigmoid(-4) = 0.018.
 
@@ -303,7 +303,6 @@ def test_evaluation_with_background_and_multi_species_test_files(tmp_path: Path)
     and n2 -> test precision 1/2; top-1 over the single-species files a, b -> 1; confusion 2 files.
     """
     keras = pytest.importorskip("keras")
-    from jibjib.evaluate import evaluate
 
     inputs = keras.Input((96, 64), name="patches")
     dense = keras.layers.Dense(3, name="logits")
@@ -332,8 +331,13 @@ def test_evaluation_with_background_and_multi_species_test_files(tmp_path: Path)
     pd.DataFrame(rows).to_csv(tmp_path / "split.tsv", sep="\t", index=False)
 
     out = tmp_path / "eval"
-    report = evaluate(model_dir, tmp_path / "labels.tsv", tmp_path / "split.tsv", tmp_path / "features", out,
-                      target_precision=0.9)
+    assert cli.main(["evaluate", "--model-dir", str(model_dir), "--labels", str(tmp_path / "labels.tsv"),
+                     "--split", str(tmp_path / "split.tsv"), "--features-dir", str(tmp_path / "features"),
+                     "--out-dir", str(out), "--target-precision", "0.9"]) == 0
+    summary = capsys.readouterr().err.splitlines()[-1]
+    assert summary.startswith("evaluate bands: 5 test files, file top-1 1.000"), summary
+    assert "no species on 0.500 of 2 background files" in summary
+    report = json.loads((out / "metrics.json").read_text())
     assert (report["n_files"], report["n_background_files"], report["n_multi_species_files"]) == (5, 2, 1)
     background = report["background"]
     assert background["n_files"] == 2 and background["raw"]["no_species_rate"] == 0.5
