@@ -61,6 +61,15 @@ def _recording_pattern(args: argparse.Namespace) -> str:
     return DEFAULT_RECORDING_PATTERN if args.recording_pattern is None else args.recording_pattern
 
 
+def _background(args: argparse.Namespace) -> tuple[str, ...]:
+    """The background folder names of --background (comma-separated; '' for none)."""
+    from .labels import DEFAULT_BACKGROUND
+
+    if args.background is None:
+        return DEFAULT_BACKGROUND
+    return tuple(name.strip() for name in args.background.split(",") if name.strip())
+
+
 def cmd_make_demo(args: argparse.Namespace) -> None:
     from .demo import DEFAULT_SEED, make_demo
 
@@ -139,23 +148,32 @@ def cmd_qc(args: argparse.Namespace) -> None:
 
 def cmd_labels(args: argparse.Namespace) -> None:
     from . import fsutil
-    from .labels import label_index, load_label_map
+    from .labels import folder_species, label_index, load_label_map
     from .qc import read_qc
+
+    def log(line: str) -> None:
+        print(f"labels: {line}", file=sys.stderr)
 
     # The QC table is its own job's output, so that this one failing leaves the reasons to read.
     qc = read_qc([args.qc])
     label_map = load_label_map(args.label_map) if args.label_map else None
-    # Every species folder has at least one file, hence rows; loose files have no label.
-    species = sorted(set(qc["label"]) - {""})
-    fsutil.write_tsv(args.out, label_index(qc, species, label_map, _recording_pattern(args)))
-    print(f"labels: {len(species)} classes from {(qc['status'] == 'processed').sum()} usable files "
-          f"(see {args.qc})", file=sys.stderr)
+    background = _background(args)
+    # Every folder has at least one file, hence rows; loose files have no label.
+    folders = sorted(set(qc["label"]) - {""})
+    index = label_index(qc, folders, label_map, _recording_pattern(args), background, log)
+    fsutil.write_tsv(args.out, index)
+    processed = qc[qc["status"] == "processed"]
+    kinds = processed["label"].map(lambda folder: min(len(folder_species(folder, background)), 2))
+    extra = [f"{n} {what}" for n, what in ((int((kinds == 0).sum()), "in background folders"),
+                                            (int((kinds == 2).sum()), "in multi-species folders")) if n]
+    log(f"{len(index)} classes from {len(processed)} usable files" + (f" ({', '.join(extra)})" if extra else "")
+        + f" (see {args.qc})")
 
 
 def cmd_split(args: argparse.Namespace) -> None:
     from . import fsutil
-    from .labels import (SPLITS, assign_splits, check_fractions, check_min_eval_recordings, read_ledger,
-                         split_settings, write_ledger)
+    from .labels import (SPLITS, assign_splits, check_fractions, check_min_eval_recordings, folder_list,
+                         read_ledger, split_settings, write_ledger)
     from .qc import read_qc
 
     def log(line: str) -> None:
@@ -171,7 +189,7 @@ def cmd_split(args: argparse.Namespace) -> None:
         ledger, note = read_ledger(args.ledger, settings)
         log(note)
     split = assign_splits(read_qc(args.manifests), fractions, args.seed, pattern, args.min_eval_recordings,
-                          ledger, log)
+                          ledger, log, _background(args))
     if args.ledger:
         # Before split.tsv: a split.tsv the ledger does not know could be undone by the next run.
         write_ledger(args.ledger, split, settings)
@@ -180,6 +198,13 @@ def cmd_split(args: argparse.Namespace) -> None:
     recordings, files = grouped["recording_id"].nunique(), grouped.size()
     log("recordings " + ", ".join(f"{name} {recordings.get(name, 0)}" for name in SPLITS)
         + "; files " + ", ".join(f"{name} {files.get(name, 0)}" for name in SPLITS))
+    for what, rows in (("background", split[split["species"] == ""]),
+                       ("multi-species", split[split["species"].str.contains(",", regex=False)])):
+        if len(rows):
+            # Negatives and several-species files need val and test too, or thresholds never see them.
+            counts = rows.groupby("split").size()
+            log(f"{what} files " + ", ".join(f"{name} {counts.get(name, 0)}" for name in SPLITS)
+                + f" (folders {folder_list(sorted(set(rows['label'])))})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -205,9 +230,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     report = evaluate(args.model_dir, args.labels, args.split, args.features_dir, args.out_dir,
                       target_precision=args.target_precision, top_k=args.top_k, report_name=args.report_name)
-    f = report["file"]
+    f, background = report["file"], report["background"]
+    quiet = (f", no species on {fmt(background['raw']['no_species_rate'])} of {background['n_files']} background "
+             "files" if background["n_files"] else "")
     print(f"evaluate {report['model']}: {report['n_files']} test files, file top-1 {fmt(f['top1_accuracy'])}, "
-          f"macro F1 {fmt(f['macro']['f1'])}, cmAP {fmt(f['cmap'])} (see {args.out_dir}/report.md)", file=sys.stderr)
+          f"macro F1 {fmt(f['macro']['f1'])}, cmAP {fmt(f['cmap'])}{quiet} (see {args.out_dir}/report.md)",
+          file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -364,6 +392,12 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
                    help="thresholds.tsv with a window_threshold column (default: the export's own)")
 
 
+def _add_background(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--background", metavar="NAMES",
+                   help="comma-separated folder names of non-event audio, matched in any case: trained on, never a "
+                        "class ('' for none; default: noise,background,other,silence)")
+
+
 def _add_dataset_inputs(p: argparse.ArgumentParser) -> None:
     """The label index, the split and the features: what training and evaluation read."""
     p.add_argument("--labels", required=True, type=_input_file, help="labels.tsv")
@@ -414,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="labels.tsv")
     p.add_argument("--label-map", type=_input_file, help="old bird_id_map.pickle (species -> database id)")
     p.add_argument("--recording-pattern", help="regex on the file stem, group `recording` (default: strip _<digits>)")
+    _add_background(p)
     p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser("split", help="stratified train/val/test split by recording")
@@ -429,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recording-pattern", help="regex on the file stem, group `recording` (default: strip _<digits>)")
     p.add_argument("--ledger", help="earlier assignments (split_ledger.tsv): read if present, then rewritten; "
                                     "without it the split is made from scratch")
+    _add_background(p)
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("train", help="train a model on the features")

@@ -37,24 +37,56 @@ def loose_files(data_dir: Path) -> list[str]:
     return sorted(found)
 
 
-def check_data_dir(data_dir: Path, demo_hint: str = "") -> dict[str, list[Path]]:
-    """The species folders and every file in each; fails on a tree we cannot train on."""
+def check_data_dir(data_dir: Path, demo_hint: str = "",
+                   background: tuple[str, ...] | None = None) -> dict[str, list[Path]]:
+    """The folders (species, multi-species, background) and every file in each; fails on a tree we cannot
+    train on.  A background folder without audio files is allowed: it only adds negatives."""
+    from .labels import DEFAULT_BACKGROUND, folder_species
+
+    background = DEFAULT_BACKGROUND if background is None else background
     if not data_dir.exists():
         hint = f" (create the demo set with `{demo_hint}`)" if demo_hint else ""
         raise ConfigError(f"data_dir: {data_dir} does not exist{hint}")
     if not data_dir.is_dir():
         raise ConfigError(f"data_dir: {data_dir} is not a folder")
-    species = discover_species(data_dir)
-    if not species:
+    folders = discover_species(data_dir)
+    if not folders:
         raise ConfigError(f"data_dir: {data_dir} has no species folders (expected {data_dir}/<Genus_species>/*.wav)")
+    try:
+        species_of = {folder: folder_species(folder, background) for folder in folders}
+    except LabelError as exc:
+        raise ConfigError(f"data_dir: {exc}") from None
+    species = sorted(set().union(*species_of.values()))
     if len(species) < 2:
-        raise ConfigError(f"data_dir: {data_dir} has only one species folder ({species[0]}); a classifier needs two or more")
-    inventory = {label: species_files(data_dir / label) for label in species}
+        named = [folder for folder in folders if species_of[folder]]
+        what = (f"only one species folder ({named[0]})" if len(named) == 1 and len(species_of[named[0]]) == 1
+                else f"only {len(species)} species ({', '.join(species) or 'every folder is background'})")
+        raise ConfigError(f"data_dir: {data_dir} has {what}; a classifier needs two or more")
+    inventory = {label: species_files(data_dir / label) for label in folders}
     for label, files in inventory.items():
         folder = data_dir / label
-        if not any(not ignore_reason(f.relative_to(folder)) for f in files):
+        if species_of[label] and not any(not ignore_reason(f.relative_to(folder)) for f in files):
             raise ConfigError(f"data_dir: species folder {folder} has no audio files ({', '.join(CONTAINERS)})")
     return inventory
+
+
+def inventory_species(folders: list[str], background: tuple[str, ...]) -> list[str]:
+    """The classes the folders name (background folders none), sorted."""
+    from .labels import folder_species
+
+    return sorted(set().union(*(folder_species(folder, background) for folder in folders)))
+
+
+def check_multi_species(config: dict[str, Any], folders: list[str], background: tuple[str, ...]) -> None:
+    """A folder naming several species trains each as a positive: only sigmoid (multi_label) outputs can."""
+    from .labels import folder_species
+
+    multi = [folder for folder in folders if len(folder_species(folder, background)) > 1]
+    softmax = [model for model in config.get("models", []) if not config.get(model, {}).get("multi_label", False)]
+    if multi and softmax:
+        raise ConfigError(f"{softmax[0]}.multi_label: false, but data_dir folder {multi[0]} names several species; "
+                          "set multi_label: true for every trained model (a softmax output cannot train several "
+                          "species as positives of one file)")
 
 
 def check_split(split: dict[str, Any]) -> None:
@@ -193,10 +225,14 @@ def check_config(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[
     A file or folder the checks cannot read (an unreadable data_dir or
     label_map, say) is a ConfigError naming it, like every other problem.
     """
+    from .labels import DEFAULT_BACKGROUND  # pandas: only where it is needed
+
     try:
-        inventory = check_data_dir(Path(config["data_dir"]), demo_hint)
+        background = tuple(config.get("labels", {}).get("background", DEFAULT_BACKGROUND))
+        inventory = check_data_dir(Path(config["data_dir"]), demo_hint, background)
+        check_multi_species(config, sorted(inventory), background)
         check_split(config["split"])
-        check_label_map(config.get("label_map"), sorted(inventory))
+        check_label_map(config.get("label_map"), inventory_species(sorted(inventory), background))
         if "vggish" in config.get("models", []):
             check_checkpoint(config.get("vggish", {}).get("checkpoint"))
         check_augmentation(config.get("train", {}).get("augment"))

@@ -19,6 +19,13 @@ window recall; background calls lower the window precision, so it is a lower
 bound and the thresholds err on the high side, as long as the model does not
 score a recording's songless windows high for the recording's species
 (learning the recording rather than the song), which would raise it.
+
+The truth of a file is its set of classes (split.tsv's `species`): a file of
+a background folder is a negative for every class, a file of a multi-species
+folder a positive for each of its species.  Top-1 accuracy, the confusion
+matrix and the ECE count the single-species files only (see jibjib.metrics);
+metrics.json's `background` says how often nothing reaches its threshold on
+the background files ("no species", what predict and analyze then report).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from . import fsutil, metrics
-from .data import load_patches, split_files, to_sequences
+from .data import load_patches, split_files, target_matrix, to_sequences
 
 # Patches per forward pass: large enough to keep a CPU busy, small enough for
 # any GPU; memory does not grow with the size of the split.
@@ -99,7 +106,16 @@ class ScoredSplit:
 
     @property
     def y(self) -> np.ndarray:
+        """The one class of each file, -1 for background and multi-species files (see `truth`)."""
         return self.files["class_id"].to_numpy()
+
+    @property
+    def truth(self) -> np.ndarray:
+        """(files, classes) bool: the classes each file contains (none for background)."""
+        n_classes = self.logits.shape[1]
+        if "class_ids" not in self.files:  # a table without the multi-class column: its single classes
+            return metrics.truth_matrix(self.y, n_classes)
+        return target_matrix(self.files["class_ids"].tolist(), n_classes).astype(bool)
 
     def file_scores(self, temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
         return metrics.file_scores(self.logits, self.owner, len(self.files), temperature, multi_label)
@@ -109,6 +125,11 @@ class ScoredSplit:
         """The class of each unit: its file's, the only label there is."""
         return self.y[self.owner]
 
+    @property
+    def unit_truth(self) -> np.ndarray:
+        """The classes of each unit: its file's."""
+        return self.truth[self.owner]
+
     def unit_scores(self, multi_label: bool = False) -> np.ndarray:
         """Raw (temperature 1) probabilities of each unit."""
         return metrics.probabilities(self.logits, multi_label=multi_label)
@@ -116,7 +137,7 @@ class ScoredSplit:
 
 @dataclasses.dataclass(frozen=True)
 class Labelled:
-    """Score rows (one per file or per window) and the true class of each row."""
+    """Score rows (one per file or per window) and the truth of each row (classes, or a bool matrix of them)."""
 
     y: np.ndarray
     scores: np.ndarray
@@ -158,12 +179,12 @@ def evaluate(
         return score_split(model, files)
 
     val, test = scored("val"), scored("test")
-    temperature = metrics.fit_temperature(val.logits, val.owner, val.y, multi_label)
+    temperature = metrics.fit_temperature(val.logits, val.owner, val.truth, multi_label)
     test_kinds = threshold_scores(test, temperature, multi_label)
     test_scores, test_calibrated = test_kinds["raw"].scores, test_kinds["calibrated"].scores
     thresholds, threshold_report = threshold_table(threshold_scores(val, temperature, multi_label), test_kinds,
                                                    classes, target_precision, unit)
-    file_level = metrics.classification_metrics(test.y, test_scores, classes, top_k)
+    file_level = metrics.classification_metrics(test.truth, test_scores, classes, top_k)
     reliability = {
         "uncalibrated": metrics.expected_calibration_error(test.y, test_scores),
         "calibrated": metrics.expected_calibration_error(test.y, test_calibrated),
@@ -179,7 +200,14 @@ def evaluate(
         "file_score": f"mean of the {unit} probabilities of the file",
         "file": file_level,
         "patch_unit": unit,
-        "patch": metrics.classification_metrics(test.unit_y, test_kinds["window"].scores, classes, top_k),
+        "patch": metrics.classification_metrics(test.unit_truth, test_kinds["window"].scores, classes, top_k),
+        "n_background_files": file_level["n_background"],
+        "n_multi_species_files": file_level["n_multi_species"],
+        "single_species_metrics": ("top-1 and top-k accuracy, confusion and ECE count the single-species files "
+                                   "(n_single_species); per-class figures count every file: a background file is "
+                                   "a negative for every species, a multi-species file a positive for each of its "
+                                   "species"),
+        "background": background_summary(test_kinds, thresholds),
         "calibration": {
             "temperature": temperature,
             "temperature_at_bound": not (
@@ -194,7 +222,8 @@ def evaluate(
         **too_few_recordings(split_tsv, classes),
     }
 
-    scores_table = pd.DataFrame({"path": test.files["path"], "label": test.files["label"],
+    species = test.files["species"] if "species" in test.files else test.files["label"]
+    scores_table = pd.DataFrame({"path": test.files["path"], "label": test.files["label"], "species": species,
                                  "predicted": [classes[i] for i in test_scores.argmax(axis=1)]})
     scores_table[[f"score_{c}" for c in classes]] = test_scores
     fsutil.write_tsv(out / "file_scores.tsv", scores_table)
@@ -217,9 +246,19 @@ THRESHOLD_KINDS = {"raw": "", "calibrated": "calibrated_", "window": "window_"}
 
 def threshold_scores(split: ScoredSplit, temperature: float, multi_label: bool) -> dict[str, Labelled]:
     """The scores of `split` each kind of threshold (THRESHOLD_KINDS) is fitted on or measured with."""
-    return {"raw": Labelled(split.y, split.file_scores(1.0, multi_label)),
-            "calibrated": Labelled(split.y, split.file_scores(temperature, multi_label)),
-            "window": Labelled(split.unit_y, split.unit_scores(multi_label))}
+    return {"raw": Labelled(split.truth, split.file_scores(1.0, multi_label)),
+            "calibrated": Labelled(split.truth, split.file_scores(temperature, multi_label)),
+            "window": Labelled(split.unit_truth, split.unit_scores(multi_label))}
+
+
+def background_summary(test: dict[str, Labelled], thresholds: pd.DataFrame) -> dict[str, Any]:
+    """metrics.json's `background`: per kind of score (THRESHOLD_KINDS), on the test files (windows) that
+    contain no species, how often no species reaches its val threshold ("no species") and the mean top score."""
+    summary: dict[str, Any] = {}
+    for kind, prefix in THRESHOLD_KINDS.items():
+        rows = ~metrics.truth_matrix(test[kind].y, test[kind].scores.shape[1]).any(axis=1)
+        summary[kind] = metrics.no_species(test[kind].scores[rows], thresholds[f"{prefix}threshold"].to_numpy(float))
+    return {"n_files": summary["raw"]["n"], **summary}
 
 
 def threshold_table(val: dict[str, Labelled], test: dict[str, Labelled], classes: list[str],
@@ -255,9 +294,11 @@ def threshold_table(val: dict[str, Labelled], test: dict[str, Labelled], classes
 
 
 def too_few_recordings(split_tsv: str | os.PathLike, classes: list[str]) -> dict[str, list[str]]:
-    """The species split.tsv gives no test file (no test figures) or no val file (no thresholds)."""
+    """The species split.tsv gives no test file (no test figures) or no val file (no thresholds);
+    a file of a multi-species folder counts for each of its species."""
     split = pd.read_csv(split_tsv, sep="\t", dtype=str, keep_default_na=False)
-    present = split.groupby("split")["label"].agg(set)
+    species = split["species"] if "species" in split else split["label"]
+    present = split.assign(species=species.str.split(",")).explode("species").groupby("split")["species"].agg(set)
     return {f"species_without_{name}_files": [c for c in classes if c not in present.get(name, set())]
             for name in ("test", "val")}
 
@@ -276,6 +317,7 @@ def markdown_report(report: dict[str, Any], thresholds: pd.DataFrame) -> str:
         f"{len(report['classes'])} classes, trunk initialisation: {report['trunk_initialisation']}, "
         f"{report['epochs_completed']} epochs. File score: {report['file_score']}.",
         "",
+        *composition_lines(report),
         f"| level | top-1 | top-{top_k.removeprefix('top').removesuffix('_accuracy')} | macro P | macro R | macro F1 | cmAP "
         "| macro ROC-AUC | ECE |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -341,6 +383,25 @@ def window_threshold_sentence(summary: dict[str, Any]) -> str:
             f"test {units}: " + _test_outcome(summary, "window", "window")
             + f". {summary['window']['classes_with_threshold']} species have one (window_threshold in "
             "thresholds.tsv).")
+
+
+def composition_lines(report: dict[str, Any]) -> list[str]:
+    """What the test files hold beyond one species each, and the "no species" rate on background: report lines
+    (none when every test file holds one species)."""
+    n_background, n_multi = report.get("n_background_files", 0), report.get("n_multi_species_files", 0)
+    if not n_background and not n_multi:
+        return []
+    lines = [f"Of the scored test files, {n_background} are background (a negative for every species) and {n_multi} "
+             "hold several species (a positive for each); top-1, top-k, the confusion matrix and ECE count the "
+             f"{report['file']['n_single_species']} single-species files, the per-class figures every file.", ""]
+    if n_background:
+        b = report["background"]
+        lines += ["No species (background test files on which no species reaches its val threshold): "
+                  f"{fmt(b['raw']['no_species_rate'])} with raw, {fmt(b['calibrated']['no_species_rate'])} with "
+                  f"calibrated thresholds (mean top score {fmt(b['raw']['mean_top_score'])} raw, "
+                  f"{fmt(b['calibrated']['mean_top_score'])} calibrated); {fmt(b['window']['no_species_rate'])} "
+                  f"of their {b['window']['n']} {report['patch_unit']} windows at the window thresholds.", ""]
+    return lines
 
 
 def evaluated_sentence(report: dict[str, Any]) -> str:

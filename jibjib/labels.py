@@ -7,6 +7,14 @@ folder it appears in) together with every recording sharing a file's content.
 Per species, train comes first, then val and test, then the shares; a ledger of
 earlier assignments (see `assign_splits`) keeps adding files from moving any
 existing recording, which no pure function of the file list could promise.
+
+Folder names.  A folder named in `background` (case-insensitively: `noise`,
+`background`, `other`, `silence` by default) holds non-event audio: its files
+are trained on and split like a species, but it is never a class.  A folder
+name listing several species separated by commas (`Parus_major,Turdus_merula`,
+BirdNET's convention) trains every one of them as a positive; each named
+species is a class even without a folder of its own.  split.tsv's `species`
+column carries the species a file contains (empty for background).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import pickle
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -29,11 +37,47 @@ from .qc import PROCESSED
 
 SPLITS = ("train", "val", "test")
 LABEL_COLUMNS = ["class_id", "label", "n_files", "n_recordings", "seconds"]
-SPLIT_COLUMNS = ["path", "label", "recording_id", "split"]
+# `species`: the comma-joined classes of the file (sorted, as in labels.tsv); empty for a background folder.
+SPLIT_COLUMNS = ["path", "label", "recording_id", "split", "species"]
 LEDGER_COLUMNS = ["recording_id", "split", "settings"]
 DEFAULT_MIN_EVAL_RECORDINGS = 3
 MAX_LOGGED_UNITS = 50  # a log is read by a person
 DEFAULT_RECORDING_PATTERN = r"^(?P<recording>.+?)(?:_\d+)?$"
+# Folder names of non-event audio (config labels.background; the schema's default must match).
+DEFAULT_BACKGROUND = ("noise", "background", "other", "silence")
+SPECIES_SEPARATOR = ","
+
+
+def is_background(folder: str, background: Iterable[str] = DEFAULT_BACKGROUND) -> bool:
+    """Whether a folder holds non-event audio: its name is one of `background`, in any case."""
+    return folder.strip().casefold() in {name.strip().casefold() for name in background}
+
+
+def folder_species(folder: str, background: Iterable[str] = DEFAULT_BACKGROUND) -> tuple[str, ...]:
+    """The species a folder's files contain: () for a background folder, else the comma-separated
+    names, stripped, without repeats, sorted (class order).
+
+    LabelError for an empty name (`A,,B`, a trailing comma) or a background
+    name among species: either is a typo that would otherwise make a class.
+    """
+    background = tuple(background)
+    if is_background(folder, background):
+        return ()
+    names = [name.strip() for name in folder.split(SPECIES_SEPARATOR)]
+    if not all(names):
+        raise LabelError(f"folder {folder!r}: empty species name (species are separated by single commas)")
+    mixed = [name for name in names if is_background(name, background)]
+    if mixed:
+        raise LabelError(f"folder {folder!r} names the background {mixed[0]!r} among species; a background "
+                         "folder must be named on its own")
+    return tuple(sorted(set(names)))
+
+
+def species_column(folders: pd.Series, background: Iterable[str] = DEFAULT_BACKGROUND) -> pd.Series:
+    """split.tsv's `species` for each file's folder (label)."""
+    background = tuple(background)
+    joined = {folder: SPECIES_SEPARATOR.join(folder_species(folder, background)) for folder in set(folders)}
+    return folders.map(joined)
 
 
 def recording_ids(paths: pd.Series, pattern: str = DEFAULT_RECORDING_PATTERN) -> pd.Series:
@@ -68,27 +112,46 @@ def _reason_counts(rows: pd.DataFrame) -> str:
 
 def label_index(
     qc: pd.DataFrame,
-    species: list[str],
+    folders: list[str],
     label_map: dict[str, int] | None = None,
     recording_pattern: str = DEFAULT_RECORDING_PATTERN,
+    background: Iterable[str] = DEFAULT_BACKGROUND,
+    log: Callable[[str], None] = lambda line: None,
 ) -> pd.DataFrame:
     """One row per species, class ids in sorted label order.
 
-    Fails if a species folder yielded no usable file, naming it: a class with
-    no data cannot be trained and would silently shift nothing but confuse all.
+    `folders` are the folder names (QC labels); the species are every name
+    they give (`folder_species`), background folders none.  A file of a
+    multi-species folder counts for each of its species (n_files,
+    n_recordings, seconds).  Fails if a species has no usable file, naming it:
+    a class with no data cannot be trained and would silently shift nothing
+    but confuse all.  A folder without usable audio whose species all have
+    data elsewhere (and a background folder) only costs a warning: nothing is
+    left untrained.
     """
+    background = tuple(background)
     files = processed_files(qc, recording_pattern)
-    labels = sorted(species)
-    empty = [label for label in labels if not (files["label"] == label).any()]
+    species_of = {folder: folder_species(folder, background) for folder in folders}
+    labels = sorted(set().union(*species_of.values()))
+    holding = {label: [folder for folder in folders if label in species_of[folder]] for label in labels}
+    used = set(files["label"])
+    empty = [label for label in labels if not used & set(holding[label])]
     if empty:
         # The reasons go into the message itself: Snakemake deletes the outputs
         # of a failed job, the QC table included.
         raise LabelError(
             "no usable audio for species "
-            + ", ".join(f"{label!r} ({_reason_counts(qc[qc['label'] == label])})" for label in empty)
+            + ", ".join(f"{label!r} ({_reason_counts(qc[qc['label'].isin(holding[label])])})" for label in empty)
             + "; fix or remove " + ("that folder" if len(empty) == 1 else "those folders")
         )
-    grouped = files.groupby("label")
+    for folder in sorted(set(folders) - used):
+        kind, outcome = (("folder", "its species have data elsewhere") if species_of[folder]
+                         else ("background folder", "training goes on without it"))
+        log(f"warning: {kind} {folder!r} has no usable audio ({_reason_counts(qc[qc['label'] == folder])}); "
+            + outcome)
+    # One row per (file, species): a multi-species file counts for each of its species.
+    per_species = files.assign(species=files["label"].map(species_of)).explode("species").dropna(subset=["species"])
+    grouped = per_species.groupby("species")
     index = pd.DataFrame({
         "class_id": range(len(labels)),
         "label": labels,
@@ -200,8 +263,14 @@ def assign_splits(
     min_eval_recordings: int = DEFAULT_MIN_EVAL_RECORDINGS,
     ledger: dict[str, str] | None = None,
     log: Callable[[str], None] = lambda line: None,
+    background: Iterable[str] = DEFAULT_BACKGROUND,
 ) -> pd.DataFrame:
-    """split.tsv rows: every processed file with its recording and split.
+    """split.tsv rows: every processed file with its recording, split and species (`species_column`).
+
+    The strata are the folders: a background folder is split by recording
+    like a species (training needs some, and val and test need negatives for
+    the thresholds and the evaluation), and a multi-species folder is a
+    stratum of its own, so its recordings reach val and test as well.
 
     Units (see `_Unit`) the ledger (recording id -> split, from an earlier run
     under the same settings) knows keep their split; the others follow, in
@@ -214,6 +283,7 @@ def assign_splits(
     """
     check_fractions(fractions)
     check_min_eval_recordings(fractions, min_eval_recordings)
+    background = tuple(background)
     ledger = ledger or {}
     files = processed_files(qc, recording_pattern)
     units = _units(files, seed)
@@ -265,18 +335,26 @@ def assign_splits(
     joined = [unit for unit in units if len(unit.recordings) > 1 or len(unit.labels) > 1]
     for unit in joined[:MAX_LOGGED_UNITS]:
         why = (["identical files"] if len(unit.recordings) > 1 else []) + (
-            [f"in {', '.join(unit.labels)}"] if len(unit.labels) > 1 else [])
+            [f"in {folder_list(unit.labels)}"] if len(unit.labels) > 1 else [])
         log(f"kept together in {unit.split}: {', '.join(unit.recordings)} ({'; '.join(why)})")
     if len(joined) > MAX_LOGGED_UNITS:
         log(f"kept together: {len(joined) - MAX_LOGGED_UNITS} more groups (duplicate_of in the QC table lists them)")
     evaluated = [name for name in SPLITS[1:] if fractions[name] > 0]
     few = sorted(label for label in totals if totals[label] < min_eval_recordings)
     if evaluated and few:
-        log(f"{len(few)} of {len(totals)} species have fewer than {min_eval_recordings} recordings, too few to be "
-            "evaluated: " + ", ".join(f"{label} ({totals[label]})" for label in few))
+        species = files["label"].drop_duplicates().map(lambda folder: len(folder_species(folder, background)) == 1)
+        noun = "species" if species.all() else "folders"  # background and multi-species folders are strata too
+        log(f"{len(few)} of {len(totals)} {noun} have fewer than {min_eval_recordings} recordings, too few to be "
+            "evaluated: " + ", ".join(f"{folder_list([label])} ({totals[label]})" for label in few))
     split_of = {r: unit.split for unit in units for r in unit.recordings}
     files["split"] = files["recording_id"].map(split_of)
+    files["species"] = species_column(files["label"], background)
     return files[SPLIT_COLUMNS]
+
+
+def folder_list(folders: list[str]) -> str:
+    """Folder names for a log line; a multi-species name is quoted, or its commas would split it."""
+    return ", ".join(repr(folder) if SPECIES_SEPARATOR in folder else folder for folder in folders)
 
 
 def read_ledger(path: str | Path, settings: str) -> tuple[dict[str, str], str]:

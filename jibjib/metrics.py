@@ -1,9 +1,19 @@
 """Classification metrics, calibration and thresholds, in plain numpy.
 
-Everything takes integer true classes `y` of shape (n,) and a score matrix of
-shape (n, n_classes) (probabilities, higher is more likely), so the same code
-scores files and patches.  Conventions, chosen to stay defined on small or
-unbalanced test splits:
+Everything takes the truth `y` and a score matrix of shape (n, n_classes)
+(probabilities, higher is more likely), so the same code scores files and
+patches.  The truth is either integer classes of shape (n,) or a boolean
+matrix (n, n_classes) of the classes each row contains (`truth_matrix`): a
+background file's row holds none and is a negative for every class, a
+multi-species file's row several, and it is a positive for each of them.
+Conventions, chosen to stay defined on small or unbalanced test splits:
+
+* Top-1 and top-k accuracy, the confusion matrix and the ECE need one true
+  class per row, so they count the single-species rows only
+  (`n_single_species`).  The per-class figures count every row: the
+  prediction behind precision, recall and F1 is the row's top-1 class, right
+  when the row contains it (a background file's top class is a false
+  positive); AP and ROC-AUC rank every row's score.
 
 * A class absent from the evaluated split (support 0) keeps its row in the
   per-class table, with recall, F1, AP and ROC-AUC null; the macro averages
@@ -78,12 +88,31 @@ def roc_auc(positive: np.ndarray, score: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def truth_matrix(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, n_classes) bool: the classes each row contains.  A matrix is taken as it is; integer classes
+    become one-hot rows, and a negative class (no single class) an empty row."""
+    y = np.asarray(y)
+    if y.ndim == 2:
+        return y.astype(bool)
+    truth = np.zeros((y.size, n_classes), bool)
+    known = np.flatnonzero(y >= 0)
+    truth[known, y[known].astype(int)] = True
+    return truth
+
+
+def single_class(truth: np.ndarray) -> np.ndarray:
+    """The one class of each row that has exactly one, -1 for the others (background, several species)."""
+    return np.where(truth.sum(axis=1) == 1, truth.argmax(axis=1), -1) if truth.size else np.full(len(truth), -1)
+
+
 def confusion_matrix(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
     """counts[true, predicted]."""
     return np.bincount(y * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def top_k_accuracy(y: np.ndarray, scores: np.ndarray, k: int) -> float | None:
+    """Share of rows whose class is among their k best; rows without one class (y < 0) are left out."""
+    y, scores = _single_rows(y, scores)
     if y.size == 0:
         return None
     k = min(k, scores.shape[1])
@@ -91,8 +120,19 @@ def top_k_accuracy(y: np.ndarray, scores: np.ndarray, k: int) -> float | None:
     return float(np.mean(np.any(top == y[:, None], axis=1)))
 
 
+def _single_rows(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows with one true class (y >= 0): what top-1 correctness is defined on."""
+    y = np.asarray(y, dtype=int)
+    keep = y >= 0
+    return y[keep], np.asarray(scores)[keep]
+
+
 def expected_calibration_error(y: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
-    """ECE of the top-1 confidence over equal-width bins, and the per-bin table for a reliability diagram."""
+    """ECE of the top-1 confidence over equal-width bins, and the per-bin table for a reliability diagram.
+
+    Rows without one true class (y < 0: background, several species) are left out: top-1 is never right there.
+    """
+    y, scores = _single_rows(y, scores)
     confidence = scores.max(axis=1)
     correct = scores.argmax(axis=1) == y
     index = np.minimum((confidence * bins).astype(int), bins - 1)
@@ -112,22 +152,26 @@ def expected_calibration_error(y: np.ndarray, scores: np.ndarray, bins: int = EC
 
 def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str], top_k: int = 5) -> dict[str, Any]:
     """Per-class precision/recall/F1/support/AP/ROC-AUC, macro and micro averages, top-1/top-k, cmAP, ECE,
-    and the confusion matrix (counts[true][predicted])."""
+    and the confusion matrix (counts[true][predicted]); `y` as in the module docstring."""
     n_classes = len(classes)
-    y = np.asarray(y, dtype=int)
     scores = np.asarray(scores, dtype=np.float64)
-    predicted = scores.argmax(axis=1) if y.size else np.zeros(0, int)
-    counts = confusion_matrix(y, predicted, n_classes)
+    truth = truth_matrix(y, n_classes)
+    n = len(truth)
+    single = single_class(truth)
+    predicted = scores.argmax(axis=1) if n else np.zeros(0, int)
+    hit = truth[np.arange(n), predicted] if n else np.zeros(0, bool)  # the top-1 class is one the row contains
+    one = single >= 0
+    counts = confusion_matrix(single[one], predicted[one], n_classes)
     per_class = []
     for c, label in enumerate(classes):
-        true_pos = int(counts[c, c])
-        support = int(counts[c].sum())
-        n_predicted = int(counts[:, c].sum())
+        positive = truth[:, c]
+        true_pos = int((hit & (predicted == c)).sum())
+        support = int(positive.sum())
+        n_predicted = int((predicted == c).sum())
         precision = _ratio(true_pos, n_predicted)
         if precision is None and support:
             precision = 0.0
         recall = _ratio(true_pos, support)
-        positive = y == c
         per_class.append({
             "label": label,
             "support": support,
@@ -139,19 +183,24 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
             "roc_auc": roc_auc(positive, scores[:, c]),
         })
     present = [row for row in per_class if row["support"]]
-    accuracy = float(np.mean(predicted == y)) if y.size else None
+    accuracy = float(np.mean(predicted[one] == single[one])) if one.any() else None
+    # One prediction per row, one count per (row, class it contains): with single-species rows only,
+    # every error is one false positive and one false negative, so micro P = R = F1 = accuracy.
+    micro_precision, micro_recall = _ratio(int(hit.sum()), n), _ratio(int(hit.sum()), int(truth.sum()))
     return {
-        "n": int(y.size),
+        "n": n,
+        "n_single_species": int(one.sum()),
+        "n_background": int((truth.sum(axis=1) == 0).sum()),
+        "n_multi_species": int((truth.sum(axis=1) > 1).sum()),
         "classes_present": len(present),
         "top1_accuracy": accuracy,
-        f"top{top_k}_accuracy": top_k_accuracy(y, scores, top_k),
+        f"top{top_k}_accuracy": top_k_accuracy(single, scores, top_k),
         "macro": {key: _mean([row[key] for row in present]) for key in ("precision", "recall", "f1")},
-        # Single-label: every error is one false positive and one false negative, so micro P = R = F1 = accuracy.
-        "micro": {"precision": accuracy, "recall": accuracy, "f1": accuracy},
+        "micro": {"precision": micro_precision, "recall": micro_recall, "f1": _f1(micro_precision, micro_recall)},
         "cmap": _mean([row["average_precision"] for row in present]),
         "macro_roc_auc": _mean([row["roc_auc"] for row in present]),
         "confusion": counts.tolist(),
-        "ece": expected_calibration_error(y, scores)["ece"],
+        "ece": expected_calibration_error(single, scores)["ece"],
         "per_class": per_class,
     }
 
@@ -194,20 +243,28 @@ def fit_temperature(logits: np.ndarray, owner: np.ndarray, y: np.ndarray, multi_
 
     Fitted on the validation split. Dividing the patch logits by T changes no
     patch's top class; it makes the file scores (means of patch probabilities,
-    what users act on) as sure as they are right on val. A one-dimensional
+    what users act on) as sure as they are right on val. `y` as in the module
+    docstring; the likelihood is the one training maximises: per class for
+    sigmoid outputs (a background file: all classes absent), and for a
+    softmax the cross-entropy to the file's classes shared evenly (a
+    background file: uniform over the classes, the trainer's target). A one-dimensional
     bounded search; on a val split the model separates perfectly the likelihood
     keeps rising as T falls, and the fit stops at the lower bound.
     """
-    if y.size == 0:
+    target = truth_matrix(y, logits.shape[1]).astype(np.float64)
+    n = len(target)
+    if n == 0:
         return 1.0
     eps = 1e-12
-    target = np.eye(logits.shape[1])[y]
+    if not multi_label:
+        shares = target.sum(axis=1, keepdims=True)
+        target = np.where(shares > 0, target / np.maximum(shares, 1), 1.0 / target.shape[1])
 
     def nll(log_t: float) -> float:
-        scores = file_scores(logits, owner, y.size, math.exp(log_t), multi_label)
+        scores = file_scores(logits, owner, n, math.exp(log_t), multi_label)
         if multi_label:
             return float(-np.mean(target * np.log(scores + eps) + (1 - target) * np.log(1 - scores + eps)))
-        return float(-np.mean(np.log(scores[np.arange(y.size), y] + eps)))
+        return float(-np.mean(np.sum(target * np.log(scores + eps), axis=1)))
 
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-4})
@@ -221,10 +278,12 @@ def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str],
     The lowest such threshold keeps the most recall.  Where no threshold
     reaches the target (or the split has no file of the class) the threshold
     is NaN and `status` says why; predict then never reports the class as detected.
+    Background rows are negatives of every class, multi-species rows positives of each of theirs.
     """
+    truth = truth_matrix(y, len(classes))
     rows = []
     for c, label in enumerate(classes):
-        positive = y == c
+        positive = truth[:, c]
         row = {"label": label, "threshold": math.nan, "precision": math.nan, "recall": math.nan,
                "support": int(positive.sum()), "status": "no_val_files"}
         if positive.any():
@@ -249,10 +308,10 @@ def threshold_outcomes(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
     with a threshold and support, how many of them there are, how many reach
     `target_precision` and how many detect nothing.
     """
-    y = np.asarray(y, dtype=int)
+    truth = truth_matrix(y, len(classes))
     rows = []
     for c, label in enumerate(classes):
-        positive = y == c
+        positive = truth[:, c]
         row = {"label": label, "support": int(positive.sum()), "detections": None, "precision": None, "recall": None}
         threshold = float(thresholds[c])
         if not math.isnan(threshold):
@@ -272,3 +331,14 @@ def threshold_outcomes(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
         "classes_without_detections": sum(row["detections"] == 0 for row in evaluated),
         "per_class": rows,
     }
+
+
+def no_species(scores: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:
+    """On rows that contain no species (background): how many rows, the share on which no class reaches
+    its threshold (NaN: the class is never detected) and the mean of the rows' top scores."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if len(scores) == 0:
+        return {"n": 0, "no_species_rate": None, "mean_top_score": None}
+    detected = (scores >= np.asarray(thresholds, dtype=np.float64)[None, :]).any(axis=1)
+    return {"n": len(scores), "no_species_rate": float(np.mean(~detected)),
+            "mean_top_score": float(scores.max(axis=1).mean())}

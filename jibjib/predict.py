@@ -6,7 +6,10 @@ the log-mel front end runs inside the exported graph.  A file that cannot be
 scored gets one line on stderr and the others are still scored.  With
 thresholds, raw scores are compared with the thresholds fitted on raw val
 scores and calibrated scores with those fitted on calibrated ones, and every
-detected species is reported, also below the top k.
+detected species is reported, also below the top k.  A file on which no
+species reaches its threshold (background, say: an export never has a
+background class) is marked `no_species`: its top k rows stay, for review,
+none of them detected.
 """
 
 from __future__ import annotations
@@ -34,9 +37,14 @@ class Prediction:
     error: str | None = None
     detected: list[str] | None = None  # with thresholds: every detected label, by rank
 
+    @property
+    def no_species(self) -> bool | None:
+        """With thresholds: True when no species reaches its threshold (None without thresholds or scores)."""
+        return None if self.detected is None else not self.detected
+
     def as_dict(self) -> dict[str, Any]:
         return {"file": self.path, "predictions": self.top,
-                **({"detected": self.detected} if self.detected is not None else {}),
+                **({"detected": self.detected, "no_species": self.no_species} if self.detected is not None else {}),
                 **({"error": self.error} if self.error else {})}
 
 
@@ -113,8 +121,10 @@ def predict_files(model: Exported, files: list[str], top_k: int = 5, thresholds:
 
 
 def to_tsv(results: list[Prediction]) -> str:
-    """One row per (file, rank) reported; failed files have no rows (their error goes to stderr)."""
-    rows = [{"file": r.path, **row} for r in results for row in r.top]
-    columns = ["file", "rank", "label", "score"] + [c for c in ("external_id", "threshold", "detected")
+    """One row per (file, rank) reported; failed files have no rows (their error goes to stderr).
+    With thresholds, `no_species` repeats on each of a file's rows whether none of its species is detected."""
+    rows = [{"file": r.path, **row, **({"no_species": r.no_species} if r.detected is not None else {})}
+            for r in results for row in r.top]
+    columns = ["file", "rank", "label", "score"] + [c for c in ("external_id", "threshold", "detected", "no_species")
                                                     if any(c in row for row in rows)]
     return pd.DataFrame(rows, columns=columns).to_csv(sep="\t", index=False, lineterminator="\n")

@@ -77,7 +77,8 @@ def test_slices_of_a_recording_never_straddle_splits() -> None:
     shares = split.groupby("split")["recording_id"].nunique() / (40 * 3)
     for name, fraction in FRACTIONS.items():
         assert abs(shares[name] - fraction) < 0.1
-    assert list(split.columns) == ["path", "label", "recording_id", "split"]
+    assert list(split.columns) == ["path", "label", "recording_id", "split", "species"]
+    assert (split["species"] == split["label"]).all()  # one species per folder here
 
 
 def ledger_of(split: pd.DataFrame) -> dict[str, str]:

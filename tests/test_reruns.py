@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import chirp, make_tree, run_snakemake, write_wav
@@ -332,8 +333,8 @@ def test_retraining_never_resumes_a_finished_run(tmp_path: Path) -> None:
 
     # A same-length content edit of one training WAV: labels.tsv and split.tsv stay byte-identical.
     tables = {name: (run.work / name).read_bytes() for name in DATA_TARGETS}
-    split = (run.work / "results/split.tsv").read_text().splitlines()
-    edited = next(line.split("\t")[0] for line in split[1:] if line.endswith("\ttrain"))
+    split = pd.read_csv(run.work / "results/split.tsv", sep="\t", dtype=str, keep_default_na=False)
+    edited = split.loc[split["split"] == "train", "path"].iloc[0]
     write_wav(run.data / edited, chirp(SECONDS, RATE, f0=300, f1=900, seed=99), RATE)
     run.run(model)
     assert {name: (run.work / name).read_bytes() for name in DATA_TARGETS} == tables

@@ -18,8 +18,8 @@ nothing was detected.  Audacity instead: `<file without extension>.labels.txt`,
 
 files.tsv: every input file with `status` (analysed, reused: its scores were
 current, rejected, ignored), `reason`, `detail`, `seconds`, `sample_rate`,
-`channels`, `windows`, `detections`, `table` (the per-file table written) and `sha256` (the content
-analysed).  The workflow's shard jobs write the same columns to their manifests.
+`channels`, `windows`, `detections` (how many the file got: 0 is "no species", nothing reached its
+threshold), `table` (the per-file table written) and `sha256` (the content analysed).  The workflow's shard jobs write the same columns to their manifests.
 """
 
 from __future__ import annotations

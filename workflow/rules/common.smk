@@ -49,7 +49,7 @@ def _check_analysis():
 
 INVENTORY = _validate_config()
 RECORDINGS = _check_analysis()  # relative path -> [file] below analyze.input_dir
-SPECIES = sorted(INVENTORY)
+SPECIES = sorted(INVENTORY)  # the folder names: species, multi-species and background folders alike
 SHARD_COUNT = config["features"]["shards"]
 SHARDS = shard_species(SPECIES, SHARD_COUNT)  # shard name -> its species
 DATA_DIR = Path(config["data_dir"])

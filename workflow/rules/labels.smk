@@ -5,6 +5,8 @@
 # The split's memory of earlier assignments (README, "Split"). Deliberately no
 # declared output: Snakemake deletes a job's outputs before running it.
 SPLIT_LEDGER = "results/split_ledger.tsv"
+# Folder names of non-event audio, for labels (never a class) and split (split.tsv's empty `species`).
+BACKGROUND_OPTION = ",".join(config["labels"]["background"])
 
 
 # Its own job, never failing for a species without usable files: when `labels`
@@ -36,6 +38,7 @@ rule labels:
     params:
         label_map=f"--label-map={shlex.quote(config['label_map'])}" if config["label_map"] else "",
         recording_pattern=config["split"]["recording_pattern"],
+        background=BACKGROUND_OPTION,
     log:
         "logs/labels.log",
     conda:
@@ -45,7 +48,7 @@ rule labels:
         runtime=30,
     shell:
         "python -m jibjib labels --qc={input.qc:q} --out={output:q} {params.label_map}"
-        " --recording-pattern={params.recording_pattern:q} 2> {log:q}"
+        " --recording-pattern={params.recording_pattern:q} --background={params.background:q} 2> {log:q}"
 
 
 rule split:
@@ -59,6 +62,7 @@ rule split:
         min_eval_recordings=config["split"]["min_eval_recordings"],
         recording_pattern=config["split"]["recording_pattern"],
         ledger=SPLIT_LEDGER,
+        background=BACKGROUND_OPTION,
     log:
         "logs/split.log",
     conda:
@@ -70,4 +74,5 @@ rule split:
         "python -m jibjib split --manifests {input.manifests:q} --out={output:q}"
         " --train={params.fractions[train]} --val={params.fractions[val]} --test={params.fractions[test]}"
         " --seed={params.seed} --min-eval-recordings={params.min_eval_recordings}"
-        " --recording-pattern={params.recording_pattern:q} --ledger={params.ledger:q} 2> {log:q}"
+        " --recording-pattern={params.recording_pattern:q} --ledger={params.ledger:q}"
+        " --background={params.background:q} 2> {log:q}"
