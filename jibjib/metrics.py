@@ -271,16 +271,25 @@ def fit_temperature(logits: np.ndarray, owner: np.ndarray, y: np.ndarray, multi_
     return float(math.exp(result.x))
 
 
-def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str],
-                         target_precision: float) -> list[dict[str, Any]]:
+# At most this share of the val split's background rows (files or windows without a species) may reach a
+# class's threshold, whatever the precision: field audio is mostly background, so a threshold that a few
+# per cent of it passes floods an analysis with false detections although val precision looks fine.
+BACKGROUND_PASS_RATE = 0.01
+
+
+def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str], target_precision: float,
+                         background_pass_rate: float = BACKGROUND_PASS_RATE) -> list[dict[str, Any]]:
     """Per class, the lowest score threshold whose detections reach `target_precision`.
 
     The lowest such threshold keeps the most recall.  Where no threshold
     reaches the target (or the split has no file of the class) the threshold
     is NaN and `status` says why; predict then never reports the class as detected.
-    Background rows are negatives of every class, multi-species rows positives of each of theirs.
+    Background rows are negatives of every class, multi-species rows positives of each of theirs;
+    where there are background rows, the threshold also lies above all but
+    `background_pass_rate` of their scores for the class (status `ok` all the same).
     """
     truth = truth_matrix(y, len(classes))
+    background = ~truth.any(axis=1)
     rows = []
     for c, label in enumerate(classes):
         positive = truth[:, c]
@@ -291,6 +300,9 @@ def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str],
             threshold, true_pos, predicted = _ranked_counts(positive, scores[:, c])
             precision = true_pos / predicted
             reaching = np.flatnonzero((precision >= target_precision) & (true_pos > 0))
+            if background.any():
+                floor = float(np.quantile(scores[background, c], 1.0 - background_pass_rate, method="higher"))
+                reaching = reaching[threshold[reaching] > floor]
             if reaching.size:
                 best = reaching[-1]  # the lowest threshold that still reaches the target
                 row.update(threshold=float(threshold[best]), precision=float(precision[best]),

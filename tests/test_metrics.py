@@ -261,3 +261,14 @@ def test_window_thresholds_are_fitted_on_the_windows_of_val_files_labelled_by_th
     sentence = window_threshold_sentence(summary)
     assert "the val patches, each patch labelled with its file's species" in sentence
     assert "on the test patches: window precision 1.000, recall 0.500 over 1 species" in sentence
+
+
+def test_thresholds_let_at_most_one_percent_of_background_pass() -> None:
+    """Precision alone would take 0.3 (3 of 5 detections right); 2 % of the background reaches 0.5."""
+    y = np.array([0, 0, 0] + [-1] * 100)
+    a = np.array([0.9, 0.8, 0.3] + [0.1] * 98 + [0.5] * 2)
+    scores = np.stack([a, 1 - a], axis=1)
+    row = metrics.precision_thresholds(y, scores, ["a", "b"], target_precision=0.5)[0]
+    assert (row["threshold"], row["recall"], row["status"]) == (0.8, pytest.approx(2 / 3), "ok")
+    lenient = metrics.precision_thresholds(y, scores, ["a", "b"], target_precision=0.5, background_pass_rate=0.05)[0]
+    assert lenient["threshold"] == 0.3
