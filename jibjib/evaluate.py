@@ -204,9 +204,10 @@ def evaluate(
         "n_background_files": file_level["n_background"],
         "n_multi_species_files": file_level["n_multi_species"],
         "single_species_metrics": ("top-1 and top-k accuracy, confusion and ECE count the single-species files "
-                                   "(n_single_species); per-class figures count every file: a background file is "
-                                   "a negative for every species, a multi-species file a positive for each of its "
-                                   "species"),
+                                   "(n_single_species); per-class precision, recall and F1 of the top-1 species "
+                                   "count the files with a species (a multi-species file is a positive for each of "
+                                   "its species); AP, ROC-AUC and thresholds rank every file, a background file "
+                                   "a negative for every species; background files are judged in `background`"),
         "background": background_summary(test_kinds, thresholds),
         "calibration": {
             "temperature": temperature,

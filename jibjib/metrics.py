@@ -159,7 +159,10 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
     n = len(truth)
     single = single_class(truth)
     predicted = scores.argmax(axis=1) if n else np.zeros(0, int)
-    hit = truth[np.arange(n), predicted] if n else np.zeros(0, bool)  # the top-1 class is one the row contains
+    # A forced top-1 answer on a background row has no right answer: the top-1 figures count the rows with a
+    # species, and background rows weigh in through AP and ROC-AUC (as negatives) and the thresholds.
+    has_species = truth.any(axis=1)
+    hit = truth[np.arange(n), predicted] & has_species if n else np.zeros(0, bool)
     one = single >= 0
     counts = confusion_matrix(single[one], predicted[one], n_classes)
     per_class = []
@@ -167,7 +170,7 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
         positive = truth[:, c]
         true_pos = int((hit & (predicted == c)).sum())
         support = int(positive.sum())
-        n_predicted = int((predicted == c).sum())
+        n_predicted = int(((predicted == c) & has_species).sum())
         precision = _ratio(true_pos, n_predicted)
         if precision is None and support:
             precision = 0.0
@@ -186,7 +189,8 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
     accuracy = float(np.mean(predicted[one] == single[one])) if one.any() else None
     # One prediction per row, one count per (row, class it contains): with single-species rows only,
     # every error is one false positive and one false negative, so micro P = R = F1 = accuracy.
-    micro_precision, micro_recall = _ratio(int(hit.sum()), n), _ratio(int(hit.sum()), int(truth.sum()))
+    micro_precision = _ratio(int(hit.sum()), int(has_species.sum()))
+    micro_recall = _ratio(int(hit.sum()), int(truth.sum()))
     return {
         "n": n,
         "n_single_species": int(one.sum()),

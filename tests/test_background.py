@@ -208,10 +208,11 @@ def mixed() -> tuple[np.ndarray, np.ndarray]:
 
     Top-1: a b b b a c.
     Single-species files 0-2: top-1 right on 0 and 2 -> accuracy 2/3; confusion a->a, a->b, b->b.
-    a: predicted on 0 and 4 (background) -> P 1/2; support 2, found 1 -> R 1/2.
+    Top-1 figures count the files with a species (a forced answer on background has no right one):
+    a: predicted on 0 -> P 1; support 2, found 1 -> R 1/2.
     b: predicted on 1 (an a file), 2, 3 -> TP 2 (file 3 contains b) -> P 2/3; support 2 -> R 1.
-    c: predicted on 5 (background) -> P 0; support 1 (file 3), never its top -> R 0.
-    micro: 3 of 6 top-1 classes right (P 1/2), 3 of 5 true (file, class) pairs found (R 3/5).
+    c: never predicted -> P 0 (it has support); support 1 (file 3), never its top -> R 0.
+    micro: 3 of 4 top-1 classes right (P 3/4), 3 of 5 true (file, class) pairs found (R 3/5).
     """
     truth = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 1], [0, 0, 0], [0, 0, 0]], bool)
     scores = np.array([
@@ -235,12 +236,12 @@ def test_metrics_count_background_and_multi_species_files(mixed) -> None:
     assert m["top2_accuracy"] == 1.0
     rows = {row["label"]: row for row in m["per_class"]}
     assert (rows["a"]["support"], rows["a"]["predicted"], rows["a"]["precision"], rows["a"]["recall"]) == (
-        2, 2, 0.5, 0.5)
+        2, 1, 1.0, 0.5)
     assert (rows["b"]["support"], rows["b"]["predicted"], rows["b"]["recall"]) == (2, 3, 1.0)
     assert rows["b"]["precision"] == pytest.approx(2 / 3)
     assert (rows["c"]["support"], rows["c"]["predicted"], rows["c"]["precision"], rows["c"]["recall"]) == (
-        1, 1, 0.0, 0.0)
-    assert m["micro"]["precision"] == 0.5 and m["micro"]["recall"] == pytest.approx(0.6)
+        1, 0, 0.0, 0.0)
+    assert m["micro"]["precision"] == 0.75 and m["micro"]["recall"] == pytest.approx(0.6)
     # AP and ROC-AUC rank every file: c's positive (file 3, 0.4) is below one background file (0.5).
     # Ranked c scores: 0.5 (-) 0.4 (+) ... -> AP = precision 1/2 at recall 1; AUC: 4 of 5 negatives below.
     assert rows["c"]["average_precision"] == pytest.approx(0.5)
