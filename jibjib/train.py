@@ -34,6 +34,7 @@ import tensorflow as tf  # noqa: E402
 
 from . import __version__, fsutil  # noqa: E402
 from .config import checkpoint_prefix  # noqa: E402
+from .errors import LabelError  # noqa: E402
 from .data import (  # noqa: E402
     FeatureStamp, InputSpec, class_weights, feature_stamp, sequence_count, split_files, target_matrix,
     training_dataset,
@@ -340,6 +341,11 @@ def train(
     settings = {**settings, "n_classes": n_classes}
     train_files = split_files(split_tsv, labels_tsv, features_dir, "train")
     val_files = split_files(split_tsv, labels_tsv, features_dir, "val")
+    several = sorted({path for f in (train_files, val_files) for path, ids in zip(f["path"], f["class_ids"])
+                      if len(ids) > 1})
+    if several and not settings["multi_label"]:
+        raise LabelError(f"a softmax model has one species per file, but {len(several)} of the files name several "
+                         f"({several[0]}, ...); set multi_label: true")
     if not settings.get("use_background", True):
         train_files, val_files = (f[f["class_ids"].map(len) > 0].reset_index(drop=True) for f in (train_files, val_files))
     if train_files.empty:

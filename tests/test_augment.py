@@ -218,3 +218,13 @@ def test_balanced_sampling_draws_classes_evenly(corpus: pd.DataFrame) -> None:
     for patches, _ in training_dataset(corpus, plain, 16, training=True, seed=5):
         counts.update(folders(patches))
     assert counts["Alpha_one"] == 12 and sum(counts.values()) == 42
+
+
+def test_training_refuses_several_species_under_softmax(tmp_path: Path) -> None:
+    from jibjib.errors import LabelError
+    from jibjib.train import train
+
+    make_corpus(tmp_path)
+    with pytest.raises(LabelError, match=r"one species per file, but 1 of the files name several \(Alpha_one,Beta_two/.*set multi_label: true"):
+        train("convlstm", tmp_path / "split.tsv", tmp_path / "labels.tsv", tmp_path / "features", tmp_path / "out",
+              {"seed": 0, "multi_label": False})
