@@ -36,8 +36,8 @@ class Augmentation:
     enabled: bool = True
     random_offsets: bool = True  # cut each file's patches from a random first frame, not only frame 0
     gain_db: float = 6.0  # level change, uniform in +-gain_db
-    background_probability: float = 0.5  # share of examples mixed with a background recording
-    background_snr_db: tuple[float, float] = (-3.0, 20.0)  # example power over the background's
+    background_probability: float = 0.8  # share of examples mixed with a background recording
+    background_snr_db: tuple[float, float] = (-20.0, 5.0)  # example power over the background's
     time_masks: int = 2  # per patch
     time_mask_frames: int = 10  # widest time mask
     freq_masks: int = 2  # per patch
