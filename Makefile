@@ -17,6 +17,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	# Real bird recordings (MIT licence) used as test fixtures; only its data is used.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps pykanto==0.1.8
+	# The TF Serving request/response protos for the legacy-signature test. Without --no-deps it would pull the
+	# full `tensorflow` wheel over tensorflow-cpu (same module, two distributions); its other needs, grpcio and
+	# protobuf, are in requirements.txt already.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps tensorflow-serving-api==2.21.0
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -85,6 +85,9 @@ BAD_CONFIGS = {
                                          "config: analyze.models: convlstm not among the trained models (vggish)"),
     "missing soundscapes": ({"soundscapes": {"audio_dir": "{tmp}/scapes"}},
                             "config: soundscapes.audio_dir: {tmp}/scapes does not exist"),
+    "tflite not a flag": ({"export": {"tflite": "yes"}}, "config: export.tflite: 'yes' is not of type 'boolean'"),
+    "legacy serving not a flag": ({"export": {"legacy_serving": 1}},
+                                  "config: export.legacy_serving: 1 is not of type 'boolean'"),
 }
 
 
