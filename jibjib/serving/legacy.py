@@ -33,13 +33,15 @@ def legacy_function(module: Any) -> Any:
     it holds, and the shape stays what the client reads.
     """
     params = module.params
+    classes = int(module.labels.shape[0])
 
     def serve(inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         n = tf.shape(inputs)[0]
         unit_scores = module._probabilities(module._unit_logits(inputs[None]))[0]
         if module.seq_len is not None:
             unit_scores = tf.repeat(unit_scores, module.seq_len, axis=0)[:n]
-        return {OUTPUT_KEY: unit_scores}
+        # A static class count, so the signature (and saved_model_cli) shows (-1, classes).
+        return {OUTPUT_KEY: tf.ensure_shape(unit_scores, [None, classes])}
 
     return tf.function(serve, input_signature=[
         tf.TensorSpec([None, params.patch_frames, params.mel_bands], tf.float32, INPUT_KEY)])
