@@ -166,7 +166,8 @@ def main() -> None:
               f"({r['windows']} windows) | {r['max_diff']:.1e} | {r['file_macro_f1']:.3f} ({r['files']} files) "
               f"| {r['latency_ms']:.1f} ms |")
     for model in args.models:
-        card = json.loads((args.results / "export" / model / str(args.version) / "assets" / "model_card.json").read_text())
+        card_path = args.results / "export" / model / str(args.version) / "assets" / "model_card.json"
+        card = json.loads(card_path.read_text())
         print(f"{model}: file macro F1 of the evaluation (short files padded and masked, not zero-padded audio): "
               f"{card['metrics']['file_macro_f1']:.3f}")
     for r in table:

@@ -250,7 +250,8 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
            top_k: int = 5, tflite: bool = False, legacy_serving: bool = False) -> Path:
     """Write the SavedModel to out_dir (<export>/<model>/<version>), atomically: a kill leaves no half export.
 
-    `tflite` also writes the TFLite files beside saved_model.pb; `legacy_serving` gives `serving_default` the old query service's contract.
+    `tflite` also writes the TFLite files beside saved_model.pb; `legacy_serving` gives `serving_default`
+    the old query service's contract.
     """
     model_dir, eval_dir, out = Path(model_dir), Path(eval_dir), Path(out_dir)
     version = int(out.name)
@@ -276,9 +277,9 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
         save_export(out, model, classes, Path(labels_tsv), eval_dir / "thresholds.tsv", card, params,
                     float(metrics["calibration"]["temperature"]), top_k, multi_label,
                     legacy_serving=legacy_serving, beside=beside)
-    print(f"export {trained['model']}: {out} ({len(classes)} classes"
-          f"{', legacy serving_default' if legacy_serving else ''}{', TFLite ' + card['tflite']['ops'] if tflite else ''})",
-          file=sys.stderr)
+    extras = (", legacy serving_default" if legacy_serving else "") + (
+        f", TFLite {card['tflite']['ops']} ops" if tflite else "")
+    print(f"export {trained['model']}: {out} ({len(classes)} classes{extras})", file=sys.stderr)
     return out
 
 
