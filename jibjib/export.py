@@ -10,7 +10,7 @@ Layout (what TF Serving's `--model_base_path` expects, one folder per version):
                                assets/model_card.json   settings, data counts, metrics, versions
 
 Signatures:
-  serving_default: waveform float32 (batch, samples), mono 16 kHz -> scores,
+  serving_default (and waveform): waveform float32 (batch, samples), mono 16 kHz -> scores,
       calibrated_scores (batch, classes), top_k_scores, top_k_labels (batch, k).
       The log-mel front end runs inside the graph with the feature step's parameters.
   log_mel: patches float32 (n, 96, 64) of one recording -> scores (units, classes),
@@ -24,6 +24,13 @@ Signatures:
       (only whole windows; jibjib.params.WindowGrid).
   log_mel_windows: windows float32 (n, window frames, 64) of log-mel -> scores
       (n, classes), for clients that cut the windows themselves (jibjib analyze does).
+
+With `legacy_serving` (export.legacy_serving), `serving_default` is instead the
+old query service's contract, `inputs` (n, 96, 64) patches -> `outputs`
+(n, classes), with assets/train_id_list.pickle (jibjib.serving.legacy); the
+waveform signature is `waveform` in both cases. With `tflite` (export.tflite),
+model.tflite, model_fp16.tflite and model_int8.tflite sit beside
+saved_model.pb: one window of waveform in, its scores out (jibjib.serving.tflite).
 
 The graph computes in float32, also for a model trained with mixed precision.
 Folders and files get the modes of a new folder and file under the umask
@@ -54,6 +61,7 @@ from .evaluate import model_seq_len  # noqa: E402
 from .frontend import mel_matrix, periodic_hann  # noqa: E402
 from .models import load_for_inference  # noqa: E402
 from .params import FrontEnd, WindowGrid  # noqa: E402
+from .serving import legacy  # noqa: E402
 from .tflog import quiet_python_logging  # noqa: E402
 from .train import software_versions  # noqa: E402
 
@@ -239,8 +247,12 @@ def _open_to_umask(root: Path) -> None:
 
 def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv: str | os.PathLike,
            split_tsv: str | os.PathLike, out_dir: str | os.PathLike, params: FrontEnd,
-           top_k: int = 5) -> Path:
-    """Write the SavedModel to out_dir (<export>/<model>/<version>), atomically: a kill leaves no half export."""
+           top_k: int = 5, tflite: bool = False, legacy_serving: bool = False) -> Path:
+    """Write the SavedModel to out_dir (<export>/<model>/<version>), atomically: a kill leaves no half export.
+
+    `tflite` also writes the TFLite files beside saved_model.pb; `legacy_serving` gives `serving_default`
+    the old query service's contract.
+    """
     model_dir, eval_dir, out = Path(model_dir), Path(eval_dir), Path(out_dir)
     version = int(out.name)
     trained = json.loads((model_dir / "train.json").read_text())
@@ -248,20 +260,36 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
     labels = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)
     classes = labels["label"].astype(str).tolist()
     model = load_for_inference(model_dir / "model.keras")
-    grid = WindowGrid.for_model(params, model_seq_len(model) or 1)
+    seq_len = model_seq_len(model)
+    grid = WindowGrid.for_model(params, seq_len or 1)
     card = model_card(trained, metrics, _data_counts(Path(split_tsv), labels), params, version, grid)
+    multi_label = bool(trained["settings"].get("multi_label", False))
+    card["serving"] = legacy.card_section(len(classes), seq_len) if legacy_serving else {
+        "serving_default": "waveform", "waveform_signature": "waveform"}
 
-    save_export(out, model, classes, Path(labels_tsv), eval_dir / "thresholds.tsv", card, params,
-                float(metrics["calibration"]["temperature"]), top_k,
-                bool(trained["settings"].get("multi_label", False)))
-    print(f"export {trained['model']}: {out} ({len(classes)} classes)", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as scratch:
+        beside: dict[str, Path] = {}
+        if tflite:
+            from .serving import tflite as tflite_files
+
+            card["tflite"] = tflite_files.convert(model, params, seq_len, multi_label, Path(scratch))
+            beside = {name: Path(scratch) / name for name in card["tflite"]["files"]}
+        save_export(out, model, classes, Path(labels_tsv), eval_dir / "thresholds.tsv", card, params,
+                    float(metrics["calibration"]["temperature"]), top_k, multi_label,
+                    legacy_serving=legacy_serving, beside=beside)
+    extras = (", legacy serving_default" if legacy_serving else "") + (
+        f", TFLite {card['tflite']['ops']} ops" if tflite else "")
+    print(f"export {trained['model']}: {out} ({len(classes)} classes{extras})", file=sys.stderr)
     return out
 
 
 def save_export(out: Path, model: keras.Model, classes: list[str], labels_tsv: Path, thresholds_tsv: Path,
                 card: dict[str, Any], params: FrontEnd, temperature: float = 1.0, top_k: int = 5,
-                multi_label: bool = False) -> None:
-    """Write the SavedModel with its signatures and assets to `out`, atomically: a kill leaves no half export."""
+                multi_label: bool = False, legacy_serving: bool = False, beside: dict[str, Path] | None = None) -> None:
+    """Write the SavedModel with its signatures and assets to `out`, atomically: a kill leaves no half export.
+
+    `beside`: files (the TFLite models) moved next to saved_model.pb under their names.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = _staging_folder(out)
     try:
@@ -273,10 +301,18 @@ def save_export(out: Path, model: keras.Model, classes: list[str], labels_tsv: P
             fsutil.write_json(scratch / "model_card.json", card)
             assets = {"labels": scratch / "labels.txt", "labels_table": scratch / "labels.tsv",
                       "thresholds": scratch / "thresholds.tsv", "model_card": scratch / "model_card.json"}
+            if legacy_serving:
+                assets["train_id_list"] = legacy.write_train_id_list(scratch / "train_id_list.pickle", classes)
             module = ExportModule(model, classes, params, temperature, top_k, multi_label, assets)
-            tf.saved_model.save(module, str(staging), signatures={
-                "serving_default": module.serve_waveform, "log_mel": module.serve_log_mel,
-                "windows": module.serve_windows, "log_mel_windows": module.serve_log_mel_windows})
+            signatures = {"serving_default": module.serve_waveform, "waveform": module.serve_waveform,
+                          "log_mel": module.serve_log_mel, "windows": module.serve_windows,
+                          "log_mel_windows": module.serve_log_mel_windows}
+            if legacy_serving:
+                module.serve_legacy = legacy.legacy_function(module)
+                signatures["serving_default"] = module.serve_legacy
+            tf.saved_model.save(module, str(staging), signatures=signatures)
+        for name, path in (beside or {}).items():
+            shutil.move(path, staging / name)
         _open_to_umask(staging)
         if out.exists():
             shutil.rmtree(out)

@@ -1,8 +1,9 @@
 """`jibjib predict`: score audio files (WAV, FLAC, Ogg, MP3) with an exported model.
 
 Files at any sample rate are read and resampled with the feature step's own
-code, then handed to the export's `serving_default` signature as 16 kHz mono;
-the log-mel front end runs inside the exported graph.  A file that cannot be
+code, then handed to the export's waveform signature (`waveform`, or
+`serving_default` of an export without it) as 16 kHz mono; the log-mel front
+end runs inside the exported graph.  A file that cannot be
 scored gets one line on stderr and the others are still scored.  With
 thresholds, raw scores are compared with the thresholds fitted on raw val
 scores and calibrated scores with those fitted on calibrated ones, and every
@@ -26,6 +27,7 @@ from .audio import AudioError, open_audio, to_mono
 from .errors import ExportError
 from .exported import ExportAssets
 from .features import check_usable
+from .params import FrontEnd
 from .resample import resample
 
 
@@ -54,21 +56,28 @@ class Exported(ExportAssets):
     def __init__(self, export_dir: str | os.PathLike) -> None:
         super().__init__(export_dir)
         self._tf, loaded = self.load_saved_model()
-        self._serve = loaded.signatures["serving_default"]
+        # A legacy export (export.legacy_serving) serves patches by default and the waveform under its name.
+        self._serve = loaded.signatures.get("waveform") or loaded.signatures["serving_default"]
 
     def waveform(self, path: str | os.PathLike) -> np.ndarray:
         """The file as float32 mono at the model's sample rate; AudioError if unusable."""
-        with open_audio(path) as reader:
-            # The feature step's own checks: predict refuses what training never saw.
-            check_usable(reader.info, self.params)
-            mono = np.concatenate([to_mono(block) for block in reader.blocks()]).astype(np.float32, copy=False)
-            check_usable(reader.info, self.params)  # again with the decoded length, where the header only estimated it
-            rate = reader.info.sample_rate
-        return mono if rate == self.params.sample_rate else resample(mono, rate, self.params.sample_rate)
+        return read_waveform(path, self.params)
 
     def scores(self, waveform: np.ndarray, calibrated: bool = False) -> np.ndarray:
         outputs = self._serve(waveform=self._tf.constant(waveform[None, :]))
         return outputs["calibrated_scores" if calibrated else "scores"].numpy()[0]
+
+
+def read_waveform(path: str | os.PathLike, params: FrontEnd) -> np.ndarray:
+    """A file as float32 mono at `params.sample_rate`, read and resampled as the feature step does; AudioError if
+    unusable."""
+    with open_audio(path) as reader:
+        # The feature step's own checks: predict refuses what training never saw.
+        check_usable(reader.info, params)
+        mono = np.concatenate([to_mono(block) for block in reader.blocks()]).astype(np.float32, copy=False)
+        check_usable(reader.info, params)  # again with the decoded length, where the header only estimated it
+        rate = reader.info.sample_rate
+    return mono if rate == params.sample_rate else resample(mono, rate, params.sample_rate)
 
 
 def load_thresholds(path: str | os.PathLike, labels: list[str], calibrated: bool = False) -> np.ndarray:

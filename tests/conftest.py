@@ -140,3 +140,24 @@ def tiny_workflow(tmp_path_factory) -> Path:
     finally:
         os.umask(umask)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def serving_exports(tiny_workflow: Path, tmp_path_factory) -> dict[str, Path]:
+    """Both tiny models exported again with export.tflite and export.legacy_serving on (by the jibjib command,
+    as the rule calls it), beside the tiny workflow's own default exports. The two run at once: VGGish's
+    TFLite conversion is most of the wait."""
+    out = tmp_path_factory.mktemp("serving_exports")
+    results = tiny_workflow / "results"
+    jobs = {}
+    for model in ("vggish", "convlstm"):
+        command = [sys.executable, "-m", "jibjib", "export", "--model-dir", str(results / "models" / model),
+                   "--eval-dir", str(results / "eval" / model), "--labels", str(results / "labels.tsv"),
+                   "--split", str(results / "split.tsv"), "--out", str(out / model / "1"),
+                   "--tflite", "--legacy-serving"]
+        jobs[model] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env=REPO_ENV, cwd=tiny_workflow)
+    for model, job in jobs.items():
+        _, err = job.communicate(timeout=900)
+        assert job.returncode == 0, err[-3000:]
+    return {model: out / model / "1" for model in jobs}

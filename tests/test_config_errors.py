@@ -89,6 +89,9 @@ BAD_CONFIGS = {
                            "config: train.augment.background_snr_db: must be [low, high] with low <= high, got [20, 0]"),
     "misspelt augmentation": ({"train": {"augment": {"mix_up": 0.5}}},
                               "config: train.augment: Additional properties are not allowed ('mix_up' was unexpected)"),
+    "tflite not a flag": ({"export": {"tflite": "yes"}}, "config: export.tflite: 'yes' is not of type 'boolean'"),
+    "legacy serving not a flag": ({"export": {"legacy_serving": 1}},
+                                  "config: export.legacy_serving: 1 is not of type 'boolean'"),
 }
 
 

@@ -1,5 +1,18 @@
 # Stage 5: trained model + its evaluation -> SavedModel for TensorFlow Serving
-# (results/export/<model>/<version>/), with the front end inside the graph.
+# (results/export/<model>/<version>/), with the front end inside the graph;
+# export.tflite adds the TFLite files, export.legacy_serving the old query
+# service's serving_default.
+
+
+def export_options(wildcards):
+    """The export command's flags for export.tflite and export.legacy_serving."""
+    options = []
+    if config["export"]["tflite"]:
+        options.append("--tflite")
+    if config["export"]["legacy_serving"]:
+        options.append("--legacy-serving")
+    return " ".join(options)
+
 
 for _model in MODEL_NAMES:
 
@@ -20,6 +33,10 @@ for _model in MODEL_NAMES:
             eval_dir=lambda wildcards, input: Path(input.metrics).parent,
             frontend=FRONTEND_JSON,
             top_k=config["export"]["top_k"],
+            # Flags as params, so changing one reruns the export (Snakemake's params rerun trigger).
+            tflite=config["export"]["tflite"],
+            legacy_serving=config["export"]["legacy_serving"],
+            options=export_options,
         log:
             job=f"logs/export/{_model}.log",
             tensorflow=f"logs/export/{_model}.tensorflow.log",
@@ -27,10 +44,12 @@ for _model in MODEL_NAMES:
             "../../envs/tensorflow.yaml"
         threads: 2
         resources:
-            mem_mb=8000,
+            # TFLite conversion of VGGish peaked at 8.9 GB (measured, 2026-12-02): each conversion holds
+            # several copies of its 289 MB of weights beside the frozen graph.
+            mem_mb=16000 if config["export"]["tflite"] else 8000,
             runtime=60,
         shell:
             # The export needs no GPU; hiding them keeps TensorFlow off a GPU a training may be using.
             "CUDA_VISIBLE_DEVICES= JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib export --model-dir {params.model_dir:q} --eval-dir {params.eval_dir:q}"
             " --labels {input.labels:q} --split {input.split:q} --frontend {params.frontend:q}"
-            " --top-k {params.top_k} --out {output:q} 2> {log.job:q}"
+            " --top-k {params.top_k} {params.options} --out {output:q} 2> {log.job:q}"
