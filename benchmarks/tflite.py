@@ -40,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from jibjib.data import target_matrix  # noqa: E402
 from jibjib.exported import ExportAssets  # noqa: E402
 from jibjib.metrics import classification_metrics  # noqa: E402
 from jibjib.predict import read_waveform  # noqa: E402
@@ -109,13 +110,15 @@ def measure(export: Path, split: pd.DataFrame, data_dir: Path, threads: int, pyk
     patches = assets.card["window"]["patches"]
     classes = assets.labels
     test = split[split["split"] == "test"]
+    species = test["species"] if "species" in test else test["label"]
     windows, owner, labels = [], [], []
-    for index, (path, label) in enumerate(zip(test["path"], test["label"])):
+    for index, (path, names) in enumerate(zip(test["path"], species)):
         cut = cut_windows(read_waveform(data_dir / path, assets.params), assets.params, patches, pad=True)
         windows.append(cut)
         owner += [index] * len(cut)
-        labels.append(classes.index(label))
-    windows, owner, y = np.concatenate(windows), np.array(owner), np.array(labels)
+        labels.append(tuple(classes.index(name) for name in names.split(",") if name))  # none: background
+    windows, owner = np.concatenate(windows), np.array(owner)
+    y = target_matrix(labels, len(classes)) > 0
     reference = saved_model_scores(loaded, windows)
 
     def file_f1(scores: np.ndarray) -> float:

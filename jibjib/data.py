@@ -105,6 +105,15 @@ def sequence_count(n_patches: int, seq_len: int, short: str = "pad") -> int:
     return max(1, -(-n_patches // seq_len))
 
 
+def examples_per_file(stamps: list[FeatureStamp], seq_len: int | None = None, short: str = "pad",
+                      patch_frames: int = VGGISH.patch_frames) -> np.ndarray:
+    """Training examples each file gives: patches (seq_len None, VGGish) or sequences of seq_len patches."""
+    patches = np.array([stamp.frames // patch_frames for stamp in stamps], dtype=int)
+    if seq_len is None:
+        return patches
+    return np.array([sequence_count(n, seq_len, short) for n in patches], dtype=int)
+
+
 def class_weights(example_counts: np.ndarray) -> np.ndarray:
     """Inverse-frequency weight of each class, from its number of training examples.
 
@@ -246,9 +255,8 @@ def training_dataset(files: pd.DataFrame, spec: InputSpec, batch_size: int, trai
     n = len(files)
     order = tf.data.Dataset.range(n)
     if training and spec.class_balance == "sampling":
-        patches = [feature_stamp(f).frames // spec.frontend.patch_frames for f in paths]
-        examples = np.array([n if spec.seq_len is None else sequence_count(n, spec.seq_len, spec.short_files)
-                             for n in patches])
+        examples = examples_per_file([feature_stamp(f) for f in paths], spec.seq_len, spec.short_files,
+                                     spec.frontend.patch_frames)
         cdf = tf.constant(np.cumsum(balanced_draw_weights(files, examples)), tf.float64)
         draws = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).take(n)
         # Dataset.random gives 32 random bits per element.

@@ -36,11 +36,10 @@ from . import __version__, fsutil  # noqa: E402
 from .config import checkpoint_prefix  # noqa: E402
 from .errors import LabelError  # noqa: E402
 from .data import (  # noqa: E402
-    FeatureStamp, InputSpec, class_weights, feature_stamp, sequence_count, split_files, target_matrix,
+    FeatureStamp, InputSpec, class_weights, examples_per_file, feature_stamp, split_files, target_matrix,
     training_dataset,
 )
 from .models import convlstm_classifier, vggish_classifier  # noqa: E402
-from .params import VGGISH  # noqa: E402
 from .tflog import quiet_python_logging  # noqa: E402
 from .training.augment import Augmentation  # noqa: E402
 
@@ -303,11 +302,9 @@ class ClassWeightedCrossentropy(keras.losses.Loss):
 
 def example_counts(model: str, stamps: list[FeatureStamp], class_ids: pd.Series, n_classes: int,
                    settings: dict[str, Any]) -> np.ndarray:
-    """Training examples per class: patches for VGGish, sequences for the ConvLSTM (background files count for none)."""
-    patches = np.array([stamp.frames // VGGISH.patch_frames for stamp in stamps], dtype=int)
-    if model == "convlstm":
-        patches = np.array([sequence_count(n, settings["seq_len"], settings["short_files"]) for n in patches], dtype=int)
-    return (target_matrix(class_ids, n_classes) * patches[:, None]).sum(axis=0)
+    """Training examples per class (a multi-species file counts for each of its species, background for none)."""
+    units = examples_per_file(stamps, settings["seq_len"] if model == "convlstm" else None, settings.get("short_files", "pad"))
+    return (target_matrix(class_ids, n_classes) * units[:, None]).sum(axis=0)
 
 
 def software_versions() -> dict[str, str]:
@@ -367,10 +364,8 @@ def train(
     examples = example_counts(model, train_stamps, train_files["class_ids"], n_classes, settings)
     weights = class_weights(examples) if settings["class_balance"] == "weights" else np.ones(n_classes)
     n_background = int((train_files["class_ids"].map(len) == 0).sum())
-    units = [stamp.frames // VGGISH.patch_frames for stamp in train_stamps]
-    if model == "convlstm":
-        units = [sequence_count(n, settings["seq_len"], settings["short_files"]) for n in units]
-    steps_per_epoch = max(1, -(-sum(units) // batch_size))
+    all_examples = examples_per_file(train_stamps, spec.seq_len, spec.short_files).sum()  # background files too
+    steps_per_epoch = max(1, -(-int(all_examples) // batch_size))
     monitor = "val_loss" if val_ds is not None else "loss"
     inputs = training_inputs(model, settings, Path(labels_tsv), Path(split_tsv),
                              pd.concat([train_files, val_files]), train_stamps + val_stamps)

@@ -364,9 +364,10 @@ def test_make_demo_writes_soundscapes_beside_the_species(tmp_path, monkeypatch, 
     small = demo_soundscapes.make_soundscapes
     monkeypatch.setattr(demo_soundscapes, "make_soundscapes", lambda folder, **kw: small(
         folder, **{**kw, "n_files": 1, "min_seconds": 30.0, "max_seconds": 30.0}))
-    assert main(["make-demo", str(tmp_path / "birds"), "--species", "2", "--recordings", "1"]) == 0
-    # Not inside the data folder, where it would be taken for a species.
-    assert sorted(p.name for p in (tmp_path / "birds").iterdir() if p.is_dir()) == sorted(_species_names(57, 2))
+    assert main(["make-demo", str(tmp_path / "birds"), "--species", "2", "--recordings", "1", "--background", "1"]) == 0
+    # Not inside the data folder, where it would be taken for a species; the background folder is.
+    folders = sorted(p.name for p in (tmp_path / "birds").iterdir() if p.is_dir())
+    assert folders == sorted(_species_names(57, 2)) + ["noise"]
     assert {c.label for c in read_annotations(tmp_path / "demo_soundscapes")["site1"]} <= set(_species_names(57, 2))
     assert "demo soundscapes in" in capsys.readouterr().err
     assert main(["make-demo", str(tmp_path / "x" / "birds"), "--species", "2", "--recordings", "1",
