@@ -1,9 +1,10 @@
 """Training runs: streaming input, per-epoch state, a resume that resumes only what it should.
 
 The full training state (weights, optimizer, epoch, best epoch and its
-weights, early-stopping counter) is saved after every epoch under
+weights, early-stopping counter) is saved after every epoch (or every
+`checkpoint_every_epochs`, and always after the last) under
 `<out>/checkpoints/`; a killed job that is started again continues after the
-last completed epoch (the old code restored only the VGGish trunk), but only
+last saved epoch (the old code restored only the VGGish trunk), but only
 if everything the run is computed from is unchanged and the run had not
 finished. All visible GPUs are used through MirroredStrategy; on a machine
 without GPUs the same code runs on the CPU.
@@ -154,7 +155,9 @@ def training_inputs(model: str, settings: dict[str, Any], labels_tsv: Path, spli
     checkpoint = settings.get("checkpoint") if model == "vggish" else None
     return {
         "model": model,
-        "settings": _sha256_text(json.dumps(settings, sort_keys=True)),
+        # How often the state is saved changes no result: a run resumes across a change of it.
+        "settings": _sha256_text(json.dumps({k: v for k, v in settings.items() if k != "checkpoint_every_epochs"},
+                                            sort_keys=True)),
         "labels": fsutil.sha256_file(labels_tsv),
         "split": fsutil.sha256_file(split_tsv),
         "features": _sha256_text(*(f"{path}\t{stamp.content}\t{stamp.frames}"
@@ -165,7 +168,11 @@ def training_inputs(model: str, settings: dict[str, Any], labels_tsv: Path, spli
 
 
 class _RunState(keras.callbacks.Callback):
-    """Everything a killed run needs to go on as if it had not been killed, saved after every epoch.
+    """Everything a killed run needs to go on as if it had not been killed, saved every `save_every` epochs.
+
+    Between saves the best weights are held in variables beside the model's
+    (on its device): a copy to the host, for VGGish 289 MB, happens only when
+    a state is written.
 
     `checkpoints/state.json` names the last finished epoch, the weights and
     optimizer state after it, the best epoch so far with its weights, the
@@ -177,10 +184,13 @@ class _RunState(keras.callbacks.Callback):
     Each file is written under a new name and renamed into place.
     """
 
-    def __init__(self, folder: Path, inputs: dict[str, str], monitor: str, patience: int) -> None:
+    def __init__(self, folder: Path, inputs: dict[str, str], monitor: str, patience: int,
+                 total_epochs: int = 0, save_every: int = 1) -> None:
         super().__init__()
         self.folder, self.meta = folder, folder / "state.json"
         self.inputs, self.monitor, self.patience = inputs, monitor, patience
+        self.total_epochs, self.save_every = total_epochs, max(1, int(save_every))
+        self.best_held: list[tf.Variable] | None = None
         self.epoch = self.best_epoch = self.wait = 0
         self.best = math.inf
         self.stopped = False
@@ -232,18 +242,35 @@ class _RunState(keras.callbacks.Callback):
         current = (logs or {}).get(self.monitor)
         if current is not None and float(current) < self.best:  # NaN never improves
             self.best, self.best_epoch, self.wait = float(current), epoch + 1, 0
-            self.best_weights = self.model.get_weights()
-            self.best_file = f"best-{epoch + 1:04d}.npz"
-            fsutil.atomic_save(self.folder / self.best_file, lambda tmp: np.savez(tmp, *self.best_weights))
+            self._hold_best()
         else:
             self.wait += 1
         if self.wait >= self.patience:
             self.stopped = self.model.stop_training = True
+        if (epoch + 1) % self.save_every and not self.stopped and epoch + 1 < self.total_epochs:
+            return  # a kill before the next saved epoch resumes from the last one
+        best_file = f"best-{self.best_epoch:04d}.npz" if self.best_epoch else None
+        if best_file and best_file != self.best_file:
+            weights = self._best_on_host()
+            fsutil.atomic_save(self.folder / best_file, lambda tmp: np.savez(tmp, *weights))
+            self.best_file = best_file
         name = f"state-{epoch + 1:04d}.weights.h5"
         fsutil.atomic_save(self.folder / name, self.model.save_weights)
         self.epoch = epoch + 1
         self._write_meta(weights=name)
         self._remove_states(keep={name, self.best_file})
+
+    def _hold_best(self) -> None:
+        """Copy the weights to variables beside them (on the device, no host copy until a state is saved)."""
+        if self.best_held is None:
+            self.best_held = [tf.Variable(v.value, trainable=False) for v in self.model.weights]
+        else:
+            for held, v in zip(self.best_held, self.model.weights):
+                held.assign(v.value)
+        self.best_weights = None  # a resumed run's best, now superseded
+
+    def _best_on_host(self) -> list[np.ndarray]:
+        return [held.numpy() for held in self.best_held] if self.best_held is not None else self.best_weights
 
     def _write_meta(self, weights: str | None, finished: bool = False) -> None:
         fsutil.write_json(self.meta, {
@@ -258,7 +285,10 @@ class _RunState(keras.callbacks.Callback):
                 old.unlink()
 
     def use_best_weights(self, model: keras.Model) -> None:
-        if self.best_weights is not None:
+        if self.best_held is not None:
+            for v, held in zip(model.weights, self.best_held):
+                v.assign(held)
+        elif self.best_weights is not None:
             model.set_weights(self.best_weights)
 
     def finish(self) -> None:
@@ -369,7 +399,8 @@ def train(
     monitor = "val_loss" if val_ds is not None else "loss"
     inputs = training_inputs(model, settings, Path(labels_tsv), Path(split_tsv),
                              pd.concat([train_files, val_files]), train_stamps + val_stamps)
-    state = _RunState(checkpoints, inputs, monitor, settings["patience"])
+    state = _RunState(checkpoints, inputs, monitor, settings["patience"], settings["epochs"],
+                      settings.get("checkpoint_every_epochs", 1))
     if not state.resumed:
         state.start_fresh()
         shutil.rmtree(out / "tensorboard", ignore_errors=True)  # its curves belong to the run being replaced

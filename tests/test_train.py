@@ -167,10 +167,13 @@ def val_loss_of_saved_model(root: Path, settings: dict) -> float:
     return float(np.mean(losses))
 
 
-def test_resumed_run_ships_the_best_epoch_of_the_whole_run(misleading_val: Path) -> None:
+@pytest.mark.parametrize("every", [1, 3])
+def test_resumed_run_ships_the_best_epoch_of_the_whole_run(misleading_val: Path, every: int) -> None:
+    """Also when the state is saved every 3 epochs: the best weights wait on the device for the next save."""
     root = misleading_val
-    settings = {**TINY_CONVLSTM, "epochs": 10, "patience": 10}
+    settings = {**TINY_CONVLSTM, "epochs": 10, "patience": 10, "checkpoint_every_epochs": every}
     killed_at = kill_after_epoch(root, settings, 4)
+    assert killed_at % every == 0
     result = subprocess.run(train_command(root, settings), capture_output=True, text=True, cwd=REPO,
                             env=REPO_ENV, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
