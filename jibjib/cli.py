@@ -75,7 +75,7 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
     summary = make_demo(args.out_dir, n_species=args.species, recordings_per_species=args.recordings, seed=seed,
-                        background_recordings=args.background)
+                        background_recordings=args.background_recordings)
     print(
         f"demo set in {args.out_dir}: {summary.n_species} species, {summary.n_recordings} recordings, "
         f"{summary.n_files} files ({summary.n_background_files} in noise/, without birds), "
@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="folder to write <species>/<species>-<n>_<k>.wav into")
     p.add_argument("--species", type=int, default=8)
     p.add_argument("--recordings", type=int, default=20, help="recordings per species")
-    p.add_argument("--background", type=int, default=40,
+    p.add_argument("--background-recordings", type=int, default=40,
                    help="recordings without birds (wind, rain, insects, traffic) in OUT_DIR/noise/")
     p.add_argument("--seed", type=int, help="default: a seed whose demo fills every split")
     p.add_argument("--soundscapes", metavar="DIR",

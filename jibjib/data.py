@@ -50,6 +50,11 @@ def split_files(split_tsv: str | os.PathLike, labels_tsv: str | os.PathLike,
     return rows.sort_values("path", kind="stable").reset_index(drop=True)
 
 
+def background_rows(files: pd.DataFrame) -> np.ndarray:
+    """Which rows of `split_files` are background files (no species)."""
+    return (files["class_ids"].map(len) == 0).to_numpy()
+
+
 def target_matrix(class_ids: "pd.Series | list[tuple[int, ...]]", n_classes: int) -> np.ndarray:
     """(files, n_classes) float32 multi-hot targets; a background file's row is all zero."""
     targets = np.zeros((len(class_ids), n_classes), np.float32)
@@ -270,10 +275,13 @@ def training_dataset(files: pd.DataFrame, spec: InputSpec, batch_size: int, trai
     if training:
         ds = ds.shuffle(spec.shuffle_buffer, seed=seed + 3, reshuffle_each_iteration=True)
         background = _background_stream(files, targets, spec, aug, seed)
-        if background is not None or _changes_examples(aug):
-            extra = background if background is not None else tf.data.Dataset.from_tensors(tf.zeros([0])).repeat()
-            ds = tf.data.Dataset.zip(ds, extra, _seed_pairs(seed + 4, True)).map(
-                lambda example, bg, s: _augment(example, bg if background is not None else None, s, aug, spec),
+        if background is not None:
+            ds = tf.data.Dataset.zip(ds, background, _seed_pairs(seed + 4, True)).map(
+                lambda example, bg, s: _augment(example, bg, s, aug, spec),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+        elif aug.changes_examples:
+            ds = tf.data.Dataset.zip(ds, _seed_pairs(seed + 4, True)).map(
+                lambda example, s: _augment(example, None, s, aug, spec),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size)
     if training and aug.mixup_probability > 0:
@@ -284,14 +292,10 @@ def training_dataset(files: pd.DataFrame, spec: InputSpec, batch_size: int, trai
     return ds.prefetch(AUTOTUNE)
 
 
-def _changes_examples(aug: Augmentation) -> bool:
-    return aug.gain_db > 0 or aug.time_masks > 0 or aug.freq_masks > 0 or aug.lowpass_probability > 0
-
-
 def _background_stream(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: Augmentation,
                        seed: int) -> tf.data.Dataset | None:
     """Endless random background units (from the files without a species), or None if there are none."""
-    is_background = (files["class_ids"].map(len) == 0).to_numpy()
+    is_background = background_rows(files)
     if aug.background_probability <= 0 or not is_background.any():
         return None
     paths = files["feature"].to_numpy(str)[is_background]

@@ -70,9 +70,9 @@ PITCH_JITTER = 0.01   # per syllable
 _NAMES_STREAM, _SPECIES_STREAM, _PLAN_STREAM, _RENDER_STREAM, _BACKGROUND_STREAM = 1, 2, 3, 4, 5
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _KINDS = ("sweep", "trill", "harmonic", "chevron")
-_FILE_RE = re.compile(r"^(?P<species>[A-Z][a-z]+_[a-z]+|noise)/(?P=species)-\d+_\d+\.wav$")
 # The folder of recordings without birds (a default of labels.background).
 BACKGROUND_FOLDER = "noise"
+_FILE_RE = re.compile(rf"^(?P<species>[A-Z][a-z]+_[a-z]+|{BACKGROUND_FOLDER})/(?P=species)-\d+_\d+\.wav$")
 BACKGROUND_RMS = 0.05  # the soundscapes' bed level; each recording varies it by +-10 dB
 
 

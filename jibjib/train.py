@@ -37,7 +37,7 @@ from . import __version__, fsutil  # noqa: E402
 from .config import checkpoint_prefix  # noqa: E402
 from .errors import LabelError  # noqa: E402
 from .data import (  # noqa: E402
-    FeatureStamp, InputSpec, class_weights, examples_per_file, feature_stamp, split_files, target_matrix,
+    FeatureStamp, InputSpec, background_rows, class_weights, examples_per_file, feature_stamp, split_files, target_matrix,
     training_dataset,
 )
 from .models import convlstm_classifier, vggish_classifier  # noqa: E402
@@ -374,7 +374,7 @@ def train(
         raise LabelError(f"a softmax model has one species per file, but {len(several)} of the files name several "
                          f"({several[0]}, ...); set multi_label: true")
     if not settings.get("use_background", True):
-        train_files, val_files = (f[f["class_ids"].map(len) > 0].reset_index(drop=True) for f in (train_files, val_files))
+        train_files, val_files = (f[~background_rows(f)].reset_index(drop=True) for f in (train_files, val_files))
     if train_files.empty:
         raise ValueError(f"{split_tsv} has no training files")
     train_stamps = [feature_stamp(f) for f in train_files["feature"]]
@@ -393,7 +393,7 @@ def train(
 
     examples = example_counts(model, train_stamps, train_files["class_ids"], n_classes, settings)
     weights = class_weights(examples) if settings["class_balance"] == "weights" else np.ones(n_classes)
-    n_background = int((train_files["class_ids"].map(len) == 0).sum())
+    n_background = int(background_rows(train_files).sum())
     all_examples = examples_per_file(train_stamps, spec.seq_len, spec.short_files).sum()  # background files too
     steps_per_epoch = max(1, -(-int(all_examples) // batch_size))
     monitor = "val_loss" if val_ds is not None else "loss"

@@ -364,7 +364,7 @@ def test_make_demo_writes_soundscapes_beside_the_species(tmp_path, monkeypatch, 
     small = demo_soundscapes.make_soundscapes
     monkeypatch.setattr(demo_soundscapes, "make_soundscapes", lambda folder, **kw: small(
         folder, **{**kw, "n_files": 1, "min_seconds": 30.0, "max_seconds": 30.0}))
-    assert main(["make-demo", str(tmp_path / "birds"), "--species", "2", "--recordings", "1", "--background", "1"]) == 0
+    assert main(["make-demo", str(tmp_path / "birds"), "--species", "2", "--recordings", "1", "--background-recordings", "1"]) == 0
     # Not inside the data folder, where it would be taken for a species; the background folder is.
     folders = sorted(p.name for p in (tmp_path / "birds").iterdir() if p.is_dir())
     assert folders == sorted(_species_names(57, 2)) + ["noise"]

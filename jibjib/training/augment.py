@@ -62,6 +62,11 @@ class Augmentation:
                 section[key] = (low, high)
         return cls(**section)
 
+    @property
+    def changes_examples(self) -> bool:
+        """Whether a step other than the background mix (which needs background recordings) is on."""
+        return self.gain_db > 0 or self.time_masks > 0 or self.freq_masks > 0 or self.lowpass_probability > 0
+
     def active(self) -> "Augmentation":
         """These settings, or every step off when `enabled` is false."""
         if self.enabled:
