@@ -1,4 +1,4 @@
-# jibjib: bird recordings -> features -> labels and split -> models -> reports -> export.
+# jibjib: bird recordings -> features (packed) -> labels and split -> models -> reports -> export.
 # The stages live in workflow/rules/<stage>.smk; the work is done by the jibjib package.
 
 from snakemake.utils import min_version
@@ -11,6 +11,7 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/packed.smk"
 include: "workflow/rules/labels.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

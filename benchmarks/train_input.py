@@ -1,19 +1,23 @@
-"""Is the npz input pipeline a bottleneck for training, and does memory grow with the corpus?
+"""Can the training input feed a GPU? Throughput of the input pipeline alone, packed against per-file npz.
 
-1. Throughput: VGGish training steps fed by jibjib's streaming tf.data pipeline
-   (lazy npz reads) vs. the same model fed from tensors already in memory.
-   Prints examples/s for both and their ratio (target >= 0.9).
-2. Memory: peak RSS of a whole `jibjib train` run (one epoch, ConvLSTM) on
-   --memory-files and on 4x as many feature files, each in a fresh process.
-   Prints both and the growth (target <= 20 %).
+1. Patches/s of one training epoch of each input, without a model, from
+   files on disk: the per-file npz reader and the packed features
+   (jibjib.packed), each without and with the default augmentation, each
+   with a cold page cache (the files dropped from it before the pass) and a
+   warm one. Targets on 2 cores: packed >= 50,000 patches/s without
+   augmentation, >= 25,000 with it, >= 5x the npz reader.
+2. Peak RSS of a fresh process that runs one augmented packed epoch over
+   the corpus and over 4x the corpus (target: within 10 %).
 
-    python benchmarks/train_input.py [--files 48] [--steps 12] [--trainable all] [--memory-files 500]
+    python benchmarks/train_input.py [--files 1500] [--patches 10] [--batch 64] [--skip-memory]
+
+The last line reads `input pipeline: <N> patches/s (<R>x the per-file npz
+reader)`: warm cache, without augmentation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -29,102 +33,130 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jibjib import fsutil  # noqa: E402
+from jibjib.qc import QCRow, write_manifest  # noqa: E402
 
 LABELS = ["Alpha_one", "Beta_two", "Gamma_three", "Delta_four"]
 
 
-def make_corpus(root: Path, n_files: int, patches_per_file: int = 10) -> None:
-    """Random log-mel npz files (10 s each) plus split.tsv and labels.tsv, all in train."""
+def make_corpus(root: Path, n_files: int, patches_per_file: int) -> None:
+    """Random log-mel npz files (a partial patch at the end of each), one in ten a background recording,
+    all in train; their QC manifest, split.tsv, labels.tsv and the packed features."""
+    from jibjib.packed import pack_shard
+
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n_files):
-        label = LABELS[i % len(LABELS)]
+        label = "noise" if i % 10 == 9 else LABELS[i % len(LABELS)]
         path = f"{label}/{label}-{i}_1.wav"
         log_mel = rng.normal(-4, 1, (96 * patches_per_file + 38, 64)).astype(np.float32)
         fsutil.save_npz(root / "features" / Path(path).with_suffix(".npz"), log_mel=log_mel)
-        rows.append({"path": path, "label": label, "recording_id": f"{label}-{i}", "split": "train"})
+        rows.append({"path": path, "label": label, "species": "" if label == "noise" else label,
+                     "recording_id": f"{label}-{i}", "split": "train"})
     pd.DataFrame(rows).to_csv(root / "split.tsv", sep="\t", index=False)
-    pd.DataFrame({"class_id": range(len(LABELS)), "label": LABELS, "n_files": 1, "n_recordings": 1,
-                  "seconds": 10.0}).to_csv(root / "labels.tsv", sep="\t", index=False)
+    pd.DataFrame({"class_id": range(len(LABELS)), "label": LABELS}).to_csv(root / "labels.tsv", sep="\t", index=False)
+    write_manifest(root / "manifest.tsv", [QCRow(path=r["path"], label=r["label"], status="processed") for r in rows])
+    pack_shard(root / "manifest.tsv", root / "features", root / "packed/shard-00.npy", root / "packed/shard-00.tsv")
 
 
-def throughput(root: Path, steps: int, trainable: str, batch_size: int = 32) -> tuple[float, float]:
-    import keras
-    import tensorflow as tf
+def drop_from_page_cache(root: Path) -> None:
+    """Evict the corpus's files from the page cache (written back first), so the next pass reads the disk."""
+    os.sync()
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
-    from jibjib.data import InputSpec, load_patches, split_files, training_dataset
-    from jibjib.models import vggish_classifier
+
+def datasets(root: Path, batch: int, augmented: bool) -> dict:
+    from jibjib.data import InputSpec, split_files, training_dataset
+    from jibjib.packed import PackedFeatures
     from jibjib.training.augment import Augmentation
 
     files = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "train")
-    spec = InputSpec(n_classes=len(LABELS), shuffle_buffer=1024, augmentation=Augmentation(enabled=False))
-    streamed = training_dataset(files, spec, batch_size, training=True).map(lambda x, y: (x, tf.argmax(y, 1))).repeat()
-    patches = np.concatenate([load_patches(f) for f in files["feature"]])
-    class_ids = np.repeat(files["class_id"].to_numpy(), [len(load_patches(f)) for f in files["feature"]])
-    in_memory = (tf.data.Dataset.from_tensor_slices((patches, class_ids)).shuffle(len(patches), seed=0)
-                 .batch(batch_size).repeat().prefetch(tf.data.AUTOTUNE))
+    spec = InputSpec(n_classes=len(LABELS), multi_label=True,
+                     augmentation=Augmentation() if augmented else Augmentation(enabled=False))
+    packs = PackedFeatures.open([root / "packed/shard-00.tsv"])
+    return {"npz": training_dataset(files, spec, batch, training=True, seed=0),
+            "packed": training_dataset(files, spec, batch, training=True, seed=0, packs=packs)}
 
-    # One model for both feeds, warmed on both, then timed alternately: the
-    # first timed run of a fresh model would otherwise carry its warm-up.
-    keras.utils.set_random_seed(0)
-    model = vggish_classifier(len(LABELS), trainable=trainable)
-    model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    feeds = {"streamed": streamed, "in_memory": in_memory}
-    for dataset in feeds.values():
-        model.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
-    seconds = {name: 0.0 for name in feeds}
-    for _ in range(2):
+
+def epoch_rate(dataset) -> float:
+    start, patches = time.perf_counter(), 0
+    for inputs, _ in dataset:
+        patches += int(inputs.shape[0])
+    return patches / (time.perf_counter() - start)
+
+
+def throughput(root: Path, batch: int) -> dict[tuple[str, bool, str], float]:
+    """patches/s by (input, augmented, cache)."""
+    rates = {}
+    for augmented in (False, True):
+        feeds = datasets(root, batch, augmented)
         for name, dataset in feeds.items():
-            start = time.perf_counter()
-            model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-            seconds[name] += time.perf_counter() - start
-    return 2 * steps * batch_size / seconds["streamed"], 2 * steps * batch_size / seconds["in_memory"]
+            epoch_rate(dataset.take(3))  # builds the pipeline's functions
+            drop_from_page_cache(root)
+            rates[name, augmented, "cold"] = epoch_rate(dataset)
+            rates[name, augmented, "warm"] = max(epoch_rate(dataset), epoch_rate(dataset))
+    return rates
 
 
-def peak_memory_mb(root: Path) -> float:
-    """Peak RSS of one `jibjib train` run in a fresh process."""
-    settings = {"seed": 0, "class_balance": "weights", "mixed_precision": False, "shuffle_buffer": 256,
-                "seq_len": 10, "short_files": "pad", "conv_filters": [8, 16], "lstm_units": 16, "dense_units": 16,
-                "dropout": 0.0, "multi_label": False, "epochs": 1, "batch_size": 16, "learning_rate": 1e-3,
-                "patience": 1}
-    code = (
-        "import json, resource, sys; from jibjib.train import train; "
-        f"train('convlstm', {str(root / 'split.tsv')!r}, {str(root / 'labels.tsv')!r}, "
-        f"{str(root / 'features')!r}, {str(root / 'model')!r}, json.loads({json.dumps(settings)!r})); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+def peak_rss_child(root: str, batch: int) -> None:
+    epoch_rate(datasets(Path(root), batch, augmented=True)["packed"])
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def peak_rss_mb(root: Path, batch: int) -> float:
+    """Peak RSS of one augmented packed epoch over the corpus at `root`, in a fresh process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, __file__, "--rss-child", str(root), "--batch", str(batch)],
+                         capture_output=True, text=True, env=env, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=48, help="feature files (10 patches each)")
-    parser.add_argument("--steps", type=int, default=12, help="timed training steps per feed")
-    parser.add_argument("--trainable", default="all", help="vggish.trainable for the throughput run")
-    parser.add_argument("--memory-files", type=int, default=500,
-                        help="files of the 1x memory run; large enough that holding them would show")
+    parser.add_argument("--files", type=int, default=1500, help="feature files of the corpus")
+    parser.add_argument("--patches", type=int, default=10, help="patches per file (plus a partial one)")
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rss_child:
+        return peak_rss_child(args.rss_child, args.batch)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        small, large = Path(tmp, "small"), Path(tmp, "large")
-        make_corpus(small, args.files)
-        streamed, in_memory = throughput(small, args.steps, args.trainable)
-        print(f"VGGish training (trainable={args.trainable}, batch 32, 2 x {args.steps} steps per feed, alternating):")
-        print(f"  streamed from npz : {streamed:7.1f} examples/s")
-        print(f"  tensors in memory : {in_memory:7.1f} examples/s")
-        print(f"  ratio             : {streamed / in_memory:.2f} (target >= 0.9)")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("JIBJIB_BENCH_DIR")) as tmp:
+        one = Path(tmp, "1x")
+        started = time.perf_counter()
+        make_corpus(one, args.files, args.patches)
+        patches = args.files * args.patches
+        print(f"corpus: {args.files} files, {patches} patches ({patches * 96 * 64 * 4 / 2**20:.0f} MB of float32 "
+              f"log-mel; written and packed in {time.perf_counter() - started:.0f} s), batch {args.batch}, "
+              f"{os.cpu_count()} cores")
+        rates = throughput(one, args.batch)
+        print(f"{'input':8} {'augmentation':13} {'cold cache':>12} {'warm cache':>12}   (patches/s)")
+        for augmented in (False, True):
+            for name in ("npz", "packed"):
+                print(f"{name:8} {'default' if augmented else 'none':13} {rates[name, augmented, 'cold']:12,.0f} "
+                      f"{rates[name, augmented, 'warm']:12,.0f}")
+        for augmented, target in ((False, 50_000), (True, 25_000)):
+            packed, npz = rates["packed", augmented, "warm"], rates["npz", augmented, "warm"]
+            print(f"packed {'with' if augmented else 'without'} augmentation: {packed:,.0f} patches/s "
+                  f"(target >= {target:,}: {'met' if packed >= target else 'missed'}), {packed / npz:.1f}x the npz "
+                  f"reader (target >= 5x: {'met' if packed >= 5 * npz else 'missed'})")
         if not args.skip_memory:
-            make_corpus(small_mem := Path(tmp, "memory_1x"), args.memory_files)
-            make_corpus(large, 4 * args.memory_files)
-            one, four = peak_memory_mb(small_mem), peak_memory_mb(large)
-            megabytes = 4 * args.memory_files * 998 * 64 * 4 / 2**20
-            print(f"Peak memory of a training run (ConvLSTM, one epoch; the 4x features total {megabytes:.0f} MB):")
-            print(f"  {args.memory_files:5d} files : {one:7.0f} MB")
-            print(f"  {4 * args.memory_files:5d} files : {four:7.0f} MB")
-            print(f"  growth      : {100 * (four / one - 1):+.1f} % (target <= 20 %)")
+            four = Path(tmp, "4x")
+            make_corpus(four, 4 * args.files, args.patches)
+            small, large = peak_rss_mb(one, args.batch), peak_rss_mb(four, args.batch)
+            growth = 100 * (large / small - 1)
+            print(f"peak RSS of an augmented packed epoch: {small:.0f} MB ({args.files} files), {large:.0f} MB "
+                  f"({4 * args.files} files): {growth:+.1f} % (target within 10 %: "
+                  f"{'met' if abs(growth) <= 10 else 'missed'})")
+        packed, npz = rates["packed", False, "warm"], rates["npz", False, "warm"]
+        print(f"input pipeline: {packed:.0f} patches/s ({packed / npz:.1f}x the per-file npz reader)")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,14 @@ def cmd_features(args: argparse.Namespace) -> None:
     write_manifest(args.manifest, rows)
 
 
+def cmd_pack(args: argparse.Namespace) -> None:
+    from .packed import pack_shard
+
+    counts = pack_shard(args.manifest, args.features_dir, args.array, args.index)
+    print(f"pack {Path(args.manifest).stem}: {counts['files']} files, {counts['rows']} frames "
+          f"({counts['read']} read from their npz, {counts['reused']} kept from the previous pack)", file=sys.stderr)
+
+
 def cmd_qc(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -212,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     settings = _json("--settings", args.settings)  # before TensorFlow loads: a typo costs no wait
     from .train import train
 
-    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, settings)
+    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, settings, args.packed)
     print(f"train {args.model}: {report['epochs_completed']} epochs in {report['seconds']} s", file=sys.stderr)
 
 
@@ -438,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "file's own hash (default: size and mtime)")
     p.set_defaults(func=cmd_features)
 
+    p = sub.add_parser("pack", help="one shard's log-mel packed into a float16 array and an index, for training")
+    p.add_argument("--manifest", required=True, type=_input_file, help="the shard's QC rows (its processed files)")
+    p.add_argument("--features-dir", required=True, type=_input_dir)
+    p.add_argument("--array", required=True, help="the packed log-mel (.npy, float16 (frames, bands))")
+    p.add_argument("--index", required=True, help="path, row, frames, content of each file (TSV)")
+    p.set_defaults(func=cmd_pack)
+
     p = sub.add_parser("qc", help="the QC table (results/qc/files.tsv) from the species manifests")
     p.add_argument("--data-dir", required=True, type=_input_dir)
     p.add_argument("--manifests", nargs="+", required=True, type=_input_file)
@@ -474,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="model.keras, history.tsv, train.json and checkpoints/ go here")
     p.add_argument("--settings", required=True, help="training settings as JSON (see config.yaml)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
+    p.add_argument("--packed", nargs="+", metavar="INDEX_TSV",
+                   help="read examples from these packed shards (jibjib pack) instead of each file's npz")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, figures and thresholds of a trained model on the test split")

@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from . import fsutil
+from .feature_files import FeatureStamp, feature_path, feature_stamp  # noqa: F401 - re-exported
 from .params import VGGISH, FrontEnd
-from .training.augment import Augmentation, augment_example, mixup_batch
+from .packed import PackedFeatures
+from .training.augment import Augmentation, augment_batch, mixup_batch
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def feature_path(features_dir: str | os.PathLike, path: str) -> str:
-    """The npz of a `split.tsv` path (relative to data_dir): <features_dir>/<label>/<stem>.npz."""
-    return str(Path(features_dir) / Path(path).with_suffix(".npz"))
+READ_EXAMPLES = 256  # examples read and augmented together (a multiple of the batch)
 
 
 def split_files(split_tsv: str | os.PathLike, labels_tsv: str | os.PathLike,
@@ -71,36 +67,12 @@ def load_patches(npz: str | bytes, patch_frames: int = VGGISH.patch_frames) -> n
     return log_mel[: n * patch_frames].reshape(n, patch_frames, log_mel.shape[1])
 
 
-@dataclasses.dataclass(frozen=True)
-class FeatureStamp:
-    """What training needs to know about one npz without reading its log-mel."""
-
-    frames: int
-    content: str  # source SHA-256 and front-end fingerprint; the npz's own hash if it records neither
-
-
-def feature_stamp(npz: str | os.PathLike) -> FeatureStamp:
-    """Frames and content identity of a feature file, from its array headers and small members.
-
-    The feature step stores the source file's SHA-256 and the front end's
-    fingerprint in every npz; together (with the jibjib version) they
-    determine the log-mel, so the log-mel itself need not be read or hashed.
-    """
-    with zipfile.ZipFile(npz) as archive:
-        with archive.open("log_mel.npy") as member:
-            version = np.lib.format.read_magic(member)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape = read_header(member)[0]
-
-        def member(name: str) -> str | None:
-            if f"{name}.npy" not in archive.namelist():
-                return None
-            with archive.open(f"{name}.npy") as f:
-                return str(np.lib.format.read_array(f, allow_pickle=False))
-
-        source, frontend = member("source_sha256"), member("frontend")
-    content = f"{source}/{frontend}" if source and frontend else fsutil.sha256_file(npz)
-    return FeatureStamp(int(shape[0]), content)
+def file_stamps(files: pd.DataFrame, packs: PackedFeatures | None = None) -> list[FeatureStamp]:
+    """Frames and content of each file: from the packs' index if given (no npz is opened), else from the npz."""
+    if packs is None:
+        return [feature_stamp(f) for f in files["feature"]]
+    where = packs.locate(files["path"])
+    return [FeatureStamp(int(n), c) for n, c in zip(where["frames"], where["content"])]
 
 
 def sequence_count(n_patches: int, seq_len: int, short: str = "pad") -> int:
@@ -241,32 +213,53 @@ def _read(paths: np.ndarray, targets: np.ndarray, spec: InputSpec, random_offset
 
 
 def training_dataset(files: pd.DataFrame, spec: InputSpec, batch_size: int, training: bool,
-                     seed: int = 0) -> tf.data.Dataset:
+                     seed: int = 0, packs: PackedFeatures | None = None) -> tf.data.Dataset:
     """Batches of (inputs, targets (B, classes) float32) from a split's files.
 
     Inputs are patches (B, patch_frames, bands) for VGGish, or {"patches":
     (B, seq_len, patch_frames, bands), "mask": (B, seq_len)} for the ConvLSTM.
-    Only the list of files is held in memory: files are read by parallel
-    workers in a seeded order (reshuffled each epoch when `training`), their
-    examples mixed in a fixed-size shuffle buffer. With `training` the
+    With `packs` (jibjib.packed) examples are gathered from the packed
+    features, a whole batch per read, in an exact shuffle of all examples of
+    the split; without, each file's npz is read by parallel workers in a
+    seeded order and its examples mixed in a fixed-size shuffle buffer.
+    Either way memory does not grow with the corpus beyond a few numbers per
+    example. With `training` the examples are reshuffled each epoch and the
     augmentation of `spec` applies (background recordings are the split's
-    files without a species), and `class_balance: sampling` draws files with
-    replacement so that every class gives the same number of examples; without
-    it every example comes once, unchanged, in file order.
+    files without a species); `class_balance: sampling` draws examples with
+    replacement so that every class gives the same number. Without
+    `training` every example comes once, unchanged, in file order.
     """
     aug = spec.augmentation.active() if training else Augmentation(enabled=False).active()
-    paths = files["feature"].to_numpy(str)
     targets = file_targets(files, spec)
+    # Read and augment several batches at once, then split them: fewer, larger ops per example.
+    read_size = batch_size * max(1, READ_EXAMPLES // batch_size)
+    if packs is not None:
+        ds = _packed_batches(files, targets, packs, spec, aug, read_size, training, seed)
+    else:
+        ds = _npz_batches(files, targets, spec, aug, read_size, training, seed)
+    if training and (aug.background_probability > 0 and background_rows(files).any() or aug.changes_examples):
+        ds = tf.data.Dataset.zip(ds, _seed_pairs(seed + 4, True)).map(
+            lambda batch, s: _augment(batch, s, aug, spec), num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training and aug.mixup_probability > 0:
+        ds = tf.data.Dataset.zip(ds, _seed_pairs(seed + 5, True)).map(
+            lambda batch, s: _mixup(batch, s, aug), num_parallel_calls=AUTOTUNE, deterministic=True)
+    smoothing = spec.label_smoothing if training else 0.0
+    ds = ds.map(lambda batch: _model_io(batch, spec, smoothing))
+    if read_size != batch_size:
+        ds = ds.rebatch(batch_size)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: Augmentation, batch_size: int,
+                 training: bool, seed: int) -> tf.data.Dataset:
+    """Batches {units, mask, target[, background]} read file by file from the npz."""
+    paths = files["feature"].to_numpy(str)
     n = len(files)
     order = tf.data.Dataset.range(n)
     if training and spec.class_balance == "sampling":
         examples = examples_per_file([feature_stamp(f) for f in paths], spec.seq_len, spec.short_files,
                                      spec.frontend.patch_frames)
-        cdf = tf.constant(np.cumsum(balanced_draw_weights(files, examples)), tf.float64)
-        draws = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).take(n)
-        # Dataset.random gives 32 random bits per element.
-        order = draws.map(lambda r: tf.minimum(
-            tf.searchsorted(cdf, [tf.cast(r % (1 << 32), tf.float64) / float(1 << 32)], side="right")[0], n - 1))
+        order = _weighted_draws(balanced_draw_weights(files, examples), n, seed + 1)
     elif training:
         order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(order, _seed_pairs(seed + 2, training))
@@ -274,26 +267,26 @@ def training_dataset(files: pd.DataFrame, spec: InputSpec, batch_size: int, trai
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     if training:
         ds = ds.shuffle(spec.shuffle_buffer, seed=seed + 3, reshuffle_each_iteration=True)
-        background = _background_stream(files, targets, spec, aug, seed)
-        if background is not None:
-            ds = tf.data.Dataset.zip(ds, background, _seed_pairs(seed + 4, True)).map(
-                lambda example, bg, s: _augment(example, bg, s, aug, spec),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
-        elif aug.changes_examples:
-            ds = tf.data.Dataset.zip(ds, _seed_pairs(seed + 4, True)).map(
-                lambda example, s: _augment(example, None, s, aug, spec),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size)
-    if training and aug.mixup_probability > 0:
-        ds = tf.data.Dataset.zip(ds, _seed_pairs(seed + 5, True)).map(
-            lambda batch, s: _mixup(batch, s, aug), num_parallel_calls=AUTOTUNE, deterministic=True)
-    smoothing = spec.label_smoothing if training else 0.0
-    ds = ds.map(lambda units, mask, target: _model_io(units, mask, target, spec, smoothing))
-    return ds.prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size).map(lambda units, mask, target: {"units": units, "mask": mask, "target": target})
+    background = _npz_background(files, targets, spec, aug, seed) if training else None
+    if background is None:
+        return ds
+    return tf.data.Dataset.zip(ds, background.batch(batch_size)).map(
+        lambda batch, bg: {**batch, "background": bg[: tf.shape(batch["units"])[0]]})
 
 
-def _background_stream(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: Augmentation,
-                       seed: int) -> tf.data.Dataset | None:
+def _weighted_draws(weights: np.ndarray, count: int, seed: int) -> tf.data.Dataset:
+    """`count` indices drawn with replacement by `weights` (summing to 1), new each epoch."""
+    cdf = tf.constant(np.cumsum(weights), tf.float64)
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(count)
+    # Dataset.random gives 32 random bits per element.
+    return draws.map(lambda r: tf.minimum(
+        tf.searchsorted(cdf, [tf.cast(r % (1 << 32), tf.float64) / float(1 << 32)], side="right")[0],
+        len(weights) - 1))
+
+
+def _npz_background(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: Augmentation,
+                    seed: int) -> tf.data.Dataset | None:
     """Endless random background units (from the files without a species), or None if there are none."""
     is_background = background_rows(files)
     if aug.background_probability <= 0 or not is_background.any():
@@ -306,22 +299,147 @@ def _background_stream(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec
     return ds.shuffle(256, seed=seed + 8, reshuffle_each_iteration=True).map(lambda units, mask, target: units)
 
 
-def _augment(example, background, seed, aug: Augmentation, spec: InputSpec):
-    units, mask, target = example
-    return augment_example(units, background, seed, aug, spec.frontend), mask, target
+@dataclasses.dataclass(frozen=True)
+class PackedExamples:
+    """Every example of a split in the packed features: where it starts and how many patches are real.
+
+    A few numbers per example (the corpus's log-mel stays on disk): example e
+    is `valid[e]` patches from row `start[e]` of array `array[e]`, belonging
+    to file `file[e]`, whose rows end at `file_end[e]`.
+    """
+
+    array: np.ndarray
+    start: np.ndarray
+    valid: np.ndarray
+    file: np.ndarray
+    file_end: np.ndarray
+
+    @classmethod
+    def of(cls, files: pd.DataFrame, packs: PackedFeatures, spec: InputSpec) -> "PackedExamples":
+        where = packs.locate(files["path"])
+        frames = where["frames"].to_numpy(np.int64)
+        unit_rows = spec.unit_patches * spec.frontend.patch_frames
+        counts = examples_per_file([FeatureStamp(int(n), "") for n in frames], spec.seq_len, spec.short_files,
+                                   spec.frontend.patch_frames)
+        file = np.repeat(np.arange(len(files)), counts)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        k = np.arange(len(file)) - np.repeat(first, counts)  # the example's place in its file
+        patches = frames // spec.frontend.patch_frames
+        valid = np.minimum(spec.unit_patches, patches[file] - k * spec.unit_patches)
+        rows = where["row"].to_numpy(np.int64)
+        return cls(array=where["array"].to_numpy(np.int32)[file], start=rows[file] + k * unit_rows,
+                   valid=np.maximum(valid, 0).astype(np.int32), file=file.astype(np.int32),
+                   file_end=(rows + frames)[file])
+
+    def __len__(self) -> int:
+        return len(self.file)
 
 
-def _mixup(batch, seed, aug: Augmentation):
-    units, mask, target = batch
-    mixed_units, mixed_target = mixup_batch(units, target, seed, aug.mixup_probability, aug.mixup_alpha)
-    partner_mask = tf.roll(mask, shift=1, axis=0)
-    return mixed_units, mask | partner_mask, mixed_target
+def _packed_batches(files: pd.DataFrame, targets: np.ndarray, packs: PackedFeatures, spec: InputSpec,
+                    aug: Augmentation, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
+    """Batches {units, mask, target[, background]} gathered from the packed features, one read call per batch."""
+    examples = PackedExamples.of(files, packs, spec)
+    n = len(examples)
+    if training and spec.class_balance == "sampling":
+        # Every example of a stratum equally likely, every stratum as likely as the others.
+        weights = balanced_draw_weights(files, np.bincount(examples.file, minlength=len(files)))[examples.file]
+        order = _weighted_draws(weights / weights.sum(), n, seed + 1)
+    elif training:
+        # A permutation of every example of the split, new each epoch: an exact shuffle across files.
+        order = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(
+            lambda s: tf.data.Dataset.from_tensor_slices(
+                tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), tf.stack([s, 0]))))
+    else:
+        order = tf.data.Dataset.range(n)
+    background = None
+    if training and aug.background_probability > 0 and background_rows(files).any():
+        is_background = background_rows(files)
+        where = packs.locate(files.loc[is_background, "path"])
+        background = (where["array"].to_numpy(np.int32), where["row"].to_numpy(np.int64),
+                      where["frames"].to_numpy(np.int64))
+    gather = _PackedGather(packs, examples, background, spec, random_offsets=training and aug.random_offsets)
+    targets = tf.constant(targets)
+    file_of = tf.constant(examples.file)
+    frames, bands = spec.frontend.patch_frames, packs.bands
+
+    def read(ids: tf.Tensor, batch_seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = tf.numpy_function(gather, [ids, batch_seed],
+                                (tf.float16, tf.bool, tf.float16) if background else (tf.float16, tf.bool))
+        units = tf.cast(tf.ensure_shape(out[0], [None, spec.unit_patches, frames, bands]), tf.float32)
+        batch = {"units": units, "mask": tf.ensure_shape(out[1], [None, spec.unit_patches]),
+                 "target": tf.gather(targets, tf.gather(file_of, ids))}
+        if background:
+            batch["background"] = tf.cast(tf.ensure_shape(out[2], [None, spec.unit_patches, frames, bands]),
+                                          tf.float32)
+        return batch
+
+    seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=training)
+    return tf.data.Dataset.zip(order.batch(batch_size), seeds).map(
+        read, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def _model_io(units, mask, target, spec: InputSpec, smoothing: float):
+class _PackedGather:
+    """The numpy side of a packed batch: reads each example's rows from its pack into one buffer."""
+
+    def __init__(self, packs: PackedFeatures, examples: PackedExamples,
+                 background: tuple[np.ndarray, np.ndarray, np.ndarray] | None, spec: InputSpec,
+                 random_offsets: bool) -> None:
+        self.packs, self.examples, self.background = packs, examples, background
+        self.unit, self.frames = spec.unit_patches, spec.frontend.patch_frames
+        self.random_offsets = random_offsets
+
+    def __call__(self, ids: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, ...]:
+        ex, unit, frames, bands = self.examples, self.unit, self.frames, self.packs.bands
+        rng = np.random.default_rng(int(seed) & 0x7FFFFFFFFFFFFFFF)
+        count = len(ids)
+        units = np.zeros((count, unit * frames, bands), np.float16)
+        valid = ex.valid[ids]
+        start = ex.start[ids]
+        if self.random_offsets:
+            # Up to one patch later, as far as the file leaves room after the example's real patches.
+            room = np.minimum(frames - 1, ex.file_end[ids] - (start + valid * frames))
+            start = start + (rng.random(count) * (np.maximum(room, 0) + 1)).astype(np.int64)
+        for i, (array, row, patches) in enumerate(zip(ex.array[ids], start, valid)):
+            self.packs.read(int(array), int(row), int(patches) * frames, units[i, : patches * frames])
+        mask = np.arange(unit)[None, :] < valid[:, None]
+        out = (units.reshape(count, unit, frames, bands), mask)
+        if self.background is None:
+            return out
+        return (*out, self._background(rng, count))
+
+    def _background(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """`count` random stretches of background recordings, a unit long (a short recording repeated)."""
+        arrays, rows, lengths = self.background
+        need = self.unit * self.frames
+        out = np.empty((count, need, self.packs.bands), np.float16)
+        for i, pick in enumerate(rng.integers(0, len(arrays), count)):
+            length = int(lengths[pick])
+            if length >= need:
+                offset = int(rng.integers(0, length - need + 1))
+                self.packs.read(int(arrays[pick]), int(rows[pick]) + offset, need, out[i])
+            elif length > 0:
+                whole = self.packs.read(int(arrays[pick]), int(rows[pick]), length)
+                out[i] = np.resize(whole, (need, whole.shape[1]))
+            else:
+                out[i] = 0
+        return out.reshape(count, self.unit, self.frames, self.packs.bands)
+
+
+def _augment(batch: dict[str, tf.Tensor], seed: tf.Tensor, aug: Augmentation, spec: InputSpec) -> dict[str, tf.Tensor]:
+    units = augment_batch(batch["units"], batch.get("background"), seed, aug, spec.frontend)
+    return {"units": units, "mask": batch["mask"], "target": batch["target"]}
+
+
+def _mixup(batch: dict[str, tf.Tensor], seed: tf.Tensor, aug: Augmentation) -> dict[str, tf.Tensor]:
+    units, target = mixup_batch(batch["units"], batch["target"], seed, aug.mixup_probability, aug.mixup_alpha)
+    return {"units": units, "mask": batch["mask"] | tf.roll(batch["mask"], shift=1, axis=0), "target": target}
+
+
+def _model_io(batch: dict[str, tf.Tensor], spec: InputSpec, smoothing: float):
+    target = batch["target"]
     if smoothing > 0:
         share = 0.5 if spec.multi_label else 1.0 / spec.n_classes
         target = target * (1.0 - smoothing) + smoothing * share
     if spec.seq_len is None:
-        return units[:, 0], target
-    return {"patches": units, "mask": mask}, target
+        return batch["units"][:, 0], target
+    return {"patches": batch["units"], "mask": batch["mask"]}, target

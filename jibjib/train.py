@@ -37,10 +37,11 @@ from . import __version__, fsutil  # noqa: E402
 from .config import checkpoint_prefix  # noqa: E402
 from .errors import LabelError  # noqa: E402
 from .data import (  # noqa: E402
-    FeatureStamp, InputSpec, background_rows, class_weights, examples_per_file, feature_stamp, split_files, target_matrix,
+    FeatureStamp, InputSpec, background_rows, class_weights, examples_per_file, file_stamps, split_files, target_matrix,
     training_dataset,
 )
 from .models import convlstm_classifier, vggish_classifier  # noqa: E402
+from .packed import PackedFeatures  # noqa: E402
 from .tflog import quiet_python_logging  # noqa: E402
 from .training.augment import Augmentation  # noqa: E402
 
@@ -130,6 +131,7 @@ TRAINING_INPUTS = {  # what a saved state must share with this run to be resumed
     "split": "split.tsv",
     "features": "the feature files (content or front end)",
     "vggish_checkpoint": "the content of vggish.checkpoint",
+    "input": "the training input (packed or per-file npz)",
     "jibjib": "the jibjib version",
 }
 
@@ -150,7 +152,7 @@ def checkpoint_digest(path: str | os.PathLike) -> str:
 
 
 def training_inputs(model: str, settings: dict[str, Any], labels_tsv: Path, split_tsv: Path,
-                    files: pd.DataFrame, stamps: list[FeatureStamp]) -> dict[str, str]:
+                    files: pd.DataFrame, stamps: list[FeatureStamp], input_kind: str = "npz") -> dict[str, str]:
     """A digest of each thing a training run is computed from (the keys of TRAINING_INPUTS)."""
     checkpoint = settings.get("checkpoint") if model == "vggish" else None
     return {
@@ -163,6 +165,7 @@ def training_inputs(model: str, settings: dict[str, Any], labels_tsv: Path, spli
         "features": _sha256_text(*(f"{path}\t{stamp.content}\t{stamp.frames}"
                                    for path, stamp in zip(files["path"], stamps))),
         "vggish_checkpoint": checkpoint_digest(checkpoint) if checkpoint else "none",
+        "input": input_kind,  # packed features are float16: the same run, not the same numbers
         "jibjib": __version__,
     }
 
@@ -350,11 +353,14 @@ def train(
     features_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     settings: dict[str, Any],
+    packed: list[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Train `model` ("vggish" or "convlstm"); writes model.keras, history.tsv and train.json.
 
-    The shipped model has the weights of the best epoch of the whole run
-    (lowest val_loss, or loss without a val split), across resumes.
+    With `packed` (the index files of jibjib.packed) the examples are read
+    from the packed features; without, from each file's npz. The shipped
+    model has the weights of the best epoch of the whole run (lowest val_loss,
+    or loss without a val split), across resumes.
     """
     out = Path(out_dir)
     checkpoints = out / "checkpoints"
@@ -377,8 +383,8 @@ def train(
         train_files, val_files = (f[~background_rows(f)].reset_index(drop=True) for f in (train_files, val_files))
     if train_files.empty:
         raise ValueError(f"{split_tsv} has no training files")
-    train_stamps = [feature_stamp(f) for f in train_files["feature"]]
-    val_stamps = [feature_stamp(f) for f in val_files["feature"]]
+    packs = PackedFeatures.open(packed) if packed else None
+    train_stamps, val_stamps = (file_stamps(f, packs) for f in (train_files, val_files))
 
     gpus = tf.config.list_logical_devices("GPU")
     # MirroredStrategy over every visible GPU; the default (CPU) strategy otherwise.
@@ -388,8 +394,9 @@ def train(
         keras.mixed_precision.set_global_policy("mixed_float16")
     batch_size = int(settings["batch_size"]) * replicas
     spec = input_spec(model, settings)
-    train_ds = training_dataset(train_files, spec, batch_size, training=True, seed=seed)
-    val_ds = training_dataset(val_files, spec, batch_size, training=False, seed=seed) if len(val_files) else None
+    train_ds = training_dataset(train_files, spec, batch_size, training=True, seed=seed, packs=packs)
+    val_ds = (training_dataset(val_files, spec, batch_size, training=False, seed=seed, packs=packs)
+              if len(val_files) else None)
 
     examples = example_counts(model, train_stamps, train_files["class_ids"], n_classes, settings)
     weights = class_weights(examples) if settings["class_balance"] == "weights" else np.ones(n_classes)
@@ -398,7 +405,8 @@ def train(
     steps_per_epoch = max(1, -(-int(all_examples) // batch_size))
     monitor = "val_loss" if val_ds is not None else "loss"
     inputs = training_inputs(model, settings, Path(labels_tsv), Path(split_tsv),
-                             pd.concat([train_files, val_files]), train_stamps + val_stamps)
+                             pd.concat([train_files, val_files]), train_stamps + val_stamps,
+                             "packed" if packs is not None else "npz")
     state = _RunState(checkpoints, inputs, monitor, settings["patience"], settings["epochs"],
                       settings.get("checkpoint_every_epochs", 1))
     if not state.resumed:
@@ -461,6 +469,7 @@ def train(
         "resume_refused_because": state.refused_because,
         "inputs": inputs,
         "trunk_initialisation": "checkpoint" if model == "vggish" and settings.get("checkpoint") else "random",
+        "input": "packed" if packs is not None else "npz",
         "seconds": round(time.monotonic() - started, 1),
         "devices": {"replicas": replicas, "gpus": len(gpus)},
         "versions": software_versions(),

@@ -161,3 +161,15 @@ def serving_exports(tiny_workflow: Path, tmp_path_factory) -> dict[str, Path]:
         _, err = job.communicate(timeout=900)
         assert job.returncode == 0, err[-3000:]
     return {model: out / model / "1" for model in jobs}
+
+
+def pack_files(root: Path) -> "PackedFeatures":
+    """The packed features of every npz below root/features (one shard), for the packed training input."""
+    from jibjib.packed import PackedFeatures, pack_shard
+    from jibjib.qc import QCRow, write_manifest
+
+    features = root / "features"
+    paths = sorted(str(f.relative_to(features).with_suffix(".wav")) for f in features.rglob("*.npz"))
+    write_manifest(root / "manifest.tsv", [QCRow(path=p, label=p.split("/")[0], status="processed") for p in paths])
+    pack_shard(root / "manifest.tsv", features, root / "packed" / "shard-00.npy", root / "packed" / "shard-00.tsv")
+    return PackedFeatures.open([root / "packed" / "shard-00.tsv"])

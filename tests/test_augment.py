@@ -14,9 +14,11 @@ import yaml
 
 tf = pytest.importorskip("tensorflow")
 
+from conftest import pack_files  # noqa: E402
 from jibjib import fsutil  # noqa: E402
 from jibjib.data import InputSpec, file_targets, split_files, training_dataset  # noqa: E402
 from jibjib.frontend import log_mel  # noqa: E402
+from jibjib.packed import PackedFeatures  # noqa: E402
 from jibjib.params import VGGISH  # noqa: E402
 from jibjib.training.augment import (  # noqa: E402
     Augmentation, augment_example, lowpass_gain, mel_band_hz, mix_in_power, mixup_batch, to_magnitude,
@@ -92,7 +94,7 @@ def test_background_mix_is_in_the_power_domain() -> None:
     # Close to the features of the real mix; adding log-mels (multiplying spectra) is far off.
     assert np.abs(mixed - summed).mean() < 0.2 < np.abs(signal + background - summed).mean()
     # The SNR sets the noise power: 10 dB more signal is a tenth of the noise power.
-    quieter = mix_in_power(tf.constant(m_s), tf.constant(m_n), tf.constant(snr + 10.0)).numpy()
+    quieter = mix_in_power(tf.constant(m_s[None]), tf.constant(m_n[None]), tf.constant(snr + 10.0)).numpy()
     assert np.mean(quieter**2 - m_s**2) == pytest.approx(np.mean(m_n**2) / 10, rel=1e-3)
 
 
@@ -131,8 +133,9 @@ def test_same_seed_same_augmentation() -> None:
 
 
 def make_corpus(tmp_path: Path, realistic: bool = False) -> pd.DataFrame:
-    """Per file: log-mel value = frame index + 1000 x file number (so a patch tells where it was cut), or
-    with `realistic` random log-mel values; a background folder and a two-species file."""
+    """Per file: log-mel band 0 = the file number, the other bands the frame index (so a patch tells where it
+    was cut, exactly even in float16), or with `realistic` random log-mel values; a background folder and a
+    two-species file."""
     features = tmp_path / "features"
     rng = np.random.default_rng(0)
     rows = []
@@ -140,7 +143,8 @@ def make_corpus(tmp_path: Path, realistic: bool = False) -> pd.DataFrame:
     for i, folder in enumerate(folders):
         frames = 96 * (2 if folder == "Alpha_one" else 6) + 40
         path = f"{folder}/{folder}-{i}_1.wav"
-        values = 1000.0 * i + np.arange(frames, dtype=np.float32)[:, None] * np.ones(64, np.float32)
+        values = np.arange(frames, dtype=np.float32)[:, None] * np.ones(64, np.float32)
+        values[:, 0] = i
         if realistic:
             values = rng.normal(-2.0, 1.5, size=(frames, 64))
         fsutil.save_npz(features / Path(path).with_suffix(".npz"), log_mel=values.astype(np.float32))
@@ -157,6 +161,12 @@ def corpus(tmp_path: Path) -> pd.DataFrame:
     return make_corpus(tmp_path)
 
 
+@pytest.fixture(params=["npz", "packed"])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> PackedFeatures | None:
+    """The two training inputs: each file's npz (None), or the packed features of the corpus's files."""
+    return pack_files(tmp_path) if request.param == "packed" else None
+
+
 def test_background_and_multi_species_targets(corpus: pd.DataFrame) -> None:
     softmax = file_targets(corpus, InputSpec(n_classes=2))
     sigmoid = file_targets(corpus, InputSpec(n_classes=2, multi_label=True))
@@ -167,44 +177,46 @@ def test_background_and_multi_species_targets(corpus: pd.DataFrame) -> None:
     assert np.allclose(softmax.sum(axis=1), 1.0)
 
 
-def test_random_offsets_move_the_grid_and_evaluation_keeps_it(corpus: pd.DataFrame) -> None:
+def test_random_offsets_move_the_grid_and_evaluation_keeps_it(corpus: pd.DataFrame,
+                                                               source: PackedFeatures | None) -> None:
     spec = InputSpec(n_classes=2, augmentation=only(random_offsets=True), shuffle_buffer=4)
     offsets = Counter()
     for _ in range(3):
-        for patches, _targets in training_dataset(corpus, spec, 8, training=True, seed=1):
-            first = patches.numpy()[:, 0, 0] % 1000
-            offsets.update((first % 96).astype(int).tolist())
+        for patches, _targets in training_dataset(corpus, spec, 8, training=True, seed=1, packs=source):
+            offsets.update((patches.numpy()[:, 0, 1] % 96).astype(int).tolist())
     assert len(offsets) > 3 and max(offsets) < 96
     # Evaluation: the fixed grid, every value as stored, whatever the augmentation settings.
     spec = InputSpec(n_classes=2, augmentation=Augmentation(lowpass_probability=1.0))
-    for patches, _targets in training_dataset(corpus, spec, 8, training=False):
+    for patches, _targets in training_dataset(corpus, spec, 8, training=False, packs=source):
         values = patches.numpy()
-        assert ((values[:, 0, 0] % 1000) % 96 == 0).all()
-        assert np.array_equal(values[:, :, 0] % 1000 - values[:, :1, 0] % 1000, np.tile(np.arange(96), (len(values), 1)))
+        assert (values[:, 0, 1] % 96 == 0).all()
+        assert np.array_equal(values[:, :, 1] - values[:, :1, 1], np.tile(np.arange(96), (len(values), 1)))
 
 
-def test_training_input_is_reproducible(tmp_path: Path) -> None:
+def test_training_input_is_reproducible(tmp_path: Path, source: PackedFeatures | None) -> None:
     corpus = make_corpus(tmp_path, realistic=True)
+    source = pack_files(tmp_path) if source is not None else None  # of the realistic values
     spec = InputSpec(n_classes=2, augmentation=Augmentation(lowpass_probability=0.5), shuffle_buffer=8)
 
     def first_epoch(seed_value: int) -> list[np.ndarray]:
-        return [patches.numpy() for patches, _ in training_dataset(corpus, spec, 4, training=True, seed=seed_value)]
+        return [patches.numpy() for patches, _ in
+                training_dataset(corpus, spec, 4, training=True, seed=seed_value, packs=source)]
 
     a, b, c = first_epoch(3), first_epoch(3), first_epoch(4)
     assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_balanced_sampling_draws_classes_evenly(corpus: pd.DataFrame) -> None:
+def test_balanced_sampling_draws_classes_evenly(corpus: pd.DataFrame, source: PackedFeatures | None) -> None:
     """Alpha_one has 6 short files, Beta_two 2 long ones, the background 2, the pair 1: each gives a quarter."""
     spec = InputSpec(n_classes=2, class_balance="sampling", augmentation=OFF, shuffle_buffer=64)
     folder_of = dict(zip(corpus["recording_id"], corpus["label"]))
 
     def folders(patches: tf.Tensor) -> list[str]:  # the file number is in the values
-        return [folder_of[f"r{int(v) // 1000}"] for v in patches.numpy()[:, 0, 0]]
+        return [folder_of[f"r{int(v)}"] for v in patches.numpy()[:, 0, 0]]
 
     drawn = Counter()
-    epochs = training_dataset(corpus, spec, 16, training=True, seed=5)
+    epochs = training_dataset(corpus, spec, 16, training=True, seed=5, packs=source)
     for _ in range(40):  # each epoch draws anew
         for patches, _targets in epochs:
             drawn.update(folders(patches))
@@ -215,7 +227,7 @@ def test_balanced_sampling_draws_classes_evenly(corpus: pd.DataFrame) -> None:
     # Unbalanced, Alpha_one's share is what its patches are: 6 x 2 of 12 + 2 x 6 + 2 x 6 + 6 = 42.
     plain = InputSpec(n_classes=2, augmentation=OFF)
     counts = Counter()
-    for patches, _ in training_dataset(corpus, plain, 16, training=True, seed=5):
+    for patches, _ in training_dataset(corpus, plain, 16, training=True, seed=5, packs=source):
         counts.update(folders(patches))
     assert counts["Alpha_one"] == 12 and sum(counts.values()) == 42
 

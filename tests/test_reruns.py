@@ -349,3 +349,19 @@ def test_retraining_never_resumes_a_finished_run(tmp_path: Path) -> None:
     # but the run must train, not reload the finished state.
     run.run(model, "--forcerun", "train_convlstm")
     assert_trained_from_scratch(run, None)
+
+
+def test_added_recording_repacks_only_its_shard(trained: Run, tmp_path: Path) -> None:
+    """The new file's shard is packed again, reading only that file's npz; the other shard's pack is untouched."""
+    run = Run(shutil.copytree(trained.work, tmp_path / "work", copy_function=shutil.copy2), TINY_CONVLSTM)
+    model = "results/models/convlstm/model.keras"
+    packs = {p.name: p.stat().st_mtime_ns for p in (run.work / "results/packed").glob("*.npy")}
+    write_wav(run.data / "Alpha_one" / "Alpha_one-300_1.wav", chirp(SECONDS, RATE, seed=98), RATE)
+    assert run.plan(model) == {"features": 1, "pack": 1, **DOWNSTREAM, "train_convlstm": 1}
+    run.run(model)
+    shard = shard_of("Alpha_one", 16)
+    after = {p.name: p.stat().st_mtime_ns for p in (run.work / "results/packed").glob("*.npy")}
+    assert {name for name in after if after[name] != packs.get(name)} == {f"{shard}.npy"}
+    assert "7 files" in (log := (run.work / f"logs/pack/{shard}.log").read_text())  # 3 recordings of 2 files, 1 new
+    assert "1 read from their npz, 6 kept from the previous pack" in log
+    assert "Alpha_one/Alpha_one-300_1.wav" in (run.work / f"results/packed/{shard}.tsv").read_text()

@@ -84,10 +84,17 @@ def to_log_mel(magnitude: tf.Tensor, log_offset: float) -> tf.Tensor:
     return tf.math.log(magnitude + log_offset)
 
 
-def mix_in_power(signal: tf.Tensor, noise: tf.Tensor, snr_db: tf.Tensor) -> tf.Tensor:
-    """Mel magnitudes of `signal` plus `noise` scaled to `snr_db` (mean power of signal over noise)."""
-    signal_power, noise_power = tf.square(signal), tf.square(noise)
-    scale = tf.reduce_mean(signal_power) / (tf.reduce_mean(noise_power) * 10.0 ** (snr_db / 10.0) + 1e-20)
+def mix_in_power(signal: tf.Tensor, noise: tf.Tensor, snr_db: tf.Tensor, share: tf.Tensor | float = 1.0) -> tf.Tensor:
+    """Mel magnitudes of `signal` plus `noise` scaled to `snr_db` (mean power of signal over noise).
+
+    The first axis is the batch: each example is scaled by its own mean
+    powers, its `snr_db` ((batch, 1, ...), or a scalar for all) and its
+    `share` of the noise (1: mixed, 0: the signal alone).
+    """
+    signal_power, noise_power = tf.square(signal), tf.square(noise)  # a rounding below zero squares away
+    axes = list(range(1, len(signal.shape)))
+    scale = share * tf.reduce_mean(signal_power, axes, keepdims=True) / (
+        tf.reduce_mean(noise_power, axes, keepdims=True) * 10.0 ** (snr_db / 10.0) + 1e-20)
     return tf.sqrt(signal_power + scale * noise_power)
 
 
@@ -102,7 +109,7 @@ def lowpass_gain(band_hz: tf.Tensor, corner_hz: tf.Tensor) -> tf.Tensor:
     return tf.math.rsqrt(1.0 + tf.pow(band_hz / corner_hz, 4.0))
 
 
-def _masks(seed: tf.Tensor, units: int, count: int, width: int, size: int) -> tf.Tensor:
+def _masks(seed: tf.Tensor, units: int | tf.Tensor, count: int, width: int, size: int) -> tf.Tensor:
     """(units, size) bool: `count` masks per unit, each 0..width wide at a random place."""
     width = min(width, size)
     seeds = tf.random.experimental.stateless_split(seed, 2)
@@ -114,45 +121,64 @@ def _masks(seed: tf.Tensor, units: int, count: int, width: int, size: int) -> tf
     return tf.reduce_any(inside, axis=1)
 
 
-def augment_example(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: Augmentation,
-                    params: FrontEnd) -> tf.Tensor:
-    """One example, (units, patch_frames, bands) of log-mel, augmented; `background` has its shape.
+def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: Augmentation,
+                  params: FrontEnd) -> tf.Tensor:
+    """A batch of examples, (batch, units, patch_frames, bands) of log-mel, augmented; `background` has its shape.
 
-    Order: background mix, distance low-pass and gain act on the sound, in the
-    magnitude domain; the masks then hide parts of the result, each masked
-    cell set to its patch's mean.
+    Every random choice is drawn per example (one vector per step for the
+    whole batch, from the batch's seed), so a batch costs a few large ops
+    rather than a few small ones per example. Order: background mix, distance
+    low-pass and gain act on the sound, in the magnitude domain; the masks
+    then hide parts of the result, each masked cell set to its unit's mean.
     """
-    units, frames, bands = patches.shape
+    batch = tf.shape(patches)[0]
+    _, units, frames, bands = patches.shape
     seeds = tf.random.experimental.stateless_split(seed, 8)
 
-    def chance(i: int, probability: float) -> tf.Tensor:
-        return tf.random.stateless_uniform([], seeds[i]) < probability
+    def per_example(i: int, low: float = 0.0, high: float = 1.0) -> tf.Tensor:
+        return tf.random.stateless_uniform([batch, 1, 1, 1], seeds[i], low, high)
 
-    sound_steps = ((background is not None and aug.background_probability > 0) or aug.lowpass_probability > 0
-                   or aug.gain_db > 0)
+    def chance(i: int, probability: float) -> tf.Tensor:
+        return per_example(i) < probability
+
+    mixing = background is not None and aug.background_probability > 0
     out = patches
-    if sound_steps:  # the round trip through magnitudes is skipped when nothing acts on the sound
-        magnitude = to_magnitude(patches, params.log_offset)
-        if background is not None and aug.background_probability > 0:
-            snr = tf.random.stateless_uniform([], seeds[1], *aug.background_snr_db)
-            mixed = mix_in_power(magnitude, to_magnitude(background, params.log_offset), snr)
-            magnitude = tf.where(chance(0, aug.background_probability), mixed, magnitude)
+    if mixing or aug.lowpass_probability > 0 or aug.gain_db > 0:  # else no round trip through magnitudes
+        # Not clipped at zero as to_magnitude does: the few roundings below zero cost two passes to clip,
+        # and squared (the mix) or added to the offset again (log) they do no harm.
+        magnitude = tf.exp(patches) - params.log_offset
+        if mixing:
+            share = tf.cast(chance(0, aug.background_probability), tf.float32)
+            magnitude = mix_in_power(magnitude, tf.exp(background) - params.log_offset,
+                                     per_example(1, *aug.background_snr_db), share)
+        # Low-pass and gain are one factor per example and band, applied in one pass.
+        factor = tf.ones([batch, 1, 1, 1])
         if aug.lowpass_probability > 0:
             low, high = (math.log(hz) for hz in aug.lowpass_hz)
-            corner = tf.exp(tf.random.stateless_uniform([], seeds[3], low, high))
-            filtered = magnitude * lowpass_gain(tf.constant(mel_band_hz(params), tf.float32), corner)
-            magnitude = tf.where(chance(2, aug.lowpass_probability), filtered, magnitude)
+            corner = tf.exp(per_example(3, low, high))
+            response = lowpass_gain(tf.constant(mel_band_hz(params), tf.float32), corner)
+            factor = tf.where(chance(2, aug.lowpass_probability), response, factor)
         if aug.gain_db > 0:
-            gain_db = tf.random.stateless_uniform([], seeds[4], -aug.gain_db, aug.gain_db)
-            magnitude = magnitude * 10.0 ** (gain_db / 20.0)
-        out = to_log_mel(magnitude, params.log_offset)
-    hidden = tf.zeros([units, frames, bands], tf.bool)
+            factor = factor * 10.0 ** (per_example(4, -aug.gain_db, aug.gain_db) / 20.0)
+        out = to_log_mel(magnitude * factor, params.log_offset)
+    hidden = None
     if aug.time_masks > 0:
-        hidden |= _masks(seeds[5], units, aug.time_masks, aug.time_mask_frames, frames)[:, :, None]
+        hidden = tf.reshape(_masks(seeds[5], batch * units, aug.time_masks, aug.time_mask_frames, frames),
+                            [batch, units, frames, 1])
     if aug.freq_masks > 0:
-        hidden |= _masks(seeds[6], units, aug.freq_masks, aug.freq_mask_bands, bands)[:, None, :]
-    fill = tf.reduce_mean(out, axis=[1, 2], keepdims=True)
+        freq = tf.reshape(_masks(seeds[6], batch * units, aug.freq_masks, aug.freq_mask_bands, bands),
+                          [batch, units, 1, bands])
+        hidden = freq if hidden is None else hidden | freq
+    if hidden is None:
+        return out
+    fill = tf.reduce_mean(out, axis=[2, 3], keepdims=True)
     return tf.where(hidden, fill, out)
+
+
+def augment_example(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: Augmentation,
+                    params: FrontEnd) -> tf.Tensor:
+    """One example, (units, patch_frames, bands), augmented as a batch of one (see augment_batch)."""
+    return augment_batch(patches[None], None if background is None else background[None], seed, aug, params)[0]
 
 
 def mixup_batch(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, probability: float,
@@ -169,12 +195,14 @@ def mixup_batch(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, probabil
     b = tf.random.stateless_gamma([batch], seeds[1], alpha)
     weight = a / (a + b + 1e-12)
     weight = tf.maximum(weight, 1.0 - weight)
-    chosen = tf.random.stateless_uniform([batch], seeds[2]) < probability
-    weight = tf.where(chosen, weight, 1.0)
-    partner = tf.roll(tf.range(batch), shift=1, axis=0)
+    chosen = tf.where(tf.random.stateless_uniform([batch], seeds[2]) < probability)[:, 0]
+    partner = tf.math.floormod(chosen - 1, tf.cast(batch, tf.int64))  # the neighbour before, as tf.roll(x, 1)
+    weight = tf.gather(weight, chosen)
 
     def mix(x: tf.Tensor) -> tf.Tensor:
+        # Only the chosen rows are computed: the others pass unchanged.
+        own, other = tf.gather(x, chosen), tf.gather(x, partner)
         w = tf.reshape(weight, [-1] + [1] * (len(x.shape) - 1))
-        return w * x + (1.0 - w) * tf.gather(x, partner)
+        return tf.tensor_scatter_nd_update(x, chosen[:, None], own + (1.0 - w) * (other - own))
 
     return mix(inputs), mix(targets)

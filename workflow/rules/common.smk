@@ -80,6 +80,11 @@ def feature_manifests():
     return expand(MANIFESTS_DIR / "{shard}.tsv", shard=SHARDS)
 
 
+def packed_indexes():
+    """Every shard's packed index (its array is written by the same job): what training reads."""
+    return expand("results/packed/{shard}.tsv", shard=SHARDS)
+
+
 def training_settings(model):
     """The JSON handed to `jibjib train`: shared train settings plus the model's own."""
     return json.dumps({**config["train"], **config[model]}, sort_keys=True)

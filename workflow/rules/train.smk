@@ -1,4 +1,4 @@
-# Stage 3: features + labels + split -> trained Keras models (results/models/<model>/).
+# Stage 3: packed features + labels + split -> trained Keras models (results/models/<model>/).
 # Tagged gpu=1 so a workstation runs one training per GPU and a SLURM profile
 # sends them to GPU nodes; on a machine without GPUs they run on the CPU.
 # TensorFlow's own messages (devices, CUDA) go to logs/<stage>/<model>.tensorflow.log.
@@ -9,6 +9,7 @@ rule train_vggish:
         labels="results/labels.tsv",
         split="results/split.tsv",
         features=feature_manifests(),
+        packed=packed_indexes(),
     output:
         model="results/models/vggish/model.keras",
         history="results/models/vggish/history.tsv",
@@ -29,7 +30,7 @@ rule train_vggish:
     shell:
         "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib train --model {params.model} --labels {input.labels:q} --split {input.split:q}"
         " --features-dir results/features --out-dir results/models/{params.model}"
-        " --settings {params.settings:q} --threads {threads} 2> {log.job:q}"
+        " --packed {input.packed:q} --settings {params.settings:q} --threads {threads} 2> {log.job:q}"
 
 
 use rule train_vggish as train_convlstm with:
