@@ -62,6 +62,14 @@ def test_gain_scales_the_magnitudes() -> None:
     assert 10 ** (-6 / 20) - 1e-3 <= gain.flat[0] <= 10 ** (6 / 20) + 1e-3 and abs(gain.flat[0] - 1) > 1e-3
 
 
+def test_log_mel_below_the_offset_stays_finite() -> None:
+    """Features of real audio never go below log(offset), a log-mel from elsewhere may: no NaN from a gain."""
+    x = np.full((1, 96, 64), np.log(OFFSET) - 2.0, np.float32)
+    for n in range(8):
+        out = augment_example(tf.constant(x), None, seed(n), only(gain_db=6.0, lowpass_probability=1.0), VGGISH)
+        assert np.isfinite(out.numpy()).all()
+
+
 def test_time_and_frequency_masks_hide_stripes_with_the_patch_mean() -> None:
     x = random_log_mel(np.random.default_rng(1), units=3)
     out = augment_example(tf.constant(x), None, seed(2), only(time_masks=2, time_mask_frames=10), VGGISH).numpy()

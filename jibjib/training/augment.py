@@ -144,8 +144,9 @@ def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Ten
     mixing = background is not None and aug.background_probability > 0
     out = patches
     if mixing or aug.lowpass_probability > 0 or aug.gain_db > 0:  # else no round trip through magnitudes
-        # Not clipped at zero as to_magnitude does: the few roundings below zero cost two passes to clip,
-        # and squared (the mix) or added to the offset again (log) they do no harm.
+        # Clipped once, at the end: squared (the mix) a value below zero does no harm, but scaled up by the
+        # gain it could take the log below its offset (features of real audio never go below log(offset),
+        # but a log-mel from elsewhere may).
         magnitude = tf.exp(patches) - params.log_offset
         if mixing:
             share = tf.cast(chance(0, aug.background_probability), tf.float32)
@@ -160,7 +161,7 @@ def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Ten
             factor = tf.where(chance(2, aug.lowpass_probability), response, factor)
         if aug.gain_db > 0:
             factor = factor * 10.0 ** (per_example(4, -aug.gain_db, aug.gain_db) / 20.0)
-        out = to_log_mel(magnitude * factor, params.log_offset)
+        out = to_log_mel(tf.maximum(magnitude * factor, 0.0), params.log_offset)
     hidden = None
     if aug.time_masks > 0:
         hidden = tf.reshape(_masks(seeds[5], batch * units, aug.time_masks, aug.time_mask_frames, frames),
