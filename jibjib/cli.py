@@ -221,6 +221,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
     report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, settings, args.packed)
+    if "worker" in report:  # another worker than the chief of a multi-worker run: the chief reports
+        print(f"train {args.model}: worker {report['worker']} done", file=sys.stderr)
+        return
     print(f"train {args.model}: {report['epochs_completed']} epochs in {report['seconds']} s", file=sys.stderr)
 
 

@@ -7,7 +7,10 @@ weights, early-stopping counter) is saved after every epoch (or every
 last saved epoch (the old code restored only the VGGish trunk), but only
 if everything the run is computed from is unchanged and the run had not
 finished. All visible GPUs are used through MirroredStrategy; on a machine
-without GPUs the same code runs on the CPU.
+without GPUs the same code runs on the CPU. Started by `srun` as several
+tasks of a SLURM job, the tasks train one model together
+(MultiWorkerMirroredStrategy, jibjib.training.distribute): every worker
+computes every step, only the chief (task 0) writes files.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from .models import convlstm_classifier, vggish_classifier  # noqa: E402
 from .packed import PackedFeatures  # noqa: E402
 from .tflog import quiet_python_logging  # noqa: E402
 from .training.augment import Augmentation  # noqa: E402
+from .training.distribute import choose_strategy  # noqa: E402
 
 quiet_python_logging()
 
@@ -103,7 +107,7 @@ def learning_rate(settings: dict[str, Any], replicas: int, steps_per_epoch: int
 
 
 class _EpochLog(keras.callbacks.Callback):
-    """Appends each finished epoch to a TSV that survives a kill, and prints progress."""
+    """Appends each finished epoch to a TSV that survives a kill, and prints progress (the chief's callback)."""
 
     def __init__(self, path: Path, total_epochs: int) -> None:
         super().__init__()
@@ -185,11 +189,17 @@ class _RunState(keras.callbacks.Callback):
     BackupAndRestore and EarlyStopping keep neither the best epoch nor the
     patience counter across a restart, and overwrite their file in place.)
     Each file is written under a new name and renamed into place.
+
+    With several workers every worker keeps the same state (its decisions
+    come from the logs, which are reduced over all workers, and holding the
+    best weights creates variables, which all workers must do together), but
+    only the one with `writes` (the chief) writes it.
     """
 
     def __init__(self, folder: Path, inputs: dict[str, str], monitor: str, patience: int,
-                 total_epochs: int = 0, save_every: int = 1) -> None:
+                 total_epochs: int = 0, save_every: int = 1, writes: bool = True) -> None:
         super().__init__()
+        self.writes = writes
         self.folder, self.meta = folder, folder / "state.json"
         self.inputs, self.monitor, self.patience = inputs, monitor, patience
         self.total_epochs, self.save_every = total_epochs, max(1, int(save_every))
@@ -254,14 +264,16 @@ class _RunState(keras.callbacks.Callback):
             return  # a kill before the next saved epoch resumes from the last one
         best_file = f"best-{self.best_epoch:04d}.npz" if self.best_epoch else None
         if best_file and best_file != self.best_file:
-            weights = self._best_on_host()
-            fsutil.atomic_save(self.folder / best_file, lambda tmp: np.savez(tmp, *weights))
+            if self.writes:
+                weights = self._best_on_host()
+                fsutil.atomic_save(self.folder / best_file, lambda tmp: np.savez(tmp, *weights))
             self.best_file = best_file
         name = f"state-{epoch + 1:04d}.weights.h5"
-        fsutil.atomic_save(self.folder / name, self.model.save_weights)
         self.epoch = epoch + 1
-        self._write_meta(weights=name)
-        self._remove_states(keep={name, self.best_file})
+        if self.writes:
+            fsutil.atomic_save(self.folder / name, self.model.save_weights)
+            self._write_meta(weights=name)
+            self._remove_states(keep={name, self.best_file})
 
     def _hold_best(self) -> None:
         """Copy the weights to variables beside them (on the device, no host copy until a state is saved)."""
@@ -295,7 +307,7 @@ class _RunState(keras.callbacks.Callback):
             model.set_weights(self.best_weights)
 
     def finish(self) -> None:
-        """Mark the run finished (never resumed again) and free the disk its states took."""
+        """Mark the run finished (never resumed again) and free the disk its states took (the chief's job)."""
         self.best_file = None
         self._write_meta(weights=None, finished=True)
         self._remove_states()
@@ -362,10 +374,14 @@ def train(
     model has the weights of the best epoch of the whole run (lowest val_loss,
     or loss without a val split), across resumes.
     """
+    # First: a multi-worker strategy must exist before TensorFlow sets up its devices.
+    distribution = choose_strategy(settings.get("gpus_per_task"))
+    chief = distribution.is_chief
     out = Path(out_dir)
     checkpoints = out / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    fsutil.remove_stale_temps(out)  # half-written files of a killed run
+    if chief:
+        fsutil.remove_stale_temps(out)  # half-written files of a killed run
     seed = int(settings["seed"])
     keras.utils.set_random_seed(seed)
 
@@ -387,15 +403,15 @@ def train(
     train_stamps, val_stamps = (file_stamps(f, packs) for f in (train_files, val_files))
 
     gpus = tf.config.list_logical_devices("GPU")
-    # MirroredStrategy over every visible GPU; the default (CPU) strategy otherwise.
-    distribution = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
-    replicas = distribution.num_replicas_in_sync
+    replicas = distribution.replicas  # over all workers
     if settings["mixed_precision"] and gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    batch_size = int(settings["batch_size"]) * replicas
+    batch_size = int(settings["batch_size"]) * replicas  # the global batch; the learning rate grows with it
     spec = input_spec(model, settings)
-    train_ds = training_dataset(train_files, spec, batch_size, training=True, seed=seed, packs=packs)
-    val_ds = (training_dataset(val_files, spec, batch_size, training=False, seed=seed, packs=packs)
+    train_ds = distribution.shard_input(
+        training_dataset(train_files, spec, batch_size, training=True, seed=seed, packs=packs))
+    val_ds = (distribution.shard_input(training_dataset(val_files, spec, batch_size, training=False, seed=seed,
+                                                        packs=packs))
               if len(val_files) else None)
 
     examples = example_counts(model, train_stamps, train_files["class_ids"], n_classes, settings)
@@ -408,12 +424,16 @@ def train(
                              pd.concat([train_files, val_files]), train_stamps + val_stamps,
                              "packed" if packs is not None else "npz")
     state = _RunState(checkpoints, inputs, monitor, settings["patience"], settings["epochs"],
-                      settings.get("checkpoint_every_epochs", 1))
-    if not state.resumed:
+                      settings.get("checkpoint_every_epochs", 1), writes=chief)
+    # Every worker has read the saved state; none may start from another epoch than the chief.
+    if not distribution.same_on_every_worker(state.saved["epoch"] if state.resumed else -1):
+        raise RuntimeError(f"the workers found different saved states in {checkpoints}: is it on a filesystem "
+                           "that every node sees?")
+    if not state.resumed and chief:
         state.start_fresh()
         shutil.rmtree(out / "tensorboard", ignore_errors=True)  # its curves belong to the run being replaced
 
-    with distribution.scope():
+    with distribution.strategy.scope():
         net = build_model(model, n_classes, settings)
         metric = (keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if settings["multi_label"]
                   else keras.metrics.CategoricalAccuracy(name="accuracy"))
@@ -421,30 +441,36 @@ def train(
                     loss=ClassWeightedCrossentropy(weights.tolist(), settings["multi_label"]), metrics=[metric])
         if state.resumed:
             state.restore(net)
+    distribution.build_for_fit(net, train_ds.element_spec)
 
     history_path = checkpoints / "history.tsv"
-    callbacks = [
-        # The history row goes first: a kill before the state below is saved
-        # reruns that epoch, whose row is then replaced, rather than losing it.
-        _EpochLog(history_path, settings["epochs"]),
-        state,
-        keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch"),
-    ]
+    # The history row goes first: a kill before the state is saved reruns
+    # that epoch, whose row is then replaced, rather than losing it. The
+    # other workers run the state alone: it writes nothing there.
+    callbacks = ([_EpochLog(history_path, settings["epochs"]), state,
+                  keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch")] if chief
+                 else [state])
     done = state.stopped or state.epoch >= settings["epochs"]
-    print(
-        f"train {model}: {len(train_files)} train files ({int(examples.sum())} examples"
-        f"{f', {n_background} background files' if n_background else ''}), {len(val_files)} val files, "
-        f"{n_classes} classes, batch {batch_size} on {replicas} replica(s) ({'GPU' if gpus else 'CPU'}); "
-        + (f"resuming from the last saved epoch ({state.epoch}, best so far {state.best_epoch or 'none'})"
-           + (", which ended the run" if done else "") if state.resumed
-           else f"starting at epoch 1 ({state.refused_because})"),
-        file=sys.stderr, flush=True,
-    )
+    workers = f" of {distribution.workers} workers" if distribution.workers > 1 else ""
+    if chief:
+        print(
+            f"train {model}: {len(train_files)} train files ({int(examples.sum())} examples"
+            f"{f', {n_background} background files' if n_background else ''}), {len(val_files)} val files, "
+            f"{n_classes} classes, batch {batch_size} on {replicas} replica(s){workers} "
+            f"({'GPU' if gpus else 'CPU'}); "
+            + (f"resuming from the last saved epoch ({state.epoch}, best so far {state.best_epoch or 'none'})"
+               + (", which ended the run" if done else "") if state.resumed
+               else f"starting at epoch 1 ({state.refused_because})"),
+            file=sys.stderr, flush=True,
+        )
     started = time.monotonic()
     if not done:
         net.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], initial_epoch=state.epoch,
                 callbacks=callbacks, verbose=0, shuffle=False)  # the datasets shuffle themselves
     state.use_best_weights(net)
+    if not chief:
+        return {"model": model, "worker": distribution.worker, "epochs_completed": state.epoch,
+                "seconds": round(time.monotonic() - started, 1)}
 
     fsutil.atomic_save(out / "model.keras", net.save)
     history = pd.read_csv(history_path, sep="\t") if history_path.exists() else pd.DataFrame({"epoch": []})
@@ -471,7 +497,7 @@ def train(
         "trunk_initialisation": "checkpoint" if model == "vggish" and settings.get("checkpoint") else "random",
         "input": "packed" if packs is not None else "npz",
         "seconds": round(time.monotonic() - started, 1),
-        "devices": {"replicas": replicas, "gpus": len(gpus)},
+        "devices": {"replicas": replicas, "gpus": len(gpus), "workers": distribution.workers},
         "versions": software_versions(),
     }
     fsutil.write_json(out / "train.json", report)

@@ -1,0 +1,216 @@
+"""Which tf.distribute strategy a training process uses: one SLURM job over several nodes, or one machine.
+
+Inside a SLURM job step of more than one task (`srun` started one process
+per task), every task is a worker of one MultiWorkerMirroredStrategy; the
+workers find each other through TensorFlow's SlurmClusterResolver. Otherwise
+MirroredStrategy spans the local GPUs, or the default strategy runs on the
+CPU. Worker 0 is the chief: the only one that writes files.
+
+The strategy must exist before TensorFlow initialises its devices (the
+resolver sets CUDA_VISIBLE_DEVICES per task and MultiWorkerMirroredStrategy
+starts this task's gRPC server), so `choose_strategy` is the first thing a
+training run calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+import tensorflow as tf
+
+if TYPE_CHECKING:
+    import keras
+
+# Each job's workers listen on PORT_FIRST + a job-dependent offset + their
+# index among the tasks of their node: two training jobs sharing a node (or a
+# resubmitted job whose old sockets linger) then use different ports.
+PORT_FIRST, PORT_SPAN, PORTS_PER_JOB = 20000, 40000, 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    """The strategy of this process and its place among the workers."""
+
+    strategy: tf.distribute.Strategy
+    workers: int  # processes training the model together (1 without SLURM)
+    worker: int  # this process's index; 0 is the chief
+    addresses: tuple[str, ...] = ()  # host:port of every worker, in index order (multi-worker only)
+
+    @property
+    def is_chief(self) -> bool:
+        return self.worker == 0
+
+    @property
+    def replicas(self) -> int:
+        """Replicas over all workers: the global batch is this many per-replica batches."""
+        return self.strategy.num_replicas_in_sync
+
+    def same_on_every_worker(self, value: int) -> bool:
+        """Whether every worker passes the same `value`; returns only once all have called it (a barrier).
+
+        Workers decide things from files (whether to resume, from which
+        epoch) that the chief is about to change: each reads them, then they
+        agree here before the chief touches them.
+        """
+        if self.workers == 1:
+            return True
+        # Collectives only sum: n values are all equal when n * sum(v^2) == sum(v)^2.
+        local = tf.constant([1, value, value * value], tf.int64)
+        count, total, squares = (int(x) for x in self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM, self.strategy.run(lambda: tf.identity(local)), axis=None).numpy())
+        return count * squares == total * total
+
+    def build_for_fit(self, model: "keras.Model", batch_spec: object) -> None:
+        """Build `model`'s metric and loss state from the input's element spec, as fit would, but without data.
+
+        With several workers Keras 3.15's fit and evaluate build a compiled
+        model from a first batch that they average over all replicas
+        (`strategy.reduce("MEAN", batch)`), which fails for a batch of nested
+        inputs (the ConvLSTM's patches and bool mask) under
+        MultiWorkerMirroredStrategy. The build needs only shapes and dtypes,
+        so it is done here from the dataset's element spec, inside the scope,
+        and that step of fit is turned off for this model.
+
+        Keras then averages each step's logs over the replicas with
+        `strategy.reduce("MEAN", value, axis=0)`, which fails for the scalar
+        metrics (tensorflow/tensorflow#72388): the steps here return each
+        scalar as a vector of one, whose mean over axis 0 and all replicas is
+        what single-machine MirroredStrategy reports. One worker: nothing changes.
+        """
+        if self.workers == 1:
+            return
+        with self.strategy.scope():
+            model._symbolic_build(data_batch=batch_spec)
+        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+        model.train_step = _scalars_as_vectors(model.train_step)
+        model.test_step = _scalars_as_vectors(model.test_step)
+
+    def shard_input(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """`dataset` as the workers split it: every worker runs the same (seeded) pipeline and keeps its share
+        of each global batch. Without several workers, unchanged.
+
+        (The pipelines read from arrays and numpy functions, not files, so
+        tf.data's FILE sharding could not apply; DATA is said, not guessed.)
+        """
+        if self.workers == 1:
+            return dataset
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return dataset.with_options(options)
+
+
+def slurm_tasks(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> int:
+    """Tasks of the SLURM job step this process belongs to (1 outside SLURM or in a one-task step)."""
+    if "SLURM_PROCID" not in environ:
+        return 1
+    # SLURM_STEP_NUM_TASKS is the step's (what srun started); SLURM_NTASKS the job's.
+    return int(environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS") or 1)
+
+
+def port_base(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> int:
+    job = int(environ.get("SLURM_JOB_ID", "0") or 0)
+    return PORT_FIRST + (job * PORTS_PER_JOB) % PORT_SPAN
+
+
+def node_address(name: str) -> str:
+    """An address of SLURM node `name` that the other workers can connect to.
+
+    SLURM names nodes freely (NodeName) and reaches them at NodeAddr: where the
+    name is not a resolvable host name, the node's NodeAddr is used.
+    """
+    try:
+        socket.getaddrinfo(name, None)
+        return name
+    except socket.gaierror:
+        pass
+    shown = subprocess.run(["scontrol", "-o", "show", "node", name], capture_output=True, text=True, timeout=30)
+    for field in shown.stdout.split():
+        if field.startswith("NodeAddr="):
+            return field.split("=", 1)[1]
+    raise RuntimeError(f"SLURM node {name!r} is no host name, and scontrol names no NodeAddr for it: "
+                       f"{shown.stderr.strip()[:200]}")
+
+
+def _gpus_per_task(requested: int | None) -> int:
+    """GPUs for each worker: as configured, else those SLURM made visible to this task (none on CPU nodes)."""
+    if requested is not None:
+        return int(requested)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return len([d for d in visible.split(",") if d.strip()])
+
+
+def _scalars_as_vectors(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def step_with_vector_logs(data: Any) -> Any:
+        return tf.nest.map_structure(lambda v: tf.reshape(v, [1]) if v.shape.rank == 0 else v, step(data))
+
+    return step_with_vector_logs
+
+
+class _SlurmWorkers(tf.distribute.cluster_resolver.SlurmClusterResolver):
+    """SlurmClusterResolver that also serves workers without GPUs.
+
+    Its placement gives each task a slot of `gpus_per_task` GPUs and cannot
+    count zero (a range of step 0), so CPU workers get a one-GPU slot that
+    nobody uses: CUDA_VISIBLE_DEVICES is left alone and num_accelerators,
+    from which MultiWorkerMirroredStrategy builds its devices, tells the truth.
+    """
+
+    def __init__(self, gpus_per_task: int, port_base: int, tasks_per_node: dict[str, int]) -> None:
+        slot = max(1, gpus_per_task)
+        super().__init__(port_base=port_base, tasks_per_node=tasks_per_node, gpus_per_task=slot,
+                         gpus_per_node=slot * max(tasks_per_node.values()), auto_set_gpu=gpus_per_task > 0)
+        self.gpus_per_worker = gpus_per_task
+
+    def num_accelerators(self, task_type=None, task_id=None, config_proto=None):  # noqa: ANN001, ANN201 - TF API
+        return {"GPU": self.gpus_per_worker}
+
+
+def _multi_worker(gpus_per_task: int | None) -> Distribution:
+    from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import (
+        expand_hostlist, expand_tasks_per_node,
+    )
+
+    names = expand_hostlist(os.environ["SLURM_STEP_NODELIST"])
+    counts = expand_tasks_per_node(os.environ["SLURM_STEP_TASKS_PER_NODE"])
+    tasks_per_node = {node_address(name): count for name, count in zip(names, counts)}
+    gpus = _gpus_per_task(gpus_per_task)
+    visible_before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    resolver = _SlurmWorkers(gpus, port_base=port_base(), tasks_per_node=tasks_per_node)
+    spec = resolver.cluster_spec()
+    addresses = tuple(spec.job_tasks("worker"))
+    worker = int(resolver.task_id)
+    # The resolver places task i on the i-th slot of its hosts in sorted order;
+    # SLURM's default block distribution does the same. A task listed on
+    # another host would wait forever for a server that never starts.
+    mine = node_address(os.environ.get("SLURMD_NODENAME", names[0]))
+    if addresses[worker].rsplit(":", 1)[0] != mine:
+        raise RuntimeError(f"worker {worker} runs on {mine} but the cluster places it at {addresses[worker]}: "
+                           "start the tasks with the block distribution (srun --distribution=block)")
+    if gpus == 0 and visible_before is None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # no worker takes a GPU it was not given
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    return Distribution(strategy, workers=len(addresses), worker=worker, addresses=addresses)
+
+
+def choose_strategy(gpus_per_task: int | None = None) -> Distribution:
+    """MultiWorkerMirroredStrategy in a SLURM step of several tasks, else MirroredStrategy or the default.
+
+    `gpus_per_task`: GPUs each worker of a multi-worker run uses (the
+    workflow's train.gpus_per_task; None: as many as SLURM made visible).
+    Prints one line naming the workers.
+    """
+    if slurm_tasks() > 1:
+        distribution = _multi_worker(gpus_per_task)
+        print(f"worker {distribution.worker} of {distribution.workers} "
+              f"({', '.join(distribution.addresses)}; chief {distribution.addresses[0]}), "
+              f"{distribution.replicas} replica(s) in all", file=sys.stderr, flush=True)
+        return distribution
+    gpus = tf.config.list_logical_devices("GPU")
+    # MirroredStrategy over every visible GPU; the default (CPU) strategy otherwise.
+    strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+    return Distribution(strategy, workers=1, worker=0)
