@@ -1,0 +1,110 @@
+"""One model trained by two SLURM tasks together (MultiWorkerMirroredStrategy), killed and resumed.
+
+Needs the single-node test cluster of tests/slurm/start.sh, like
+test_slurm.py (skipped without it, failed under JIBJIB_REQUIRE_SLURM=1).
+The two tasks are CPU workers on the one node, on localhost ports. The job
+is submitted with sbatch and starts the tasks with srun, as the training
+rules do with train.tasks_per_node > 1.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from conftest import REPO, REPO_ENV
+from test_slurm import _require_cluster
+from test_train import TINY_CONVLSTM, tiny  # noqa: F401 - the fixture
+
+# Few epochs: two CPU workers on a shared 2-core machine.
+SETTINGS = {**TINY_CONVLSTM, "epochs": 5, "gpus_per_task": 0}
+JOB_SECONDS = 240
+
+
+def _submit(root: Path, log: Path) -> str:
+    """sbatch a two-task job whose srun starts one training process per task; the job id."""
+    train = [sys.executable, "-m", "jibjib", "train", "--model", "convlstm", "--labels", str(root / "labels.tsv"),
+             "--split", str(root / "split.tsv"), "--features-dir", str(root / "features"),
+             "--out-dir", str(root / "model"), "--settings", json.dumps(SETTINGS), "--threads", "1"]
+    step = "srun --ntasks=2 --ntasks-per-node=2 --kill-on-bad-exit=1 " + shlex.join(train)
+    result = subprocess.run(
+        ["sbatch", "--parsable", "--job-name=jibjib-multiworker", "--partition=cpu", "--nodes=1", "--ntasks=2",
+         "--cpus-per-task=1", "--mem=4000", f"--output={log}", f"--chdir={REPO}", "--wrap", step],
+        capture_output=True, text=True, env=REPO_ENV, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def _job_state(job: str) -> str:
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True, timeout=30)
+    for field in shown.stdout.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return "GONE"
+
+
+def _wait(job: str, until: "callable[[], bool] | None" = None) -> str:
+    """Wait until the job has ended (its final state) or `until()` holds (then "WAITED")."""
+    deadline = time.monotonic() + JOB_SECONDS
+    while time.monotonic() < deadline:
+        state = _job_state(job)
+        if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+            return state
+        if until is not None and until():
+            return "WAITED"
+        time.sleep(0.5)
+    subprocess.run(["scancel", job], timeout=30)
+    raise AssertionError(f"SLURM job {job} took over {JOB_SECONDS} s")
+
+
+def _saved_epoch(root: Path) -> int:
+    state = root / "model" / "checkpoints" / "state.json"
+    try:
+        return int(json.loads(state.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_two_tasks_train_one_model_and_resume_after_scancel(tiny: Path) -> None:  # noqa: F811 - the fixture
+    _require_cluster()
+    first_log, second_log = tiny / "first.log", tiny / "second.log"
+    job = _submit(tiny, first_log)
+    assert _wait(job, until=lambda: _saved_epoch(tiny) >= 2) == "WAITED", first_log.read_text()[-3000:]
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    _wait(job)
+    killed_at = _saved_epoch(tiny)
+    assert 2 <= killed_at < SETTINGS["epochs"], "the job was not cancelled mid-training"
+    assert not (tiny / "model" / "model.keras").exists()
+    first = first_log.read_text()
+    # Both tasks were workers of one cluster (each names itself), and only the chief reported epochs.
+    assert "worker 0 of 2" in first and "worker 1 of 2" in first, first[-3000:]
+    assert "on 2 replica(s) of 2 workers" in first and "batch 8" in first, first[-3000:]
+
+    job = _submit(tiny, second_log)
+    state = _wait(job)
+    second = second_log.read_text()
+    assert state == "COMPLETED", second[-4000:]
+    assert f"resuming from the last saved epoch ({killed_at}" in second, second[-3000:]
+    assert "worker 1 of 2" in second and "worker 1 done" in second
+    resumed_epochs = [int(line.split()[1].split("/")[0]) for line in second.splitlines() if line.startswith("epoch ")]
+    assert resumed_epochs and min(resumed_epochs) == killed_at + 1 and max(resumed_epochs) == SETTINGS["epochs"]
+
+    out = tiny / "model"
+    report = json.loads((out / "train.json").read_text())
+    assert report["resumed"] and report["devices"]["workers"] == 2 and report["devices"]["replicas"] == 2
+    history = pd.read_csv(out / "history.tsv", sep="\t")
+    assert list(history["epoch"]) == list(range(1, SETTINGS["epochs"] + 1))
+    assert history["loss"].iloc[-1] < 0.5 * history["loss"].iloc[0], history
+    # The chief's files, once: no model, state or temporary file of the other worker.
+    assert [p.relative_to(tiny) for p in tiny.rglob("model.keras")] == [Path("model/model.keras")]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "history.tsv", "model.keras", "tensorboard",
+                                                     "train.json"]
+    assert not [p for p in tiny.rglob("*") if ".tmp-" in p.name]
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["history.tsv", "state.json"], checkpoints
