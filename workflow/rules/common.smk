@@ -85,6 +85,50 @@ def packed_indexes():
     return expand("results/packed/{shard}.tsv", shard=SHARDS)
 
 
+def training_tasks():
+    """(nodes, tasks per node, GPUs per task) of each training job (train.*)."""
+    train = config["train"]
+    return train["nodes"], train["tasks_per_node"], train["gpus_per_task"]
+
+
+def training_resources():
+    """A training job's resources as snakemake-executor-plugin-slurm 2.8 reads them.
+
+    One task: `gpu` GPUs on one node (--gpus; MirroredStrategy uses them all).
+    Several: `mpi` makes the jobstep run the rule's shell itself instead of
+    wrapping it in a one-task srun, so the shell's own srun (training_launcher)
+    starts one process per task; `nodes` and `tasks_per_node` (or, for one
+    task per node, `tasks`) shape the allocation, and the GPUs are asked for
+    per node (--gres). `tasks_per_gpu=0` stops the plugin from reading `tasks`
+    as tasks per GPU, which it does for GPU jobs.
+    """
+    nodes, per_node, gpus = training_tasks()
+    if nodes * per_node == 1:
+        return {"nodes": 1, "gpu": gpus}
+    resources = {"nodes": nodes, "mpi": "srun"}
+    if per_node > 1:
+        resources["tasks_per_node"] = per_node
+    else:
+        resources.update(tasks=nodes, tasks_per_gpu=0)
+    if gpus:
+        resources["gres"] = f"gpu:{per_node * gpus}"
+    return resources
+
+
+def training_launcher(wildcards, threads):
+    """What starts `jibjib train`: nothing for one task; with several, srun, one process per task.
+
+    Only inside a SLURM job (SLURM_JOB_ID set): elsewhere the same rule
+    trains in one process. srun is told the task geometry and the CPUs
+    because the jobstep clears the SLURM_* variables it would read them from.
+    """
+    nodes, per_node, _ = training_tasks()
+    if nodes * per_node == 1:
+        return ""
+    return (f"${{SLURM_JOB_ID:+srun --nodes={nodes} --ntasks={nodes * per_node} --ntasks-per-node={per_node}"
+            f" --cpus-per-task={threads} --distribution=block --kill-on-bad-exit=1}}")
+
+
 def training_settings(model):
     """The JSON handed to `jibjib train`: shared train settings plus the model's own."""
     return json.dumps({**config["train"], **config[model]}, sort_keys=True)

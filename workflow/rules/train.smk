@@ -1,6 +1,8 @@
 # Stage 3: packed features + labels + split -> trained Keras models (results/models/<model>/).
-# Tagged gpu=1 so a workstation runs one training per GPU and a SLURM profile
-# sends them to GPU nodes; on a machine without GPUs they run on the CPU.
+# Tagged gpu=1 (train.gpus_per_task) so a workstation runs one training per GPU
+# and a SLURM profile sends them to GPU nodes; on a machine without GPUs they
+# run on the CPU. With train.nodes x train.tasks_per_node > 1 a SLURM job runs
+# one training process per task, which train together (see training_resources).
 # TensorFlow's own messages (devices, CUDA) go to logs/<stage>/<model>.tensorflow.log.
 
 
@@ -17,6 +19,7 @@ rule train_vggish:
     params:
         model="vggish",
         settings=lambda wildcards: training_settings("vggish"),
+        launch=training_launcher,
     log:
         job="logs/train/vggish.log",
         tensorflow="logs/train/vggish.tensorflow.log",
@@ -24,11 +27,11 @@ rule train_vggish:
         "../../envs/tensorflow.yaml"
     threads: 8
     resources:
-        gpu=1,
+        **training_resources(),
         mem_mb=16000,
         runtime=24 * 60,
     shell:
-        "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib train --model {params.model} --labels {input.labels:q} --split {input.split:q}"
+        "JIBJIB_TF_LOG={log.tensorflow:q} {params.launch} python -m jibjib train --model {params.model} --labels {input.labels:q} --split {input.split:q}"
         " --features-dir results/features --out-dir results/models/{params.model}"
         " --packed {input.packed:q} --settings {params.settings:q} --threads {threads} 2> {log.job:q}"
 
@@ -41,6 +44,7 @@ use rule train_vggish as train_convlstm with:
     params:
         model="convlstm",
         settings=lambda wildcards: training_settings("convlstm"),
+        launch=training_launcher,
     log:
         job="logs/train/convlstm.log",
         tensorflow="logs/train/convlstm.tensorflow.log",
