@@ -409,16 +409,23 @@ def train(
     batch_size = int(settings["batch_size"]) * replicas  # the global batch; the learning rate grows with it
     spec = input_spec(model, settings)
     train_ds = distribution.shard_input(
-        training_dataset(train_files, spec, batch_size, training=True, seed=seed, packs=packs))
+        training_dataset(train_files, spec, batch_size, training=True, seed=seed, packs=packs), batch_size, True)
     val_ds = (distribution.shard_input(training_dataset(val_files, spec, batch_size, training=False, seed=seed,
-                                                        packs=packs))
+                                                        packs=packs), batch_size, False)
               if len(val_files) else None)
 
     examples = example_counts(model, train_stamps, train_files["class_ids"], n_classes, settings)
     weights = class_weights(examples) if settings["class_balance"] == "weights" else np.ones(n_classes)
     n_background = int(background_rows(train_files).sum())
     all_examples = examples_per_file(train_stamps, spec.seq_len, spec.short_files).sum()  # background files too
-    steps_per_epoch = max(1, -(-int(all_examples) // batch_size))
+    if distribution.workers > 1:  # only full batches (see shard_input)
+        if all_examples < batch_size:
+            raise ValueError(f"{int(all_examples)} training examples make no full batch of {batch_size} "
+                             f"({settings['batch_size']} on each of {replicas} replicas): lower batch_size "
+                             "or use fewer workers")
+        steps_per_epoch = int(all_examples) // batch_size
+    else:
+        steps_per_epoch = max(1, -(-int(all_examples) // batch_size))
     monitor = "val_loss" if val_ds is not None else "loss"
     inputs = training_inputs(model, settings, Path(labels_tsv), Path(split_tsv),
                              pd.concat([train_files, val_files]), train_stamps + val_stamps,

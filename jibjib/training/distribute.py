@@ -90,15 +90,22 @@ class Distribution:
         model.train_step = _scalars_as_vectors(model.train_step)
         model.test_step = _scalars_as_vectors(model.test_step)
 
-    def shard_input(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+    def shard_input(self, dataset: tf.data.Dataset, batch_size: int, training: bool) -> tf.data.Dataset:
         """`dataset` as the workers split it: every worker runs the same (seeded) pipeline and keeps its share
-        of each global batch. Without several workers, unchanged.
+        of each global batch of `batch_size`. Without several workers, unchanged.
 
+        In training the last, partial batch of an epoch is dropped (the
+        examples are reshuffled each epoch, so each time others): split over
+        the replicas it could leave one of them an empty batch, whose
+        BatchNorm statistics are NaN and would spread to the weights.
+        Evaluation keeps it (BatchNorm then uses its moving statistics).
         (The pipelines read from arrays and numpy functions, not files, so
         tf.data's FILE sharding could not apply; DATA is said, not guessed.)
         """
         if self.workers == 1:
             return dataset
+        if training:
+            dataset = dataset.rebatch(batch_size, drop_remainder=True)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return dataset.with_options(options)
