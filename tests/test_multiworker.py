@@ -4,7 +4,8 @@ Needs the single-node test cluster of tests/slurm/start.sh, like
 test_slurm.py (skipped without it, failed under JIBJIB_REQUIRE_SLURM=1).
 The two tasks are CPU workers on the one node, on localhost ports. The job
 is submitted with sbatch and starts the tasks with srun, as the training
-rules do with train.tasks_per_node > 1.
+rules do with train.tasks_per_node > 1 (whose resources and shell the last
+test checks in a dry run).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import REPO, REPO_ENV
+from conftest import REPO, REPO_ENV, run_snakemake
 from test_slurm import _require_cluster
 from test_train import TINY_CONVLSTM, tiny  # noqa: F401 - the fixture
 
@@ -108,3 +109,21 @@ def test_two_tasks_train_one_model_and_resume_after_scancel(tiny: Path) -> None:
     assert not [p for p in tiny.rglob("*") if ".tmp-" in p.name]
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints == ["history.tsv", "state.json"], checkpoints
+
+
+def test_training_rule_starts_one_process_per_task_only_inside_slurm(tree: Path, tmp_path: Path) -> None:
+    """The rule's resources and shell for 2 nodes x 2 tasks (a dry run: no cluster needed)."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    config = {"data_dir": str(tree), "models": ["convlstm"],
+              "train": {"nodes": 2, "tasks_per_node": 2, "gpus_per_task": 1}}
+    result = run_snakemake(workdir, "--dry-run", "--printshellcmds", "results/models/convlstm/model.keras",
+                           config=config)
+    log = result.stdout + result.stderr
+    block = log[log.index("rule train_convlstm:"):]
+    resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+    for resource in ("nodes=2", "mpi=srun", "tasks_per_node=2", "gres=gpu:2"):
+        assert resource in resources, resources
+    assert "gpu=" not in resources.replace("gres=gpu", "")  # no --gpus beside the per-node --gres
+    assert ("${SLURM_JOB_ID:+srun --nodes=2 --ntasks=4 --ntasks-per-node=2 --cpus-per-task=2 "
+            "--distribution=block --kill-on-bad-exit=1} python -m jibjib train") in block
