@@ -132,6 +132,17 @@ def cmd_pack(args: argparse.Namespace) -> None:
           f"({counts['read']} read from their npz, {counts['reused']} kept from the previous pack)", file=sys.stderr)
 
 
+def cmd_embed(args: argparse.Namespace) -> None:
+    _tensorflow_threads(args.threads)
+    from .embeddings.cache import embed_shard
+
+    counts = embed_shard(args.packed, args.cut, args.checkpoint, args.seed, args.array, args.index)
+    weights = f"checkpoint {args.checkpoint}" if args.checkpoint else f"random weights of seed {args.seed}"
+    print(f"embed {Path(args.packed).stem}: {counts['files']} files, {counts['patches']} patches, output of "
+          f"{args.cut} ({weights}; {counts['computed']} computed, {counts['reused']} kept from the previous cache)",
+          file=sys.stderr)
+
+
 def cmd_qc(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -220,7 +231,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     settings = _json("--settings", args.settings)  # before TensorFlow loads: a typo costs no wait
     from .train import train
 
-    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, settings, args.packed)
+    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, settings, args.packed,
+                   args.embeddings)
     if "worker" in report:  # another worker than the chief of a multi-worker run: the chief reports
         print(f"train {args.model}: worker {report['worker']} done", file=sys.stderr)
         return
@@ -456,6 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="path, row, frames, content of each file (TSV)")
     p.set_defaults(func=cmd_pack)
 
+    from .embeddings.cut import CACHEABLE_CUTS  # standard library only, like the rest of the parser
+
+    p = sub.add_parser("embed", help="one packed shard through the frozen VGGish trunk: the embedding cache")
+    p.add_argument("--packed", required=True, type=_input_file, help="the shard's packed index (jibjib pack)")
+    p.add_argument("--cut", required=True, choices=CACHEABLE_CUTS,
+                   help="the last frozen trunk layer, whose output is cached (fc2 for trainable: head)")
+    p.add_argument("--checkpoint", help="vggish.checkpoint (default: random weights from --seed, as training has)")
+    p.add_argument("--seed", type=int, default=0, help="train.seed: draws the random trunk without a checkpoint")
+    p.add_argument("--array", required=True, help="the cached outputs (.npy, float32 (patches, floats))")
+    p.add_argument("--index", required=True, help="path, row, patches, content, cut, trunk of each file (TSV)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
+    p.set_defaults(func=cmd_embed)
+
     p = sub.add_parser("qc", help="the QC table (results/qc/files.tsv) from the species manifests")
     p.add_argument("--data-dir", required=True, type=_input_dir)
     p.add_argument("--manifests", nargs="+", required=True, type=_input_file)
@@ -494,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
     p.add_argument("--packed", nargs="+", metavar="INDEX_TSV",
                    help="read examples from these packed shards (jibjib pack) instead of each file's npz")
+    p.add_argument("--embeddings", nargs="+", metavar="INDEX_TSV",
+                   help="VGGish with a frozen trunk: train the layers after the cut from these embedding caches "
+                        "(jibjib embed)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, figures and thresholds of a trained model on the test split")

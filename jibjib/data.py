@@ -191,7 +191,7 @@ def _load_units(path: bytes, seed: int, unit: int, short: str, random_offset: bo
     return to_sequences(patches, unit, "skip" if tile else short)
 
 
-def _seed_pairs(seed: int, rerandomize: bool) -> tf.data.Dataset:
+def seed_pairs(seed: int, rerandomize: bool) -> tf.data.Dataset:
     """An endless stream of stateless-op seeds (shape [2]), new each epoch when `rerandomize`."""
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize).batch(2)
 
@@ -238,10 +238,10 @@ def training_dataset(files: pd.DataFrame, spec: InputSpec, batch_size: int, trai
     else:
         ds = _npz_batches(files, targets, spec, aug, read_size, training, seed)
     if training and (aug.background_probability > 0 and background_rows(files).any() or aug.changes_examples):
-        ds = tf.data.Dataset.zip(ds, _seed_pairs(seed + 4, True)).map(
+        ds = tf.data.Dataset.zip(ds, seed_pairs(seed + 4, True)).map(
             lambda batch, s: _augment(batch, s, aug, spec), num_parallel_calls=AUTOTUNE, deterministic=True)
     if training and aug.mixup_probability > 0:
-        ds = tf.data.Dataset.zip(ds, _seed_pairs(seed + 5, True)).map(
+        ds = tf.data.Dataset.zip(ds, seed_pairs(seed + 5, True)).map(
             lambda batch, s: _mixup(batch, s, aug), num_parallel_calls=AUTOTUNE, deterministic=True)
     smoothing = spec.label_smoothing if training else 0.0
     ds = ds.map(lambda batch: _model_io(batch, spec, smoothing))
@@ -262,7 +262,7 @@ def _npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug:
         order = _weighted_draws(balanced_draw_weights(files, examples), n, seed + 1)
     elif training:
         order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = tf.data.Dataset.zip(order, _seed_pairs(seed + 2, training))
+    ds = tf.data.Dataset.zip(order, seed_pairs(seed + 2, training))
     ds = ds.interleave(_read(paths, targets, spec, aug.random_offsets, tile=False),
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     if training:
@@ -293,7 +293,7 @@ def _npz_background(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, a
         return None
     paths = files["feature"].to_numpy(str)[is_background]
     order = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed + 6, reshuffle_each_iteration=True)
-    ds = tf.data.Dataset.zip(order.repeat(), _seed_pairs(seed + 7, True))
+    ds = tf.data.Dataset.zip(order.repeat(), seed_pairs(seed + 7, True))
     ds = ds.interleave(_read(paths, targets[is_background], spec, True, tile=True),
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.shuffle(256, seed=seed + 8, reshuffle_each_iteration=True).map(lambda units, mask, target: units)
@@ -335,22 +335,31 @@ class PackedExamples:
         return len(self.file)
 
 
+def example_order(files: pd.DataFrame, example_file: np.ndarray, class_balance: str, training: bool,
+                  seed: int) -> tf.data.Dataset:
+    """The example indices (int64) of one epoch, example i belonging to file `example_file[i]` of `files`.
+
+    Training: a permutation of every example, new each epoch (an exact
+    shuffle across files), or with class_balance "sampling" as many draws in
+    which every stratum is as likely as the others and every example of a
+    stratum equally likely. Otherwise every example once, in order.
+    """
+    n = len(example_file)
+    if training and class_balance == "sampling":
+        weights = balanced_draw_weights(files, np.bincount(example_file, minlength=len(files)))[example_file]
+        return _weighted_draws(weights / weights.sum(), n, seed + 1)
+    if training:
+        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(
+            lambda s: tf.data.Dataset.from_tensor_slices(
+                tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), tf.stack([s, 0]))))
+    return tf.data.Dataset.range(n)
+
+
 def _packed_batches(files: pd.DataFrame, targets: np.ndarray, packs: PackedFeatures, spec: InputSpec,
                     aug: Augmentation, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
     """Batches {units, mask, target[, background]} gathered from the packed features, one read call per batch."""
     examples = PackedExamples.of(files, packs, spec)
-    n = len(examples)
-    if training and spec.class_balance == "sampling":
-        # Every example of a stratum equally likely, every stratum as likely as the others.
-        weights = balanced_draw_weights(files, np.bincount(examples.file, minlength=len(files)))[examples.file]
-        order = _weighted_draws(weights / weights.sum(), n, seed + 1)
-    elif training:
-        # A permutation of every example of the split, new each epoch: an exact shuffle across files.
-        order = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(
-            lambda s: tf.data.Dataset.from_tensor_slices(
-                tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), tf.stack([s, 0]))))
-    else:
-        order = tf.data.Dataset.range(n)
+    order = example_order(files, examples.file, spec.class_balance, training, seed)
     background = None
     if training and aug.background_probability > 0 and background_rows(files).any():
         is_background = background_rows(files)

@@ -43,6 +43,10 @@ from .data import (  # noqa: E402
     FeatureStamp, InputSpec, background_rows, class_weights, examples_per_file, file_stamps, split_files, target_matrix,
     training_dataset,
 )
+from .embeddings import CachePlan, cache_plan  # noqa: E402
+from .embeddings.cache import EmbeddingCache  # noqa: E402
+from .embeddings.dataset import applied_augmentation, embedding_dataset  # noqa: E402
+from .embeddings.trunk import frozen_weights_digest, head_model, trunk_of  # noqa: E402
 from .models import convlstm_classifier, vggish_classifier  # noqa: E402
 from .packed import PackedFeatures  # noqa: E402
 from .tflog import quiet_python_logging  # noqa: E402
@@ -118,7 +122,7 @@ class _EpochLog(keras.callbacks.Callback):
         self.started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        row = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.started, 1)}
+        row = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.started, 3)}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         frame = pd.DataFrame([row])
         write_header = not self.path.exists()
@@ -136,6 +140,7 @@ TRAINING_INPUTS = {  # what a saved state must share with this run to be resumed
     "features": "the feature files (content or front end)",
     "vggish_checkpoint": "the content of vggish.checkpoint",
     "input": "the training input (packed or per-file npz)",
+    "embeddings": "the embedding cache (jibjib embed)",
     "jibjib": "the jibjib version",
 }
 
@@ -156,7 +161,8 @@ def checkpoint_digest(path: str | os.PathLike) -> str:
 
 
 def training_inputs(model: str, settings: dict[str, Any], labels_tsv: Path, split_tsv: Path,
-                    files: pd.DataFrame, stamps: list[FeatureStamp], input_kind: str = "npz") -> dict[str, str]:
+                    files: pd.DataFrame, stamps: list[FeatureStamp], input_kind: str = "npz",
+                    embeddings: list[str | os.PathLike] | None = None) -> dict[str, str]:
     """A digest of each thing a training run is computed from (the keys of TRAINING_INPUTS)."""
     checkpoint = settings.get("checkpoint") if model == "vggish" else None
     return {
@@ -170,6 +176,9 @@ def training_inputs(model: str, settings: dict[str, Any], labels_tsv: Path, spli
                                    for path, stamp in zip(files["path"], stamps))),
         "vggish_checkpoint": checkpoint_digest(checkpoint) if checkpoint else "none",
         "input": input_kind,  # packed features are float16: the same run, not the same numbers
+        # The cache indexes name each file's content, the cut and the frozen weights' digest.
+        "embeddings": (_sha256_text(*(fsutil.sha256_file(path) for path in embeddings)) if embeddings
+                       else "none"),
         "jibjib": __version__,
     }
 
@@ -313,6 +322,25 @@ class _RunState(keras.callbacks.Callback):
         self._remove_states()
 
 
+def _cached_datasets(net: keras.Model, cut: str, embeddings: list[str | os.PathLike], train_files: pd.DataFrame,
+                     val_files: pd.DataFrame, spec: InputSpec, batch_size: int, seed: int
+                     ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    """Training and validation batches from the cache, after checking it holds this run's frozen trunk."""
+    cache = EmbeddingCache.open(embeddings)
+    wanted = (cut, frozen_weights_digest(trunk_of(net), cut))
+    used = cache.locate(pd.concat([train_files, val_files])["path"])
+    if set(zip(used["cut"], used["trunk"])) - {wanted}:
+        raise ValueError(f"the embedding cache was computed with another frozen trunk than this run's (cut "
+                         f"{cut}, weights {wanted[1][:12]}): run jibjib embed again with this run's "
+                         "vggish.checkpoint, vggish.trainable and train.seed")
+    train_x, train_of = cache.gather(train_files["path"])
+    train_ds = embedding_dataset(train_files, train_x, train_of, spec, batch_size, training=True, seed=seed)
+    if not len(val_files):
+        return train_ds, None
+    val_x, val_of = cache.gather(val_files["path"])
+    return train_ds, embedding_dataset(val_files, val_x, val_of, spec, batch_size, training=False, seed=seed)
+
+
 @keras.saving.register_keras_serializable(package="jibjib")
 class ClassWeightedCrossentropy(keras.losses.Loss):
     """Cross-entropy from logits with each class weighted, in the loss itself.
@@ -352,6 +380,20 @@ def example_counts(model: str, stamps: list[FeatureStamp], class_ids: pd.Series,
     return (target_matrix(class_ids, n_classes) * units[:, None]).sum(axis=0)
 
 
+def embedding_plan(model: str, settings: dict[str, Any], embeddings: list | None) -> CachePlan | None:
+    """How a VGGish run uses the embedding cache (None for another model); raises if `embeddings` cannot serve it."""
+    if model != "vggish":
+        if embeddings:
+            raise ValueError(f"--embeddings serve only a VGGish run with a frozen trunk, not {model}")
+        return None
+    plan = cache_plan(settings["trainable"], settings.get("embedding_cache", "auto"))
+    if embeddings and not plan.used:
+        raise ValueError(f"--embeddings given, but the run cannot train from them: {plan.reason}")
+    if plan.used and not embeddings:
+        return dataclasses.replace(plan, cut=None, reason="no embedding cache given (--embeddings, jibjib embed)")
+    return plan
+
+
 def software_versions() -> dict[str, str]:
     """What produced a model: recorded in train.json and in the export's model card."""
     return {"jibjib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
@@ -366,11 +408,15 @@ def train(
     out_dir: str | os.PathLike,
     settings: dict[str, Any],
     packed: list[str | os.PathLike] | None = None,
+    embeddings: list[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Train `model` ("vggish" or "convlstm"); writes model.keras, history.tsv and train.json.
 
     With `packed` (the index files of jibjib.packed) the examples are read
-    from the packed features; without, from each file's npz. The shipped
+    from the packed features; without, from each file's npz. With
+    `embeddings` (the index files of jibjib.embeddings, for a VGGish run
+    with a frozen trunk) only the layers after the cut train, from the cached
+    trunk outputs; model.keras is still the whole classifier. The shipped
     model has the weights of the best epoch of the whole run (lowest val_loss,
     or loss without a val split), across resumes.
     """
@@ -399,6 +445,8 @@ def train(
         train_files, val_files = (f[~background_rows(f)].reset_index(drop=True) for f in (train_files, val_files))
     if train_files.empty:
         raise ValueError(f"{split_tsv} has no training files")
+    plan = embedding_plan(model, settings, embeddings)
+    cached = plan is not None and plan.used
     packs = PackedFeatures.open(packed) if packed else None
     train_stamps, val_stamps = (file_stamps(f, packs) for f in (train_files, val_files))
 
@@ -408,11 +456,11 @@ def train(
         keras.mixed_precision.set_global_policy("mixed_float16")
     batch_size = int(settings["batch_size"]) * replicas  # the global batch; the learning rate grows with it
     spec = input_spec(model, settings)
-    train_ds = distribution.shard_input(
-        training_dataset(train_files, spec, batch_size, training=True, seed=seed, packs=packs), batch_size, True)
-    val_ds = (distribution.shard_input(training_dataset(val_files, spec, batch_size, training=False, seed=seed,
-                                                        packs=packs), batch_size, False)
-              if len(val_files) else None)
+    applied, dropped = applied_augmentation(spec.augmentation) if cached else (spec.augmentation.active(), [])
+    if not cached:
+        train_ds = training_dataset(train_files, spec, batch_size, training=True, seed=seed, packs=packs)
+        val_ds = (training_dataset(val_files, spec, batch_size, training=False, seed=seed, packs=packs)
+                  if len(val_files) else None)
 
     examples = example_counts(model, train_stamps, train_files["class_ids"], n_classes, settings)
     weights = class_weights(examples) if settings["class_balance"] == "weights" else np.ones(n_classes)
@@ -426,10 +474,10 @@ def train(
         steps_per_epoch = int(all_examples) // batch_size
     else:
         steps_per_epoch = max(1, -(-int(all_examples) // batch_size))
-    monitor = "val_loss" if val_ds is not None else "loss"
+    monitor = "val_loss" if len(val_files) else "loss"
     inputs = training_inputs(model, settings, Path(labels_tsv), Path(split_tsv),
                              pd.concat([train_files, val_files]), train_stamps + val_stamps,
-                             "packed" if packs is not None else "npz")
+                             "packed" if packs is not None else "npz", embeddings if cached else None)
     state = _RunState(checkpoints, inputs, monitor, settings["patience"], settings["epochs"],
                       settings.get("checkpoint_every_epochs", 1), writes=chief)
     # Every worker has read the saved state; none may start from another epoch than the chief.
@@ -442,13 +490,25 @@ def train(
 
     with distribution.strategy.scope():
         net = build_model(model, n_classes, settings)
+        # From the cache only the layers after the cut train; they are the classifier's own layers.
+        trained = head_model(net, plan.cut) if cached else net
         metric = (keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if settings["multi_label"]
                   else keras.metrics.CategoricalAccuracy(name="accuracy"))
-        net.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, replicas, steps_per_epoch), epsilon=1e-8),
-                    loss=ClassWeightedCrossentropy(weights.tolist(), settings["multi_label"]), metrics=[metric])
+        trained.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, replicas, steps_per_epoch),
+                                                        epsilon=1e-8),
+                        loss=ClassWeightedCrossentropy(weights.tolist(), settings["multi_label"]), metrics=[metric])
         if state.resumed:
-            state.restore(net)
-    distribution.build_for_fit(net, train_ds.element_spec)
+            state.restore(trained)
+    if cached:
+        train_ds, val_ds = _cached_datasets(net, plan.cut, embeddings, train_files, val_files, spec, batch_size, seed)
+        print(f"train {model}: the head trains from the embedding cache (output of {plan.cut}); augmentation "
+              f"in embedding space is mixup only" + (f", not {', '.join(dropped)}" if dropped else ""),
+              file=sys.stderr, flush=True)
+    elif plan is not None and plan.reason and settings["trainable"] != "all":
+        print(f"train {model}: no embedding cache: {plan.reason}", file=sys.stderr, flush=True)
+    train_ds = distribution.shard_input(train_ds, batch_size, True)
+    val_ds = distribution.shard_input(val_ds, batch_size, False) if val_ds is not None else None
+    distribution.build_for_fit(trained, train_ds.element_spec)
 
     history_path = checkpoints / "history.tsv"
     # The history row goes first: a kill before the state is saved reruns
@@ -472,9 +532,9 @@ def train(
         )
     started = time.monotonic()
     if not done:
-        net.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], initial_epoch=state.epoch,
-                callbacks=callbacks, verbose=0, shuffle=False)  # the datasets shuffle themselves
-    state.use_best_weights(net)
+        trained.fit(train_ds, validation_data=val_ds, epochs=settings["epochs"], initial_epoch=state.epoch,
+                    callbacks=callbacks, verbose=0, shuffle=False)  # the datasets shuffle themselves
+    state.use_best_weights(trained)
     if not chief:
         return {"model": model, "worker": distribution.worker, "epochs_completed": state.epoch,
                 "seconds": round(time.monotonic() - started, 1)}
@@ -491,7 +551,9 @@ def train(
         "n_val_files": len(val_files),
         "train_examples_per_class": [int(n) for n in examples],
         "n_train_background_files": n_background,
-        "augmentation": dataclasses.asdict(spec.augmentation.active()),
+        "augmentation": dataclasses.asdict(applied),
+        "embedding_cache": ({"used": True, "cut": plan.cut, "augmentation_not_applied": dropped} if cached
+                            else {"used": False, "reason": plan.reason} if plan is not None else None),
         "class_weights": [round(float(w), 6) for w in weights],
         "epochs_completed": int(len(history)),
         "stopped_early": state.stopped,
@@ -502,7 +564,7 @@ def train(
         "resume_refused_because": state.refused_because,
         "inputs": inputs,
         "trunk_initialisation": "checkpoint" if model == "vggish" and settings.get("checkpoint") else "random",
-        "input": "packed" if packs is not None else "npz",
+        "input": "embeddings" if cached else "packed" if packs is not None else "npz",
         "seconds": round(time.monotonic() - started, 1),
         "devices": {"replicas": replicas, "gpus": len(gpus), "workers": distribution.workers},
         "versions": software_versions(),

@@ -12,7 +12,8 @@ from snakemake.utils import validate
 
 # The rules call the package from this checkout, installed or not.
 sys.path.insert(0, workflow.basedir)
-from jibjib.config import ConfigError, analysis_models, check_analysis, check_config  # noqa: E402
+from jibjib.config import ConfigError, analysis_models, check_analysis, check_config, checkpoint_prefix  # noqa: E402
+from jibjib.embeddings import cache_plan  # noqa: E402
 from jibjib.inventory import shard_species  # noqa: E402
 
 
@@ -127,6 +128,43 @@ def training_launcher(wildcards, threads):
         return ""
     return (f"${{SLURM_JOB_ID:+srun --nodes={nodes} --ntasks={nodes * per_node} --ntasks-per-node={per_node}"
             f" --cpus-per-task={threads} --distribution=block --kill-on-bad-exit=1}}")
+
+
+# Whether VGGish's head trains from the embedding cache (rule embed), and why not.
+EMBEDDING_PLAN = cache_plan(config["vggish"]["trainable"], config["vggish"]["embedding_cache"])
+EMBEDDINGS_USED = "vggish" in config["models"] and EMBEDDING_PLAN.used
+
+
+def embedding_indexes(model):
+    """Every shard's embedding index when `model` trains from the cache; none otherwise."""
+    if model != "vggish" or not EMBEDDINGS_USED:
+        return []
+    return expand("results/embeddings/{shard}.tsv", shard=SHARDS)
+
+
+def embeddings_option(model):
+    """`--embeddings <index>...` for jibjib train, or nothing."""
+    indexes = embedding_indexes(model)
+    return " ".join(["--embeddings", *map(shlex.quote, indexes)]) if indexes else ""
+
+
+def vggish_checkpoint_files():
+    """The files of vggish.checkpoint (a V1 file, or a V2 prefix's index and data): a new checkpoint reruns embed."""
+    # (Not named `checkpoint`: a Snakemake keyword.)
+    vggish_checkpoint = config["vggish"]["checkpoint"]
+    if not vggish_checkpoint:
+        return []
+    prefix = Path(checkpoint_prefix(str(vggish_checkpoint)))
+    return [str(prefix)] if prefix.is_file() else sorted(map(str, prefix.parent.glob(f"{prefix.name}.*")))
+
+
+def embed_weights_options():
+    """Where the frozen trunk's weights come from: the checkpoint, or train.seed's random draw
+    (only then is the seed a parameter of embed, so a seed change without a checkpoint reruns it)."""
+    vggish_checkpoint = config["vggish"]["checkpoint"]
+    if vggish_checkpoint:
+        return f"--checkpoint={shlex.quote(str(vggish_checkpoint))}"
+    return f"--seed={int(config['train']['seed'])}"
 
 
 def training_settings(model):

@@ -1,4 +1,5 @@
-# Stage 3: packed features + labels + split -> trained Keras models (results/models/<model>/).
+# Stage 3: packed features + labels + split -> trained Keras models (results/models/<model>/);
+# VGGish with a frozen trunk trains its head from the embedding cache (embeddings.smk).
 # Tagged gpu=1 (train.gpus_per_task) so a workstation runs one training per GPU
 # and a SLURM profile sends them to GPU nodes; on a machine without GPUs they
 # run on the CPU. With train.nodes x train.tasks_per_node > 1 a SLURM job runs
@@ -12,6 +13,7 @@ rule train_vggish:
         split="results/split.tsv",
         features=feature_manifests(),
         packed=packed_indexes(),
+        embeddings=embedding_indexes("vggish"),
     output:
         model="results/models/vggish/model.keras",
         history="results/models/vggish/history.tsv",
@@ -20,6 +22,7 @@ rule train_vggish:
         model="vggish",
         settings=lambda wildcards: training_settings("vggish"),
         launch=training_launcher,
+        embeddings=embeddings_option("vggish"),
     log:
         job="logs/train/vggish.log",
         tensorflow="logs/train/vggish.tensorflow.log",
@@ -33,10 +36,15 @@ rule train_vggish:
     shell:
         "JIBJIB_TF_LOG={log.tensorflow:q} {params.launch} python -m jibjib train --model {params.model} --labels {input.labels:q} --split {input.split:q}"
         " --features-dir results/features --out-dir results/models/{params.model}"
-        " --packed {input.packed:q} --settings {params.settings:q} --threads {threads} 2> {log.job:q}"
+        " --packed {input.packed:q} {params.embeddings} --settings {params.settings:q} --threads {threads} 2> {log.job:q}"
 
 
 use rule train_vggish as train_convlstm with:
+    input:
+        labels="results/labels.tsv",
+        split="results/split.tsv",
+        features=feature_manifests(),
+        packed=packed_indexes(),
     output:
         model="results/models/convlstm/model.keras",
         history="results/models/convlstm/history.tsv",
@@ -45,6 +53,7 @@ use rule train_vggish as train_convlstm with:
         model="convlstm",
         settings=lambda wildcards: training_settings("convlstm"),
         launch=training_launcher,
+        embeddings="",
     log:
         job="logs/train/convlstm.log",
         tensorflow="logs/train/convlstm.tensorflow.log",

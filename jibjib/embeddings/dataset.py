@@ -1,0 +1,73 @@
+"""Training batches of cached trunk outputs: what the head of a frozen VGGish trains on.
+
+The split's cached rows are held in memory (float32: 512 bytes a patch for
+the 128-d embedding, 16 kB for a cut after fc1): a corpus of a million
+patches takes 0.5 GB. Examples are the files' patches at the patch grid from
+frame 0, as `jibjib.data` cuts them without random offsets; each epoch is an
+exact shuffle of all of them (or, with class_balance: sampling, per-example
+balanced draws), with the targets, label smoothing and class weights of the
+ordinary input.
+
+Augmentation: only mixup applies, in embedding space (two examples' cached
+outputs and targets interpolated by the same weight, as BirdNET-Analyzer
+mixes embeddings). Every other step changes the log-mel before the trunk
+(random offsets, gain, background mixing, time and frequency masks,
+low-pass), which a cache computed once cannot see; `applied_augmentation`
+says what is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from ..data import InputSpec, example_order, file_targets, seed_pairs
+from ..training.augment import Augmentation, mixup_batch
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def applied_augmentation(aug: Augmentation) -> tuple[Augmentation, list[str]]:
+    """The part of `aug` that applies to cached outputs (mixup only), and the names of the steps dropped."""
+    active = aug.active()
+    dropped = [name for name, on in (
+        ("random_offsets", active.random_offsets), ("gain_db", active.gain_db > 0),
+        ("background_probability", active.background_probability > 0), ("time_masks", active.time_masks > 0),
+        ("freq_masks", active.freq_masks > 0), ("lowpass_probability", active.lowpass_probability > 0)) if on]
+    kept = dataclasses.replace(active, random_offsets=False, gain_db=0.0, background_probability=0.0,
+                               time_masks=0, freq_masks=0, lowpass_probability=0.0)
+    return kept, dropped
+
+
+def embedding_dataset(files: pd.DataFrame, embeddings: np.ndarray, file_of: np.ndarray, spec: InputSpec,
+                      batch_size: int, training: bool, seed: int = 0) -> tf.data.Dataset:
+    """Batches of (cached outputs (B, floats) float32, targets (B, classes) float32).
+
+    `embeddings` holds every patch of `files` (EmbeddingCache.gather), row r
+    belonging to file `file_of[r]`. With `training` the order is reshuffled
+    each epoch and mixup (the only augmentation of spec that applies) is on.
+    """
+    aug = applied_augmentation(spec.augmentation)[0] if training else Augmentation(enabled=False).active()
+    order = example_order(files, file_of, spec.class_balance, training, seed)
+    targets = tf.constant(file_targets(files, spec))
+    rows_file = tf.constant(file_of)
+    width = embeddings.shape[1]
+
+    def read(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # numpy_function, not a tf.constant: a cut after fc1 can make the array larger than a graph may hold.
+        x = tf.numpy_function(lambda i: embeddings[i], [ids], tf.float32)
+        return tf.ensure_shape(x, [None, width]), tf.gather(targets, tf.gather(rows_file, ids))
+
+    ds = order.batch(batch_size).map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training and aug.mixup_probability > 0:
+        ds = tf.data.Dataset.zip(ds, seed_pairs(seed + 5, True)).map(
+            lambda batch, s: mixup_batch(batch[0], batch[1], s, aug.mixup_probability, aug.mixup_alpha),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+    smoothing = spec.label_smoothing if training else 0.0
+    if smoothing > 0:
+        share = 0.5 if spec.multi_label else 1.0 / spec.n_classes
+        ds = ds.map(lambda x, t: (x, t * (1.0 - smoothing) + smoothing * share))
+    return ds.prefetch(AUTOTUNE)
