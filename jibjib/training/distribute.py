@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -201,6 +202,11 @@ def _multi_worker(gpus_per_task: int | None) -> Distribution:
     if gpus == 0 and visible_before is None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # no worker takes a GPU it was not given
     strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    # The strategy's coordination service catches SIGTERM for its preemption notices (which nothing here
+    # uses), so scancel or the job's time limit left the workers training until SLURM's SIGKILL, KillWait
+    # later. The default action again: a worker stops at once, like a single-task training; the saved
+    # state is whole (atomic writes), so a resubmission resumes from it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return Distribution(strategy, workers=len(addresses), worker=worker, addresses=addresses)
 
 
