@@ -349,9 +349,12 @@ def example_order(files: pd.DataFrame, example_file: np.ndarray, class_balance: 
         weights = balanced_draw_weights(files, np.bincount(example_file, minlength=len(files)))[example_file]
         return _weighted_draws(weights / weights.sum(), n, seed + 1)
     if training:
-        return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(
+        shuffled = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1).flat_map(
             lambda s: tf.data.Dataset.from_tensor_slices(
                 tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), tf.stack([s, 0]))))
+        # flat_map hides the length; said (and checked), Keras knows an epoch's steps and does not warn of
+        # input that "ran out" at the end of every epoch.
+        return shuffled.apply(tf.data.experimental.assert_cardinality(n))
     return tf.data.Dataset.range(n)
 
 
