@@ -111,12 +111,21 @@ def learning_rate(settings: dict[str, Any], replicas: int, steps_per_epoch: int
 
 
 class _EpochLog(keras.callbacks.Callback):
-    """Appends each finished epoch to a TSV that survives a kill, and prints progress (the chief's callback)."""
+    """Records each finished epoch in a TSV that survives a kill, and prints progress (the chief's callback).
+
+    The whole table is rewritten atomically each epoch, so a reader (or a
+    resumed run) never sees it empty or with half a row.
+    """
 
     def __init__(self, path: Path, total_epochs: int) -> None:
         super().__init__()
         self.path, self.total_epochs = path, total_epochs
         self.started = time.monotonic()
+        self.rows = pd.DataFrame({"epoch": []})
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.path.exists():  # a resumed run's earlier epochs
+            self.rows = pd.read_csv(self.path, sep="\t")
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.monotonic()
@@ -124,10 +133,11 @@ class _EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {"epoch": epoch + 1, "seconds": round(time.monotonic() - self.started, 3)}
         row.update({k: float(v) for k, v in (logs or {}).items()})
-        frame = pd.DataFrame([row])
-        write_header = not self.path.exists()
-        with open(self.path, "a", encoding="utf-8") as f:
-            frame.to_csv(f, sep="\t", index=False, header=write_header, lineterminator="\n")
+        # An epoch run again after a kill replaces the row its first run left.
+        earlier = self.rows[self.rows["epoch"] < epoch + 1]
+        this = pd.DataFrame([row])
+        self.rows = pd.concat([earlier, this], ignore_index=True) if len(earlier) else this
+        fsutil.write_tsv(self.path, self.rows)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "seconds"))
         print(f"epoch {epoch + 1}/{self.total_epochs} ({row['seconds']} s): {shown}", file=sys.stderr, flush=True)
 
@@ -541,7 +551,6 @@ def train(
 
     fsutil.atomic_save(out / "model.keras", net.save)
     history = pd.read_csv(history_path, sep="\t") if history_path.exists() else pd.DataFrame({"epoch": []})
-    history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
     fsutil.write_tsv(out / "history.tsv", history)
     report = {
         "model": model,
