@@ -72,13 +72,13 @@ MIN_SCORE = 0.5  # analyze's detection threshold here
 
 def soundscape(workdir: Path, minutes: int) -> tuple[Path, int]:
     """(path, number of songs) of a `minutes`-long 48 kHz soundscape, written unless already there."""
-    from jibjib import demo_soundscapes as ds
+    from jibjib.demo import soundscapes as ds
 
     path = workdir / f"soundscape-{minutes}min-{RATE // 1000}k-v{ds.GENERATOR_VERSION}.wav"
     count_path = path.with_suffix(".songs")
     if path.is_file() and count_path.is_file():
         return path, int(count_path.read_text())
-    from jibjib.demo import DEFAULT_SEED, _make_species, _species_names
+    from jibjib.demo.species import DEFAULT_SEED, _make_species, _species_names
 
     names = _species_names(DEFAULT_SEED, N_SPECIES)
     species = [_make_species(DEFAULT_SEED, i, name) for i, name in enumerate(names)]
@@ -166,8 +166,8 @@ def _report(**values: Any) -> None:
 def ceiling_worker(export: str, path: str, hop: float | None) -> None:
     """The model's forward pass over the file's windows, log-mel and windows made beforehand."""
     from jibjib.analysis.analyze import Analyzer
-    from jibjib.audio import read_audio
-    from jibjib.frontend import waveform_to_log_mel
+    from jibjib.features.audio import read_audio
+    from jibjib.features.frontend import waveform_to_log_mel
 
     analyzer = Analyzer(export, hop_seconds=hop)
     loaded_at = time.time()
@@ -219,7 +219,7 @@ def peer_worker(path: str, threads: int, mode: str) -> None:
     """BirdNET V2.4 over 3 s chunks at no overlap: reading the file as it goes ("stream") or from memory ("forward")."""
     import soundfile
 
-    from jibjib.resample import resample
+    from jibjib.features.resample import resample
 
     interpreter = _tflite_interpreter(birdnet_model(), threads)
     loaded_at = time.time()

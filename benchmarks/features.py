@@ -28,9 +28,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile  # noqa: E402
 
-from jibjib import fsutil  # noqa: E402
-from jibjib.features import extract_file, keep_freed_memory  # noqa: E402
-from jibjib.frontend import reference_log_mel  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.features.extract import extract_file, keep_freed_memory  # noqa: E402
+from jibjib.features.frontend import reference_log_mel  # noqa: E402
 
 
 def synthetic_song(seconds: float, rate: int, seed: int) -> np.ndarray:

@@ -33,8 +33,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jibjib import fsutil  # noqa: E402
-from jibjib.qc import QCRow, write_manifest  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 
 LABELS = ["Alpha_one", "Beta_two", "Gamma_three", "Delta_four"]
 
@@ -42,7 +42,7 @@ LABELS = ["Alpha_one", "Beta_two", "Gamma_three", "Delta_four"]
 def make_corpus(root: Path, n_files: int, patches_per_file: int) -> None:
     """Random log-mel npz files (a partial patch at the end of each), all in train; their QC manifest,
     split.tsv, labels.tsv and the packed features."""
-    from jibjib.packed import pack_shard
+    from jibjib.packing import pack_shard
 
     rng = np.random.default_rng(0)
     rows = []
@@ -69,7 +69,7 @@ def settings(args: argparse.Namespace, cache: str) -> dict:
 
 def epoch_seconds(root: Path, out: str, args: argparse.Namespace, cache: str) -> tuple[float, list[float]]:
     """(fastest epoch after the first, every epoch) of one training run, in seconds, from its history."""
-    from jibjib.train import train
+    from jibjib.training.run import train
 
     train("vggish", root / "split.tsv", root / "labels.tsv", root / "features", root / out, settings(args, cache),
           packed=[root / "packed/shard-00.tsv"],

@@ -49,9 +49,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jibjib.features import update_species  # noqa: E402
-from jibjib.inventory import shard_species  # noqa: E402
-from jibjib.qc import write_manifest  # noqa: E402
+from jibjib.features.extract import update_species  # noqa: E402
+from jibjib.features.inventory import shard_species  # noqa: E402
+from jibjib.features.qc import write_manifest  # noqa: E402
 
 RATE = 16000
 FILES_PER_SPECIES = 412  # 80,000 files in 194 species

@@ -42,10 +42,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jibjib.data import target_matrix  # noqa: E402
-from jibjib.exported import ExportAssets  # noqa: E402
-from jibjib.metrics import classification_metrics  # noqa: E402
-from jibjib.predict import read_waveform  # noqa: E402
+from jibjib.training.inputs.pipeline import target_matrix  # noqa: E402
+from jibjib.serving.exported import ExportAssets  # noqa: E402
+from jibjib.evaluation.metrics import classification_metrics  # noqa: E402
+from jibjib.serving.predict import read_waveform  # noqa: E402
 from jibjib.serving.tflite import VARIANTS, cut_windows, litert_scores, saved_model_scores  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def pykanto_windows(params, patches: int) -> np.ndarray:
     spec = importlib.util.find_spec("pykanto")
     if spec is None:
         raise SystemExit("--pykanto: pykanto is not installed (make setup installs it)")
-    from jibjib.audio import AudioError
+    from jibjib.features.audio import AudioError
 
     windows = []
     for path in sorted((Path(spec.submodule_search_locations[0]) / "data").rglob("*.wav")):

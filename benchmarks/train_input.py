@@ -32,8 +32,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jibjib import fsutil  # noqa: E402
-from jibjib.qc import QCRow, write_manifest  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 
 LABELS = ["Alpha_one", "Beta_two", "Gamma_three", "Delta_four"]
 
@@ -41,7 +41,7 @@ LABELS = ["Alpha_one", "Beta_two", "Gamma_three", "Delta_four"]
 def make_corpus(root: Path, n_files: int, patches_per_file: int) -> None:
     """Random log-mel npz files (a partial patch at the end of each), one in ten a background recording,
     all in train; their QC manifest, split.tsv, labels.tsv and the packed features."""
-    from jibjib.packed import pack_shard
+    from jibjib.packing import pack_shard
 
     rng = np.random.default_rng(0)
     rows = []
@@ -71,8 +71,8 @@ def drop_from_page_cache(root: Path) -> None:
 
 
 def datasets(root: Path, batch: int, augmented: bool) -> dict:
-    from jibjib.data import InputSpec, split_files, training_dataset
-    from jibjib.packed import PackedFeatures
+    from jibjib.training.inputs.pipeline import InputSpec, split_files, training_dataset
+    from jibjib.packing import PackedFeatures
     from jibjib.training.augment import Augmentation
 
     files = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "train")

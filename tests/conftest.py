@@ -165,8 +165,8 @@ def serving_exports(tiny_workflow: Path, tmp_path_factory) -> dict[str, Path]:
 
 def pack_files(root: Path) -> "PackedFeatures":
     """The packed features of every npz below root/features (one shard), for the packed training input."""
-    from jibjib.packed import PackedFeatures, pack_shard
-    from jibjib.qc import QCRow, write_manifest
+    from jibjib.packing import PackedFeatures, pack_shard
+    from jibjib.features.qc import QCRow, write_manifest
 
     features = root / "features"
     paths = sorted(str(f.relative_to(features).with_suffix(".wav")) for f in features.rglob("*.npz"))

@@ -23,9 +23,9 @@ import soundfile
 from conftest import REPO_ENV, TINY, chirp, run_snakemake, write_audio
 from jibjib.analysis.analyze import ANALYSED, REJECTED, REUSED, Analyzer, analyze_files, find_inputs
 from jibjib.analysis.tables import RAVEN_COLUMNS
-from jibjib.export import save_export, window_card
-from jibjib.frontend import hertz_to_mel
-from jibjib.params import VGGISH, WindowGrid
+from jibjib.serving.export import save_export, window_card
+from jibjib.features.frontend import hertz_to_mel
+from jibjib.core.params import VGGISH, WindowGrid
 
 LABELS = ["Other", "Tone"]
 TONE_HZ = 3000.0

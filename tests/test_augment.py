@@ -15,12 +15,12 @@ import yaml
 tf = pytest.importorskip("tensorflow")
 
 from conftest import pack_files  # noqa: E402
-from jibjib import fsutil  # noqa: E402
-from jibjib.data import InputSpec, file_targets, split_files, training_dataset  # noqa: E402
-from jibjib.frontend import log_mel  # noqa: E402
-from jibjib.packed import PackedFeatures  # noqa: E402
-from jibjib.params import VGGISH  # noqa: E402
-from jibjib.training.augment import (  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.training.inputs.pipeline import InputSpec, file_targets, split_files, training_dataset  # noqa: E402
+from jibjib.features.frontend import log_mel  # noqa: E402
+from jibjib.packing import PackedFeatures  # noqa: E402
+from jibjib.core.params import VGGISH  # noqa: E402
+from jibjib.training.augment import (
     Augmentation, augment_example, lowpass_gain, mel_band_hz, mix_in_power, mixup_batch, to_magnitude,
 )
 
@@ -241,8 +241,8 @@ def test_balanced_sampling_draws_classes_evenly(corpus: pd.DataFrame, source: Pa
 
 
 def test_training_refuses_several_species_under_softmax(tmp_path: Path) -> None:
-    from jibjib.errors import LabelError
-    from jibjib.train import train
+    from jibjib.core.errors import LabelError
+    from jibjib.training.run import train
 
     make_corpus(tmp_path)
     with pytest.raises(LabelError, match=r"one species per file, but 1 of the files name several \(Alpha_one,Beta_two/.*set multi_label: true"):

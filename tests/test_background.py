@@ -20,9 +20,12 @@ import pytest
 import yaml
 
 from conftest import PREPARATION_TARGETS, REPO, chirp, make_tree, run_snakemake, write_wav
-from jibjib import cli, metrics, predict
-from jibjib.labels import (DEFAULT_BACKGROUND, SPLITS, LabelError, assign_splits, folder_species, label_index,
-                           species_column)
+from jibjib import cli
+from jibjib.evaluation import metrics
+from jibjib.serving import predict
+from jibjib.labels.split import (
+    DEFAULT_BACKGROUND, SPLITS, LabelError, assign_splits, folder_species, label_index, species_column,
+)
 from test_labels import qc_rows
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}

@@ -24,14 +24,15 @@ import soundfile
 
 from conftest import PREPARATION_TARGETS as TARGETS
 from conftest import REPO_ENV, feature_command_peak_rss, run_snakemake, write_audio, write_wav
-from jibjib import audio, fsutil
-from jibjib.audio import read_audio
-from jibjib.config import check_data_dir, ConfigError
-from jibjib.features import extract_file, extract_species, min_sample_rate
-from jibjib.frontend import LogMelStream, waveform_to_log_mel
-from jibjib.params import VGGISH
-from jibjib.qc import read_qc
-from jibjib.resample import output_length
+from jibjib.features import audio
+from jibjib.core import fsutil
+from jibjib.features.audio import read_audio
+from jibjib.core.config import check_data_dir, ConfigError
+from jibjib.features.extract import extract_file, extract_species, min_sample_rate
+from jibjib.features.frontend import LogMelStream, waveform_to_log_mel
+from jibjib.core.params import VGGISH
+from jibjib.features.qc import read_qc
+from jibjib.features.resample import output_length
 
 
 def tones(seconds: float, rate: int, noise: float = 0.0) -> np.ndarray:

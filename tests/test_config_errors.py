@@ -19,7 +19,7 @@ import pytest
 from conftest import PREPARATION_TARGETS as TARGETS
 from conftest import REPO, WritesFile, chirp, make_tree, run_snakemake, write_wav
 from jibjib import cli
-from jibjib.config import ConfigError, check_checkpoint
+from jibjib.core.config import ConfigError, check_checkpoint
 
 
 @pytest.fixture
@@ -298,7 +298,7 @@ def test_loader_refuses_a_keras_model_that_would_run_code(tmp_path: Path) -> Non
     """A Keras model with a Lambda layer runs the layer's code when loaded unsafely; the
     checkpoint loader must refuse it by format and never get that far."""
     keras = pytest.importorskip("keras")
-    from jibjib.models import CheckpointError, load_vggish_checkpoint
+    from jibjib.models.networks import CheckpointError, load_vggish_checkpoint
 
     target = tmp_path / "pwned"
     inputs = keras.Input((2,))

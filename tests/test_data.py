@@ -11,8 +11,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from jibjib import fsutil  # noqa: E402
-from jibjib.data import InputSpec, class_weights, split_files, to_sequences, training_dataset  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.training.inputs.pipeline import (
+    InputSpec, class_weights, split_files, to_sequences, training_dataset,
+)  # noqa: E402
 from jibjib.training.augment import Augmentation  # noqa: E402
 
 PLAIN = Augmentation(enabled=False)
@@ -85,7 +87,7 @@ def test_class_weights_balance_the_classes() -> None:
 
 
 def test_feature_stamp_reads_headers_not_data(tmp_path: Path) -> None:
-    from jibjib.data import feature_stamp
+    from jibjib.training.inputs.pipeline import feature_stamp
 
     plain = tmp_path / "plain.npz"
     fsutil.save_npz(plain, log_mel=np.zeros((250, 64), np.float32))

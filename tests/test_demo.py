@@ -15,9 +15,9 @@ import pytest
 import scipy.signal
 import soundfile
 
-from jibjib import demo
-from jibjib.audio import read_audio
-from jibjib.demo import DEFAULT_SEED, MARKER_NAME, DemoSummary, make_demo
+from jibjib.demo import species as demo
+from jibjib.features.audio import read_audio
+from jibjib.demo.species import DEFAULT_SEED, MARKER_NAME, DemoSummary, make_demo
 
 # Seed 1 at 3 x 3 holds every subtype, mono and stereo, and all four rates (see test_small_set_is_varied).
 SMALL = dict(n_species=3, recordings_per_species=3, seed=1, slice_seconds=4.0, max_slices=3)
@@ -381,8 +381,8 @@ def test_default_demo_fills_every_split_for_every_species() -> None:
     """The demo's default seed with the workflow's default split config."""
     import yaml
 
-    from jibjib.labels import assign_splits
-    from jibjib.demo import _make_species, _plan, _species_names
+    from jibjib.labels.split import assign_splits
+    from jibjib.demo.species import _make_species, _plan, _species_names
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["split"]
     names = _species_names(DEFAULT_SEED, 8)

@@ -13,15 +13,15 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from conftest import PREPARATION_TARGETS, make_tree, run_snakemake  # noqa: E402
-from jibjib import fsutil  # noqa: E402
-from jibjib.config import _TF_TABLE_MAGIC  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.core.config import _TF_TABLE_MAGIC  # noqa: E402
 from jibjib.embeddings import CACHEABLE_CUTS, MAX_FLOATS_PER_PATCH, cache_plan  # noqa: E402
 from jibjib.embeddings.cache import EmbeddingCache, embed_shard  # noqa: E402
 from jibjib.embeddings.cut import _LAST_FROZEN  # noqa: E402
 from jibjib.embeddings.trunk import frozen_part, frozen_weights_digest, head_model, seeded_trunk, trunk_of  # noqa: E402
-from jibjib.models import load_for_inference, vggish_trunk  # noqa: E402
-from jibjib.packed import PackedFeatures, pack_shard  # noqa: E402
-from jibjib.qc import QCRow, write_manifest  # noqa: E402
+from jibjib.models.networks import load_for_inference, vggish_trunk  # noqa: E402
+from jibjib.packing import PackedFeatures, pack_shard  # noqa: E402
+from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 
 from test_reruns import planned  # noqa: E402
 
@@ -107,7 +107,7 @@ def test_cache_is_what_the_frozen_trunk_computes(features: Path) -> None:
     assert np.abs(expected).max() > 1e-3  # not a trivially equal zero
     assert list(np.bincount(file_of)) == [int(f) // 96 for f in index["frames"]]
     # The trunk a training run builds (seeded, then the whole classifier) has the weights the cache names.
-    from jibjib.train import build_model
+    from jibjib.training.run import build_model
 
     import keras
 
@@ -153,7 +153,7 @@ def settings(**changes) -> dict:
 
 
 def train_run(root: Path, out: str, embeddings: bool = True, **changes) -> dict:
-    from jibjib.train import train
+    from jibjib.training.run import train
 
     return train("vggish", root / "split.tsv", root / "labels.tsv", root / "features", root / out,
                  settings(**changes), packed=[root / "packed/s.tsv"],

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, SPECIES, TINY, chirp, run_snakemake, write_wav
-from jibjib.frontend import log_mel
-from jibjib.params import VGGISH
+from jibjib.features.frontend import log_mel
+from jibjib.core.params import VGGISH
 
 EVAL_FILES = ["metrics.json", "report.md", "file_scores.tsv", "confusion.tsv", "confusion.png",
               "reliability.png", "training_curves.png", "thresholds.tsv"]
@@ -133,7 +133,7 @@ def test_a_mixed_precision_model_is_loaded_to_compute_in_float32(tmp_path: Path)
     """model.keras of a mixed_float16 run: same weights, float32 layers (nested ones too), float16-close outputs."""
     import keras
 
-    from jibjib.models import convlstm_classifier, load_for_inference
+    from jibjib.models.networks import convlstm_classifier, load_for_inference
 
     def all_layers(model: keras.Model):
         for layer in model.layers:
@@ -170,7 +170,7 @@ def test_reloaded_export_reproduces_the_evaluation(run: Path, model: str) -> Non
     """A fresh process loads the export: both signatures give the evaluation's file scores."""
     out = python(f"""
         import json, numpy as np, pandas as pd, soundfile, tensorflow as tf
-        from jibjib.data import load_patches
+        from jibjib.training.inputs.pipeline import load_patches
         loaded = tf.saved_model.load("results/export/{model}/1")
         table = pd.read_csv("results/eval/{model}/file_scores.tsv", sep="\\t")
         rows = []
@@ -194,8 +194,8 @@ def test_reloaded_export_reproduces_the_evaluation(run: Path, model: str) -> Non
 def test_in_graph_front_end_matches_the_feature_step() -> None:
     import tensorflow as tf
 
-    from jibjib.export import tf_log_mel
-    from jibjib.params import VGGISH
+    from jibjib.serving.export import tf_log_mel
+    from jibjib.core.params import VGGISH
 
     samples = chirp(3.0, 16000, seed=3)
     expected = log_mel(samples)
@@ -261,7 +261,7 @@ def test_predict_names_a_folder_that_is_not_an_export(run: Path) -> None:
 def test_confusion_figure_keeps_a_readable_row_per_class(tmp_path: Path) -> None:
     import matplotlib.image
 
-    from jibjib import figures
+    from jibjib.evaluation import figures
 
     n = 60
     figures.confusion_matrix(tmp_path / "c.png", np.eye(n, dtype=int) * 5, [f"Genus_species_{i}" for i in range(n)], "t")

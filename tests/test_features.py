@@ -14,12 +14,13 @@ import pytest
 import soundfile
 
 from conftest import REPO, chirp, write_wav
-from jibjib import features, fsutil
-from jibjib.audio import open_audio
-from jibjib.features import extract_file, extract_species, sha256_file
-from jibjib.frontend import waveform_to_log_mel
-from jibjib.params import VGGISH
-from jibjib.qc import IGNORED, PROCESSED, REJECTED, QCRow, to_frame, write_manifest
+from jibjib.features import extract as features
+from jibjib.core import fsutil
+from jibjib.features.audio import open_audio
+from jibjib.features.extract import extract_file, extract_species, sha256_file
+from jibjib.features.frontend import waveform_to_log_mel
+from jibjib.core.params import VGGISH
+from jibjib.features.qc import IGNORED, PROCESSED, REJECTED, QCRow, to_frame, write_manifest
 
 LABEL = "Turdus_merula"
 

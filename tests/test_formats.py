@@ -14,13 +14,13 @@ import pytest
 import soundfile
 
 from conftest import chirp, feature_command_peak_rss, write_audio, write_wav
-from jibjib import audio
-from jibjib.audio import AudioError, open_audio, read_audio
-from jibjib.config import check_data_dir
-from jibjib.features import extract_file, extract_species
-from jibjib.params import VGGISH
-from jibjib.predict import Exported
-from jibjib.qc import ignore_reason
+from jibjib.features import audio
+from jibjib.features.audio import AudioError, open_audio, read_audio
+from jibjib.core.config import check_data_dir
+from jibjib.features.extract import extract_file, extract_species
+from jibjib.core.params import VGGISH
+from jibjib.serving.predict import Exported
+from jibjib.features.qc import ignore_reason
 
 # name -> (libsndfile format, subtype, a sample rate it can be written at)
 FORMATS = {"flac": ("FLAC", None, 22050), "mp3": ("MP3", None, 44100),

@@ -10,10 +10,10 @@ import pytest
 import soundfile
 
 from conftest import write_audio
-from jibjib.audio import read_audio
-from jibjib.frontend import log_mel, reference_log_mel, to_patches, waveform_to_log_mel
-from jibjib.params import VGGISH
-from jibjib.resample import resample
+from jibjib.features.audio import read_audio
+from jibjib.features.frontend import log_mel, reference_log_mel, to_patches, waveform_to_log_mel
+from jibjib.core.params import VGGISH
+from jibjib.features.resample import resample
 
 resampy = pytest.importorskip("resampy")
 

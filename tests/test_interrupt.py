@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from conftest import REPO_ENV, make_tree, run_snakemake, snakemake_command
-from jibjib.fsutil import TMP_MARK
+from jibjib.core.fsutil import TMP_MARK
 
 SEED = 6  # draws every kill point: a failure replays with the same targets
 SPECIES = {"Alpha_one": 6, "Beta_two": 6, "Gamma_three": 6}  # recordings of two 16 s slices each

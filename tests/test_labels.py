@@ -12,11 +12,10 @@ import pytest
 
 from conftest import WritesFile, make_tree, run_snakemake
 from jibjib import cli
-from jibjib.labels import (
-    LEDGER_COLUMNS, SPLITS, LabelError, assign_splits, label_index, load_label_map, next_split, read_ledger,
-    recording_ids, split_settings, write_ledger,
+from jibjib.labels.split import (
+    LEDGER_COLUMNS, SPLITS, LabelError, assign_splits, label_index, load_label_map, next_split, read_ledger, recording_ids, split_settings, write_ledger,
 )
-from jibjib.qc import QC_COLUMNS, QCRow, read_qc, with_duplicates, write_manifest
+from jibjib.features.qc import QC_COLUMNS, QCRow, read_qc, with_duplicates, write_manifest
 
 
 def qc_rows(files: dict[str, list[str]], seconds: float = 10.0) -> pd.DataFrame:

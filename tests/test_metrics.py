@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from jibjib import metrics
+from jibjib.evaluation import metrics
 
 CLASSES = ["a", "b", "c", "absent"]
 
@@ -174,7 +174,9 @@ def test_val_thresholds_applied_to_test_by_hand() -> None:
 
 def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) -> None:
     pytest.importorskip("tensorflow")
-    from jibjib.evaluate import Labelled, evaluated_sentence, threshold_sentence, threshold_table, too_few_recordings
+    from jibjib.evaluation.evaluate import (
+        Labelled, evaluated_sentence, threshold_sentence, threshold_table, too_few_recordings,
+    )
 
     # Val: a a b. Raw a scores 0.9 0.5 | 0.6 -> lowest threshold at precision 1 is 0.9 (0.6 is a b file);
     # calibrated a scores 0.7 0.6 | 0.5 -> 0.6, recall 1. The order changed, so the thresholds differ.
@@ -234,7 +236,9 @@ def test_window_thresholds_are_fitted_on_the_windows_of_val_files_labelled_by_th
     pytest.importorskip("tensorflow")
     import pandas as pd
 
-    from jibjib.evaluate import ScoredSplit, threshold_scores, threshold_table, window_threshold_sentence
+    from jibjib.evaluation.evaluate import (
+        ScoredSplit, threshold_scores, threshold_table, window_threshold_sentence,
+    )
 
     def split(p_a: list[float]) -> ScoredSplit:
         p = np.array(p_a)

@@ -12,15 +12,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from jibjib.models import (  # noqa: E402
-    TRUNK_LAYER_NAMES,
-    VGGISH_PARAMS,
-    VGGISH_VARIABLES,
-    CheckpointError,
-    convlstm_classifier,
-    load_vggish_checkpoint,
-    vggish_classifier,
-    vggish_trunk,
+from jibjib.models.networks import (
+    TRUNK_LAYER_NAMES, VGGISH_PARAMS, VGGISH_VARIABLES, CheckpointError, convlstm_classifier, load_vggish_checkpoint, vggish_classifier, vggish_trunk,
 )
 
 # The 18 tensors of Google's vggish_model.ckpt, written out independently of the module.

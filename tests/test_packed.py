@@ -12,10 +12,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from jibjib import fsutil  # noqa: E402
-from jibjib.data import InputSpec, split_files, training_dataset  # noqa: E402
-from jibjib.packed import PackedFeatures, pack_shard  # noqa: E402
-from jibjib.qc import QCRow, write_manifest  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.training.inputs.pipeline import InputSpec, split_files, training_dataset  # noqa: E402
+from jibjib.packing import PackedFeatures, pack_shard  # noqa: E402
+from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 from jibjib.training.augment import Augmentation  # noqa: E402
 
 OFF = Augmentation(enabled=False)

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jibjib import cli, predict
-from jibjib.audio import AudioError
-from jibjib.errors import ExportError
+from jibjib import cli
+from jibjib.serving import predict
+from jibjib.features.audio import AudioError
+from jibjib.core.errors import ExportError
 
 LABELS = ["a", "b", "c", "d", "e", "f", "g"]
 # Raw and calibrated scores rank the classes a..g alike; the thresholds below tell the two apart.

@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 from conftest import chirp, make_tree, run_snakemake, write_wav
-from jibjib.features import update_species
-from jibjib.inventory import refresh_signatures, shard_of, shard_species
-from jibjib.qc import species_files, write_manifest
+from jibjib.features.extract import update_species
+from jibjib.features.inventory import refresh_signatures, shard_of, shard_species
+from jibjib.features.qc import species_files, write_manifest
 
 DATA_TARGETS = ["results/labels.tsv", "results/split.tsv"]
 RATE = 16000

@@ -14,7 +14,7 @@ from conftest import REPO, REPO_ENV, run_snakemake
 
 pytest.importorskip("tensorflow")
 
-from jibjib.demo import make_demo  # noqa: E402
+from jibjib.demo.species import make_demo  # noqa: E402
 
 TOY = {
     "models": ["convlstm"],

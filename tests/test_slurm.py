@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from conftest import REPO, REPO_ENV, run_snakemake
-from jibjib.inventory import shard_species
+from jibjib.features.inventory import shard_species
 
 CLUSTER = "jibjib-ci"  # ClusterName in tests/slurm/slurm.conf
 REQUIRED = os.environ.get("JIBJIB_REQUIRE_SLURM") == "1"

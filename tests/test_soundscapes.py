@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import soundfile
 
-from jibjib import demo_soundscapes, fsutil
-from jibjib.analysis.soundscapes import (Call, detections, evaluate_soundscapes, pick_strip, read_annotations,
-                                         read_scores, window_truth, write_soundscape_report)
+from jibjib.demo import soundscapes as demo_soundscapes
+from jibjib.core import fsutil
+from jibjib.analysis.soundscapes import (
+    Call, detections, evaluate_soundscapes, pick_strip, read_annotations, read_scores, window_truth, write_soundscape_report,
+)
 from jibjib.cli import main
-from jibjib.demo import _species_names
-from jibjib.demo_soundscapes import MARKER_NAME, RAVEN_COLUMNS, make_soundscapes
-from jibjib.errors import InputError
+from jibjib.demo.species import _species_names
+from jibjib.demo.soundscapes import MARKER_NAME, RAVEN_COLUMNS, make_soundscapes
+from jibjib.core.errors import InputError
 
 SMALL = dict(n_species=3, seed=5, n_files=4, min_seconds=40.0, max_seconds=50.0)
 HEADER = "\t".join(RAVEN_COLUMNS)

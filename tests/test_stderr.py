@@ -10,14 +10,14 @@ from pathlib import Path
 
 from conftest import REPO_ENV
 from jibjib import cli
-from jibjib.errors import InputError
+from jibjib.core.errors import InputError
 
 # A command stubbed in a child process: native code writes to fd 2 as TensorFlow's C++ logging does,
 # jibjib prints a message, a child process given our stderr prints one, then `ending` happens.
 STUB = """
     import os, subprocess, sys
     from jibjib import cli
-    from jibjib.errors import InputError
+    from jibjib.core.errors import InputError
 
     def command(args):
         os.write(2, b"I tensorflow/fake chatter\\n")

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, run_snakemake
-from jibjib.params import VGGISH
+from jibjib.core.params import VGGISH
 
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is a test dependency: run `make setup`")
 
-from jibjib.predict import read_waveform  # noqa: E402
+from jibjib.serving.predict import read_waveform  # noqa: E402
 from jibjib.serving.tflite import VARIANTS, cut_windows, litert_scores, saved_model_scores  # noqa: E402
 
 MODELS = ["vggish", "convlstm"]
@@ -49,7 +49,7 @@ def pykanto_windows(patches: int, per_rate: int = 2) -> np.ndarray:
 
 def demo_windows(tmp_path: Path, patches: int) -> np.ndarray:
     """Windows of a small synthetic demo set (mixed rates, some stereo), as `make demo` writes it."""
-    from jibjib.demo import make_demo
+    from jibjib.demo.species import make_demo
 
     make_demo(tmp_path / "demo", n_species=3, recordings_per_species=1, slice_seconds=6.0, max_slices=1)
     files = sorted((tmp_path / "demo").rglob("*.wav"))

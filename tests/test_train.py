@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, REPO_ENV
-from jibjib import fsutil
+from jibjib.core import fsutil
 
 # Training mechanics (learning, resume, best epoch) without augmentation, whose effect on learning
 # test_robust_training measures; 16 dense units, as 8 all died on some CPUs (a flat loss of ln 2).
@@ -155,8 +155,8 @@ def val_loss_of_saved_model(root: Path, settings: dict) -> float:
     """The class-weighted val loss of model.keras, computed here as training defines it."""
     import keras
 
-    from jibjib.data import InputSpec, split_files, training_dataset
-    from jibjib.metrics import softmax
+    from jibjib.training.inputs.pipeline import InputSpec, split_files, training_dataset
+    from jibjib.evaluation.metrics import softmax
 
     report = json.loads((root / "model" / "train.json").read_text())
     model = keras.models.load_model(root / "model" / "model.keras", compile=False)
@@ -199,7 +199,7 @@ def test_resumed_run_ships_the_best_epoch_of_the_whole_run(misleading_val: Path,
 
 def test_early_stop_counter_survives_a_resume(tiny: Path) -> None:
     """Patience counts epochs without improvement across the kill, not from the restart."""
-    from jibjib.train import _RunState
+    from jibjib.training.run import _RunState
 
     state = _RunState(tiny, {"model": "m"}, "val_loss", patience=3)
     state.epoch, state.wait, state.best, state.best_epoch = 5, 2, 0.5, 3
@@ -209,7 +209,7 @@ def test_early_stop_counter_survives_a_resume(tiny: Path) -> None:
 
 
 def test_swapped_checkpoint_under_the_same_path_refuses_the_resume(tmp_path: Path) -> None:
-    from jibjib.train import _RunState, checkpoint_digest
+    from jibjib.training.run import _RunState, checkpoint_digest
 
     checkpoint = tmp_path / "vggish_model.ckpt"
     checkpoint.write_bytes(b"one set of weights")
@@ -231,8 +231,8 @@ def test_swapped_checkpoint_under_the_same_path_refuses_the_resume(tmp_path: Pat
 
 
 def test_class_weights_count_examples_not_files() -> None:
-    from jibjib.data import FeatureStamp, class_weights
-    from jibjib.train import example_counts
+    from jibjib.training.inputs.pipeline import FeatureStamp, class_weights
+    from jibjib.training.run import example_counts
 
     # Alpha_one: one long file of 4 patches; Beta_two: two files of one patch.
     stamps = [FeatureStamp(96 * 4 + 10, "a"), FeatureStamp(96, "b"), FeatureStamp(100, "c")]
@@ -254,7 +254,7 @@ def test_class_weights_count_examples_not_files() -> None:
 def test_weighted_loss_weights_train_and_val_alike() -> None:
     import keras
 
-    from jibjib.train import ClassWeightedCrossentropy
+    from jibjib.training.run import ClassWeightedCrossentropy
 
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
     y = np.array([0, 1, 1])

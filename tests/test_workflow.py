@@ -6,7 +6,7 @@ import pandas as pd
 
 from conftest import PREPARATION_TARGETS as TARGETS
 from conftest import chirp, make_tree, run_snakemake, write_wav
-from jibjib.inventory import shard_of
+from jibjib.features.inventory import shard_of
 
 
 def read(path) -> pd.DataFrame:

@@ -29,17 +29,17 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .. import fsutil
-from ..audio import CONTAINERS, AudioError, open_audio
-from ..errors import ExportError, InputError
-from ..exported import ExportAssets
-from ..features import check_usable
-from ..frontend import LogMelStream
-from ..params import WindowGrid
-from ..qc import ignore_reason, species_files
-from ..resample import output_length
-from . import tables
-from .scores import ScoreFileError, WindowScores, load_scores, save_scores, scores_path
+from jibjib.core import fsutil
+from jibjib.features.audio import CONTAINERS, AudioError, open_audio
+from jibjib.core.errors import ExportError, InputError
+from jibjib.serving.exported import ExportAssets
+from jibjib.features.extract import check_usable
+from jibjib.features.frontend import LogMelStream
+from jibjib.core.params import WindowGrid
+from jibjib.features.qc import ignore_reason, species_files
+from jibjib.features.resample import output_length
+from jibjib.analysis import tables
+from jibjib.analysis.scores import ScoreFileError, WindowScores, load_scores, save_scores, scores_path
 
 # Patches per forward pass, as in evaluation: enough to keep a CPU busy, small for any GPU.
 BATCH_PATCHES = 256

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import fsutil
+from jibjib.core import fsutil
 
 # The keys a reader needs; files also carry export_digest and the grid, which decide reuse.
 SCORE_KEYS = ("start", "end", "scores", "labels", "sample_rate", "seconds", "source_sha256")

@@ -45,11 +45,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import fsutil, metrics
-from ..audio import is_audio_file
-from ..errors import InputError
-from .scores import ScoreFileError, WindowScores, load_scores
-from .tables import detections, read_window_thresholds
+from jibjib.core import fsutil
+from jibjib.evaluation import metrics
+from jibjib.features.audio import is_audio_file
+from jibjib.core.errors import InputError
+from jibjib.analysis.scores import ScoreFileError, WindowScores, load_scores
+from jibjib.analysis.tables import detections, read_window_thresholds
 
 __all__ = ["Call", "WindowScores", "read_annotations", "read_scores", "read_window_thresholds",
            "evaluate_soundscapes", "markdown_section", "write_soundscape_report", "OVERLAP_SHARE"]
@@ -488,7 +489,7 @@ def _figure(out: Path, scores: dict[str, WindowScores], annotations: dict[str, l
             thresholds: dict[str, float], audio_dir: Path, model: str, name: str | None) -> dict[str, Any]:
     import soundfile
 
-    from .. import figures  # matplotlib: only where a figure is drawn
+    from jibjib.evaluation import figures  # matplotlib: only where a figure is drawn
 
     keys = sorted(set(scores) & set(annotations))
     labels = scores[keys[0]].labels

@@ -34,9 +34,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .. import fsutil
-from ..errors import InputError
-from .scores import WindowScores
+from jibjib.core import fsutil
+from jibjib.core.errors import InputError
+from jibjib.analysis.scores import WindowScores
 
 FORMATS = ("raven", "audacity")
 TABLE_SUFFIX = {"raven": ".selections.txt", "audacity": ".labels.txt"}

@@ -5,6 +5,6 @@ whether a run's `trainable` setting can use a cache; `cache` computes and
 reads the per-shard caches; `dataset` feeds the head from them.
 """
 
-from .cut import CACHEABLE_CUTS, MAX_FLOATS_PER_PATCH, CachePlan, cache_plan
+from jibjib.embeddings.cut import CACHEABLE_CUTS, MAX_FLOATS_PER_PATCH, CachePlan, cache_plan
 
 __all__ = ["CACHEABLE_CUTS", "MAX_FLOATS_PER_PATCH", "CachePlan", "cache_plan"]

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import fsutil
-from ..packed import PackedFeatures
-from ..params import VGGISH
+from jibjib.core import fsutil
+from jibjib.packing import PackedFeatures
+from jibjib.core.params import VGGISH
 
 INDEX_COLUMNS = ["path", "row", "patches", "content", "cut", "trunk"]
 DTYPE = np.dtype("<f4")
@@ -109,7 +109,7 @@ def embed_shard(packed_index: str | os.PathLike, cut: str, checkpoint: str | os.
     """
     import tensorflow as tf  # the workflow's parse-time users of this package need no TensorFlow
 
-    from .trunk import frozen_part, frozen_weights_digest, seeded_trunk
+    from jibjib.embeddings.trunk import frozen_part, frozen_weights_digest, seeded_trunk
 
     array_path, index_path = Path(array_path), Path(index_path)
     trunk = seeded_trunk(checkpoint, seed)

@@ -14,7 +14,7 @@ import os
 
 import keras
 
-from ..models import vggish_trunk, load_vggish_checkpoint
+from jibjib.models.networks import vggish_trunk, load_vggish_checkpoint
 
 
 def trunk_of(classifier: keras.Model) -> keras.Model:

@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from .. import fsutil
+from jibjib.core import fsutil
 
 INPUT_KEY, OUTPUT_KEY = "inputs", "outputs"
 # Protocol 2: the client's first deployments ran Python 2, whose pickle reads nothing newer.

@@ -31,8 +31,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # noqa: E402
 
-from ..frontend import mel_matrix, periodic_hann  # noqa: E402
-from ..params import FrontEnd  # noqa: E402
+from jibjib.features.frontend import mel_matrix, periodic_hann  # noqa: E402
+from jibjib.core.params import FrontEnd  # noqa: E402
 
 VARIANTS = {"float32": "model.tflite", "float16": "model_fp16.tflite", "int8": "model_int8.tflite"}
 

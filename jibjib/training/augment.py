@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ..frontend import hertz_to_mel, mel_to_hertz
-from ..params import FrontEnd
+from jibjib.features.frontend import hertz_to_mel, mel_to_hertz
+from jibjib.core.params import FrontEnd
 
 
 @dataclasses.dataclass(frozen=True)

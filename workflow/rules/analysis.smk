@@ -10,7 +10,7 @@
 
 import os
 
-from jibjib.inventory import refresh_signatures, shard_species
+from jibjib.features.inventory import refresh_signatures, shard_species
 
 ANALYSIS_DIR = Path(config["analyze"]["input_dir"] or ".")
 ANALYSIS_SOURCES = Path("results/analysis/sources")

@@ -12,9 +12,9 @@ from snakemake.utils import validate
 
 # The rules call the package from this checkout, installed or not.
 sys.path.insert(0, workflow.basedir)
-from jibjib.config import ConfigError, analysis_models, check_analysis, check_config, checkpoint_prefix  # noqa: E402
+from jibjib.core.config import ConfigError, analysis_models, check_analysis, check_config, checkpoint_prefix  # noqa: E402
 from jibjib.embeddings import cache_plan  # noqa: E402
-from jibjib.inventory import shard_species  # noqa: E402
+from jibjib.features.inventory import shard_species  # noqa: E402
 
 
 def _stop(message):
@@ -212,6 +212,6 @@ def hop_option():
 
 def soundscape_audio(folder):
     """The audio files below the soundscape folder: a new or edited recording reruns its analysis."""
-    from jibjib.qc import ignore_reason
+    from jibjib.features.qc import ignore_reason
 
     return [str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file() and not ignore_reason(p.relative_to(folder))]

@@ -16,7 +16,7 @@
 
 import os
 
-from jibjib.inventory import refresh_signatures
+from jibjib.features.inventory import refresh_signatures
 
 # Only the process that plans the run refreshes the signatures; jobs that
 # re-read the Snakefile on a cluster node find them written.

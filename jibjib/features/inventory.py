@@ -42,8 +42,8 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import fsutil
-from .qc import ignore_reason
+from jibjib.core import fsutil
+from jibjib.features.qc import ignore_reason
 
 SIGNATURE_COLUMNS = ("path", "size", "content")
 CACHE_COLUMNS = ("path", "size", "mtime_ns", "ctime_ns", "sha256")

@@ -38,10 +38,11 @@ import numpy as np
 import scipy.fft
 import soundfile
 
-from . import fsutil
-from .demo_bed import field_bed
-from .demo import (DEFAULT_SEED, PITCH_SPREAD, _intact, _make_species, _read_marker, _render_song,
-                   _Species, _species_names)
+from jibjib.core import fsutil
+from jibjib.demo.beds import field_bed
+from jibjib.demo.species import (
+    DEFAULT_SEED, PITCH_SPREAD, _intact, _make_species, _read_marker, _render_song, _Species, _species_names,
+)
 
 __all__ = ["SoundscapeSummary", "make_soundscapes", "RAVEN_COLUMNS", "MARKER_NAME", "GENERATOR_VERSION", "SNR_DB"]
 

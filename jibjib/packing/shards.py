@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import fsutil
-from ..feature_files import feature_path, feature_stamp
-from ..qc import PROCESSED, read_qc
+from jibjib.core import fsutil
+from jibjib.features.files import feature_path, feature_stamp
+from jibjib.features.qc import PROCESSED, read_qc
 
 INDEX_COLUMNS = ["path", "row", "frames", "content"]
 DTYPE = np.dtype("<f2")

@@ -36,22 +36,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from . import __version__, fsutil  # noqa: E402
-from .config import checkpoint_prefix  # noqa: E402
-from .errors import LabelError  # noqa: E402
-from .data import (  # noqa: E402
-    FeatureStamp, InputSpec, background_rows, class_weights, examples_per_file, file_stamps, split_files, target_matrix,
-    training_dataset,
+from jibjib import __version__
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.core.config import checkpoint_prefix  # noqa: E402
+from jibjib.core.errors import LabelError  # noqa: E402
+from jibjib.training.inputs.pipeline import (
+    FeatureStamp, InputSpec, background_rows, class_weights, examples_per_file, file_stamps, split_files, target_matrix, training_dataset,
 )
-from .embeddings import CachePlan, cache_plan  # noqa: E402
-from .embeddings.cache import EmbeddingCache  # noqa: E402
-from .embeddings.dataset import applied_augmentation, embedding_dataset  # noqa: E402
-from .embeddings.trunk import frozen_weights_digest, head_model, trunk_of  # noqa: E402
-from .models import convlstm_classifier, vggish_classifier  # noqa: E402
-from .packed import PackedFeatures  # noqa: E402
-from .tflog import quiet_python_logging  # noqa: E402
-from .training.augment import Augmentation  # noqa: E402
-from .training.distribute import choose_strategy  # noqa: E402
+from jibjib.embeddings import CachePlan, cache_plan  # noqa: E402
+from jibjib.embeddings.cache import EmbeddingCache  # noqa: E402
+from jibjib.training.inputs.cached import applied_augmentation, embedding_dataset  # noqa: E402
+from jibjib.embeddings.trunk import frozen_weights_digest, head_model, trunk_of  # noqa: E402
+from jibjib.models.networks import convlstm_classifier, vggish_classifier  # noqa: E402
+from jibjib.packing import PackedFeatures  # noqa: E402
+from jibjib.core.tflog import quiet_python_logging  # noqa: E402
+from jibjib.training.augment import Augmentation  # noqa: E402
+from jibjib.training.distribute import choose_strategy  # noqa: E402
 
 quiet_python_logging()
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 import numpy as np
 
-from . import fsutil
+from jibjib.core import fsutil
 
 if TYPE_CHECKING:
     import soundfile

@@ -39,7 +39,7 @@ def _input_dir(text: str) -> str:
 
 def _json(option: str, text: str):
     """A JSON command-line value; bad JSON is the caller's mistake, reported in one line."""
-    from .errors import InputError
+    from jibjib.core.errors import InputError
 
     try:
         return json.loads(text)
@@ -48,7 +48,7 @@ def _json(option: str, text: str):
 
 
 def _frontend(text: str | None):
-    from .params import FrontEnd
+    from jibjib.core.params import FrontEnd
 
     return FrontEnd.from_config(_json("--frontend", text) if text else None)
 
@@ -56,14 +56,14 @@ def _frontend(text: str | None):
 def _recording_pattern(args: argparse.Namespace) -> str:
     # Resolved here, not as the argparse default: jibjib.labels imports pandas,
     # which the features command must not pay for.
-    from .labels import DEFAULT_RECORDING_PATTERN
+    from jibjib.labels.split import DEFAULT_RECORDING_PATTERN
 
     return DEFAULT_RECORDING_PATTERN if args.recording_pattern is None else args.recording_pattern
 
 
 def _background(args: argparse.Namespace) -> tuple[str, ...]:
     """The background folder names of --background (comma-separated; '' for none)."""
-    from .labels import DEFAULT_BACKGROUND
+    from jibjib.labels.split import DEFAULT_BACKGROUND
 
     if args.background is None:
         return DEFAULT_BACKGROUND
@@ -71,7 +71,7 @@ def _background(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def cmd_make_demo(args: argparse.Namespace) -> None:
-    from .demo import DEFAULT_SEED, make_demo
+    from jibjib.demo.species import DEFAULT_SEED, make_demo
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
     summary = make_demo(args.out_dir, n_species=args.species, recordings_per_species=args.recordings, seed=seed,
@@ -83,7 +83,7 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
         file=sys.stderr,
     )
     if args.soundscapes != "":
-        from .demo_soundscapes import make_soundscapes
+        from jibjib.demo.soundscapes import make_soundscapes
 
         # Beside the species folders, never inside: there it would be read as one more species.
         folder = args.soundscapes or str(Path(args.out_dir).parent / "demo_soundscapes")
@@ -107,8 +107,8 @@ def _single_threaded_blas() -> None:
 
 def cmd_features(args: argparse.Namespace) -> None:
     _single_threaded_blas()
-    from .features import check_label, read_sources, update_species
-    from .qc import write_manifest
+    from jibjib.features.extract import check_label, read_sources, update_species
+    from jibjib.features.qc import write_manifest
 
     for label in args.label:
         check_label(label)
@@ -125,7 +125,7 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_pack(args: argparse.Namespace) -> None:
-    from .packed import pack_shard
+    from jibjib.packing import pack_shard
 
     counts = pack_shard(args.manifest, args.features_dir, args.array, args.index)
     print(f"pack {Path(args.manifest).stem}: {counts['files']} files, {counts['rows']} frames "
@@ -134,7 +134,7 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> None:
     _tensorflow_threads(args.threads)
-    from .embeddings.cache import embed_shard
+    from jibjib.embeddings.cache import embed_shard
 
     counts = embed_shard(args.packed, args.cut, args.checkpoint, args.seed, args.array, args.index)
     weights = f"checkpoint {args.checkpoint}" if args.checkpoint else f"random weights of seed {args.seed}"
@@ -146,9 +146,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def cmd_qc(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from . import fsutil
-    from .config import loose_files
-    from .qc import IGNORED, QCRow, read_qc, sorted_table, to_frame, with_duplicates
+    from jibjib.core import fsutil
+    from jibjib.core.config import loose_files
+    from jibjib.features.qc import IGNORED, QCRow, read_qc, sorted_table, to_frame, with_duplicates
 
     qc = read_qc(args.manifests)
     loose = to_frame([
@@ -166,9 +166,9 @@ def cmd_qc(args: argparse.Namespace) -> None:
 
 
 def cmd_labels(args: argparse.Namespace) -> None:
-    from . import fsutil
-    from .labels import folder_species, label_index, load_label_map
-    from .qc import read_qc
+    from jibjib.core import fsutil
+    from jibjib.labels.split import folder_species, label_index, load_label_map
+    from jibjib.features.qc import read_qc
 
     def log(line: str) -> None:
         print(f"labels: {line}", file=sys.stderr)
@@ -190,10 +190,11 @@ def cmd_labels(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from . import fsutil
-    from .labels import (SPLITS, assign_splits, check_fractions, check_min_eval_recordings, folder_list,
-                         read_ledger, split_settings, write_ledger)
-    from .qc import read_qc
+    from jibjib.core import fsutil
+    from jibjib.labels.split import (
+        SPLITS, assign_splits, check_fractions, check_min_eval_recordings, folder_list, read_ledger, split_settings, write_ledger,
+    )
+    from jibjib.features.qc import read_qc
 
     def log(line: str) -> None:
         print(f"split: {line}", file=sys.stderr)
@@ -229,7 +230,7 @@ def cmd_split(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     _tensorflow_threads(args.threads)
     settings = _json("--settings", args.settings)  # before TensorFlow loads: a typo costs no wait
-    from .train import train
+    from jibjib.training.run import train
 
     report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, settings, args.packed,
                    args.embeddings)
@@ -249,7 +250,7 @@ def _tensorflow_threads(threads: int) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     _tensorflow_threads(args.threads)
-    from .evaluate import evaluate, fmt
+    from jibjib.evaluation.evaluate import evaluate, fmt
 
     report = evaluate(args.model_dir, args.labels, args.split, args.features_dir, args.out_dir,
                       target_precision=args.target_precision, top_k=args.top_k, report_name=args.report_name)
@@ -262,14 +263,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .export import export
+    from jibjib.serving.export import export
 
     export(args.model_dir, args.eval_dir, args.labels, args.split, args.out, _frontend(args.frontend), args.top_k,
            tflite=args.tflite, legacy_serving=args.legacy_serving)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Exported, load_thresholds, predict_files, to_tsv
+    from jibjib.serving.predict import Exported, load_thresholds, predict_files, to_tsv
 
     model = Exported(args.model)
     thresholds = None
@@ -286,7 +287,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
-    from .analysis.soundscapes import fmt, write_soundscape_report
+    from jibjib.analysis.soundscapes import fmt, write_soundscape_report
 
     report = write_soundscape_report(args.scores, args.annotations, args.thresholds, args.out_dir, args.audio,
                                      args.model, args.threshold_column, args.figure, args.with_report)
@@ -300,10 +301,10 @@ def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
 
 
 def _table_settings(args: argparse.Namespace):
-    from .analysis.analyze import TableSettings
+    from jibjib.analysis.analyze import TableSettings
 
     if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
-        from .errors import InputError
+        from jibjib.core.errors import InputError
 
         raise InputError(f"--min-score: {args.min_score:g} is not a probability between 0 and 1")
     return TableSettings(args.min_score, args.merge, args.format, Path(args.thresholds) if args.thresholds else None)
@@ -311,7 +312,7 @@ def _table_settings(args: argparse.Namespace):
 
 def _window_thresholds(export, settings) -> dict[str, float] | None:
     """The thresholds the tables use (None with a minimum score), read before any file is analysed."""
-    from .analysis.tables import read_window_thresholds
+    from jibjib.analysis.tables import read_window_thresholds
 
     if settings.min_score is not None:
         return None
@@ -319,7 +320,7 @@ def _window_thresholds(export, settings) -> dict[str, float] | None:
 
 
 def _write_tables(export, results, settings, thresholds, out_dir: str) -> int:
-    from .analysis.analyze import write_outputs
+    from jibjib.analysis.analyze import write_outputs
 
     params = export.params
     return write_outputs(Path(out_dir), results, export.labels, export.external_ids, thresholds, settings,
@@ -327,7 +328,7 @@ def _write_tables(export, results, settings, thresholds, out_dir: str) -> int:
 
 
 def _analysis_summary(results, detections: int, out: str) -> str:
-    from .analysis.analyze import REJECTED
+    from jibjib.analysis.analyze import REJECTED
 
     rejected = sum(r.status == REJECTED for r in results)
     return (f"{sum(r.scores is not None for r in results)} files analysed, {rejected} rejected, "
@@ -340,13 +341,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _single_threaded_blas()
     _tensorflow_threads(args.threads)
     settings = _table_settings(args)  # before TensorFlow loads: a bad option costs no wait
-    from .analysis.analyze import REJECTED, Analyzer, analyze_files, find_inputs, write_manifest
-    from .errors import InputError
+    from jibjib.analysis.analyze import REJECTED, Analyzer, analyze_files, find_inputs, write_manifest
+    from jibjib.core.errors import InputError
 
     if args.sources:
         if not args.root:
             raise InputError("--sources needs --root, the folder its paths are relative to")
-        from .features import read_sources
+        from jibjib.features.extract import read_sources
 
         recorded = read_sources(args.sources)
         names = _signature_paths(args.sources)
@@ -376,8 +377,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _remove_other_scores(scores_dir: str, results) -> None:
-    from .analysis.analyze import remove_orphan_scores
-    from .analysis.scores import scores_path
+    from jibjib.analysis.analyze import remove_orphan_scores
+    from jibjib.analysis.scores import scores_path
 
     removed = remove_orphan_scores(Path(scores_dir), {scores_path(scores_dir, r.relative) for r in results})
     if removed:
@@ -393,8 +394,8 @@ def _signature_paths(path: str) -> list[str]:
 
 def cmd_analysis_tables(args: argparse.Namespace) -> None:
     settings = _table_settings(args)
-    from .analysis.analyze import results_from_manifests
-    from .exported import ExportAssets
+    from jibjib.analysis.analyze import results_from_manifests
+    from jibjib.serving.exported import ExportAssets
 
     results = results_from_manifests(args.manifests, Path(args.scores))
     export = ExportAssets(args.model)
@@ -430,7 +431,7 @@ def _add_dataset_inputs(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from jibjib import __version__
 
     parser = _Parser(prog="jibjib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"jibjib {__version__}")
@@ -468,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="path, row, frames, content of each file (TSV)")
     p.set_defaults(func=cmd_pack)
 
-    from .embeddings.cut import CACHEABLE_CUTS  # standard library only, like the rest of the parser
+    from jibjib.embeddings.cut import CACHEABLE_CUTS  # standard library only, like the rest of the parser
 
     p = sub.add_parser("embed", help="one packed shard through the frozen VGGish trunk: the embedding cache")
     p.add_argument("--packed", required=True, type=_input_file, help="the shard's packed index (jibjib pack)")
@@ -616,8 +617,8 @@ _MISSING_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import USER_ERRORS
-    from .tflog import native_output_captured, quiet_python_logging
+    from jibjib.core.errors import USER_ERRORS
+    from jibjib.core.tflog import native_output_captured, quiet_python_logging
 
     args = build_parser().parse_args(argv)
     quiet_python_logging()

@@ -56,14 +56,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from . import fsutil  # noqa: E402
-from .evaluate import model_seq_len  # noqa: E402
-from .frontend import mel_matrix, periodic_hann  # noqa: E402
-from .models import load_for_inference  # noqa: E402
-from .params import FrontEnd, WindowGrid  # noqa: E402
-from .serving import legacy  # noqa: E402
-from .tflog import quiet_python_logging  # noqa: E402
-from .train import software_versions  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
+from jibjib.evaluation.evaluate import model_seq_len  # noqa: E402
+from jibjib.features.frontend import mel_matrix, periodic_hann  # noqa: E402
+from jibjib.models.networks import load_for_inference  # noqa: E402
+from jibjib.core.params import FrontEnd, WindowGrid  # noqa: E402
+from jibjib.serving import legacy  # noqa: E402
+from jibjib.core.tflog import quiet_python_logging  # noqa: E402
+from jibjib.training.run import software_versions  # noqa: E402
 
 quiet_python_logging()
 
@@ -270,7 +270,7 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
     with tempfile.TemporaryDirectory() as scratch:
         beside: dict[str, Path] = {}
         if tflite:
-            from .serving import tflite as tflite_files
+            from jibjib.serving import tflite as tflite_files
 
             card["tflite"] = tflite_files.convert(model, params, seq_len, multi_label, Path(scratch))
             beside = {name: Path(scratch) / name for name in card["tflite"]["files"]}

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import fsutil  # noqa: E402
+from jibjib.core import fsutil  # noqa: E402
 
 
 def _save(figure: plt.Figure, path: str | os.PathLike) -> None:

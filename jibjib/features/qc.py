@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import fsutil
-from .audio import is_audio_file
+from jibjib.core import fsutil
+from jibjib.features.audio import is_audio_file
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,8 +20,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from jibjib.config import ConfigError, checkpoint_prefix, checkpoint_problem
-from jibjib.params import VGGISH
+from jibjib.core.config import ConfigError, checkpoint_prefix, checkpoint_problem
+from jibjib.core.params import VGGISH
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .audio import CONTAINERS
-from .errors import ConfigError, LabelError
-from .qc import ignore_reason, species_files
+from jibjib.features.audio import CONTAINERS
+from jibjib.core.errors import ConfigError, LabelError
+from jibjib.features.qc import ignore_reason, species_files
 
 
 def discover_species(data_dir: Path) -> list[str]:
@@ -41,7 +41,7 @@ def check_data_dir(data_dir: Path, demo_hint: str = "",
                    background: tuple[str, ...] | None = None) -> dict[str, list[Path]]:
     """The folders (species, multi-species, background) and every file in each; fails on a tree we cannot
     train on.  A background folder without audio files is allowed: it only adds negatives."""
-    from .labels import DEFAULT_BACKGROUND, folder_species
+    from jibjib.labels.split import DEFAULT_BACKGROUND, folder_species
 
     background = DEFAULT_BACKGROUND if background is None else background
     if not data_dir.exists():
@@ -72,14 +72,14 @@ def check_data_dir(data_dir: Path, demo_hint: str = "",
 
 def inventory_species(folders: list[str], background: tuple[str, ...]) -> list[str]:
     """The classes the folders name (background folders none), sorted."""
-    from .labels import folder_species
+    from jibjib.labels.split import folder_species
 
     return sorted(set().union(*(folder_species(folder, background) for folder in folders)))
 
 
 def check_multi_species(config: dict[str, Any], folders: list[str], background: tuple[str, ...]) -> None:
     """A folder naming several species trains each as a positive: only sigmoid (multi_label) outputs can."""
-    from .labels import folder_species
+    from jibjib.labels.split import folder_species
 
     multi = [folder for folder in folders if len(folder_species(folder, background)) > 1]
     softmax = [model for model in config.get("models", []) if not config.get(model, {}).get("multi_label", False)]
@@ -90,7 +90,7 @@ def check_multi_species(config: dict[str, Any], folders: list[str], background: 
 
 
 def check_split(split: dict[str, Any]) -> None:
-    from .labels import check_fractions, check_min_eval_recordings  # pandas: only where it is needed
+    from jibjib.labels.split import check_fractions, check_min_eval_recordings  # pandas: only where it is needed
 
     try:
         check_fractions(split["fractions"])
@@ -109,7 +109,7 @@ def check_split(split: dict[str, Any]) -> None:
 def check_label_map(path: str | None, species: list[str]) -> None:
     if not path:
         return
-    from .labels import load_label_map
+    from jibjib.labels.split import load_label_map
 
     try:
         mapping = load_label_map(path)
@@ -225,7 +225,7 @@ def check_config(config: dict[str, Any], demo_hint: str = "") -> dict[str, list[
     A file or folder the checks cannot read (an unreadable data_dir or
     label_map, say) is a ConfigError naming it, like every other problem.
     """
-    from .labels import DEFAULT_BACKGROUND  # pandas: only where it is needed
+    from jibjib.labels.split import DEFAULT_BACKGROUND  # pandas: only where it is needed
 
     try:
         background = tuple(config.get("labels", {}).get("background", DEFAULT_BACKGROUND))

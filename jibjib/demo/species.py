@@ -29,8 +29,8 @@ import numpy as np
 import scipy.fft
 import soundfile
 
-from . import fsutil
-from .demo_bed import _colored_noise, field_bed
+from jibjib.core import fsutil
+from jibjib.demo.beds import _colored_noise, field_bed
 
 __all__ = ["DemoSummary", "make_demo", "DEFAULT_SEED", "MARKER_NAME", "GENERATOR_VERSION"]
 

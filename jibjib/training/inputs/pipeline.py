@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from .feature_files import FeatureStamp, feature_path, feature_stamp  # noqa: F401 - re-exported
-from .params import VGGISH, FrontEnd
-from .packed import PackedFeatures
-from .training.augment import Augmentation, augment_batch, mixup_batch
+from jibjib.features.files import FeatureStamp, feature_path, feature_stamp  # noqa: F401 - re-exported
+from jibjib.core.params import VGGISH, FrontEnd
+from jibjib.packing import PackedFeatures
+from jibjib.training.augment import Augmentation, augment_batch, mixup_batch
 
 AUTOTUNE = tf.data.AUTOTUNE
 READ_EXAMPLES = 256  # examples read and augmented together (a multiple of the batch)

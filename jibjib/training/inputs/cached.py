@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from ..data import InputSpec, example_order, file_targets, seed_pairs
-from ..training.augment import Augmentation, mixup_batch
+from jibjib.training.inputs.pipeline import InputSpec, example_order, file_targets, seed_pairs
+from jibjib.training.augment import Augmentation, mixup_batch
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -40,8 +40,9 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from . import fsutil, metrics
-from .data import load_patches, split_files, target_matrix, to_sequences
+from jibjib.core import fsutil
+from jibjib.evaluation import metrics
+from jibjib.training.inputs.pipeline import load_patches, split_files, target_matrix, to_sequences
 
 # Patches per forward pass: large enough to keep a CPU busy, small enough for
 # any GPU; memory does not grow with the size of the split.
@@ -163,8 +164,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Write metrics.json, report.md (`report_name`), file_scores.tsv, confusion.tsv, thresholds.tsv and figures
     to out_dir."""
-    from . import figures
-    from .models import load_for_inference  # TensorFlow: only where it is needed
+    from jibjib.evaluation import figures
+    from jibjib.models.networks import load_for_inference  # TensorFlow: only where it is needed
 
     model_dir, out = Path(model_dir), Path(out_dir)
     trained = json.loads((model_dir / "train.json").read_text())

@@ -15,9 +15,9 @@ import numpy as np
 import scipy.fft
 from numpy.lib.stride_tricks import as_strided
 
-from .audio import to_mono
-from .params import VGGISH, FrontEnd
-from .resample import StreamResampler
+from jibjib.features.audio import to_mono
+from jibjib.core.params import VGGISH, FrontEnd
+from jibjib.features.resample import StreamResampler
 
 
 def hertz_to_mel(hertz: np.ndarray | float) -> np.ndarray:

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import fsutil
-from .fsutil import sha256_file
-from .audio import AudioError, AudioInfo, open_audio, to_mono
-from .errors import InputError
-from .frontend import LogMelStream, hertz_to_mel, mel_to_hertz
-from .inventory import is_sha256
-from .params import VGGISH, FrontEnd
-from .qc import IGNORED, PROCESSED, REJECTED, QCRow, ignore_reason, species_files, to_frame
-from .resample import output_length
+from jibjib.core import fsutil
+from jibjib.core.fsutil import sha256_file
+from jibjib.features.audio import AudioError, AudioInfo, open_audio, to_mono
+from jibjib.core.errors import InputError
+from jibjib.features.frontend import LogMelStream, hertz_to_mel, mel_to_hertz
+from jibjib.features.inventory import is_sha256
+from jibjib.core.params import VGGISH, FrontEnd
+from jibjib.features.qc import IGNORED, PROCESSED, REJECTED, QCRow, ignore_reason, species_files, to_frame
+from jibjib.features.resample import output_length
 
 if TYPE_CHECKING:
     import pandas as pd

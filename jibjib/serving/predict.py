@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .audio import AudioError, open_audio, to_mono
-from .errors import ExportError
-from .exported import ExportAssets
-from .features import check_usable
-from .params import FrontEnd
-from .resample import resample
+from jibjib.features.audio import AudioError, open_audio, to_mono
+from jibjib.core.errors import ExportError
+from jibjib.serving.exported import ExportAssets
+from jibjib.features.extract import check_usable
+from jibjib.core.params import FrontEnd
+from jibjib.features.resample import resample
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import OutputError
+from jibjib.core.errors import OutputError
 
 TMP_MARK = ".tmp-"
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ExportError
-from .params import FrontEnd
+from jibjib.core.errors import ExportError
+from jibjib.core.params import FrontEnd
 
 
 class ExportAssets:
@@ -35,7 +35,7 @@ class ExportAssets:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
-        from .tflog import quiet_python_logging
+        from jibjib.core.tflog import quiet_python_logging
 
         quiet_python_logging()
         return tf, tf.saved_model.load(str(self.folder))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fsutil
+from jibjib.core import fsutil
 
 
 def feature_path(features_dir: str | os.PathLike, path: str) -> str:

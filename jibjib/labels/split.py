@@ -31,9 +31,9 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from . import fsutil
-from .errors import LabelError
-from .qc import PROCESSED
+from jibjib.core import fsutil
+from jibjib.core.errors import LabelError
+from jibjib.features.qc import PROCESSED
 
 SPLITS = ("train", "val", "test")
 LABEL_COLUMNS = ["class_id", "label", "n_files", "n_recordings", "seconds"]

@@ -1,5 +1,5 @@
 """The packed stage: each feature shard's log-mel in one contiguous float16 file, for fast training input."""
 
-from .shards import INDEX_COLUMNS, PackedFeatures, pack_shard
+from jibjib.packing.shards import INDEX_COLUMNS, PackedFeatures, pack_shard
 
 __all__ = ["INDEX_COLUMNS", "PackedFeatures", "pack_shard"]
