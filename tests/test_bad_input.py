@@ -27,7 +27,9 @@ from conftest import REPO_ENV, feature_command_peak_rss, run_snakemake, write_au
 from jibjib.features import audio
 from jibjib.core import fsutil
 from jibjib.features.audio import read_audio
-from jibjib.core.config import check_data_dir, ConfigError
+from jibjib.core.errors import ConfigError
+from jibjib.labels.checks import check_data_dir
+from jibjib.labels.split import DEFAULT_BACKGROUND
 from jibjib.features.extract import extract_file, extract_species, min_sample_rate
 from jibjib.features.frontend import LogMelStream, waveform_to_log_mel
 from jibjib.core.params import VGGISH
@@ -347,7 +349,7 @@ def test_empty_species_folder_stops_before_any_work(tmp_path: Path) -> None:
     data, _ = make_corpus(tmp_path)
     (data / "Empty_one").mkdir()
     with pytest.raises(ConfigError, match="Empty_one"):
-        check_data_dir(data)
+        check_data_dir(data, DEFAULT_BACKGROUND)
     qc, stats = extract_species(data, "Empty_one", tmp_path / "features")
     assert len(qc) == 0 and stats.computed == 0
 

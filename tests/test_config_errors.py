@@ -19,7 +19,8 @@ import pytest
 from conftest import PREPARATION_TARGETS as TARGETS
 from conftest import REPO, WritesFile, chirp, make_tree, run_snakemake, write_wav
 from jibjib import cli
-from jibjib.core.config import ConfigError, check_checkpoint
+from jibjib.core.errors import ConfigError
+from jibjib.models.checkpoint import check_checkpoint
 
 
 @pytest.fixture
@@ -223,14 +224,14 @@ def test_cli_unexpected_errors_keep_their_traceback(monkeypatch, manifest: Path)
     def broken(args) -> None:
         raise KeyError("a bug, not a user error")
 
-    monkeypatch.setattr(cli, "cmd_split", broken)
+    monkeypatch.setattr(cli.labels, "cmd_split", broken)
     with pytest.raises(KeyError, match="a bug"):
         cli.main(["split", "--manifests", str(manifest), "--out", str(manifest.parent / "s.tsv")])
 
     def missing_without_a_path(args) -> None:
         raise FileNotFoundError("no file name to report")
 
-    monkeypatch.setattr(cli, "cmd_split", missing_without_a_path)
+    monkeypatch.setattr(cli.labels, "cmd_split", missing_without_a_path)
     with pytest.raises(FileNotFoundError):
         cli.main(["split", "--manifests", str(manifest), "--out", str(manifest.parent / "s.tsv")])
 

@@ -14,7 +14,7 @@ tf = pytest.importorskip("tensorflow")
 
 from conftest import PREPARATION_TARGETS, make_tree, run_snakemake  # noqa: E402
 from jibjib.core import fsutil  # noqa: E402
-from jibjib.core.config import _TF_TABLE_MAGIC  # noqa: E402
+from jibjib.models.checkpoint import _TF_TABLE_MAGIC  # noqa: E402
 from jibjib.embeddings import CACHEABLE_CUTS, MAX_FLOATS_PER_PATCH, cache_plan  # noqa: E402
 from jibjib.embeddings.cache import EmbeddingCache, embed_shard  # noqa: E402
 from jibjib.embeddings.cut import _LAST_FROZEN  # noqa: E402

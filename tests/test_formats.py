@@ -16,7 +16,8 @@ import soundfile
 from conftest import chirp, feature_command_peak_rss, write_audio, write_wav
 from jibjib.features import audio
 from jibjib.features.audio import AudioError, open_audio, read_audio
-from jibjib.core.config import check_data_dir
+from jibjib.labels.checks import check_data_dir
+from jibjib.labels.split import DEFAULT_BACKGROUND
 from jibjib.features.extract import extract_file, extract_species
 from jibjib.core.params import VGGISH
 from jibjib.serving.predict import Exported
@@ -254,7 +255,7 @@ def test_a_species_folder_of_mixed_formats(tmp_path: Path) -> None:
     for name in ("notes.txt", "song.m4a", "song.mp3.part"):
         (folder / name).write_bytes(b"not for us")
     write_wav(data / "Beta_two" / "x.wav", chirp(2.0, 22050), 22050)
-    assert "Alpha_one" in check_data_dir(data)
+    assert "Alpha_one" in check_data_dir(data, DEFAULT_BACKGROUND)
     qc, stats = extract_species(data, "Alpha_one", tmp_path / "features")
     reasons = dict(zip(qc["path"].str.removeprefix("Alpha_one/"), qc["reason"]))
     assert reasons == {"a.flac": "", "b.MP3": "", "c.ogg": "", "d.opus": "", "e.Oga": "", "a.wav": "duplicate_name",

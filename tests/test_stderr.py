@@ -25,7 +25,7 @@ STUB = """
         subprocess.run([sys.executable, "-c", "import sys; print('child', file=sys.stderr)"], stderr=sys.stderr)
         {ending}
 
-    cli.cmd_split = command
+    cli.labels.cmd_split = command
     sys.exit(cli.main(["split", "--manifests", {manifest!r}, "--out", "split.tsv"]))
 """
 
@@ -84,7 +84,7 @@ def test_in_process_fd_2_is_restored(tmp_path: Path, capfd, monkeypatch) -> None
         print("split: our message", file=sys.stderr)
         raise InputError("bad value")
 
-    monkeypatch.setattr(cli, "cmd_split", command)
+    monkeypatch.setattr(cli.labels, "cmd_split", command)
     (tmp_path / "m.tsv").write_text("")
     assert cli.main(["split", "--manifests", str(tmp_path / "m.tsv"), "--out", str(tmp_path / "s.tsv")]) == 1
     os.write(2, b"after\n")

@@ -125,3 +125,19 @@ def species_files(species_dir: Path) -> list[Path]:
         dirs.sort()
         found.extend(Path(root, name) for name in files)
     return sorted(found)
+
+
+def loose_files(data_dir: Path) -> list[str]:
+    """Files below data_dir that belong to no species, relative to data_dir, sorted.
+
+    Those directly in data_dir, and everything inside a hidden top-level
+    folder (`.Trashes/`, `.git/`): QC lists each one as ignored, so the table
+    keeps one row per file found.
+    """
+    found = []
+    for entry in data_dir.iterdir():
+        if not entry.is_dir():
+            found.append(entry.name)
+        elif entry.name.startswith("."):
+            found.extend(f.relative_to(data_dir).as_posix() for f in species_files(entry))
+    return sorted(found)

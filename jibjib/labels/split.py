@@ -33,6 +33,7 @@ import pandas as pd
 
 from jibjib.core import fsutil
 from jibjib.core.errors import LabelError
+from jibjib.core.settings import schema_default
 from jibjib.features.qc import PROCESSED
 
 SPLITS = ("train", "val", "test")
@@ -40,11 +41,11 @@ LABEL_COLUMNS = ["class_id", "label", "n_files", "n_recordings", "seconds"]
 # `species`: the comma-joined classes of the file (sorted, as in labels.tsv); empty for a background folder.
 SPLIT_COLUMNS = ["path", "label", "recording_id", "split", "species"]
 LEDGER_COLUMNS = ["recording_id", "split", "settings"]
-DEFAULT_MIN_EVAL_RECORDINGS = 3
 MAX_LOGGED_UNITS = 50  # a log is read by a person
-DEFAULT_RECORDING_PATTERN = r"^(?P<recording>.+?)(?:_\d+)?$"
-# Folder names of non-event audio (config labels.background; the schema's default must match).
-DEFAULT_BACKGROUND = ("noise", "background", "other", "silence")
+# The schema's defaults, for callers that name no setting.
+DEFAULT_MIN_EVAL_RECORDINGS: int = schema_default("split.min_eval_recordings")
+DEFAULT_RECORDING_PATTERN: str = schema_default("split.recording_pattern")
+DEFAULT_BACKGROUND: tuple[str, ...] = tuple(schema_default("labels.background"))
 SPECIES_SEPARATOR = ","
 
 

@@ -20,7 +20,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from jibjib.core.config import ConfigError, checkpoint_prefix, checkpoint_problem
+from jibjib.core.errors import ConfigError
+from jibjib.models.checkpoint import checkpoint_prefix, checkpoint_problem
 from jibjib.core.params import VGGISH
 
 logger = logging.getLogger(__name__)

@@ -63,7 +63,7 @@ from jibjib.models.networks import load_for_inference  # noqa: E402
 from jibjib.core.params import FrontEnd, WindowGrid  # noqa: E402
 from jibjib.serving import legacy  # noqa: E402
 from jibjib.core.tflog import quiet_python_logging  # noqa: E402
-from jibjib.training.run import software_versions  # noqa: E402
+from jibjib.core.versions import software_versions  # noqa: E402
 
 quiet_python_logging()
 

@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -38,7 +37,8 @@ import tensorflow as tf  # noqa: E402
 
 from jibjib import __version__
 from jibjib.core import fsutil  # noqa: E402
-from jibjib.core.config import checkpoint_prefix  # noqa: E402
+from jibjib.core.versions import software_versions  # noqa: E402
+from jibjib.models.checkpoint import checkpoint_files  # noqa: E402
 from jibjib.core.errors import LabelError  # noqa: E402
 from jibjib.training.inputs.pipeline import (
     FeatureStamp, InputSpec, background_rows, class_weights, examples_per_file, file_stamps, split_files, target_matrix, training_dataset,
@@ -165,8 +165,7 @@ def _sha256_text(*parts: str) -> str:
 
 def checkpoint_digest(path: str | os.PathLike) -> str:
     """SHA-256 over a TF checkpoint's files: the V1 file, or a V2 prefix's index and data shards."""
-    prefix = Path(checkpoint_prefix(str(path)))
-    files = [prefix] if prefix.is_file() else sorted(prefix.parent.glob(f"{prefix.name}.*"))
+    files = checkpoint_files(str(path))
     return _sha256_text(*(f"{f.name}:{fsutil.sha256_file(f)}" for f in files))
 
 
@@ -402,12 +401,6 @@ def embedding_plan(model: str, settings: dict[str, Any], embeddings: list | None
     if plan.used and not embeddings:
         return dataclasses.replace(plan, cut=None, reason="no embedding cache given (--embeddings, jibjib embed)")
     return plan
-
-
-def software_versions() -> dict[str, str]:
-    """What produced a model: recorded in train.json and in the export's model card."""
-    return {"jibjib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def train(

@@ -12,16 +12,16 @@ import os
 
 from jibjib.features.inventory import refresh_signatures, shard_species
 
-ANALYSIS_DIR = Path(config["analyze"]["input_dir"] or ".")
+ANALYSIS_DIR = Path(SETTINGS.analyze.input_dir or ".")
 ANALYSIS_SOURCES = Path("results/analysis/sources")
-ANALYSIS_SHARDS = shard_species(list(RECORDINGS), config["analyze"]["shards"])
-ANALYSIS_MODELS = analysis_models(config)
+ANALYSIS_SHARDS = shard_species(list(RECORDINGS), SETTINGS.analyze.shards)
+ANALYSIS_MODELS = SETTINGS.analysis_models
 
 if ANALYSIS_MODELS and workflow.is_main_process:
     # The hashes a shard job took are read back from the first model's manifests.
     _analysis_sources = refresh_signatures(ANALYSIS_DIR, RECORDINGS, ANALYSIS_SOURCES,
                                            Path(f"results/analysis/{ANALYSIS_MODELS[0]}/shards"),
-                                           config["analyze"]["shards"], workers=min(8, os.cpu_count() or 1),
+                                           SETTINGS.analyze.shards, workers=min(8, os.cpu_count() or 1),
                                            manifest_path_column="file")
     if _analysis_sources.summary():
         print(f"analysis sources: {_analysis_sources.summary()}; {len(_analysis_sources.changed_shards)} of "

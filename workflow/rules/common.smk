@@ -1,6 +1,7 @@
 # Helpers shared by the rules: config validation, the species inventory and
 # how to call the jibjib command.
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -12,9 +13,12 @@ from snakemake.utils import validate
 
 # The rules call the package from this checkout, installed or not.
 sys.path.insert(0, workflow.basedir)
-from jibjib.core.config import ConfigError, analysis_models, check_analysis, check_config, checkpoint_prefix  # noqa: E402
+from jibjib.analysis.checks import check_analysis  # noqa: E402
+from jibjib.cli.workflow import check_config  # noqa: E402
+from jibjib.core.errors import ConfigError  # noqa: E402
 from jibjib.embeddings import cache_plan  # noqa: E402
 from jibjib.features.inventory import shard_species  # noqa: E402
+from jibjib.models.checkpoint import checkpoint_files  # noqa: E402
 
 
 def _stop(message):
@@ -40,23 +44,24 @@ def _validate_config():
         _stop(exc)
 
 
-def _check_analysis():
+def _check_analysis(settings):
     try:
-        is_demo = "demo_soundscapes" in str(config["analyze"]["input_dir"]) + str(config["soundscapes"]["audio_dir"])
-        return check_analysis(config, demo_hint="make demo" if is_demo else "")
+        is_demo = "demo_soundscapes" in str(settings.analyze.input_dir) + str(settings.soundscapes.audio_dir)
+        return check_analysis(settings, demo_hint="make demo" if is_demo else "")
     except ConfigError as exc:
         _stop(exc)
 
 
-INVENTORY = _validate_config()
-RECORDINGS = _check_analysis()  # relative path -> [file] below analyze.input_dir
+# The typed settings (jibjib.core.settings), built once: the rules read them, not `config`.
+SETTINGS, INVENTORY = _validate_config()
+RECORDINGS = _check_analysis(SETTINGS)  # relative path -> [file] below analyze.input_dir
 SPECIES = sorted(INVENTORY)  # the folder names: species, multi-species and background folders alike
-SHARD_COUNT = config["features"]["shards"]
+SHARD_COUNT = SETTINGS.features.shards
 SHARDS = shard_species(SPECIES, SHARD_COUNT)  # shard name -> its species
-DATA_DIR = Path(config["data_dir"])
+DATA_DIR = Path(SETTINGS.data_dir)
 SOURCES_DIR = Path("results/sources")
 MANIFESTS_DIR = Path("results/manifests")
-FRONTEND_JSON = json.dumps(config["frontend"], sort_keys=True)
+FRONTEND_JSON = json.dumps(dataclasses.asdict(SETTINGS.frontend), sort_keys=True)
 
 # Rules run `python -m jibjib` from this checkout. Inside a conda env `python`
 # is the env's; otherwise it is the interpreter running Snakemake, which has
@@ -88,8 +93,8 @@ def packed_indexes():
 
 def training_tasks():
     """(nodes, tasks per node, GPUs per task) of each training job (train.*)."""
-    train = config["train"]
-    return train["nodes"], train["tasks_per_node"], train["gpus_per_task"]
+    train = SETTINGS.train
+    return train.nodes, train.tasks_per_node, train.gpus_per_task
 
 
 def training_resources():
@@ -131,8 +136,8 @@ def training_launcher(wildcards, threads):
 
 
 # Whether VGGish's head trains from the embedding cache (rule embed), and why not.
-EMBEDDING_PLAN = cache_plan(config["vggish"]["trainable"], config["vggish"]["embedding_cache"])
-EMBEDDINGS_USED = "vggish" in config["models"] and EMBEDDING_PLAN.used
+EMBEDDING_PLAN = cache_plan(SETTINGS.vggish.trainable, SETTINGS.vggish.embedding_cache)
+EMBEDDINGS_USED = "vggish" in SETTINGS.models and EMBEDDING_PLAN.used
 
 
 def embedding_indexes(model):
@@ -151,32 +156,29 @@ def embeddings_option(model):
 def vggish_checkpoint_files():
     """The files of vggish.checkpoint (a V1 file, or a V2 prefix's index and data): a new checkpoint reruns embed."""
     # (Not named `checkpoint`: a Snakemake keyword.)
-    vggish_checkpoint = config["vggish"]["checkpoint"]
-    if not vggish_checkpoint:
-        return []
-    prefix = Path(checkpoint_prefix(str(vggish_checkpoint)))
-    return [str(prefix)] if prefix.is_file() else sorted(map(str, prefix.parent.glob(f"{prefix.name}.*")))
+    vggish_checkpoint = SETTINGS.vggish.checkpoint
+    return list(map(str, checkpoint_files(vggish_checkpoint))) if vggish_checkpoint else []
 
 
 def embed_weights_options():
     """Where the frozen trunk's weights come from: the checkpoint, or train.seed's random draw
     (only then is the seed a parameter of embed, so a seed change without a checkpoint reruns it)."""
-    vggish_checkpoint = config["vggish"]["checkpoint"]
+    vggish_checkpoint = SETTINGS.vggish.checkpoint
     if vggish_checkpoint:
-        return f"--checkpoint={shlex.quote(str(vggish_checkpoint))}"
-    return f"--seed={int(config['train']['seed'])}"
+        return f"--checkpoint={shlex.quote(vggish_checkpoint)}"
+    return f"--seed={SETTINGS.train.seed}"
 
 
 def training_settings(model):
     """The JSON handed to `jibjib train`: shared train settings plus the model's own."""
-    return json.dumps({**config["train"], **config[model]}, sort_keys=True)
+    return SETTINGS.run(model).to_json()
 
 
 MODEL_NAMES = ("vggish", "convlstm")
 
 
 def export_dir(model):
-    return f"results/export/{model}/{config['export']['version']}"
+    return f"results/export/{model}/{SETTINGS.export.version}"
 
 
 def report_place(model):
@@ -187,26 +189,26 @@ def report_place(model):
 def model_targets():
     """Per configured model: its evaluation and its export (which need the trained model),
     and where configured its soundscape evaluation and its analysis of field recordings."""
-    targets = [target for model in config["models"]
+    targets = [target for model in SETTINGS.models
                for target in (f"results/eval/{model}/metrics.json", export_dir(model))]
-    if config["soundscapes"]["audio_dir"]:
-        targets += [f"results/eval/{model}/soundscapes.json" for model in config["models"]]
-    return targets + [f"results/analysis/{model}/detections.tsv" for model in analysis_models(config)]
+    if SETTINGS.soundscapes.audio_dir:
+        targets += [f"results/eval/{model}/soundscapes.json" for model in SETTINGS.models]
+    return targets + [f"results/analysis/{model}/detections.tsv" for model in SETTINGS.analysis_models]
 
 
 def table_options():
     """The detection settings of analyze: as options of jibjib analysis-tables."""
-    section = config["analyze"]
-    options = [f"--format={section['format']}"]
-    if section["min_score"] is not None:
-        options.append(f"--min-score={section['min_score']}")
-    if section["merge"]:
+    section = SETTINGS.analyze
+    options = [f"--format={section.format}"]
+    if section.min_score is not None:
+        options.append(f"--min-score={section.min_score}")
+    if section.merge:
         options.append("--merge")
     return " ".join(options)
 
 
 def hop_option():
-    hop = config["analyze"]["hop_seconds"]
+    hop = SETTINGS.analyze.hop_seconds
     return "" if hop is None else f"--hop={hop}"
 
 

@@ -3,7 +3,7 @@
 # With annotated soundscapes, the markdown report is test_report.md and the
 # soundscape stage writes report.md from it with its own section appended.
 
-REPORT_NAME = "test_report.md" if config["soundscapes"]["audio_dir"] else "report.md"
+REPORT_NAME = "test_report.md" if SETTINGS.soundscapes.audio_dir else "report.md"
 
 for _model in MODEL_NAMES:
 
@@ -19,7 +19,7 @@ for _model in MODEL_NAMES:
             features=feature_manifests(),
         output:
             metrics=report(f"results/eval/{_model}/metrics.json", caption="../report/metrics.rst", **report_place(_model)),
-            summary=f"results/eval/{_model}/{REPORT_NAME}" if config["soundscapes"]["audio_dir"] else
+            summary=f"results/eval/{_model}/{REPORT_NAME}" if SETTINGS.soundscapes.audio_dir else
                 report(f"results/eval/{_model}/report.md", caption="../report/summary.rst", **report_place(_model)),
             file_scores=f"results/eval/{_model}/file_scores.tsv",
             confusion=report(f"results/eval/{_model}/confusion.tsv", caption="../report/confusion.rst", **report_place(_model)),
@@ -30,8 +30,8 @@ for _model in MODEL_NAMES:
         params:
             model_dir=lambda wildcards, input: Path(input.model).parent,
             out_dir=lambda wildcards, output: Path(output.metrics).parent,
-            target_precision=config["evaluate"]["target_precision"],
-            top_k=config["evaluate"]["top_k"],
+            target_precision=SETTINGS.evaluate.target_precision,
+            top_k=SETTINGS.evaluate.top_k,
             report_name=REPORT_NAME,
         log:
             job=f"logs/evaluate/{_model}.log",

@@ -7,9 +7,9 @@
 def export_options(wildcards):
     """The export command's flags for export.tflite and export.legacy_serving."""
     options = []
-    if config["export"]["tflite"]:
+    if SETTINGS.export.tflite:
         options.append("--tflite")
-    if config["export"]["legacy_serving"]:
+    if SETTINGS.export.legacy_serving:
         options.append("--legacy-serving")
     return " ".join(options)
 
@@ -32,10 +32,10 @@ for _model in MODEL_NAMES:
             model_dir=lambda wildcards, input: Path(input.model).parent,
             eval_dir=lambda wildcards, input: Path(input.metrics).parent,
             frontend=FRONTEND_JSON,
-            top_k=config["export"]["top_k"],
+            top_k=SETTINGS.export.top_k,
             # Flags as params, so changing one reruns the export (Snakemake's params rerun trigger).
-            tflite=config["export"]["tflite"],
-            legacy_serving=config["export"]["legacy_serving"],
+            tflite=SETTINGS.export.tflite,
+            legacy_serving=SETTINGS.export.legacy_serving,
             options=export_options,
         log:
             job=f"logs/export/{_model}.log",
@@ -46,7 +46,7 @@ for _model in MODEL_NAMES:
         resources:
             # TFLite conversion of VGGish peaked at 8.9 GB (measured, 2026-12-02): each conversion holds
             # several copies of its 289 MB of weights beside the frozen graph.
-            mem_mb=16000 if config["export"]["tflite"] else 8000,
+            mem_mb=16000 if SETTINGS.export.tflite else 8000,
             runtime=60,
         shell:
             # The export needs no GPU; hiding them keeps TensorFlow off a GPU a training may be using.

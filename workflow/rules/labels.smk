@@ -6,7 +6,7 @@
 # declared output: Snakemake deletes a job's outputs before running it.
 SPLIT_LEDGER = "results/split_ledger.tsv"
 # Folder names of non-event audio, for labels (never a class) and split (split.tsv's empty `species`).
-BACKGROUND_OPTION = ",".join(config["labels"]["background"])
+BACKGROUND_OPTION = ",".join(SETTINGS.labels.background)
 
 
 # Its own job, never failing for a species without usable files: when `labels`
@@ -36,8 +36,8 @@ rule labels:
     output:
         report("results/labels.tsv", caption="../report/labels.rst", category="Data"),
     params:
-        label_map=f"--label-map={shlex.quote(config['label_map'])}" if config["label_map"] else "",
-        recording_pattern=config["split"]["recording_pattern"],
+        label_map=f"--label-map={shlex.quote(SETTINGS.label_map)}" if SETTINGS.label_map else "",
+        recording_pattern=SETTINGS.split.recording_pattern,
         background=BACKGROUND_OPTION,
     log:
         "logs/labels.log",
@@ -57,10 +57,10 @@ rule split:
     output:
         "results/split.tsv",
     params:
-        fractions=config["split"]["fractions"],
-        seed=config["split"]["seed"],
-        min_eval_recordings=config["split"]["min_eval_recordings"],
-        recording_pattern=config["split"]["recording_pattern"],
+        fractions=SETTINGS.split.fractions,
+        seed=SETTINGS.split.seed,
+        min_eval_recordings=SETTINGS.split.min_eval_recordings,
+        recording_pattern=SETTINGS.split.recording_pattern,
         ledger=SPLIT_LEDGER,
         background=BACKGROUND_OPTION,
     log:
@@ -72,7 +72,7 @@ rule split:
         runtime=30,
     shell:
         "python -m jibjib split --manifests {input.manifests:q} --out={output:q}"
-        " --train={params.fractions[train]} --val={params.fractions[val]} --test={params.fractions[test]}"
+        " --train={params.fractions.train} --val={params.fractions.val} --test={params.fractions.test}"
         " --seed={params.seed} --min-eval-recordings={params.min_eval_recordings}"
         " --recording-pattern={params.recording_pattern:q} --ledger={params.ledger:q}"
         " --background={params.background:q} 2> {log:q}"

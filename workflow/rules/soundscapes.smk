@@ -5,13 +5,13 @@
 # then scored against the annotations. report.md then holds the test-split
 # report followed by the soundscape section.
 
-SOUNDSCAPE_DIR = config["soundscapes"]["audio_dir"]
-SOUNDSCAPE_ANNOTATIONS = config["soundscapes"]["annotations"] or SOUNDSCAPE_DIR
+SOUNDSCAPE_DIR = SETTINGS.soundscapes.audio_dir
+SOUNDSCAPE_ANNOTATIONS = SETTINGS.soundscapes.annotations or SOUNDSCAPE_DIR
 
 
 if SOUNDSCAPE_DIR:
 
-    for _model in config["models"]:
+    for _model in SETTINGS.models:
 
         rule:
             name:

@@ -1,0 +1,42 @@
+"""`jibjib train`: one model trained on the features."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jibjib.cli.common import add_dataset_inputs, tensorflow_threads
+from jibjib.core.errors import InputError
+from jibjib.core.settings import RunSettings
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    tensorflow_threads(args.threads)
+    settings = RunSettings.from_json(args.settings)  # before TensorFlow loads: a typo costs no wait
+    if settings.model != args.model:
+        raise InputError(f"--settings: the settings of {settings.model}, not of --model {args.model}")
+    from jibjib.training.run import train
+
+    flat = {**settings.train.to_dict(), **settings.net.to_dict()}  # TODO(issue 22): train() takes RunSettings
+    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, flat, args.packed,
+                   args.embeddings)
+    if "worker" in report:  # another worker than the chief of a multi-worker run: the chief reports
+        print(f"train {args.model}: worker {report['worker']} done", file=sys.stderr)
+        return
+    print(f"train {args.model}: {report['epochs_completed']} epochs in {report['seconds']} s", file=sys.stderr)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on the features")
+    p.add_argument("--model", required=True, choices=["vggish", "convlstm"])
+    add_dataset_inputs(p)
+    p.add_argument("--out-dir", required=True, help="model.keras, history.tsv, train.json and checkpoints/ go here")
+    p.add_argument("--settings", required=True, help="the run's settings as JSON: {\"model\": ..., \"train\": {...}, \"<model>\": {...}}; "
+                        "keys left out take the schema's defaults (docs/configuration.md)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
+    p.add_argument("--packed", nargs="+", metavar="INDEX_TSV",
+                   help="read examples from these packed shards (jibjib pack) instead of each file's npz")
+    p.add_argument("--embeddings", nargs="+", metavar="INDEX_TSV",
+                   help="VGGish with a frozen trunk: train the layers after the cut from these embedding caches "
+                        "(jibjib embed)")
+    p.set_defaults(func=cmd_train)
