@@ -1,5 +1,6 @@
-# jibjib: bird recordings -> features (packed) -> labels and split -> models -> reports -> export.
-# The stages live in workflow/rules/<stage>.smk; the work is done by the jibjib package.
+# jibjib: bird recordings -> features -> labels and split -> packed features (and embeddings) -> models
+# -> evaluation -> export -> analysis of field recordings. Each stage's rules live in
+# workflow/rules/<stage>.smk and call the jibjib command, whose code sits in jibjib/<stage>/.
 
 from snakemake.utils import min_version
 
@@ -11,13 +12,12 @@ configfile: "config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/features.smk"
-include: "workflow/rules/packed.smk"
-include: "workflow/rules/embeddings.smk"
 include: "workflow/rules/labels.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/export.smk"
-include: "workflow/rules/soundscapes.smk"
+include: "workflow/rules/packing.smk"
+include: "workflow/rules/embeddings.smk"
+include: "workflow/rules/training.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/serving.smk"
 include: "workflow/rules/analysis.smk"
 
 

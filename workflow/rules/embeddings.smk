@@ -1,8 +1,8 @@
-# Stage 2c: with VGGish's trunk frozen (vggish.trainable head, fc2 or fc1_2;
+# embeddings: with VGGish's trunk frozen (vggish.trainable head, fc2 or fc1_2;
 # vggish.embedding_cache auto) each packed shard goes through the frozen part
 # of the trunk once: results/embeddings/<shard>.npy holds the output of its
 # last frozen layer for every patch, <shard>.tsv the index (see
-# jibjib/embeddings/cache.py), and the head trains from them. The job reruns
+# jibjib/embeddings/), and the head trains from them. The job reruns
 # when its pack, the checkpoint, the cut or (without a checkpoint) train.seed
 # changed, and then computes only the files whose content or frozen weights
 # changed. Training settings are not its inputs: changing them retrains the

@@ -1,6 +1,7 @@
-# Stage 1: audio (WAV, FLAC, Ogg, MP3) -> per-file VGGish log-mel (results/features/<label>/<stem>.npz).
+# features: audio (WAV, FLAC, Ogg, MP3) -> per-file VGGish log-mel (results/features/<label>/<stem>.npz),
+# and the QC table that accounts for every file (results/qc/files.tsv).
 # One job per shard of species folders (features.shards, each species by a hash
-# of its name; see jibjib/inventory.py); inside it, files whose content and
+# of its name; see jibjib/features/inventory.py); inside it, files whose content and
 # front end are unchanged keep their npz.
 #
 # The job's input is not the recordings but the shard's content signature
@@ -49,3 +50,24 @@ rule features:
         "python -m jibjib features --data-dir={params.data_dir:q} {params.labels}"
         " --features-dir=results/features --manifest={output.manifest:q}"
         " --sources={input.sources:q} --frontend={params.frontend:q} 2> {log:q}"
+
+
+# Its own job, never failing for a species without usable files: when `labels`
+# fails, Snakemake deletes that job's outputs, and this table says why.
+rule qc:
+    input:
+        manifests=feature_manifests(),
+    output:
+        report("results/qc/files.tsv", caption="../report/qc.rst", category="Data"),
+    params:
+        data_dir=DATA_DIR,
+    log:
+        "logs/qc.log",
+    conda:
+        "../../envs/features.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m jibjib qc --data-dir={params.data_dir:q} --manifests {input.manifests:q}"
+        " --out={output:q} 2> {log:q}"

@@ -1,4 +1,4 @@
-# Stage 2: feature manifests -> QC table, label index and the split by recording.
+# labels: the QC table -> the label index, and the feature manifests -> the split by recording.
 # Options are written `--name=value` so that a value starting with `-` (a
 # data_dir or a pattern might) is never read as an option.
 
@@ -7,27 +7,6 @@
 SPLIT_LEDGER = "results/split_ledger.tsv"
 # Folder names of non-event audio, for labels (never a class) and split (split.tsv's empty `species`).
 BACKGROUND_OPTION = ",".join(SETTINGS.labels.background)
-
-
-# Its own job, never failing for a species without usable files: when `labels`
-# fails, Snakemake deletes that job's outputs, and this table says why.
-rule qc:
-    input:
-        manifests=feature_manifests(),
-    output:
-        report("results/qc/files.tsv", caption="../report/qc.rst", category="Data"),
-    params:
-        data_dir=DATA_DIR,
-    log:
-        "logs/qc.log",
-    conda:
-        "../../envs/features.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    shell:
-        "python -m jibjib qc --data-dir={params.data_dir:q} --manifests {input.manifests:q}"
-        " --out={output:q} 2> {log:q}"
 
 
 rule labels:

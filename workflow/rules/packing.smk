@@ -1,6 +1,6 @@
-# Stage 2b: each feature shard's log-mel -> one float16 array and its index
+# packing: each feature shard's log-mel -> one float16 array and its index
 # (results/packed/<shard>.npy, <shard>.tsv), from which training gathers whole
-# batches (see jibjib/packed/shards.py). The pack is independent of the split
+# batches (see jibjib/packing/). The pack is independent of the split
 # and the labels; a shard is packed again only when its manifest changed, and
 # then only its changed files are read from their npz.
 

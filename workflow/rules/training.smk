@@ -1,4 +1,4 @@
-# Stage 3: packed features + labels + split -> trained Keras models (results/models/<model>/);
+# training: packed features + labels + split -> trained Keras models (results/models/<model>/);
 # VGGish with a frozen trunk trains its head from the embedding cache (embeddings.smk).
 # Tagged gpu=1 (train.gpus_per_task) so a workstation runs one training per GPU
 # and a SLURM profile sends them to GPU nodes; on a machine without GPUs they

@@ -1,4 +1,4 @@
-# Stage 5: trained model + its evaluation -> SavedModel for TensorFlow Serving
+# serving: trained model + its evaluation -> SavedModel for TensorFlow Serving
 # (results/export/<model>/<version>/), with the front end inside the graph;
 # export.tflite adds the TFLite files, export.legacy_serving the old query
 # service's serving_default.

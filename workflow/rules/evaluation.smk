@@ -1,4 +1,4 @@
-# Stage 4: trained model -> evaluation on the test split (results/eval/<model>/).
+# evaluation: trained model -> evaluation on the test split (results/eval/<model>/).
 # The val split only tunes the calibration temperature and the per-class thresholds.
 # With annotated soundscapes, the markdown report is test_report.md and the
 # soundscape stage writes report.md from it with its own section appended.
