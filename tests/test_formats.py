@@ -2,7 +2,7 @@
 
 FLAC is lossless and must give the WAV's features exactly; the lossy formats
 are held to tolerances measured here.  Cut-off, misnamed and silent files get
-the reasons jibjib.audio and the README's bad-file table describe.
+the reasons jibjib.features.audio and docs/robustness.md's bad-file table describe.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # Options are written `--name=value` so that a value starting with `-` (a
 # data_dir or a pattern might) is never read as an option.
 
-# The split's memory of earlier assignments (README, "Split"). Deliberately no
+# The split's memory of earlier assignments (docs/training.md, "The split"). Deliberately no
 # declared output: Snakemake deletes a job's outputs before running it.
 SPLIT_LEDGER = "results/split_ledger.tsv"
 # Folder names of non-event audio, for labels (never a class) and split (split.tsv's empty `species`).
