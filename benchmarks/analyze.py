@@ -165,7 +165,7 @@ def _report(**values: Any) -> None:
 
 def ceiling_worker(export: str, path: str, hop: float | None) -> None:
     """The model's forward pass over the file's windows, log-mel and windows made beforehand."""
-    from jibjib.analysis.analyze import Analyzer
+    from jibjib.analysis.analyzer import Analyzer
     from jibjib.features.audio import read_audio
     from jibjib.features.frontend import waveform_to_log_mel
 

@@ -13,9 +13,10 @@ import soundfile
 
 from jibjib.demo import soundscapes as demo_soundscapes
 from jibjib.core import fsutil
-from jibjib.analysis.soundscapes import (
-    Call, detections, evaluate_soundscapes, pick_strip, read_annotations, read_scores, window_truth, write_soundscape_report,
-)
+from jibjib.analysis.annotations import Call, read_annotations
+from jibjib.analysis.soundscape_report import pick_strip, write_soundscape_report
+from jibjib.analysis.soundscapes import evaluate_soundscapes, read_scores, window_truth
+from jibjib.analysis.tables import detections
 from jibjib.cli import main
 from jibjib.demo.species import _species_names
 from jibjib.demo.soundscapes import MARKER_NAME, RAVEN_COLUMNS, make_soundscapes
