@@ -78,10 +78,11 @@ def soundscape(workdir: Path, minutes: int) -> tuple[Path, int]:
     count_path = path.with_suffix(".songs")
     if path.is_file() and count_path.is_file():
         return path, int(count_path.read_text())
-    from jibjib.demo.species import DEFAULT_SEED, _make_species, _species_names
+    from jibjib.demo.songs import make_species, species_names
+    from jibjib.demo.species import DEFAULT_SEED
 
-    names = _species_names(DEFAULT_SEED, N_SPECIES)
-    species = [_make_species(DEFAULT_SEED, i, name) for i, name in enumerate(names)]
+    names = species_names(DEFAULT_SEED, N_SPECIES)
+    species = [make_species(DEFAULT_SEED, i, name) for i, name in enumerate(names)]
     # make_soundscapes ties each file's rate to its place in FORMATS and renders
     # a file in one piece, so the pieces are planned here: plans at the places
     # of the 48 kHz format, each with its own random streams, back to back.
@@ -165,7 +166,7 @@ def _report(**values: Any) -> None:
 
 def ceiling_worker(export: str, path: str, hop: float | None) -> None:
     """The model's forward pass over the file's windows, log-mel and windows made beforehand."""
-    from jibjib.analysis.analyze import Analyzer
+    from jibjib.analysis.analyzer import Analyzer
     from jibjib.features.audio import read_audio
     from jibjib.features.frontend import waveform_to_log_mel
 

@@ -21,7 +21,9 @@ import pytest
 import soundfile
 
 from conftest import REPO_ENV, TINY, chirp, run_snakemake, write_audio
-from jibjib.analysis.analyze import ANALYSED, REJECTED, REUSED, Analyzer, analyze_files, find_inputs
+from jibjib.analysis.analyze import ANALYSED, REJECTED, REUSED, analyze_files
+from jibjib.analysis.analyzer import Analyzer
+from jibjib.analysis.inputs import find_inputs
 from jibjib.analysis.tables import RAVEN_COLUMNS
 from jibjib.serving.export import save_export, window_card
 from jibjib.features.frontend import hertz_to_mel

@@ -23,9 +23,10 @@ from conftest import PREPARATION_TARGETS, REPO, chirp, make_tree, run_snakemake,
 from jibjib import cli
 from jibjib.evaluation import metrics
 from jibjib.serving import predict
-from jibjib.labels.split import (
-    DEFAULT_BACKGROUND, SPLITS, LabelError, assign_splits, folder_species, label_index, species_column,
-)
+from jibjib.core.errors import LabelError
+from jibjib.labels.folders import DEFAULT_BACKGROUND, folder_species, species_column
+from jibjib.labels.index import label_index
+from jibjib.labels.split import SPLITS, assign_splits
 from test_labels import qc_rows
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}

@@ -29,7 +29,7 @@ from jibjib.core import fsutil
 from jibjib.features.audio import read_audio
 from jibjib.core.errors import ConfigError
 from jibjib.labels.checks import check_data_dir
-from jibjib.labels.split import DEFAULT_BACKGROUND
+from jibjib.labels.folders import DEFAULT_BACKGROUND
 from jibjib.features.extract import extract_file, extract_species, min_sample_rate
 from jibjib.features.frontend import LogMelStream, waveform_to_log_mel
 from jibjib.core.params import VGGISH

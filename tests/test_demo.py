@@ -15,6 +15,8 @@ import pytest
 import scipy.signal
 import soundfile
 
+from jibjib.demo import recordings as demo_recordings
+from jibjib.demo import songs as demo_songs
 from jibjib.demo import species as demo
 from jibjib.features.audio import read_audio
 from jibjib.demo.species import DEFAULT_SEED, MARKER_NAME, DemoSummary, make_demo
@@ -153,18 +155,18 @@ def test_float_files_carry_no_timestamp(small):
 
 def test_default_set_mixes_formats(mid):
     # The full default plan, without synthesising it ...
-    names = demo._species_names(0, 8)
-    species = [demo._make_species(0, i, n) for i, n in enumerate(names)]
-    plan = demo._plan(0, species, 12, 10.0, 3)
-    assert {p.sample_rate for p in plan} == set(demo.SAMPLE_RATES)
-    assert {p.subtype for p in plan} == set(demo.SUBTYPES)
+    names = demo_songs.species_names(0, 8)
+    species = [demo_songs.make_species(0, i, n) for i, n in enumerate(names)]
+    plan = demo_recordings.plan_recordings(0, species, 12, 10.0, 3)
+    assert {p.sample_rate for p in plan} == set(demo_recordings.SAMPLE_RATES)
+    assert {p.subtype for p in plan} == set(demo_recordings.SUBTYPES)
     assert {p.channels for p in plan} == {1, 2}
     assert {len(p.slice_samples) for p in plan} == {1, 2, 3}
     # ... and what actually landed on disk for its first half.
     out, _ = mid
     infos = [soundfile.info(str(p)) for p in wav_files(out)]
     rates = {i.samplerate for i in infos}
-    assert len(rates) >= 3 and rates <= set(demo.SAMPLE_RATES)
+    assert len(rates) >= 3 and rates <= set(demo_recordings.SAMPLE_RATES)
     assert {i.channels for i in infos} == {1, 2}
     subtypes = [i.subtype for i in infos]
     assert "FLOAT" in subtypes and "PCM_16" in subtypes
@@ -172,11 +174,11 @@ def test_default_set_mixes_formats(mid):
 
 
 def test_species_names():
-    names = demo._species_names(0, 40)
+    names = demo_songs.species_names(0, 40)
     assert len(set(names)) == 40
     assert all(re.fullmatch(r"[A-Z][a-z]{3,}_[a-z]{3,}", n) for n in names)
-    assert demo._species_names(0, 5) == names[:5]
-    assert demo._species_names(0, 40) == names
+    assert demo_songs.species_names(0, 5) == names[:5]
+    assert demo_songs.species_names(0, 40) == names
 
 
 def band_fraction(x: np.ndarray, sr: int, lo: float = 1000.0, hi: float = 8000.0) -> float:
@@ -188,17 +190,17 @@ def test_clean_songs_within_band():
     rng = np.random.default_rng(123)
     kinds = set()
     for seed in range(2):
-        for index, name in enumerate(demo._species_names(seed, 8)):
-            species = demo._make_species(seed, index, name)
+        for index, name in enumerate(demo_songs.species_names(seed, 8)):
+            species = demo_songs.make_species(seed, index, name)
             kinds |= {s.kind for s in species.syllables}
             for sr in (22050, 48000):
                 # The extremes of the per-recording pitch and tempo changes.
                 for pitch, tempo in ((0.97, 0.9), (1.03, 1.1)):
-                    song = demo._render_song(species, sr, pitch, tempo, rng)
+                    song = demo_songs.render_song(species, sr, pitch, tempo, rng)
                     assert np.isfinite(song).all()
                     assert band_fraction(song, sr) > 0.99, (name, sr, pitch)
                     assert band_fraction(song, sr, 7600.0, sr / 2) < 1e-3, (name, sr, pitch)
-    assert kinds == set(demo._KINDS)
+    assert kinds == set(demo_songs.SYLLABLE_KINDS)
 
 
 def mean_psd(x: np.ndarray, sr: int, n: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -312,7 +314,7 @@ def _fresh(out: Path, **changes) -> Path:
 
 def die_after(monkeypatch, recordings: int) -> None:
     """Make make_demo stop like a killed run after writing `recordings` recordings."""
-    real = demo._write_recording
+    real = demo_recordings.write_recording
     done = []
 
     def dying(*args, **kwargs):
@@ -321,7 +323,7 @@ def die_after(monkeypatch, recordings: int) -> None:
         done.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo, "_write_recording", dying)
+    monkeypatch.setattr(demo_recordings, "write_recording", dying)
 
 
 def test_interrupted_run_is_not_trusted(tmp_path, monkeypatch):
@@ -382,11 +384,13 @@ def test_default_demo_fills_every_split_for_every_species() -> None:
     import yaml
 
     from jibjib.labels.split import assign_splits
-    from jibjib.demo.species import _make_species, _plan, _species_names
+    from jibjib.demo.recordings import plan_recordings
+    from jibjib.demo.songs import make_species, species_names
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["split"]
-    names = _species_names(DEFAULT_SEED, 8)
-    plans = _plan(DEFAULT_SEED, [_make_species(DEFAULT_SEED, i, n) for i, n in enumerate(names)], 20, 10.0, 2)
+    names = species_names(DEFAULT_SEED, 8)
+    species = [make_species(DEFAULT_SEED, i, n) for i, n in enumerate(names)]
+    plans = plan_recordings(DEFAULT_SEED, species, 20, 10.0, 2)
     qc = pd.DataFrame([{"path": f, "label": p.species, "status": "processed"} for p in plans for f in p.files])
     split = assign_splits(qc, config["fractions"], config["seed"], config["recording_pattern"])
     per_class = split.groupby(["label", "split"])["recording_id"].nunique().unstack().fillna(0)

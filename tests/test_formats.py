@@ -17,7 +17,7 @@ from conftest import chirp, feature_command_peak_rss, write_audio, write_wav
 from jibjib.features import audio
 from jibjib.features.audio import AudioError, open_audio, read_audio
 from jibjib.labels.checks import check_data_dir
-from jibjib.labels.split import DEFAULT_BACKGROUND
+from jibjib.labels.folders import DEFAULT_BACKGROUND
 from jibjib.features.extract import extract_file, extract_species
 from jibjib.core.params import VGGISH
 from jibjib.serving.predict import Exported

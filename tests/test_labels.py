@@ -12,9 +12,11 @@ import pytest
 
 from conftest import WritesFile, make_tree, run_snakemake
 from jibjib import cli
-from jibjib.labels.split import (
-    LEDGER_COLUMNS, SPLITS, LabelError, assign_splits, label_index, load_label_map, next_split, read_ledger, recording_ids, split_settings, write_ledger,
-)
+from jibjib.core.errors import LabelError
+from jibjib.labels.index import label_index, recording_ids
+from jibjib.labels.label_map import load_label_map
+from jibjib.labels.ledger import LEDGER_COLUMNS, read_ledger, split_settings, write_ledger
+from jibjib.labels.split import SPLITS, assign_splits, next_split
 from jibjib.features.qc import QC_COLUMNS, QCRow, read_qc, with_duplicates, write_manifest
 
 

@@ -13,11 +13,12 @@ import soundfile
 
 from jibjib.demo import soundscapes as demo_soundscapes
 from jibjib.core import fsutil
-from jibjib.analysis.soundscapes import (
-    Call, detections, evaluate_soundscapes, pick_strip, read_annotations, read_scores, window_truth, write_soundscape_report,
-)
+from jibjib.analysis.annotations import Call, read_annotations
+from jibjib.analysis.soundscape_report import pick_strip, write_soundscape_report
+from jibjib.analysis.soundscapes import evaluate_soundscapes, read_scores, window_truth
+from jibjib.analysis.tables import detections
 from jibjib.cli import main
-from jibjib.demo.species import _species_names
+from jibjib.demo.songs import make_species, species_names
 from jibjib.demo.soundscapes import MARKER_NAME, RAVEN_COLUMNS, make_soundscapes
 from jibjib.core.errors import InputError
 
@@ -280,7 +281,7 @@ def test_files_and_formats(scapes):
 def test_truth_tables_match_the_audio(scapes):
     out, marker, _ = scapes
     truth = read_annotations(out)
-    species = set(_species_names(SMALL["seed"], SMALL["n_species"]))
+    species = set(species_names(SMALL["seed"], SMALL["n_species"]))
     for d in marker["soundscapes"]:
         calls = truth[Path(d["file"]).stem]
         assert len(calls) == len(d["calls"]) >= 5
@@ -316,8 +317,8 @@ def test_snr_overlaps_and_bird_free_stretches(scapes):
 def test_snr_is_measured_in_the_call_band(scapes):
     """The file holds the bed plus songs, each scaled to its SNR over the bed in the call's span and box."""
     out, marker, _ = scapes
-    species = [demo_soundscapes._make_species(SMALL["seed"], i, n)
-               for i, n in enumerate(_species_names(SMALL["seed"], SMALL["n_species"]))]
+    species = [make_species(SMALL["seed"], i, n)
+               for i, n in enumerate(species_names(SMALL["seed"], SMALL["n_species"]))]
     plans = [demo_soundscapes._plan_file(SMALL["seed"], k, species, d["seconds"])
              for k, d in enumerate(marker["soundscapes"])]
     measured, expected = [], []
@@ -369,8 +370,8 @@ def test_make_demo_writes_soundscapes_beside_the_species(tmp_path, monkeypatch, 
     assert main(["make-demo", str(tmp_path / "birds"), "--species", "2", "--recordings", "1", "--background-recordings", "1"]) == 0
     # Not inside the data folder, where it would be taken for a species; the background folder is.
     folders = sorted(p.name for p in (tmp_path / "birds").iterdir() if p.is_dir())
-    assert folders == sorted(_species_names(57, 2)) + ["noise"]
-    assert {c.label for c in read_annotations(tmp_path / "demo_soundscapes")["site1"]} <= set(_species_names(57, 2))
+    assert folders == sorted(species_names(57, 2)) + ["noise"]
+    assert {c.label for c in read_annotations(tmp_path / "demo_soundscapes")["site1"]} <= set(species_names(57, 2))
     assert "demo soundscapes in" in capsys.readouterr().err
     assert main(["make-demo", str(tmp_path / "x" / "birds"), "--species", "2", "--recordings", "1",
                  "--soundscapes", ""]) == 0
@@ -381,7 +382,7 @@ def test_oracle_scores_on_the_demo_and_the_figure(scapes, tmp_path):
     """Scores that are the truth itself score perfectly, through every format's table; the chorus is drawn."""
     out, marker, _ = scapes
     truth = read_annotations(out)
-    labels = _species_names(SMALL["seed"], SMALL["n_species"])
+    labels = species_names(SMALL["seed"], SMALL["n_species"])
     for d in marker["soundscapes"]:
         key = Path(d["file"]).stem
         start = np.arange(0.0, d["seconds"] - 0.96, 0.48)

@@ -9,7 +9,7 @@ One npz per audio file, `<scores dir>/<relative path without extension>.npz`:
     channels         int
     seconds          float the file's duration
     source_sha256    str   the content the scores were computed from
-    export_digest    str   the SavedModel graph and weights (see jibjib.analysis.analyze.export_digest)
+    export_digest    str   the SavedModel graph and weights (see jibjib.analysis.analyzer.export_digest)
     hop_frames, window_frames  int  the window grid in log-mel frames (10 ms each for VGGish)
 
 A score file is reused instead of re-analysing the recording only when the

@@ -11,7 +11,7 @@ from jibjib.cli.common import input_dir, input_file, single_threaded_blas, tenso
 
 
 def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
-    from jibjib.analysis.soundscapes import fmt, write_soundscape_report
+    from jibjib.analysis.soundscape_report import fmt, write_soundscape_report
 
     report = write_soundscape_report(args.scores, args.annotations, args.thresholds, args.out_dir, args.audio,
                                      args.model, args.threshold_column, args.figure, args.with_report)
@@ -24,7 +24,7 @@ def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 def _table_settings(args: argparse.Namespace):
-    from jibjib.analysis.analyze import TableSettings
+    from jibjib.analysis.outputs import TableSettings
 
     if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
         from jibjib.core.errors import InputError
@@ -41,7 +41,7 @@ def _window_thresholds(export, settings) -> dict[str, float] | None:
     return read_window_thresholds(settings.thresholds_path or export.thresholds_path)
 
 def _write_tables(export, results, settings, thresholds, out_dir: str) -> int:
-    from jibjib.analysis.analyze import write_outputs
+    from jibjib.analysis.outputs import write_outputs
 
     params = export.params
     return write_outputs(Path(out_dir), results, export.labels, export.external_ids, thresholds, settings,
@@ -60,7 +60,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     single_threaded_blas()
     tensorflow_threads(args.threads)
     settings = _table_settings(args)  # before TensorFlow loads: a bad option costs no wait
-    from jibjib.analysis.analyze import REJECTED, Analyzer, analyze_files, find_inputs, write_manifest
+    from jibjib.analysis.analyze import REJECTED, analyze_files
+    from jibjib.analysis.analyzer import Analyzer
+    from jibjib.analysis.inputs import find_inputs
+    from jibjib.analysis.outputs import write_manifest
     from jibjib.core.errors import InputError
 
     if args.sources:
@@ -110,7 +113,7 @@ def _signature_paths(path: str) -> list[str]:
 
 def cmd_analysis_tables(args: argparse.Namespace) -> None:
     settings = _table_settings(args)
-    from jibjib.analysis.analyze import results_from_manifests
+    from jibjib.analysis.outputs import results_from_manifests
     from jibjib.serving.exported import ExportAssets
 
     results = results_from_manifests(args.manifests, Path(args.scores))

@@ -34,15 +34,15 @@ def frontend_option(text: str | None):
     return FrontEnd.from_config(parse_json("--frontend", text) if text else None)
 
 def recording_pattern(args: argparse.Namespace) -> str:
-    # Resolved here, not as the argparse default: jibjib.labels imports pandas,
+    # Resolved here, not as the argparse default: jibjib.labels.index imports pandas,
     # which the features command must not pay for.
-    from jibjib.labels.split import DEFAULT_RECORDING_PATTERN
+    from jibjib.labels.index import DEFAULT_RECORDING_PATTERN
 
     return DEFAULT_RECORDING_PATTERN if args.recording_pattern is None else args.recording_pattern
 
 def background_folders(args: argparse.Namespace) -> tuple[str, ...]:
     """The background folder names of --background (comma-separated; '' for none)."""
-    from jibjib.labels.split import DEFAULT_BACKGROUND
+    from jibjib.labels.folders import DEFAULT_BACKGROUND
 
     if args.background is None:
         return DEFAULT_BACKGROUND

@@ -11,7 +11,9 @@ from jibjib.cli.common import add_background, background_folders, input_file, re
 
 def cmd_labels(args: argparse.Namespace) -> None:
     from jibjib.core import fsutil
-    from jibjib.labels.split import folder_species, label_index, load_label_map
+    from jibjib.labels.folders import folder_species
+    from jibjib.labels.index import label_index
+    from jibjib.labels.label_map import load_label_map
     from jibjib.features.qc import read_qc
 
     def log(line: str) -> None:
@@ -34,9 +36,9 @@ def cmd_labels(args: argparse.Namespace) -> None:
 
 def cmd_split(args: argparse.Namespace) -> None:
     from jibjib.core import fsutil
-    from jibjib.labels.split import (
-        SPLITS, assign_splits, check_fractions, check_min_eval_recordings, folder_list, read_ledger, split_settings, write_ledger,
-    )
+    from jibjib.labels.folders import folder_list
+    from jibjib.labels.ledger import read_ledger, split_settings, write_ledger
+    from jibjib.labels.split import SPLITS, assign_splits, check_fractions, check_min_eval_recordings
     from jibjib.features.qc import read_qc
 
     def log(line: str) -> None:

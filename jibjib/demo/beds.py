@@ -12,7 +12,7 @@ import scipy.fft
 import scipy.signal
 
 
-def _colored_noise(rng: np.random.Generator, n: int, sr: int, alpha: float, knee_hz: float,
+def colored_noise(rng: np.random.Generator, n: int, sr: int, alpha: float, knee_hz: float,
                    cutoff_hz: float | None = None) -> np.ndarray:
     """Unit-power noise with a 1/f^alpha power spectrum, flat below `knee_hz`.
 
@@ -35,13 +35,13 @@ def _colored_noise(rng: np.random.Generator, n: int, sr: int, alpha: float, knee
 
 
 def _wind(rng: np.random.Generator, n: int, sr: float) -> np.ndarray:
-    wind = _colored_noise(rng, n, sr, alpha=2.0, knee_hz=20.0, cutoff_hz=rng.uniform(150.0, 500.0))
+    wind = colored_noise(rng, n, sr, alpha=2.0, knee_hz=20.0, cutoff_hz=rng.uniform(150.0, 500.0))
     return wind * _slow(rng, n, sr, 1.5, 0.2, 1.0) ** 2
 
 
 def _traffic(rng: np.random.Generator, n: int, sr: float) -> np.ndarray:
     """A distant road: low rumble with a swell as each vehicle passes."""
-    rumble = _colored_noise(rng, n, sr, alpha=2.0, knee_hz=30.0, cutoff_hz=rng.uniform(200.0, 400.0))
+    rumble = colored_noise(rng, n, sr, alpha=2.0, knee_hz=30.0, cutoff_hz=rng.uniform(200.0, 400.0))
     seconds = n / sr
     coarse = np.arange(0.0, seconds + 1.0, 0.25)
     swell = np.full(coarse.size, 0.3)

@@ -40,9 +40,9 @@ import soundfile
 
 from jibjib.core import fsutil
 from jibjib.demo.beds import field_bed
-from jibjib.demo.species import (
-    DEFAULT_SEED, PITCH_SPREAD, _intact, _make_species, _read_marker, _render_song, _Species, _species_names,
-)
+from jibjib.demo.markers import prepare_folder
+from jibjib.demo.songs import PITCH_SPREAD, Species, make_species, render_song, species_names
+from jibjib.demo.species import DEFAULT_SEED
 
 __all__ = ["SoundscapeSummary", "make_soundscapes", "RAVEN_COLUMNS", "MARKER_NAME", "GENERATOR_VERSION", "SNR_DB"]
 
@@ -135,13 +135,13 @@ def _band_power(x: np.ndarray, sr: int, low: float, high: float) -> float:
     return float(power[(freqs >= low) & (freqs <= high)].sum())
 
 
-def _song(species: _Species, sr: int, pitch: float, tempo: float, rng: np.random.Generator) -> np.ndarray:
-    song = _render_song(species, sr, pitch, tempo, rng)
+def _song(species: Species, sr: int, pitch: float, tempo: float, rng: np.random.Generator) -> np.ndarray:
+    song = render_song(species, sr, pitch, tempo, rng)
     audible = np.flatnonzero(np.abs(song) > 1e-3 * np.abs(song).max())
     return song[audible[0] : audible[-1] + 1]
 
 
-def _plan_file(seed: int, index: int, species: list[_Species], seconds: float) -> _Soundscape:
+def _plan_file(seed: int, index: int, species: list[Species], seconds: float) -> _Soundscape:
     fmt, subtype, suffix, sr = FORMATS[index % len(FORMATS)]
     rng = np.random.default_rng([seed, index, _PLAN_STREAM])
     samples = int(round(seconds * sr))
@@ -346,24 +346,16 @@ def make_soundscapes(
     """
     arguments = _arguments(n_species, seed, n_files, min_seconds, max_seconds)
     out = Path(out_dir)
-    names = _species_names(arguments["seed"], arguments["n_species"])
-    species = [_make_species(arguments["seed"], i, name) for i, name in enumerate(names)]
+    names = species_names(arguments["seed"], arguments["n_species"])
+    species = [make_species(arguments["seed"], i, name) for i, name in enumerate(names)]
     plans = [_plan_file(arguments["seed"], k, species, seconds) for k, seconds in enumerate(_lengths(arguments))]
     summary = SoundscapeSummary(len(plans), round(sum(p.seconds for p in plans), 3),
                                 sum(len(p.calls) for p in plans), [p.name for p in plans])
 
-    marker_path, partial_path = out / MARKER_NAME, out / PARTIAL_NAME
-    previous = _read_marker(marker_path)
-    if (previous and previous.get("version") == GENERATOR_VERSION and previous.get("arguments") == arguments
-            and _intact(out, previous.get("files"))):
+    old = prepare_folder(out, MARKER_NAME, PARTIAL_NAME, GENERATOR_VERSION, arguments, "soundscapes")
+    if old is None:
         return summary
-    partial = _read_marker(partial_path)
-    if previous is None and partial is None and out.is_dir() and any(
-            not p.name.startswith(".") for p in out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and holds no {MARKER_NAME}: refusing to add soundscapes to it")
-    out.mkdir(parents=True, exist_ok=True)
-    fsutil.remove_stale_temps(out)
-    old = set((previous or {}).get("files") or {}) | set((partial or {}).get("files") or {})
+    marker_path, partial_path = out / MARKER_NAME, out / PARTIAL_NAME
     new = {name for p in plans for name in (p.name, f"{Path(p.name).stem}.selections.txt")}
     # As in jibjib.demo: every name a run may leave is on record before any file is touched.
     fsutil.write_json(partial_path, {"files": dict.fromkeys(sorted(old | new))})

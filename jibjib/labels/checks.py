@@ -23,7 +23,7 @@ def discover_species(data_dir: Path) -> list[str]:
 def check_data_dir(data_dir: Path, background: tuple[str, ...], demo_hint: str = "") -> dict[str, list[Path]]:
     """The folders (species, multi-species, background) and every file in each; fails on a tree we cannot
     train on.  A background folder without audio files is allowed: it only adds negatives."""
-    from jibjib.labels.split import folder_species
+    from jibjib.labels.folders import folder_species
 
     if not data_dir.exists():
         hint = f" (create the demo set with `{demo_hint}`)" if demo_hint else ""
@@ -53,14 +53,14 @@ def check_data_dir(data_dir: Path, background: tuple[str, ...], demo_hint: str =
 
 def inventory_species(folders: list[str], background: tuple[str, ...]) -> list[str]:
     """The classes the folders name (background folders none), sorted."""
-    from jibjib.labels.split import folder_species
+    from jibjib.labels.folders import folder_species
 
     return sorted(set().union(*(folder_species(folder, background) for folder in folders)))
 
 
 def check_multi_species(settings: Settings, folders: list[str]) -> None:
     """A folder naming several species trains each as a positive: only sigmoid (multi_label) outputs can."""
-    from jibjib.labels.split import folder_species
+    from jibjib.labels.folders import folder_species
 
     multi = [folder for folder in folders if len(folder_species(folder, settings.labels.background)) > 1]
     softmax = [model for model in settings.models if not getattr(settings, model).multi_label]
@@ -91,7 +91,7 @@ def check_split(split: SplitSettings) -> None:
 def check_label_map(path: str | None, species: list[str]) -> None:
     if not path:
         return
-    from jibjib.labels.split import load_label_map
+    from jibjib.labels.label_map import load_label_map
 
     try:
         mapping = load_label_map(path)
