@@ -58,12 +58,34 @@ def test_every_module_belongs_to_a_stage() -> None:
     assert not unknown, f"subpackages that are not a stage of STAGES: {unknown}"
 
 
+def private_attributes(path: Path, modules: dict[str, str]) -> list[tuple[int, str, str]]:
+    """(line, module, name) of every `module._name` in a file, for the imported modules (alias -> module)."""
+    return [(node.lineno, modules[node.value.id], node.attr) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+            and node.attr.startswith("_") and not node.attr.startswith("__")]
+
+
+def imported_modules(path: Path) -> dict[str, str]:
+    """Local name -> dotted jibjib module, for each module a file imports by name (`from jibjib.x import y`)."""
+    found = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("jibjib"):
+            for alias in node.names:
+                dotted = f"{node.module}.{alias.name}"
+                if (REPO / Path(*dotted.split("."))).with_suffix(".py").exists() or (REPO / Path(*dotted.split("."))).is_dir():
+                    found[alias.asname or alias.name] = dotted
+    return found
+
+
 def test_stages_import_only_earlier_stages_and_no_private_names() -> None:
     problems = []
     for path in sources("jibjib"):
         importer = stage_of(module_name(path))
         if importer is None:
             continue
+        for line, module, name in private_attributes(path, imported_modules(path)):
+            if stage_of(module) != importer:
+                problems.append(f"{path.relative_to(REPO)}:{line}: {importer} uses private {module}.{name}")
         for line, module, names in imports(path):
             target = stage_of(module)
             if target is None:
@@ -85,6 +107,8 @@ def test_the_import_check_sees_a_violation(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from jibjib.analysis.tables import _private\n")
     assert imports(module) == [(2, "jibjib.analysis.tables", ["_private"])]
+    module.write_text("from jibjib.evaluation import metrics\nmetrics._hidden(1)\n")
+    assert private_attributes(module, imported_modules(module)) == [(2, "jibjib.evaluation.metrics", "_hidden")]
 
 
 @pytest.mark.parametrize("folder", ["jibjib", "benchmarks"])

@@ -142,10 +142,10 @@ def _species_row(label: str, threshold: float, files: list[_SpeciesInFile], hour
     positive_all, score_all = np.concatenate([f.positive for f in files]), np.concatenate([f.score for f in files])
     support = int(positive_all.sum())
     has_threshold = not math.isnan(threshold)
-    precision = metrics._ratio(total("true_windows"), total("detected_windows")) if has_threshold else None
+    precision = metrics.safe_ratio(total("true_windows"), total("detected_windows")) if has_threshold else None
     if precision is None and has_threshold and support:
         precision = 0.0  # a threshold that finds nothing has not delivered
-    recall = metrics._ratio(total("true_windows"), support) if has_threshold else None
+    recall = metrics.safe_ratio(total("true_windows"), support) if has_threshold else None
     n_calls, hit_calls, false = total("calls"), total("detected_calls"), total("false_detections")
     return {
         "label": label,
@@ -159,12 +159,12 @@ def _species_row(label: str, threshold: float, files: list[_SpeciesInFile], hour
         "detected_windows": total("detected_windows") if has_threshold else None,
         "precision": precision,
         "recall": recall,
-        "f1": metrics._f1(precision, recall),
+        "f1": metrics.f1_of(precision, recall),
         "detections": total("detections") if has_threshold else None,
         "detected_calls": hit_calls if has_threshold else None,
-        "event_recall": metrics._ratio(hit_calls, n_calls) if has_threshold else None,
+        "event_recall": metrics.safe_ratio(hit_calls, n_calls) if has_threshold else None,
         "false_detections": false if has_threshold else None,
-        "false_detections_per_hour": metrics._ratio(false, hours) if has_threshold else None,
+        "false_detections_per_hour": metrics.safe_ratio(false, hours) if has_threshold else None,
     }
 
 
@@ -176,15 +176,15 @@ def _macro_figures(per_species: list[dict[str, Any]], hours: float) -> dict[str,
     with_threshold = [row for row in per_species if row["window_threshold"] is not None]
     all_false = sum(row["false_detections"] for row in with_threshold)
     return {
-        "cmap": metrics._mean([row["average_precision"] for row in annotated]),
-        "macro_roc_auc": metrics._mean([row["roc_auc"] for row in annotated]),
+        "cmap": metrics.mean_of_known([row["average_precision"] for row in annotated]),
+        "macro_roc_auc": metrics.mean_of_known([row["roc_auc"] for row in annotated]),
         "macro_species": len(thresholded),
-        "macro": {key: metrics._mean([row[key] for row in thresholded])
+        "macro": {key: metrics.mean_of_known([row[key] for row in thresholded])
                   for key in ("precision", "recall", "f1", "event_recall", "false_detections_per_hour")},
         "detected_calls": sum(row["detected_calls"] for row in thresholded),
         "thresholded_calls": sum(row["calls"] for row in thresholded),
         "false_detections": all_false,
-        "false_detections_per_hour": metrics._ratio(all_false, hours) if with_threshold else None,
+        "false_detections_per_hour": metrics.safe_ratio(all_false, hours) if with_threshold else None,
     }
 
 

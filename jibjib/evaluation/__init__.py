@@ -1,1 +1,2 @@
-"""TODO"""
+"""A trained model on the test split: metrics, calibration, per-class thresholds fitted on val, figures
+and the markdown report (`jibjib evaluate`)."""

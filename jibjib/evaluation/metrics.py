@@ -42,17 +42,17 @@ from scipy.stats import rankdata
 ECE_BINS = 15
 
 
-def _ratio(numerator: float, denominator: float) -> float | None:
+def safe_ratio(numerator: float, denominator: float) -> float | None:
     return float(numerator / denominator) if denominator else None
 
 
-def _f1(precision: float | None, recall: float | None) -> float | None:
+def f1_of(precision: float | None, recall: float | None) -> float | None:
     if precision is None or recall is None:
         return None
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
-def _mean(values: list[float | None]) -> float | None:
+def mean_of_known(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
 
@@ -171,17 +171,17 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
         true_pos = int((hit & (predicted == c)).sum())
         support = int(positive.sum())
         n_predicted = int(((predicted == c) & has_species).sum())
-        precision = _ratio(true_pos, n_predicted)
+        precision = safe_ratio(true_pos, n_predicted)
         if precision is None and support:
             precision = 0.0
-        recall = _ratio(true_pos, support)
+        recall = safe_ratio(true_pos, support)
         per_class.append({
             "label": label,
             "support": support,
             "predicted": n_predicted,
             "precision": precision,
             "recall": recall,
-            "f1": _f1(precision, recall),
+            "f1": f1_of(precision, recall),
             "average_precision": average_precision(positive, scores[:, c]),
             "roc_auc": roc_auc(positive, scores[:, c]),
         })
@@ -189,8 +189,8 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
     accuracy = float(np.mean(predicted[one] == single[one])) if one.any() else None
     # One prediction per row, one count per (row, class it contains): with single-species rows only,
     # every error is one false positive and one false negative, so micro P = R = F1 = accuracy.
-    micro_precision = _ratio(int(hit.sum()), int(has_species.sum()))
-    micro_recall = _ratio(int(hit.sum()), int(truth.sum()))
+    micro_precision = safe_ratio(int(hit.sum()), int(has_species.sum()))
+    micro_recall = safe_ratio(int(hit.sum()), int(truth.sum()))
     return {
         "n": n,
         "n_single_species": int(one.sum()),
@@ -199,10 +199,10 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
         "classes_present": len(present),
         "top1_accuracy": accuracy,
         f"top{top_k}_accuracy": top_k_accuracy(single, scores, top_k),
-        "macro": {key: _mean([row[key] for row in present]) for key in ("precision", "recall", "f1")},
-        "micro": {"precision": micro_precision, "recall": micro_recall, "f1": _f1(micro_precision, micro_recall)},
-        "cmap": _mean([row["average_precision"] for row in present]),
-        "macro_roc_auc": _mean([row["roc_auc"] for row in present]),
+        "macro": {key: mean_of_known([row[key] for row in present]) for key in ("precision", "recall", "f1")},
+        "micro": {"precision": micro_precision, "recall": micro_recall, "f1": f1_of(micro_precision, micro_recall)},
+        "cmap": mean_of_known([row["average_precision"] for row in present]),
+        "macro_roc_auc": mean_of_known([row["roc_auc"] for row in present]),
         "confusion": counts.tolist(),
         "ece": expected_calibration_error(single, scores)["ece"],
         "per_class": per_class,
@@ -333,16 +333,16 @@ def threshold_outcomes(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
         if not math.isnan(threshold):
             detected = np.asarray(scores)[:, c] >= threshold
             true_pos = int((detected & positive).sum())
-            precision = _ratio(true_pos, int(detected.sum()))
+            precision = safe_ratio(true_pos, int(detected.sum()))
             if precision is None and row["support"]:
                 precision = 0.0
-            row.update(detections=int(detected.sum()), precision=precision, recall=_ratio(true_pos, row["support"]))
+            row.update(detections=int(detected.sum()), precision=precision, recall=safe_ratio(true_pos, row["support"]))
         rows.append(row)
     evaluated = [row for row in rows if row["detections"] is not None and row["support"]]
     return {
         "classes": len(evaluated),
-        "macro_precision": _mean([row["precision"] for row in evaluated]),
-        "macro_recall": _mean([row["recall"] for row in evaluated]),
+        "macro_precision": mean_of_known([row["precision"] for row in evaluated]),
+        "macro_recall": mean_of_known([row["recall"] for row in evaluated]),
         "classes_reaching_target": sum(row["precision"] >= target_precision for row in evaluated),
         "classes_without_detections": sum(row["detections"] == 0 for row in evaluated),
         "per_class": rows,
