@@ -12,8 +12,10 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from jibjib.models.networks import (
-    TRUNK_LAYER_NAMES, VGGISH_PARAMS, VGGISH_VARIABLES, CheckpointError, convlstm_classifier, load_vggish_checkpoint, vggish_classifier, vggish_trunk,
+from jibjib.models.convlstm import convlstm_classifier
+from jibjib.models.vggish import (
+    TRUNK_LAYER_NAMES, VGGISH_PARAMS, VGGISH_VARIABLES, CheckpointError, load_vggish_checkpoint, vggish_classifier,
+    vggish_trunk,
 )
 
 # The 18 tensors of Google's vggish_model.ckpt, written out independently of the module.
