@@ -13,7 +13,8 @@ sounds; adding log-mels would multiply the spectra instead.
 
 Every random choice comes from a stateless generator seeded by the example's
 own seed, so one seed gives the same augmented epoch on any machine and with
-any number of parallel workers.
+any number of parallel workers. The settings of the steps are `train.augment`
+(jibjib.core.settings.AugmentSettings).
 """
 
 from __future__ import annotations

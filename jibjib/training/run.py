@@ -166,8 +166,11 @@ def datasets(run: RunSettings, net: keras.Model, data: TrainingData, plan: Input
 
 def callbacks(out: Path, run: RunSettings, state: RunState,
               distribution: Distribution) -> list[keras.callbacks.Callback]:
-    """The history row goes first: a kill before the state is saved reruns that epoch, whose row is then
-    replaced, rather than losing it. The other workers run the state alone: it writes nothing there."""
+    """The chief's epoch log, run state and TensorBoard; another worker's run state alone (it writes nothing).
+
+    The history row goes first: a kill before the state is saved reruns that
+    epoch, whose row is then replaced, rather than losing it.
+    """
     if not distribution.is_chief:
         return [state]
     return [EpochLog(out / "checkpoints" / "history.tsv", run.net.epochs), state,
