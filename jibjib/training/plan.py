@@ -39,7 +39,7 @@ class InputPlan:
         return self.cache is not None and self.cache.used
 
 
-def embedding_plan(run: RunSettings, embeddings: list | None) -> CachePlan | None:
+def embedding_plan(run: RunSettings, embeddings: list[str | os.PathLike] | None) -> CachePlan | None:
     """How a VGGish run uses the embedding cache (None for another model); raises if `embeddings` cannot serve it."""
     if not isinstance(run.net, VggishSettings):
         if embeddings:
