@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jibjib.core import fsutil  # noqa: E402
+from jibjib.core.settings import RunSettings  # noqa: E402
 from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 
 LABELS = ["Alpha_one", "Beta_two", "Gamma_three", "Delta_four"]
@@ -60,18 +61,21 @@ def make_corpus(root: Path, n_files: int, patches_per_file: int) -> None:
     pack_shard(root / "manifest.tsv", root / "features", root / "packed/shard-00.npy", root / "packed/shard-00.tsv")
 
 
-def settings(args: argparse.Namespace, cache: str) -> dict:
-    return {"seed": 0, "head_units": 100, "multi_label": False, "checkpoint": None, "trainable": "head",
-            "embedding_cache": cache, "dropout": 0.0, "epochs": args.epochs, "batch_size": args.batch,
-            "learning_rate": 1e-3, "lr_schedule": "constant", "patience": 100, "class_balance": "weights",
-            "shuffle_buffer": 4096, "mixed_precision": False, "seq_len": 1, "augment": {"enabled": False}}
+def settings(args: argparse.Namespace, cache: str) -> RunSettings:
+    return RunSettings.of(
+        "vggish",
+        train={"seed": 0, "lr_schedule": "constant", "class_balance": "weights", "shuffle_buffer": 4096,
+               "mixed_precision": False, "augment": {"enabled": False}},
+        net={"head_units": 100, "multi_label": False, "checkpoint": None, "trainable": "head",
+             "embedding_cache": cache, "dropout": 0.0, "epochs": args.epochs, "batch_size": args.batch,
+             "learning_rate": 1e-3, "patience": 100})
 
 
 def epoch_seconds(root: Path, out: str, args: argparse.Namespace, cache: str) -> tuple[float, list[float]]:
     """(fastest epoch after the first, every epoch) of one training run, in seconds, from its history."""
     from jibjib.training.run import train
 
-    train("vggish", root / "split.tsv", root / "labels.tsv", root / "features", root / out, settings(args, cache),
+    train(settings(args, cache), root / "split.tsv", root / "labels.tsv", root / "features", root / out,
           packed=[root / "packed/shard-00.tsv"],
           embeddings=[root / "embeddings/shard-00.tsv"] if cache == "auto" else None)
     history = pd.read_csv(root / out / "history.tsv", sep="\t")
@@ -87,7 +91,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="per run; the first traces the graphs")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from jibjib.embeddings.cache import embed_shard
+    from jibjib.embeddings.compute import embed_shard
 
     with tempfile.TemporaryDirectory(prefix="head-training-") as tmp:
         root = Path(tmp)

@@ -42,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from jibjib.training.inputs.pipeline import target_matrix  # noqa: E402
+from jibjib.labels.tables import target_matrix  # noqa: E402
 from jibjib.serving.exported import ExportAssets  # noqa: E402
 from jibjib.evaluation.metrics import classification_metrics  # noqa: E402
 from jibjib.serving.predict import read_waveform  # noqa: E402

@@ -71,13 +71,14 @@ def drop_from_page_cache(root: Path) -> None:
 
 
 def datasets(root: Path, batch: int, augmented: bool) -> dict:
-    from jibjib.training.inputs.pipeline import InputSpec, split_files, training_dataset
+    from jibjib.core.settings import AugmentSettings
+    from jibjib.labels.tables import split_files
     from jibjib.packing import PackedFeatures
-    from jibjib.training.augment import Augmentation
+    from jibjib.training.inputs import InputSpec, training_dataset
 
     files = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "train")
     spec = InputSpec(n_classes=len(LABELS), multi_label=True,
-                     augmentation=Augmentation() if augmented else Augmentation(enabled=False))
+                     augmentation=AugmentSettings.from_dict({"enabled": augmented}))
     packs = PackedFeatures.open([root / "packed/shard-00.tsv"])
     return {"npz": training_dataset(files, spec, batch, training=True, seed=0),
             "packed": training_dataset(files, spec, batch, training=True, seed=0, packs=packs)}

@@ -16,20 +16,23 @@ tf = pytest.importorskip("tensorflow")
 
 from conftest import pack_files  # noqa: E402
 from jibjib.core import fsutil  # noqa: E402
-from jibjib.training.inputs.pipeline import InputSpec, file_targets, split_files, training_dataset  # noqa: E402
+from jibjib.core.settings import AugmentSettings  # noqa: E402
+from jibjib.labels.tables import split_files  # noqa: E402
+from jibjib.training.examples import file_targets  # noqa: E402
+from jibjib.training.inputs import InputSpec, training_dataset  # noqa: E402
 from jibjib.features.frontend import log_mel  # noqa: E402
 from jibjib.packing import PackedFeatures  # noqa: E402
 from jibjib.core.params import VGGISH  # noqa: E402
 from jibjib.training.augment import (
-    Augmentation, augment_example, lowpass_gain, mel_band_hz, mix_in_power, mixup_batch, to_magnitude,
+    augment_example, lowpass_gain, mel_band_hz, mix_in_power, mixup_batch, to_magnitude,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-OFF = dataclasses.replace(Augmentation(enabled=False).active(), enabled=True)  # every step off
+OFF = dataclasses.replace(AugmentSettings.from_dict({"enabled": False}).active(), enabled=True)  # every step off
 OFFSET = VGGISH.log_offset
 
 
-def only(**steps) -> Augmentation:
+def only(**steps) -> AugmentSettings:
     return dataclasses.replace(OFF, **steps)
 
 
@@ -46,12 +49,13 @@ def test_defaults_agree_with_the_config_schema() -> None:
     section = schema["properties"]["train"]["properties"]["augment"]["properties"]
     defaults = {name: tuple(spec["default"]) if isinstance(spec["default"], list) else spec["default"]
                 for name, spec in section.items()}
-    assert defaults == dataclasses.asdict(Augmentation()) | {
-        key: tuple(value) for key, value in dataclasses.asdict(Augmentation()).items() if isinstance(value, tuple)}
-    with pytest.raises(ValueError, match="unknown train.augment settings: gain"):
-        Augmentation.from_settings({"gain": 3})
+    assert defaults == dataclasses.asdict(AugmentSettings.from_dict()) | {
+        key: tuple(value) for key, value in dataclasses.asdict(AugmentSettings.from_dict()).items()
+        if isinstance(value, tuple)}
+    with pytest.raises(ValueError, match="train.augment.gain: not a setting of train.augment"):
+        AugmentSettings.from_dict({"gain": 3})
     with pytest.raises(ValueError, match="low <= high"):
-        Augmentation.from_settings({"background_snr_db": [10, 0]})
+        AugmentSettings.from_dict({"background_snr_db": [10, 0]})
 
 
 def test_gain_scales_the_magnitudes() -> None:
@@ -134,7 +138,7 @@ def test_mixup_mixes_inputs_and_targets_by_the_same_weight() -> None:
 def test_same_seed_same_augmentation() -> None:
     x = tf.constant(random_log_mel(np.random.default_rng(4), units=2))
     bg = tf.constant(random_log_mel(np.random.default_rng(5), units=2))
-    aug = Augmentation(lowpass_probability=0.5)
+    aug = AugmentSettings.from_dict({"lowpass_probability": 0.5})
     first, again = (augment_example(x, bg, seed(8), aug, VGGISH).numpy() for _ in range(2))
     other = augment_example(x, bg, seed(9), aug, VGGISH).numpy()
     assert np.array_equal(first, again) and not np.array_equal(first, other)
@@ -194,7 +198,7 @@ def test_random_offsets_move_the_grid_and_evaluation_keeps_it(corpus: pd.DataFra
             offsets.update((patches.numpy()[:, 0, 1] % 96).astype(int).tolist())
     assert len(offsets) > 3 and max(offsets) < 96
     # Evaluation: the fixed grid, every value as stored, whatever the augmentation settings.
-    spec = InputSpec(n_classes=2, augmentation=Augmentation(lowpass_probability=1.0))
+    spec = InputSpec(n_classes=2, augmentation=AugmentSettings.from_dict({"lowpass_probability": 1.0}))
     for patches, _targets in training_dataset(corpus, spec, 8, training=False, packs=source):
         values = patches.numpy()
         assert (values[:, 0, 1] % 96 == 0).all()
@@ -204,7 +208,7 @@ def test_random_offsets_move_the_grid_and_evaluation_keeps_it(corpus: pd.DataFra
 def test_training_input_is_reproducible(tmp_path: Path, source: PackedFeatures | None) -> None:
     corpus = make_corpus(tmp_path, realistic=True)
     source = pack_files(tmp_path) if source is not None else None  # of the realistic values
-    spec = InputSpec(n_classes=2, augmentation=Augmentation(lowpass_probability=0.5), shuffle_buffer=8)
+    spec = InputSpec(n_classes=2, augmentation=AugmentSettings.from_dict({"lowpass_probability": 0.5}), shuffle_buffer=8)
 
     def first_epoch(seed_value: int) -> list[np.ndarray]:
         return [patches.numpy() for patches, _ in
@@ -242,9 +246,10 @@ def test_balanced_sampling_draws_classes_evenly(corpus: pd.DataFrame, source: Pa
 
 def test_training_refuses_several_species_under_softmax(tmp_path: Path) -> None:
     from jibjib.core.errors import LabelError
+    from jibjib.core.settings import RunSettings
     from jibjib.training.run import train
 
     make_corpus(tmp_path)
     with pytest.raises(LabelError, match=r"one species per file, but 1 of the files name several \(Alpha_one,Beta_two/.*set multi_label: true"):
-        train("convlstm", tmp_path / "split.tsv", tmp_path / "labels.tsv", tmp_path / "features", tmp_path / "out",
-              {"seed": 0, "multi_label": False})
+        train(RunSettings.of("convlstm", {"seed": 0}, {"multi_label": False}), tmp_path / "split.tsv",
+              tmp_path / "labels.tsv", tmp_path / "features", tmp_path / "out")

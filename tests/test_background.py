@@ -318,8 +318,8 @@ def test_evaluation_with_background_and_multi_species_test_files(tmp_path: Path,
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     model.save(model_dir / "model.keras")
-    (model_dir / "train.json").write_text(json.dumps({"model": "bands", "settings": {"multi_label": True},
-                                                      "epochs_completed": 1}))
+    settings = {"model": "vggish", "vggish": {"multi_label": True}}  # the RunSettings of a sigmoid model
+    (model_dir / "train.json").write_text(json.dumps({"model": "bands", "settings": settings, "epochs_completed": 1}))
     (model_dir / "history.tsv").write_text("epoch\tloss\taccuracy\tval_loss\tval_accuracy\n1\t1.0\t0.5\t1.0\t0.5\n")
     pd.DataFrame({"class_id": [0, 1, 2], "label": CLASSES}).to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
     files = [("val", "a", "a", [0]), ("val", "b", "b", [1]), ("val", "b,c", "b,c", [1, 2]), ("val", "noise", "", []),

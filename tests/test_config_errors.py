@@ -299,7 +299,7 @@ def test_loader_refuses_a_keras_model_that_would_run_code(tmp_path: Path) -> Non
     """A Keras model with a Lambda layer runs the layer's code when loaded unsafely; the
     checkpoint loader must refuse it by format and never get that far."""
     keras = pytest.importorskip("keras")
-    from jibjib.models.networks import CheckpointError, load_vggish_checkpoint
+    from jibjib.models.vggish import CheckpointError, load_vggish_checkpoint
 
     target = tmp_path / "pwned"
     inputs = keras.Input((2,))

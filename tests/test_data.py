@@ -12,12 +12,12 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from jibjib.core import fsutil  # noqa: E402
-from jibjib.training.inputs.pipeline import (
-    InputSpec, class_weights, split_files, to_sequences, training_dataset,
-)  # noqa: E402
-from jibjib.training.augment import Augmentation  # noqa: E402
+from jibjib.core.settings import AugmentSettings  # noqa: E402
+from jibjib.labels.tables import split_files  # noqa: E402
+from jibjib.training.examples import class_weights, to_sequences  # noqa: E402
+from jibjib.training.inputs import InputSpec, training_dataset  # noqa: E402
 
-PLAIN = Augmentation(enabled=False)
+PLAIN = AugmentSettings.from_dict({"enabled": False})
 
 
 @pytest.fixture
@@ -61,11 +61,11 @@ def test_every_training_patch_once_per_epoch(corpus: pd.DataFrame) -> None:
 
 def test_sequences_pad_mask_and_skip() -> None:
     patches = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2)
-    seqs, mask = to_sequences(patches, seq_len=4)
+    seqs, mask = to_sequences(patches, seq_len=4, short="pad")
     assert seqs.shape == (1, 4, 2, 2) and mask.tolist() == [[True, True, True, False]]
     assert (seqs[0, 3] == 0).all()
     assert to_sequences(patches, seq_len=4, short="skip")[0].shape[0] == 0
-    seqs, mask = to_sequences(np.ones((9, 2, 2), np.float32), seq_len=4)
+    seqs, mask = to_sequences(np.ones((9, 2, 2), np.float32), seq_len=4, short="pad")
     assert seqs.shape[0] == 3 and mask.sum() == 9
     assert to_sequences(np.ones((9, 2, 2), np.float32), seq_len=4, short="skip")[0].shape[0] == 2
 
@@ -87,7 +87,7 @@ def test_class_weights_balance_the_classes() -> None:
 
 
 def test_feature_stamp_reads_headers_not_data(tmp_path: Path) -> None:
-    from jibjib.training.inputs.pipeline import feature_stamp
+    from jibjib.features.files import feature_stamp
 
     plain = tmp_path / "plain.npz"
     fsutil.save_npz(plain, log_mel=np.zeros((250, 64), np.float32))

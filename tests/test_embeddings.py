@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,12 +15,15 @@ tf = pytest.importorskip("tensorflow")
 
 from conftest import PREPARATION_TARGETS, make_tree, run_snakemake  # noqa: E402
 from jibjib.core import fsutil  # noqa: E402
+from jibjib.core.settings import RunSettings, TrainSettings  # noqa: E402
 from jibjib.models.checkpoint import _TF_TABLE_MAGIC  # noqa: E402
 from jibjib.embeddings import CACHEABLE_CUTS, MAX_FLOATS_PER_PATCH, cache_plan  # noqa: E402
-from jibjib.embeddings.cache import EmbeddingCache, embed_shard  # noqa: E402
+from jibjib.embeddings.compute import embed_shard  # noqa: E402
+from jibjib.embeddings.reader import EmbeddingCache  # noqa: E402
 from jibjib.embeddings.cut import _LAST_FROZEN  # noqa: E402
 from jibjib.embeddings.trunk import frozen_part, frozen_weights_digest, head_model, seeded_trunk, trunk_of  # noqa: E402
-from jibjib.models.networks import load_for_inference, vggish_trunk  # noqa: E402
+from jibjib.models.loading import load_for_inference  # noqa: E402
+from jibjib.models.vggish import vggish_trunk  # noqa: E402
 from jibjib.packing import PackedFeatures, pack_shard  # noqa: E402
 from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 
@@ -107,13 +111,13 @@ def test_cache_is_what_the_frozen_trunk_computes(features: Path) -> None:
     assert np.abs(expected).max() > 1e-3  # not a trivially equal zero
     assert list(np.bincount(file_of)) == [int(f) // 96 for f in index["frames"]]
     # The trunk a training run builds (seeded, then the whole classifier) has the weights the cache names.
-    from jibjib.training.run import build_model
+    from jibjib.models.build import build_model
 
     import keras
 
     keras.utils.set_random_seed(SEED)
-    net = build_model("vggish", 2, {"head_units": 8, "multi_label": False, "checkpoint": None,
-                                    "trainable": "head", "dropout": 0.0})
+    net = build_model(RunSettings.of("vggish", net={"head_units": 8, "multi_label": False, "checkpoint": None,
+                                                    "trainable": "head", "dropout": 0.0}), 2)
     assert set(cache.index["trunk"]) == {frozen_weights_digest(trunk_of(net), "fc2")}
     assert frozen_weights_digest(seeded_trunk(None, SEED + 1), "fc2") not in set(cache.index["trunk"])
 
@@ -144,20 +148,23 @@ def test_only_changed_content_or_weights_are_computed_again(tmp_path: Path, feat
     assert EmbeddingCache.open([root / "emb/s.tsv"]).floats == 4096
 
 
-def settings(**changes) -> dict:
+def settings(**changes) -> RunSettings:
     base = {"seed": SEED, "head_units": 16, "multi_label": False, "checkpoint": None, "trainable": "head",
             "embedding_cache": "auto", "dropout": 0.0, "epochs": 20, "batch_size": 8, "learning_rate": 3e-2,
             "lr_schedule": "constant", "patience": 100, "class_balance": "weights", "shuffle_buffer": 64,
-            "mixed_precision": False, "seq_len": 1, "augment": {"enabled": False}}
-    return {**base, **changes}
+            "mixed_precision": False, "augment": {"enabled": False}}
+    flat = {**base, **changes}
+    shared = {field.name for field in dataclasses.fields(TrainSettings)}
+    return RunSettings.of("vggish", {k: v for k, v in flat.items() if k in shared},
+                          {k: v for k, v in flat.items() if k not in shared})
 
 
 def train_run(root: Path, out: str, embeddings: bool = True, **changes) -> dict:
+    """train.json's content of a VGGish run from the packed features (and the cache unless told)."""
     from jibjib.training.run import train
 
-    return train("vggish", root / "split.tsv", root / "labels.tsv", root / "features", root / out,
-                 settings(**changes), packed=[root / "packed/s.tsv"],
-                 embeddings=[root / "emb/s.tsv"] if embeddings else None)
+    return train(settings(**changes), root / "split.tsv", root / "labels.tsv", root / "features", root / out,
+                 packed=[root / "packed/s.tsv"], embeddings=[root / "emb/s.tsv"] if embeddings else None).to_dict()
 
 
 def test_head_trains_from_the_cache_and_ships_the_whole_classifier(tmp_path: Path, features: Path) -> None:

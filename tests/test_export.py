@@ -103,7 +103,7 @@ def test_export_layout_and_signatures(run: Path, model: str) -> None:
     card = json.loads((assets / "model_card.json").read_text())
     assert card["model"] == model and card["data"]["classes"] == len(SPECIES)
     assert {"tensorflow", "keras", "numpy", "jibjib", "python"} <= set(card["versions"])
-    assert card["training"]["settings"]["epochs"] == TINY[model]["epochs"]
+    assert card["training"]["settings"][model]["epochs"] == TINY[model]["epochs"]
     # The card carries the threshold summaries, the window ones too, and leaves the rows to assets/thresholds.tsv.
     assert {"raw", "calibrated", "window", "window_unit"} <= set(card["metrics"]["thresholds"])
     assert "per_class" not in card["metrics"]["thresholds"]
@@ -133,7 +133,8 @@ def test_a_mixed_precision_model_is_loaded_to_compute_in_float32(tmp_path: Path)
     """model.keras of a mixed_float16 run: same weights, float32 layers (nested ones too), float16-close outputs."""
     import keras
 
-    from jibjib.models.networks import convlstm_classifier, load_for_inference
+    from jibjib.models.convlstm import convlstm_classifier
+    from jibjib.models.loading import load_for_inference
 
     def all_layers(model: keras.Model):
         for layer in model.layers:
@@ -170,7 +171,7 @@ def test_reloaded_export_reproduces_the_evaluation(run: Path, model: str) -> Non
     """A fresh process loads the export: both signatures give the evaluation's file scores."""
     out = python(f"""
         import json, numpy as np, pandas as pd, soundfile, tensorflow as tf
-        from jibjib.training.inputs.pipeline import load_patches
+        from jibjib.training.examples import load_patches
         loaded = tf.saved_model.load("results/export/{model}/1")
         table = pd.read_csv("results/eval/{model}/file_scores.tsv", sep="\\t")
         rows = []

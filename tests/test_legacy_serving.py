@@ -56,7 +56,7 @@ def client_request(patches: np.ndarray):
 
 
 def split_test_patches(tiny_workflow: Path) -> list[np.ndarray]:
-    from jibjib.training.inputs.pipeline import load_patches
+    from jibjib.training.examples import load_patches
 
     split = pd.read_csv(tiny_workflow / "results" / "split.tsv", sep="\t")
     return [load_patches(tiny_workflow / "results" / "features" / Path(p).with_suffix(".npz"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,11 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from jibjib.models.networks import (
-    TRUNK_LAYER_NAMES, VGGISH_PARAMS, VGGISH_VARIABLES, CheckpointError, convlstm_classifier, load_vggish_checkpoint, vggish_classifier, vggish_trunk,
+from conftest import REPO_ENV  # noqa: E402
+from jibjib.models.convlstm import convlstm_classifier
+from jibjib.models.vggish import (
+    TRUNK_LAYER_NAMES, VGGISH_PARAMS, VGGISH_VARIABLES, CheckpointError, load_vggish_checkpoint, vggish_classifier,
+    vggish_trunk,
 )
 
 # The 18 tensors of Google's vggish_model.ckpt, written out independently of the module.
@@ -248,6 +253,24 @@ def test_vggish_classifier_trains() -> None:
 
 def tiny_convlstm(**kwargs) -> keras.Model:
     return convlstm_classifier(2, seq_len=4, conv_filters=(4, 8), lstm_units=8, dense_units=8, **kwargs)
+
+
+def test_a_saved_model_loads_compiled_with_its_loss_after_importing_the_loader(tmp_path: Path) -> None:
+    """model.keras names the training loss: a fresh process that imports jibjib.models.loading, and no
+    training module, loads it compiled."""
+    from jibjib.models.losses import ClassWeightedCrossentropy
+
+    model = tiny_convlstm()
+    model.compile(optimizer="adam", loss=ClassWeightedCrossentropy([0.5, 2.0], multi_label=True))
+    model.save(tmp_path / "model.keras")
+    script = ("import sys, keras, jibjib.models.loading\n"
+              "model = keras.models.load_model(sys.argv[1])\n"
+              "assert not [name for name in sys.modules if name.startswith('jibjib.training')]\n"
+              "print(type(model.loss).__name__, model.loss.class_weights, model.loss.multi_label)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.keras")], capture_output=True,
+                            text=True, env=REPO_ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "ClassWeightedCrossentropy [0.5, 2.0] True"
 
 
 def test_convlstm_shapes_and_size() -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from conftest import REPO, REPO_ENV, run_snakemake
 from test_slurm import _require_cluster
-from test_train import TINY_CONVLSTM, tiny  # noqa: F401 - the fixture
+from test_train import TINY_CONVLSTM, run_settings, tiny  # noqa: F401 - the fixture
 
 # Few epochs (about a second each): two CPU workers on a shared 2-core machine; enough that a scancel after
 # the second lands mid-run.
@@ -33,7 +33,7 @@ def _submit(root: Path, log: Path) -> str:
     """sbatch a two-task job whose srun starts one training process per task; the job id."""
     train = [sys.executable, "-m", "jibjib", "train", "--model", "convlstm", "--labels", str(root / "labels.tsv"),
              "--split", str(root / "split.tsv"), "--features-dir", str(root / "features"),
-             "--out-dir", str(root / "model"), "--settings", json.dumps(SETTINGS), "--threads", "1"]
+             "--out-dir", str(root / "model"), "--settings", json.dumps(run_settings(SETTINGS)), "--threads", "1"]
     step = "srun --ntasks=2 --ntasks-per-node=2 --kill-on-bad-exit=1 " + shlex.join(train)
     result = subprocess.run(
         ["sbatch", "--parsable", "--job-name=jibjib-multiworker", "--partition=cpu", "--nodes=1", "--ntasks=2",

@@ -13,12 +13,13 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from jibjib.core import fsutil  # noqa: E402
-from jibjib.training.inputs.pipeline import InputSpec, split_files, training_dataset  # noqa: E402
+from jibjib.labels.tables import split_files  # noqa: E402
+from jibjib.training.inputs import InputSpec, training_dataset  # noqa: E402
 from jibjib.packing import PackedFeatures, pack_shard  # noqa: E402
 from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
-from jibjib.training.augment import Augmentation  # noqa: E402
+from jibjib.core.settings import AugmentSettings  # noqa: E402
 
-OFF = Augmentation(enabled=False)
+OFF = AugmentSettings.from_dict({"enabled": False})
 
 
 def write_file(features: Path, path: str, number: int, frames: int) -> None:
@@ -152,11 +153,11 @@ def test_background_is_mixed_into_packed_batches(tmp_path: Path) -> None:
     pack(tmp_path)
     packs = PackedFeatures.open([tmp_path / "packed/s.tsv"])
     files = split_files(tmp_path / "split.tsv", tmp_path / "labels.tsv", tmp_path / "features", "train")
-    quiet = Augmentation(random_offsets=False, gain_db=0.0, time_masks=0, freq_masks=0, mixup_probability=0.0,
-                         background_probability=0.0)
+    quiet = AugmentSettings.from_dict({"random_offsets": False, "gain_db": 0.0, "time_masks": 0, "freq_masks": 0,
+                                       "mixup_probability": 0.0, "background_probability": 0.0})
     noisy = dataclasses.replace(quiet, background_probability=1.0, background_snr_db=(0.0, 0.0))
 
-    def epoch(aug: Augmentation) -> np.ndarray:
+    def epoch(aug: AugmentSettings) -> np.ndarray:
         spec = InputSpec(n_classes=2, augmentation=aug)
         return np.concatenate([x.numpy() for x, _ in training_dataset(files, spec, 8, training=True, seed=1,
                                                                           packs=packs)])

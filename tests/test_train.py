@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -46,10 +47,19 @@ def tiny(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def run_settings(settings: dict) -> dict:
+    """jibjib train's --settings of a ConvLSTM run from flat test settings: each key in its section."""
+    from jibjib.core.settings import TrainSettings
+
+    shared = {field.name for field in dataclasses.fields(TrainSettings)}
+    return {"model": "convlstm", "train": {key: value for key, value in settings.items() if key in shared},
+            "convlstm": {key: value for key, value in settings.items() if key not in shared}}
+
+
 def train_command(root: Path, settings: dict) -> list[str]:
     return [sys.executable, "-m", "jibjib", "train", "--model", "convlstm", "--labels", str(root / "labels.tsv"),
             "--split", str(root / "split.tsv"), "--features-dir", str(root / "features"),
-            "--out-dir", str(root / "model"), "--settings", json.dumps(settings), "--threads", "2"]
+            "--out-dir", str(root / "model"), "--settings", json.dumps(run_settings(settings)), "--threads", "2"]
 
 
 def epochs_done(root: Path) -> int:
@@ -155,8 +165,9 @@ def val_loss_of_saved_model(root: Path, settings: dict) -> float:
     """The class-weighted val loss of model.keras, computed here as training defines it."""
     import keras
 
-    from jibjib.training.inputs.pipeline import InputSpec, split_files, training_dataset
     from jibjib.evaluation.metrics import softmax
+    from jibjib.labels.tables import split_files
+    from jibjib.training.inputs import InputSpec, training_dataset
 
     report = json.loads((root / "model" / "train.json").read_text())
     model = keras.models.load_model(root / "model" / "model.keras", compile=False)
@@ -199,28 +210,28 @@ def test_resumed_run_ships_the_best_epoch_of_the_whole_run(misleading_val: Path,
 
 def test_early_stop_counter_survives_a_resume(tiny: Path) -> None:
     """Patience counts epochs without improvement across the kill, not from the restart."""
-    from jibjib.training.run import _RunState
+    from jibjib.training.state import RunState
 
-    state = _RunState(tiny, {"model": "m"}, "val_loss", patience=3)
+    state = RunState(tiny, {"model": "m"}, "val_loss", patience=3)
     state.epoch, state.wait, state.best, state.best_epoch = 5, 2, 0.5, 3
     state._write_meta(weights="state-0005.weights.h5")
-    again = _RunState(tiny, {"model": "m"}, "val_loss", patience=3)
+    again = RunState(tiny, {"model": "m"}, "val_loss", patience=3)
     assert again.resumed and again.saved["wait"] == 2 and again.saved["best_epoch"] == 3
 
 
 def test_swapped_checkpoint_under_the_same_path_refuses_the_resume(tmp_path: Path) -> None:
-    from jibjib.training.run import _RunState, checkpoint_digest
+    from jibjib.training.state import RunState, checkpoint_digest
 
     checkpoint = tmp_path / "vggish_model.ckpt"
     checkpoint.write_bytes(b"one set of weights")
     inputs = {"model": "vggish", "vggish_checkpoint": checkpoint_digest(checkpoint)}
-    state = _RunState(tmp_path, inputs, "val_loss", patience=3)
+    state = RunState(tmp_path, inputs, "val_loss", patience=3)
     state.epoch = 2
     state._write_meta(weights="state-0002.weights.h5")
-    assert _RunState(tmp_path, dict(inputs), "val_loss", 3).resumed
+    assert RunState(tmp_path, dict(inputs), "val_loss", 3).resumed
     checkpoint.write_bytes(b"another set of weights")  # same path, same length class: other content
     swapped = {**inputs, "vggish_checkpoint": checkpoint_digest(checkpoint)}
-    refused = _RunState(tmp_path, swapped, "val_loss", 3)
+    refused = RunState(tmp_path, swapped, "val_loss", 3)
     assert not refused.resumed and "vggish.checkpoint" in refused.refused_because
     # A V2 prefix is hashed over its index and data files.
     (tmp_path / "v2.ckpt-1.index").write_bytes(b"index")
@@ -231,30 +242,30 @@ def test_swapped_checkpoint_under_the_same_path_refuses_the_resume(tmp_path: Pat
 
 
 def test_class_weights_count_examples_not_files() -> None:
-    from jibjib.training.inputs.pipeline import FeatureStamp, class_weights
-    from jibjib.training.run import example_counts
+    from jibjib.features.files import FeatureStamp
+    from jibjib.training.examples import class_weights, example_counts
 
     # Alpha_one: one long file of 4 patches; Beta_two: two files of one patch.
     stamps = [FeatureStamp(96 * 4 + 10, "a"), FeatureStamp(96, "b"), FeatureStamp(100, "c")]
     class_ids = [(0,), (1,), (1,)]
-    patches = example_counts("vggish", stamps, class_ids, 3, {})
+    patches = example_counts(stamps, class_ids, 3, seq_len=None, short="pad")
     assert patches.tolist() == [4, 2, 0]
     weights = class_weights(patches)
     assert weights[1] == pytest.approx(2 * weights[0]) and weights[2] == 1.0
     assert np.dot(weights[:2], patches[:2]) / patches.sum() == pytest.approx(1.0)  # mean 1 over examples
-    sequences = example_counts("convlstm", stamps, class_ids, 3, {"seq_len": 3, "short_files": "pad"})
+    sequences = example_counts(stamps, class_ids, 3, seq_len=3, short="pad")
     assert sequences.tolist() == [2, 2, 0]
-    skipped = example_counts("convlstm", stamps, class_ids, 3, {"seq_len": 3, "short_files": "skip"})
+    skipped = example_counts(stamps, class_ids, 3, seq_len=3, short="skip")
     assert skipped.tolist() == [1, 0, 0]
     # A file of two species counts for both; a background file for none.
-    mixed = example_counts("vggish", stamps, [(0, 1), (), (2,)], 3, {})
+    mixed = example_counts(stamps, [(0, 1), (), (2,)], 3, seq_len=None, short="pad")
     assert mixed.tolist() == [4, 4, 1]
 
 
 def test_weighted_loss_weights_train_and_val_alike() -> None:
     import keras
 
-    from jibjib.training.run import ClassWeightedCrossentropy
+    from jibjib.models.losses import ClassWeightedCrossentropy
 
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
     y = np.array([0, 1, 1])

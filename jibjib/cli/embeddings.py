@@ -11,7 +11,7 @@ from jibjib.cli.common import input_file, tensorflow_threads
 
 def cmd_embed(args: argparse.Namespace) -> None:
     tensorflow_threads(args.threads)
-    from jibjib.embeddings.cache import embed_shard
+    from jibjib.embeddings.compute import embed_shard
 
     counts = embed_shard(args.packed, args.cut, args.checkpoint, args.seed, args.array, args.index)
     weights = f"checkpoint {args.checkpoint}" if args.checkpoint else f"random weights of seed {args.seed}"

@@ -15,15 +15,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     settings = RunSettings.from_json(args.settings)  # before TensorFlow loads: a typo costs no wait
     if settings.model != args.model:
         raise InputError(f"--settings: the settings of {settings.model}, not of --model {args.model}")
+    from jibjib.training.report import WorkerReport
     from jibjib.training.run import train
 
-    flat = {**settings.train.to_dict(), **settings.net.to_dict()}  # TODO(issue 22): train() takes RunSettings
-    report = train(args.model, args.split, args.labels, args.features_dir, args.out_dir, flat, args.packed,
-                   args.embeddings)
-    if "worker" in report:  # another worker than the chief of a multi-worker run: the chief reports
-        print(f"train {args.model}: worker {report['worker']} done", file=sys.stderr)
+    report = train(settings, args.split, args.labels, args.features_dir, args.out_dir, args.packed, args.embeddings)
+    if isinstance(report, WorkerReport):  # another worker than the chief of a multi-worker run: the chief reports
+        print(f"train {args.model}: worker {report.worker} done", file=sys.stderr)
         return
-    print(f"train {args.model}: {report['epochs_completed']} epochs in {report['seconds']} s", file=sys.stderr)
+    print(f"train {args.model}: {report.epochs_completed} epochs in {report.seconds} s", file=sys.stderr)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -1,7 +1,7 @@
 """Where the frozen part of VGGish ends, and whether its output is small enough to cache.
 
 No TensorFlow here: the workflow decides at parse time whether the embed
-stage runs. The sizes are those of jibjib.models.vggish_trunk, checked
+stage runs. The sizes are those of jibjib.models.vggish.vggish_trunk, checked
 against the built model by tests/test_embeddings.py.
 """
 

@@ -1,6 +1,6 @@
 """The frozen part of a VGGish trunk and what follows it: the two halves the embedding cache splits a classifier in.
 
-The trunk is a linear chain (jibjib.models.vggish_trunk), so its frozen part
+The trunk is a linear chain (jibjib.models.vggish.vggish_trunk), so its frozen part
 is the sub-model from the log-mel to the cut layer's output, and the rest is
 the layers after it. The head model built here reuses the classifier's own
 layer objects: training it trains the classifier's weights, and the shipped
@@ -14,7 +14,7 @@ import os
 
 import keras
 
-from jibjib.models.networks import vggish_trunk, load_vggish_checkpoint
+from jibjib.models.vggish import load_vggish_checkpoint, vggish_trunk
 
 
 def trunk_of(classifier: keras.Model) -> keras.Model:

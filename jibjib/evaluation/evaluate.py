@@ -41,8 +41,10 @@ import numpy as np
 import pandas as pd
 
 from jibjib.core import fsutil
+from jibjib.core.settings import RunSettings
 from jibjib.evaluation import metrics
-from jibjib.training.inputs.pipeline import load_patches, split_files, target_matrix, to_sequences
+from jibjib.labels.tables import split_files, target_matrix
+from jibjib.training.examples import load_patches, to_sequences
 
 # Patches per forward pass: large enough to keep a CPU busy, small enough for
 # any GPU; memory does not grow with the size of the split.
@@ -165,12 +167,12 @@ def evaluate(
     """Write metrics.json, report.md (`report_name`), file_scores.tsv, confusion.tsv, thresholds.tsv and figures
     to out_dir."""
     from jibjib.evaluation import figures
-    from jibjib.models.networks import load_for_inference  # TensorFlow: only where it is needed
+    from jibjib.models.loading import load_for_inference  # TensorFlow: only where it is needed
 
     model_dir, out = Path(model_dir), Path(out_dir)
     trained = json.loads((model_dir / "train.json").read_text())
     model = load_for_inference(model_dir / "model.keras")  # float32 also after mixed precision
-    multi_label = bool(trained["settings"].get("multi_label", False))
+    multi_label = RunSettings.from_dict(trained["settings"]).net.multi_label
     classes = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)["label"].astype(str).tolist()
     unit = "patch" if model_seq_len(model) is None else "sequence"
 

@@ -59,8 +59,9 @@ import tensorflow as tf  # noqa: E402
 from jibjib.core import fsutil  # noqa: E402
 from jibjib.evaluation.evaluate import model_seq_len  # noqa: E402
 from jibjib.features.frontend import mel_matrix, periodic_hann  # noqa: E402
-from jibjib.models.networks import load_for_inference  # noqa: E402
+from jibjib.models.loading import load_for_inference  # noqa: E402
 from jibjib.core.params import FrontEnd, WindowGrid  # noqa: E402
+from jibjib.core.settings import RunSettings  # noqa: E402
 from jibjib.serving import legacy  # noqa: E402
 from jibjib.core.tflog import quiet_python_logging  # noqa: E402
 from jibjib.core.versions import software_versions  # noqa: E402
@@ -263,7 +264,7 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
     seq_len = model_seq_len(model)
     grid = WindowGrid.for_model(params, seq_len or 1)
     card = model_card(trained, metrics, _data_counts(Path(split_tsv), labels), params, version, grid)
-    multi_label = bool(trained["settings"].get("multi_label", False))
+    multi_label = RunSettings.from_dict(trained["settings"]).net.multi_label
     card["serving"] = legacy.card_section(len(classes), seq_len) if legacy_serving else {
         "serving_default": "waveform", "waveform_signature": "waveform"}
 

@@ -13,66 +13,20 @@ sounds; adding log-mels would multiply the spectra instead.
 
 Every random choice comes from a stateless generator seeded by the example's
 own seed, so one seed gives the same augmented epoch on any machine and with
-any number of parallel workers.
+any number of parallel workers. The settings of the steps are `train.augment`
+(jibjib.core.settings.AugmentSettings).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from jibjib.features.frontend import hertz_to_mel, mel_to_hertz
 from jibjib.core.params import FrontEnd
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    """The `train.augment` settings; each step is off at 0 (probability, count or range)."""
-
-    enabled: bool = True
-    random_offsets: bool = True  # cut each file's patches from a random first frame, not only frame 0
-    gain_db: float = 6.0  # level change, uniform in +-gain_db
-    background_probability: float = 0.8  # share of examples mixed with a background recording
-    background_snr_db: tuple[float, float] = (-20.0, 5.0)  # example power over the background's
-    time_masks: int = 2  # per patch
-    time_mask_frames: int = 10  # widest time mask
-    freq_masks: int = 2  # per patch
-    freq_mask_bands: int = 8  # widest frequency mask
-    mixup_probability: float = 0.3  # share of examples mixed with another example of the batch
-    mixup_alpha: float = 0.4  # Beta(alpha, alpha) of the mixing weight
-    lowpass_probability: float = 0.0  # share of examples heard from far away
-    lowpass_hz: tuple[float, float] = (2000.0, 7000.0)  # range of the low-pass corner
-
-    @classmethod
-    def from_settings(cls, section: dict[str, Any] | None) -> "Augmentation":
-        """From a config section; unknown keys are an error, missing ones take the defaults above."""
-        section = dict(section or {})
-        unknown = sorted(set(section) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown train.augment settings: {', '.join(unknown)}")
-        for key in ("background_snr_db", "lowpass_hz"):
-            if key in section:
-                low, high = (float(v) for v in section[key])
-                if not low <= high:
-                    raise ValueError(f"train.augment.{key} must be [low, high] with low <= high, got {section[key]}")
-                section[key] = (low, high)
-        return cls(**section)
-
-    @property
-    def changes_examples(self) -> bool:
-        """Whether a step other than the background mix (which needs background recordings) is on."""
-        return self.gain_db > 0 or self.time_masks > 0 or self.freq_masks > 0 or self.lowpass_probability > 0
-
-    def active(self) -> "Augmentation":
-        """These settings, or every step off when `enabled` is false."""
-        if self.enabled:
-            return self
-        return dataclasses.replace(self, random_offsets=False, gain_db=0.0, background_probability=0.0,
-                                   time_masks=0, freq_masks=0, mixup_probability=0.0, lowpass_probability=0.0)
+from jibjib.core.settings import AugmentSettings
+from jibjib.features.frontend import hertz_to_mel, mel_to_hertz
 
 
 def to_magnitude(log_mel: tf.Tensor, log_offset: float) -> tf.Tensor:
@@ -121,7 +75,7 @@ def _masks(seed: tf.Tensor, units: int | tf.Tensor, count: int, width: int, size
     return tf.reduce_any(inside, axis=1)
 
 
-def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: Augmentation,
+def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: AugmentSettings,
                   params: FrontEnd) -> tf.Tensor:
     """A batch of examples, (batch, units, patch_frames, bands) of log-mel, augmented; `background` has its shape.
 
@@ -176,7 +130,7 @@ def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Ten
     return tf.where(hidden, fill, out)
 
 
-def augment_example(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: Augmentation,
+def augment_example(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: AugmentSettings,
                     params: FrontEnd) -> tf.Tensor:
     """One example, (units, patch_frames, bands), augmented as a batch of one (see augment_batch)."""
     return augment_batch(patches[None], None if background is None else background[None], seed, aug, params)[0]

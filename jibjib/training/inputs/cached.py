@@ -3,7 +3,7 @@
 The split's cached rows are held in memory (float32: 512 bytes a patch for
 the 128-d embedding, 16 kB for a cut after fc1): a corpus of a million
 patches takes 0.5 GB. Examples are the files' patches at the patch grid from
-frame 0, as `jibjib.data` cuts them without random offsets; each epoch is an
+frame 0, as the per-file input cuts them without random offsets; each epoch is an
 exact shuffle of all of them (or, with class_balance: sampling, per-example
 balanced draws), with the targets, label smoothing and class weights of the
 ordinary input.
@@ -19,18 +19,26 @@ says what is left.
 from __future__ import annotations
 
 import dataclasses
+import os
 
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from jibjib.training.inputs.pipeline import InputSpec, example_order, file_targets, seed_pairs
-from jibjib.training.augment import Augmentation, mixup_batch
+from jibjib.core.settings import AugmentSettings
+from jibjib.embeddings.reader import EmbeddingCache
+from jibjib.embeddings.trunk import frozen_weights_digest, trunk_of
+from jibjib.training.augment import mixup_batch
+from jibjib.training.examples import file_targets
+from jibjib.training.inputs.batches import smoothed
+from jibjib.training.inputs.order import example_order, seed_pairs
+from jibjib.training.inputs.spec import InputSpec
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def applied_augmentation(aug: Augmentation) -> tuple[Augmentation, list[str]]:
+def applied_augmentation(aug: AugmentSettings) -> tuple[AugmentSettings, list[str]]:
     """The part of `aug` that applies to cached outputs (mixup only), and the names of the steps dropped."""
     active = aug.active()
     dropped = [name for name, on in (
@@ -50,7 +58,7 @@ def embedding_dataset(files: pd.DataFrame, embeddings: np.ndarray, file_of: np.n
     belonging to file `file_of[r]`. With `training` the order is reshuffled
     each epoch and mixup (the only augmentation of spec that applies) is on.
     """
-    aug = applied_augmentation(spec.augmentation)[0] if training else Augmentation(enabled=False).active()
+    aug = applied_augmentation(spec.augmentation)[0] if training else spec.augmentation.off()
     order = example_order(files, file_of, spec.class_balance, training, seed)
     targets = tf.constant(file_targets(files, spec))
     rows_file = tf.constant(file_of)
@@ -68,6 +76,24 @@ def embedding_dataset(files: pd.DataFrame, embeddings: np.ndarray, file_of: np.n
             num_parallel_calls=AUTOTUNE, deterministic=True)
     smoothing = spec.label_smoothing if training else 0.0
     if smoothing > 0:
-        share = 0.5 if spec.multi_label else 1.0 / spec.n_classes
-        ds = ds.map(lambda x, t: (x, t * (1.0 - smoothing) + smoothing * share))
+        ds = ds.map(lambda x, t: (x, smoothed(t, spec, smoothing)))
     return ds.prefetch(AUTOTUNE)
+
+
+def cached_datasets(net: keras.Model, cut: str, embeddings: list[str | os.PathLike], train_files: pd.DataFrame,
+                    val_files: pd.DataFrame, spec: InputSpec, batch_size: int, seed: int
+                    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    """Training and validation batches from the cache, after checking it holds this run's frozen trunk."""
+    cache = EmbeddingCache.open(embeddings)
+    wanted = (cut, frozen_weights_digest(trunk_of(net), cut))
+    used = cache.locate(pd.concat([train_files, val_files])["path"])
+    if set(zip(used["cut"], used["trunk"])) - {wanted}:
+        raise ValueError(f"the embedding cache was computed with another frozen trunk than this run's (cut "
+                         f"{cut}, weights {wanted[1][:12]}): run jibjib embed again with this run's "
+                         "vggish.checkpoint, vggish.trainable and train.seed")
+    train_x, train_of = cache.gather(train_files["path"])
+    train_ds = embedding_dataset(train_files, train_x, train_of, spec, batch_size, training=True, seed=seed)
+    if not len(val_files):
+        return train_ds, None
+    val_x, val_of = cache.gather(val_files["path"])
+    return train_ds, embedding_dataset(val_files, val_x, val_of, spec, batch_size, training=False, seed=seed)

@@ -1,28 +1,29 @@
-"""Keras models: the VGGish trunk and its classifier, and a ConvLSTM over patch sequences.
+"""VGGish (AudioSet) in Keras: the trunk, its classifier, and the official TF1 checkpoint loaded into it.
 
 Every model takes VGGish log-mel patches (96 frames x 64 mel bands, float32)
 and returns logits: losses use ``from_logits=True``; softmax (single-label) or
 sigmoid (multi-label) is applied by the caller or at export. The builders are
 plain functions without global state, so they also work inside a
-``tf.distribute.Strategy`` scope.
+``tf.distribute.Strategy`` scope. The builders' keyword defaults are the
+config schema's (vggish section).
 
-Only this module imports TensorFlow; it is imported by training and export code
-only, so the feature steps of the workflow never pay for it.
+Only the model modules import TensorFlow; they are imported by training and
+export code only, so the feature steps of the workflow never pay for it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 from keras import layers
 
 from jibjib.core.errors import ConfigError
-from jibjib.models.checkpoint import checkpoint_prefix, checkpoint_problem
 from jibjib.core.params import VGGISH
+from jibjib.core.settings import schema_default
+from jibjib.models.checkpoint import checkpoint_prefix, checkpoint_problem
 
 logger = logging.getLogger(__name__)
 
@@ -161,11 +162,11 @@ def _set_trainable(trunk: keras.Model, trainable: str) -> None:
 
 def vggish_classifier(
     n_classes: int,
-    head_units: int = 100,
-    multi_label: bool = False,
-    checkpoint: str | os.PathLike[str] | None = None,
-    trainable: str = "all",
-    dropout: float = 0.0,
+    head_units: int = schema_default("vggish.head_units"),
+    multi_label: bool = schema_default("vggish.multi_label"),
+    checkpoint: str | os.PathLike[str] | None = schema_default("vggish.checkpoint"),
+    trainable: str = schema_default("vggish.trainable"),
+    dropout: float = schema_default("vggish.dropout"),
 ) -> keras.Model:
     """VGGish trunk -> Dense(head_units, ReLU) -> [Dropout] -> Dense(n_classes) logits.
 
@@ -196,101 +197,3 @@ def vggish_classifier(
         x = layers.Dropout(dropout, name="dropout")(x)
     outputs = layers.Dense(n_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="vggish_classifier")
-
-
-def _patch_encoder(conv_filters: Sequence[int]) -> keras.Model:
-    """One patch (96, 64) -> feature vector: [conv 3x3, BatchNorm, ReLU, max-pool] per filter count,
-    then the mean over time of each (mel position, filter)."""
-    inputs = keras.Input((PATCH_FRAMES, MEL_BANDS), dtype="float32", name="patch")
-    # A single input channel: the 2-D kernels slide over time x mel, so a call
-    # shifted in pitch or time still matches (mel bands as channels would not).
-    x = layers.Reshape((PATCH_FRAMES, MEL_BANDS, 1), name="add_channel")(inputs)
-    for block, filters in enumerate(conv_filters, start=1):
-        # No conv bias: BatchNorm's offset replaces it.
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
-        x = layers.BatchNormalization(name=f"bn{block}")(x)
-        x = layers.ReLU(name=f"relu{block}")(x)
-        x = layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
-    # Average over time only: where in the spectrum a call sits tells species
-    # apart, so the mel axis is kept (a global pool would discard pitch).
-    x = layers.AveragePooling2D((x.shape[1], 1), name="time_pool")(x)
-    outputs = layers.Flatten(name="flatten")(x)
-    return keras.Model(inputs, outputs, name="patch_encoder")
-
-
-def convlstm_classifier(
-    n_classes: int,
-    seq_len: int = 10,
-    conv_filters: Sequence[int] = (32, 64, 128),
-    lstm_units: int = 128,
-    dense_units: int = 128,
-    dropout: float = 0.3,
-) -> keras.Model:
-    """Per-patch 2-D CNN -> LSTM over the patch sequence -> Dense(ReLU) -> Dropout -> logits.
-
-    Inputs (a list in this order, or a dict keyed by name):
-      ``patches``: float32 (batch, seq_len, 96, 64), shorter recordings padded;
-      ``mask``: bool (batch, seq_len), True for real patches, False for padding.
-    Padding may sit anywhere in the sequence. Padded patches are zeroed before
-    the CNN, so their content never reaches BatchNorm's batch statistics, and
-    the LSTM skips them (it carries its state over masked steps): the logits do
-    not depend on what the padded patches contain.
-    """
-    if n_classes < 1 or seq_len < 1 or not conv_filters:
-        raise ValueError("n_classes and seq_len must be positive and conv_filters non-empty")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout={dropout} is not in [0, 1)")
-
-    patches = keras.Input((seq_len, PATCH_FRAMES, MEL_BANDS), dtype="float32", name="patches")
-    mask = keras.Input((seq_len,), dtype="bool", name="mask")
-    # where() rather than a product, so NaN or inf in padding cannot leak through.
-    x = keras.ops.where(mask[:, :, None, None], patches, 0.0)
-
-    # The CNN is time-distributed by folding time into the batch, rather than
-    # with keras.layers.TimeDistributed: that layer loops over the time steps in
-    # Python, so BatchNorm would see seq_len small batches per step and update
-    # its moving statistics seq_len times.
-    encoder = _patch_encoder(conv_filters)
-    features = encoder(keras.ops.reshape(x, (-1, PATCH_FRAMES, MEL_BANDS)))
-    features = keras.ops.reshape(features, (-1, seq_len, encoder.output.shape[-1]))
-
-    x = layers.LSTM(lstm_units, name="lstm")(features, mask=mask)
-    x = layers.Dense(dense_units, activation="relu", name="dense")(x)
-    x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(n_classes, name="logits")(x)
-    return keras.Model([patches, mask], outputs, name="convlstm_classifier")
-
-
-# Dtype names that make a layer compute in half precision (train.mixed_precision on a GPU).
-_HALF_PRECISION = frozenset({"float16", "bfloat16", "mixed_float16", "mixed_bfloat16"})
-
-
-def _float32_config(config):
-    """A serialized model with every half-precision dtype, nested sub-models included, set to float32."""
-    if isinstance(config, list):
-        return [_float32_config(item) for item in config]
-    if not isinstance(config, dict):
-        return config
-    out = {key: _float32_config(value) for key, value in config.items()}
-    dtype = config.get("dtype")
-    if (dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype) in _HALF_PRECISION:
-        out["dtype"] = "float32"
-    return out
-
-
-def load_for_inference(path: str | os.PathLike[str]) -> keras.Model:
-    """Load model.keras to compute in float32, whatever dtype policy it was trained with.
-
-    A model trained under mixed_float16 keeps that policy in model.keras, and
-    evaluation and export on a CPU would then compute in float16. Its variables
-    are float32 already, so the same architecture rebuilt in float32 takes them
-    unchanged.
-    """
-    model = keras.models.load_model(path, compile=False)
-    config = keras.saving.serialize_keras_object(model)
-    float32 = _float32_config(config)
-    if float32 == config:
-        return model
-    rebuilt = keras.saving.deserialize_keras_object(float32)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt

@@ -1,0 +1,98 @@
+"""The per-file input: each file's npz read lazily by parallel workers, its examples mixed in a shuffle buffer.
+
+Only the list of file names is held in memory; patches are read by parallel
+workers, mixed in a fixed-size shuffle buffer and prefetched, so memory does
+not grow with the number of files (the old code loaded every patch up front).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from jibjib.core.settings import AugmentSettings
+from jibjib.features.files import feature_stamp
+from jibjib.labels.tables import background_rows
+from jibjib.training.examples import balanced_draw_weights, examples_per_file, to_sequences
+from jibjib.training.inputs.order import seed_pairs, weighted_draws
+from jibjib.training.inputs.spec import InputSpec
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _load_units(path: bytes, seed: int, unit: int, short: str, random_offset: bool, tile: bool,
+                patch_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k, unit, patch_frames, bands) examples of one file and their (k, unit) mask.
+
+    With `random_offset` the patch grid starts at a random frame (seeded) in
+    the first patch, as far as the file leaves room. `tile` repeats a short
+    file until it fills one unit (for background recordings, which must not
+    bring padding into a mix).
+    """
+    with np.load(path.decode(), allow_pickle=False) as z:
+        log_mel = z["log_mel"]
+    if tile and log_mel.shape[0] < unit * patch_frames:
+        log_mel = np.tile(log_mel, (-(-unit * patch_frames // log_mel.shape[0]), 1))
+    spare = log_mel.shape[0] - patch_frames
+    if random_offset and spare > 0:
+        offset = int(np.random.default_rng(seed & 0x7FFFFFFFFFFFFFFF).integers(0, min(patch_frames, spare + 1)))
+        log_mel = log_mel[offset:]
+    n = log_mel.shape[0] // patch_frames
+    patches = log_mel[: n * patch_frames].reshape(n, patch_frames, log_mel.shape[1])
+    return to_sequences(patches, unit, "skip" if tile else short)
+
+
+def _read(paths: np.ndarray, targets: np.ndarray, spec: InputSpec, random_offset: bool, tile: bool):
+    unit, frames, bands = spec.unit_patches, spec.frontend.patch_frames, spec.frontend.mel_bands
+    paths, targets = tf.constant(paths), tf.constant(targets)
+
+    def read(index: tf.Tensor, seed: tf.Tensor):
+        units, mask = tf.numpy_function(
+            lambda p, s: _load_units(p, int(s), unit, spec.short_files, random_offset, tile, frames),
+            [tf.gather(paths, index), seed[0]], (tf.float32, tf.bool))
+        units.set_shape([None, unit, frames, bands])
+        mask.set_shape([None, unit])
+        target = tf.tile(tf.gather(targets, index)[None], [tf.shape(units)[0], 1])
+        return tf.data.Dataset.from_tensor_slices((units, mask, target))
+
+    return read
+
+
+def npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: AugmentSettings, batch_size: int,
+                 training: bool, seed: int) -> tf.data.Dataset:
+    """Batches {units, mask, target[, background]} read file by file from the npz."""
+    paths = files["feature"].to_numpy(str)
+    n = len(files)
+    order = tf.data.Dataset.range(n)
+    if training and spec.class_balance == "sampling":
+        examples = examples_per_file([feature_stamp(f) for f in paths], spec.seq_len, spec.short_files,
+                                     spec.frontend.patch_frames)
+        order = weighted_draws(balanced_draw_weights(files, examples), n, seed + 1)
+    elif training:
+        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip(order, seed_pairs(seed + 2, training))
+    ds = ds.interleave(_read(paths, targets, spec, aug.random_offsets, tile=False),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training:
+        ds = ds.shuffle(spec.shuffle_buffer, seed=seed + 3, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda units, mask, target: {"units": units, "mask": mask, "target": target})
+    background = _npz_background(files, targets, spec, aug, seed) if training else None
+    if background is None:
+        return ds
+    return tf.data.Dataset.zip(ds, background.batch(batch_size)).map(
+        lambda batch, bg: {**batch, "background": bg[: tf.shape(batch["units"])[0]]})
+
+
+def _npz_background(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: AugmentSettings,
+                    seed: int) -> tf.data.Dataset | None:
+    """Endless random background units (from the files without a species), or None if there are none."""
+    is_background = background_rows(files)
+    if aug.background_probability <= 0 or not is_background.any():
+        return None
+    paths = files["feature"].to_numpy(str)[is_background]
+    order = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed + 6, reshuffle_each_iteration=True)
+    ds = tf.data.Dataset.zip(order.repeat(), seed_pairs(seed + 7, True))
+    ds = ds.interleave(_read(paths, targets[is_background], spec, True, tile=True),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.shuffle(256, seed=seed + 8, reshuffle_each_iteration=True).map(lambda units, mask, target: units)

@@ -1,0 +1,138 @@
+"""The packed input: examples gathered from the packed features (jibjib.packing), a whole batch per read.
+
+A few numbers per example are held in memory (the corpus's log-mel stays on
+disk); each epoch is an exact shuffle of all examples of the split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from jibjib.core.settings import AugmentSettings
+from jibjib.features.files import FeatureStamp
+from jibjib.labels.tables import background_rows
+from jibjib.packing import PackedFeatures
+from jibjib.training.examples import examples_per_file
+from jibjib.training.inputs.order import example_order
+from jibjib.training.inputs.spec import InputSpec
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedExamples:
+    """Every example of a split in the packed features: where it starts and how many patches are real.
+
+    A few numbers per example (the corpus's log-mel stays on disk): example e
+    is `valid[e]` patches from row `start[e]` of array `array[e]`, belonging
+    to file `file[e]`, whose rows end at `file_end[e]`.
+    """
+
+    array: np.ndarray
+    start: np.ndarray
+    valid: np.ndarray
+    file: np.ndarray
+    file_end: np.ndarray
+
+    @classmethod
+    def of(cls, files: pd.DataFrame, packs: PackedFeatures, spec: InputSpec) -> "PackedExamples":
+        where = packs.locate(files["path"])
+        frames = where["frames"].to_numpy(np.int64)
+        unit_rows = spec.unit_patches * spec.frontend.patch_frames
+        counts = examples_per_file([FeatureStamp(int(n), "") for n in frames], spec.seq_len, spec.short_files,
+                                   spec.frontend.patch_frames)
+        file = np.repeat(np.arange(len(files)), counts)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        k = np.arange(len(file)) - np.repeat(first, counts)  # the example's place in its file
+        patches = frames // spec.frontend.patch_frames
+        valid = np.minimum(spec.unit_patches, patches[file] - k * spec.unit_patches)
+        rows = where["row"].to_numpy(np.int64)
+        return cls(array=where["array"].to_numpy(np.int32)[file], start=rows[file] + k * unit_rows,
+                   valid=np.maximum(valid, 0).astype(np.int32), file=file.astype(np.int32),
+                   file_end=(rows + frames)[file])
+
+    def __len__(self) -> int:
+        return len(self.file)
+
+
+def packed_batches(files: pd.DataFrame, targets: np.ndarray, packs: PackedFeatures, spec: InputSpec,
+                    aug: AugmentSettings, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
+    """Batches {units, mask, target[, background]} gathered from the packed features, one read call per batch."""
+    examples = PackedExamples.of(files, packs, spec)
+    order = example_order(files, examples.file, spec.class_balance, training, seed)
+    background = None
+    if training and aug.background_probability > 0 and background_rows(files).any():
+        is_background = background_rows(files)
+        where = packs.locate(files.loc[is_background, "path"])
+        background = (where["array"].to_numpy(np.int32), where["row"].to_numpy(np.int64),
+                      where["frames"].to_numpy(np.int64))
+    gather = _PackedGather(packs, examples, background, spec, random_offsets=training and aug.random_offsets)
+    targets = tf.constant(targets)
+    file_of = tf.constant(examples.file)
+    frames, bands = spec.frontend.patch_frames, packs.bands
+
+    def read(ids: tf.Tensor, batch_seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = tf.numpy_function(gather, [ids, batch_seed],
+                                (tf.float16, tf.bool, tf.float16) if background else (tf.float16, tf.bool))
+        units = tf.cast(tf.ensure_shape(out[0], [None, spec.unit_patches, frames, bands]), tf.float32)
+        batch = {"units": units, "mask": tf.ensure_shape(out[1], [None, spec.unit_patches]),
+                 "target": tf.gather(targets, tf.gather(file_of, ids))}
+        if background:
+            batch["background"] = tf.cast(tf.ensure_shape(out[2], [None, spec.unit_patches, frames, bands]),
+                                          tf.float32)
+        return batch
+
+    seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=training)
+    return tf.data.Dataset.zip(order.batch(batch_size), seeds).map(
+        read, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+class _PackedGather:
+    """The numpy side of a packed batch: reads each example's rows from its pack into one buffer."""
+
+    def __init__(self, packs: PackedFeatures, examples: PackedExamples,
+                 background: tuple[np.ndarray, np.ndarray, np.ndarray] | None, spec: InputSpec,
+                 random_offsets: bool) -> None:
+        self.packs, self.examples, self.background = packs, examples, background
+        self.unit, self.frames = spec.unit_patches, spec.frontend.patch_frames
+        self.random_offsets = random_offsets
+
+    def __call__(self, ids: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, ...]:
+        ex, unit, frames, bands = self.examples, self.unit, self.frames, self.packs.bands
+        rng = np.random.default_rng(int(seed) & 0x7FFFFFFFFFFFFFFF)
+        count = len(ids)
+        units = np.zeros((count, unit * frames, bands), np.float16)
+        valid = ex.valid[ids]
+        start = ex.start[ids]
+        if self.random_offsets:
+            # Up to one patch later, as far as the file leaves room after the example's real patches.
+            room = np.minimum(frames - 1, ex.file_end[ids] - (start + valid * frames))
+            start = start + (rng.random(count) * (np.maximum(room, 0) + 1)).astype(np.int64)
+        for i, (array, row, patches) in enumerate(zip(ex.array[ids], start, valid)):
+            self.packs.read(int(array), int(row), int(patches) * frames, units[i, : patches * frames])
+        mask = np.arange(unit)[None, :] < valid[:, None]
+        out = (units.reshape(count, unit, frames, bands), mask)
+        if self.background is None:
+            return out
+        return (*out, self._background(rng, count))
+
+    def _background(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """`count` random stretches of background recordings, a unit long (a short recording repeated)."""
+        arrays, rows, lengths = self.background
+        need = self.unit * self.frames
+        out = np.empty((count, need, self.packs.bands), np.float16)
+        for i, pick in enumerate(rng.integers(0, len(arrays), count)):
+            length = int(lengths[pick])
+            if length >= need:
+                offset = int(rng.integers(0, length - need + 1))
+                self.packs.read(int(arrays[pick]), int(rows[pick]) + offset, need, out[i])
+            elif length > 0:
+                whole = self.packs.read(int(arrays[pick]), int(rows[pick]), length)
+                out[i] = np.resize(whole, (need, whole.shape[1]))
+            else:
+                out[i] = 0
+        return out.reshape(count, self.unit, self.frames, self.packs.bands)
