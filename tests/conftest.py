@@ -14,6 +14,11 @@ import soundfile
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests live in one folder per stage (tests/<stage>/, as jibjib/<stage>/) and some share helpers across
+# stages (a workflow test's dry-run parser, a training fixture): every folder is importable by module name,
+# whatever order pytest collects them in.
+sys.path[:0] = [str(folder) for folder in sorted(Path(__file__).parent.iterdir())
+                if folder.is_dir() and any(folder.glob("test_*.py"))]
 
 
 def chirp(seconds: float, sample_rate: int, f0: float = 2000.0, f1: float = 6000.0, seed: int = 0) -> np.ndarray:

@@ -36,7 +36,7 @@ MARKER_NAME = ".demo.json"
 # With the workflow's default split (seed 42, 0.7/0.15/0.15 by recording), this
 # seed gives every demo species at least two recordings in val and in test, so
 # the demo's evaluation has something to measure for each class
-# (tests/test_demo.py checks it).
+# (tests/demo/test_demo.py checks it).
 DEFAULT_SEED = 57
 # Lists every file a run in progress may leave, so a killed run can be cleaned up.
 PARTIAL_NAME = ".demo.partial.json"

@@ -2,7 +2,7 @@
 
 No TensorFlow here: the workflow decides at parse time whether the embed
 stage runs. The sizes are those of jibjib.models.vggish.vggish_trunk, checked
-against the built model by tests/test_embeddings.py.
+against the built model by tests/embeddings/test_embeddings.py.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class CachePlan:
         return self.cut is not None
 
 
-def cache_plan(trainable: str, embedding_cache: str | bool = "auto") -> CachePlan:
+def cache_plan(trainable: str, embedding_cache: str | bool) -> CachePlan:
     """The cache plan of `vggish.trainable` and `vggish.embedding_cache` (auto | off; YAML's bare off is false)."""
     if trainable not in _LAST_FROZEN:
         raise ValueError(f"trainable={trainable!r} is not one of: {', '.join(_LAST_FROZEN)}")

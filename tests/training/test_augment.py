@@ -14,7 +14,7 @@ import yaml
 
 tf = pytest.importorskip("tensorflow")
 
-from conftest import pack_files  # noqa: E402
+from conftest import REPO, pack_files  # noqa: E402
 from jibjib.core import fsutil  # noqa: E402
 from jibjib.core.settings import AugmentSettings  # noqa: E402
 from jibjib.labels.tables import split_files  # noqa: E402
@@ -27,7 +27,6 @@ from jibjib.training.augment import (
     augment_example, lowpass_gain, mel_band_hz, mix_in_power, mixup_batch, to_magnitude,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 OFF = dataclasses.replace(AugmentSettings.from_dict({"enabled": False}).active(), enabled=True)  # every step off
 OFFSET = VGGISH.log_offset
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY
+from conftest import REPO, TINY
 
 predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2",
                                   reason="tensorflow-serving-api is a test dependency: run `make setup`")
@@ -99,11 +99,11 @@ def test_waveform_signature_moves_to_its_name(tiny_workflow: Path, serving_expor
     wav = next((tiny_workflow / "birds" / "Beta_two").glob("*.wav"))
     args = ["predict", "--model", str(serving_exports["convlstm"]), str(wav), "--top-k", "1"]
     legacy = subprocess.run([sys.executable, "-m", "jibjib", *args], capture_output=True, text=True, timeout=300,
-                            env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": ""})
+                            env={"PYTHONPATH": str(REPO), "PATH": ""})
     default = subprocess.run([sys.executable, "-m", "jibjib", *args[:2], str(tiny_workflow / "results" / "export" /
                                                                          "convlstm" / "1"), *args[3:]],
                              capture_output=True, text=True, timeout=300,
-                             env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": ""})
+                             env={"PYTHONPATH": str(REPO), "PATH": ""})
     assert legacy.returncode == 0 and default.returncode == 0, legacy.stderr + default.stderr
     assert legacy.stdout == default.stdout and legacy.stdout.count("\n") == 2
 

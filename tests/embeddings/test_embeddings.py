@@ -86,15 +86,15 @@ def test_cut_sizes_are_those_of_the_trunk() -> None:
 
 
 def test_a_cut_that_cannot_be_cached_says_why() -> None:
-    assert cache_plan("head").cut == "fc2" and cache_plan("head").reason is None
-    assert cache_plan("fc1_2").cut == "fc1_1" and cache_plan("fc2").cut == "fc1_2"
-    too_large = cache_plan("fc1_1")
+    assert cache_plan("head", "auto").cut == "fc2" and cache_plan("head", "auto").reason is None
+    assert cache_plan("fc1_2", "auto").cut == "fc1_1" and cache_plan("fc2", "auto").cut == "fc1_2"
+    too_large = cache_plan("fc1_1", "auto")
     assert not too_large.used
     assert too_large.reason == (f"trainable: fc1_1 freezes the trunk up to conv4_2, whose output of 12,288 floats "
                                 f"per patch exceeds the cache's limit of {MAX_FLOATS_PER_PATCH:,} (the cache pays "
                                 "from fc1_2 on: trainable head, fc2 or fc1_2)")
-    assert cache_plan("all").reason == "trainable: all leaves no trunk layer frozen"
-    assert cache_plan("conv1").reason == "trainable: conv1 leaves no trunk layer frozen"
+    assert cache_plan("all", "auto").reason == "trainable: all leaves no trunk layer frozen"
+    assert cache_plan("conv1", "auto").reason == "trainable: conv1 leaves no trunk layer frozen"
     assert cache_plan("head", "off").reason == cache_plan("head", False).reason == "vggish.embedding_cache is off"
 
 

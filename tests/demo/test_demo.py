@@ -15,6 +15,7 @@ import pytest
 import scipy.signal
 import soundfile
 
+from conftest import REPO
 from jibjib.demo import recordings as demo_recordings
 from jibjib.demo import songs as demo_songs
 from jibjib.demo import species as demo
@@ -387,7 +388,7 @@ def test_default_demo_fills_every_split_for_every_species() -> None:
     from jibjib.demo.recordings import plan_recordings
     from jibjib.demo.songs import make_species, species_names
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())["split"]
+    config = yaml.safe_load((REPO / "config.yaml").read_text())["split"]
     names = species_names(DEFAULT_SEED, 8)
     species = [make_species(DEFAULT_SEED, i, n) for i, n in enumerate(names)]
     plans = plan_recordings(DEFAULT_SEED, species, 20, 10.0, 2)
