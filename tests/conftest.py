@@ -178,3 +178,15 @@ def pack_files(root: Path) -> "PackedFeatures":
     write_manifest(root / "manifest.tsv", [QCRow(path=p, label=p.split("/")[0], status="processed") for p in paths])
     pack_shard(root / "manifest.tsv", features, root / "packed" / "shard-00.npy", root / "packed" / "shard-00.tsv")
     return PackedFeatures.open([root / "packed" / "shard-00.tsv"])
+
+
+@pytest.fixture(autouse=True)
+def fresh_global_seed() -> None:
+    """Every test starts from the same TensorFlow global seed, whatever ran before it in this process.
+
+    TensorFlow combines an op's own seed with the global one, which a training run sets: without this a
+    test's random draws would depend on which tests ran earlier (and on how pytest orders the folders).
+    Only where TensorFlow is already loaded: the many tests without it do not pay its import.
+    """
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].random.set_seed(0)
