@@ -137,7 +137,8 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="detections in long field recordings, window by window, with an exported model")
-    p.add_argument("--model", required=True, help="an export folder: results/export/<model>/<version>")
+    p.add_argument("--model", required=True,
+                   help="an export: results/export/<model> (its current version) or results/export/<model>/<version>")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files or folders (searched recursively)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="folder for detections.tsv, files.tsv and a table per file")

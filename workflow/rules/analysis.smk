@@ -34,7 +34,7 @@ if ANALYSIS_MODELS and workflow.is_main_process:
 rule analyze_shard:
     input:
         sources=ANALYSIS_SOURCES / "{shard}.tsv",
-        export=lambda wildcards: export_dir(wildcards.model),
+        export=lambda wildcards: current_export(wildcards.model),
     output:
         manifest="results/analysis/{model}/shards/{shard}.tsv",
     params:
@@ -62,7 +62,7 @@ rule analyze_shard:
 rule analysis_tables:
     input:
         manifests=expand("results/analysis/{{model}}/shards/{shard}.tsv", shard=ANALYSIS_SHARDS),
-        export=lambda wildcards: export_dir(wildcards.model),
+        export=lambda wildcards: current_export(wildcards.model),
     output:
         detections=report("results/analysis/{model}/detections.tsv", caption="../report/detections.rst",
                           category="Analysis", subcategory="{model}"),
@@ -107,7 +107,7 @@ if SOUNDSCAPE_DIR:
             name:
                 f"soundscape_scores_{_model}"
             input:
-                export=export_dir(_model),
+                export=current_export(_model),
                 audio=soundscape_audio(SOUNDSCAPE_DIR),
             output:
                 files=f"results/eval/{_model}/soundscapes/files.tsv",

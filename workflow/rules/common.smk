@@ -177,8 +177,11 @@ def training_settings(model):
 MODEL_NAMES = ("vggish", "convlstm")
 
 
-def export_dir(model):
-    return f"results/export/{model}/{SETTINGS.export.version}"
+def current_export(model):
+    """The export rule's output: results/export/<model>/current.json, naming the version folder beside it that is
+    in use. The version folders are not Snakemake outputs, so a rerun keeps the older ones (export.keep_versions)
+    for a running TF Serving; the analysis rules depend on this file and give it to --model."""
+    return f"results/export/{model}/current.json"
 
 
 def report_place(model):
@@ -190,7 +193,7 @@ def model_targets():
     """Per configured model: its evaluation and its export (which need the trained model),
     and where configured its soundscape evaluation and its analysis of field recordings."""
     targets = [target for model in SETTINGS.models
-               for target in (f"results/eval/{model}/metrics.json", export_dir(model))]
+               for target in (f"results/eval/{model}/metrics.json", current_export(model))]
     if SETTINGS.soundscapes.audio_dir:
         targets += [f"results/eval/{model}/soundscapes.json" for model in SETTINGS.models]
     return targets + [f"results/analysis/{model}/detections.tsv" for model in SETTINGS.analysis_models]
