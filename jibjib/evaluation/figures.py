@@ -96,9 +96,9 @@ def soundscape_strip(path: str | os.PathLike, samples: np.ndarray, sample_rate: 
 
     `calls` have start, end, label, low_hz and high_hz (None: the full
     height); each track has label, centres and scores (per window),
-    threshold and detections [(start, end, correct)].  In a lane the upper
-    bar marks annotated calls, the lower one detections (dark: overlapping a
-    call of the species, red: false), the line the window score against the
+    threshold and detections [(start, end, true)].  In a lane the upper
+    bar marks annotated calls, the lower one detections (dark: true, a hit on a
+    call of the species; red: false), the line the window score against the
     dashed threshold.
     """
     import scipy.signal

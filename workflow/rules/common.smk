@@ -199,24 +199,21 @@ def model_targets():
     return targets + [f"results/analysis/{model}/detections.tsv" for model in SETTINGS.analysis_models]
 
 
-def table_options():
-    """The detection settings of analyze: as options of jibjib analysis-tables."""
+def detection_options():
+    """analyze.merge and analyze.min_score as options: of analyze, and of evaluate-soundscapes, which judges the
+    detections analyze delivers."""
     section = SETTINGS.analyze
-    options = [f"--format={section.format}"]
+    options = ["--merge"] if section.merge else []
     if section.min_score is not None:
         options.append(f"--min-score={section.min_score}")
-    if section.merge:
-        options.append("--merge")
     return " ".join(options)
+
+
+def table_options():
+    """The detection settings of analyze and its table format: as options of jibjib analyze and analysis-tables."""
+    return f"--format={SETTINGS.analyze.format} {detection_options()}".strip()
 
 
 def hop_option():
     hop = SETTINGS.analyze.hop_seconds
     return "" if hop is None else f"--hop={hop}"
-
-
-def soundscape_audio(folder):
-    """The audio files below the soundscape folder: a new or edited recording reruns its analysis."""
-    from jibjib.features.qc import ignore_reason
-
-    return [str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file() and not ignore_reason(p.relative_to(folder))]
