@@ -129,8 +129,8 @@ if SOUNDSCAPE_DIR:
                 detections=f"results/eval/{_model}/soundscapes/detections.tsv",
             params:
                 audio_dir=SOUNDSCAPE_DIR,
-                out_dir=f"results/eval/{_model}/soundscapes",
-                scores=f"results/eval/{_model}/soundscapes/scores",
+                out_dir=lambda wildcards, output: Path(output.files).parent,
+                scores=lambda wildcards, output: Path(output.files).parent / "scores",
                 hop=hop_option(),
                 options=table_options(),
             log:
@@ -168,14 +168,16 @@ if SOUNDSCAPE_DIR:
                 figure=report(f"results/eval/{_model}/soundscape.png", caption="../report/soundscapes.rst",
                               **report_place(_model)),
             params:
-                scores=f"results/eval/{_model}/soundscapes/scores",
+                scores=lambda wildcards, input: Path(input.files).parent / "scores",
                 annotations=SOUNDSCAPE_ANNOTATIONS,
                 audio_dir=SOUNDSCAPE_DIR,
-                out_dir=f"results/eval/{_model}",
+                out_dir=lambda wildcards, output: Path(output.summary).parent,
                 model=_model,
                 options=detection_options(),
             log:
                 f"logs/soundscapes/{_model}.log",
+            conda:
+                "../../envs/tensorflow.yaml"
             threads: 1
             resources:
                 mem_mb=4000,
