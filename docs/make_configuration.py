@@ -89,6 +89,10 @@ def type_text(spec: dict[str, Any]) -> str:
     """The type of a schema property in words."""
     if "enum" in spec:
         return "one of " + ", ".join(_code(v) for v in spec["enum"])
+    if "const" in spec:
+        return _code(spec["const"])
+    if "anyOf" in spec:
+        return " or ".join(type_text(option) for option in spec["anyOf"])
     kinds = spec.get("type", "any")
     kinds = kinds if isinstance(kinds, list) else [kinds]
     words = []

@@ -158,7 +158,7 @@ def serving_exports(tiny_workflow: Path, tmp_path_factory) -> dict[str, Path]:
     for model in ("vggish", "convlstm"):
         command = [sys.executable, "-m", "jibjib", "export", "--model-dir", str(results / "models" / model),
                    "--eval-dir", str(results / "eval" / model), "--labels", str(results / "labels.tsv"),
-                   "--split", str(results / "split.tsv"), "--out", str(out / model / "1"),
+                   "--split", str(results / "split.tsv"), "--out", str(out / model), "--version", "1",
                    "--tflite", "--legacy-serving"]
         jobs[model] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                        env=REPO_ENV, cwd=tiny_workflow)

@@ -134,15 +134,22 @@ def read_annotation_tsv(path: str | os.PathLike) -> dict[str, list[Call]]:
     return {key: _by_time(calls) for key, calls in sorted(out.items())}
 
 
+def annotation_tables(path: str | os.PathLike) -> list[Path]:
+    """The files read_annotations reads: the Raven tables below a folder (not hidden ones), or the file itself."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path] if path.is_file() else []
+    return [table for table in sorted(path.rglob("*.selections.txt"))
+            if not any(part.startswith(".") for part in table.relative_to(path).parts)]
+
+
 def read_annotations(path: str | os.PathLike) -> dict[str, list[Call]]:
     """Recording key -> its calls, from a folder of Raven tables (searched recursively),
     one Raven table, or one TSV of file, start, end, label."""
     path = Path(path)
     if path.is_dir():
         found: dict[str, Path] = {}
-        for table in sorted(path.rglob("*.selections.txt")):
-            if any(part.startswith(".") for part in table.relative_to(path).parts):
-                continue
+        for table in annotation_tables(path):
             match = _RAVEN_RE.match(table.name)
             key = recording_key((table.parent.relative_to(path) / match["stem"]).as_posix())
             if key in found:

@@ -18,8 +18,8 @@ from jibjib.core import fsutil
 from jibjib.features.audio import is_audio_file
 from jibjib.analysis.annotations import Call, read_annotations
 from jibjib.analysis.scores import WindowScores
-from jibjib.analysis.soundscapes import evaluate_soundscapes, read_scores
-from jibjib.analysis.tables import detections, read_window_thresholds
+from jibjib.analysis.soundscapes import DetectionSettings, spans, evaluate_soundscapes, hit_matrix, read_scores
+from jibjib.analysis.tables import file_detections, read_window_thresholds, thresholds_for
 
 STRIP_SECONDS = 60.0
 
@@ -29,43 +29,62 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def definition_text(report: dict[str, Any]) -> str:
+    """The section's paragraph on what was evaluated and how a detection is judged."""
+    settings = report["detection_settings"]
+    threshold = (f"a score of {settings['min_score']:g} (analyze.min_score)" if settings["min_score"] is not None
+                 else "the species' window threshold")
+    rows = ("each run of consecutive windows at or above it, merged into one span (analyze.merge)" if settings["merge"]
+            else "each window at or above it (analyze.merge is off)")
+    share = f"{report['overlap_share']:.0%} of the shorter of the two"
+    return (f"{report['n_files']} files, {report['hours']:.2f} h ({report['unannotated_hours']:.2f} h without an "
+            f"annotated call), {report['calls']} calls of {report['species_annotated']} species; windows of "
+            f"{fmt(report['window_seconds'], 2)} s every {fmt(report['hop_seconds'], 2)} s. Detections are what "
+            f"analyze delivers: at {threshold}, {rows}. A detection is true when it overlaps a call of its species "
+            f"by at least {share}, false otherwise; event recall is the share of calls found, each detection finding "
+            f"at most one call (matched one to one); false detections are counted per hour of all audio and, those "
+            "overlapping no annotated call, per hour without any. A window is positive for a species when it overlaps "
+            f"one of its calls by at least {share}, negative when it overlaps none, and left out of that species' "
+            "window figures otherwise.")
+
+
 def markdown_section(report: dict[str, Any]) -> str:
     """The soundscape section of report.md."""
-    m = report["macro"]
+    m, pooled = report["macro"], report["pooled"]
     lines = [
         "## Annotated soundscapes",
         "",
-        f"{report['n_files']} files, {report['hours']:.2f} h ({report['unannotated_hours']:.2f} h without an annotated "
-        f"call), {report['calls']} calls of {report['species_annotated']} species; windows of "
-        f"{fmt(report['window_seconds'], 2)} s every {fmt(report['hop_seconds'], 2)} s. A window is positive for a "
-        f"species when it overlaps one of its calls by at least {report['overlap_share']:.0%} of the shorter of the "
-        "two, negative when it overlaps none, and left out of that species' window figures otherwise. A detection is a "
-        "run of consecutive windows at or above the species' window threshold; event recall is the share of calls a "
-        "detection overlaps; a detection overlapping no call of its species is false, counted per hour of audio "
-        "without any annotated call.",
+        definition_text(report),
         "",
-        "| cmAP | macro ROC-AUC | macro precision | macro recall | macro F1 | event recall | false detections / h |",
-        "|---|---|---|---|---|---|---|",
-        "| " + " | ".join([fmt(report["cmap"]), fmt(report["macro_roc_auc"])]
-                         + [fmt(m[k]) for k in ("precision", "recall", "f1", "event_recall")]
-                         + [fmt(m["false_detections_per_hour"], 1)]) + " |",
+        "| | cmAP | ROC-AUC | window precision | window recall | window F1 | event recall | false detections / h "
+        "| false detections / h without calls |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| macro over species | " + " | ".join(
+            [fmt(report["cmap"]), fmt(report["macro_roc_auc"])]
+            + [fmt(m[k]) for k in ("precision", "recall", "f1", "event_recall")]
+            + [fmt(m[k], 1) for k in ("false_detections_per_hour", "false_detections_per_unannotated_hour")]) + " |",
+        "| pooled over calls and detections | – | – | – | – | – | " + " | ".join(
+            [fmt(pooled["event_recall"])]
+            + [fmt(pooled[k], 1) for k in ("false_detections_per_hour", "false_detections_per_unannotated_hour")])
+        + " |",
         "",
-        f"Window level, pooled over the files; precision, recall, F1 and event recall at the window thresholds. "
-        f"Macro averages over the {report['species_annotated']} annotated species (the threshold figures over the "
-        f"{report['macro_species']} of them with a threshold). All species together: {report['detected_calls']} of "
-        f"{report['thresholded_calls']} calls found, {report['false_detections']} false detections "
-        f"({fmt(report['false_detections_per_hour'], 1)} per hour).",
+        f"Window level, pooled over the files; the threshold figures at the delivered thresholds. Macro averages over "
+        f"the {report['species_annotated']} annotated species (the threshold figures over the {report['macro_species']} "
+        f"of them with a threshold). Pooled: {pooled['detected_calls']} of {pooled['calls']} calls found, "
+        f"{pooled['false_detections']} of {pooled['detections']} detections false "
+        f"({pooled['false_detections_unannotated']} of them where no call is annotated).",
         "",
-        "| species | calls | positive windows | AP | ROC-AUC | window threshold | precision | recall | F1 "
-        "| event recall | false detections | per hour |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| species | calls | positive windows | AP | ROC-AUC | threshold | precision | recall | F1 "
+        "| detections | event recall | false detections | per hour |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["per_species"]:
         cells = [fmt(row[k]) for k in ("average_precision", "roc_auc", "window_threshold", "precision", "recall",
-                                        "f1", "event_recall")]
-        false = "–" if row["false_detections"] is None else str(row["false_detections"])
+                                        "f1")]
+        counts = ["–" if row[k] is None else str(row[k]) for k in ("detections", "false_detections")]
         lines.append(f"| {row['label']} | {row['calls']} | {row['positive_windows']} | " + " | ".join(cells)
-                     + f" | {false} | {fmt(row['false_detections_per_hour'], 1)} |")
+                     + f" | {counts[0]} | {fmt(row['event_recall'])} | {counts[1]} "
+                     f"| {fmt(row['false_detections_per_hour'], 1)} |")
     notes = [
         ("Never annotated (reported, not in the macro averages)", report["species_not_annotated"]),
         ("Without a window threshold (no detections)", report["species_without_threshold"]),
@@ -79,9 +98,8 @@ def markdown_section(report: dict[str, Any]) -> str:
         strip = report["figure_strip"]
         lines += ["", f"![{strip['file']}: truth and detections]({report['figure']})", "",
                   f"{strip['file']}, {strip['start']:.0f}–{strip['end']:.0f} s, the stretch with the most annotated "
-                  "species: annotated calls (boxes, and the upper bar of each lane), detections (lower bar: dark "
-                  "when they overlap a call of their species, red when false) and window scores with the threshold "
-                  "(dashed)."]
+                  "species: annotated calls (boxes, and the upper bar of each lane), detections as delivered (lower "
+                  "bar: dark when true, red when false) and window scores with the threshold (dashed)."]
     elif report.get("figure_note"):
         lines += ["", f"No figure: {report['figure_note']}."]
     return "\n".join(lines) + "\n"
@@ -120,19 +138,23 @@ def write_soundscape_report(scores_dir: str | os.PathLike, annotations_path: str
                             audio_dir: str | os.PathLike | None = None, model: str | None = None,
                             threshold_column: str = "window_threshold",
                             figure_name: str | None = None,
-                            with_report: str | os.PathLike | None = None) -> dict[str, Any]:
+                            with_report: str | os.PathLike | None = None,
+                            settings: DetectionSettings = DetectionSettings()) -> dict[str, Any]:
     """Write soundscapes.json, soundscapes.md and, with `audio_dir`, the figure to `out_dir`
     (`figure_name`, by default soundscape_<file>.png after the file drawn); with `with_report`
-    (the test split's report) also report.md, that report followed by the soundscape section."""
+    (the test split's report) also report.md, that report followed by the soundscape section.
+    `settings`: how analyze delivers detections (analyze.merge, analyze.min_score)."""
     out = Path(out_dir)
     scores = read_scores(scores_dir)
     annotations = read_annotations(annotations_path)
     thresholds = read_window_thresholds(thresholds_tsv, threshold_column)
-    report = evaluate_soundscapes(scores, annotations, thresholds)
+    report = evaluate_soundscapes(scores, annotations, thresholds, settings)
     report["model"] = model or out.resolve().name
     report.update(figure=None, figure_strip=None, figure_note="no audio folder given")
     if audio_dir is not None:
-        report.update(_figure(out, scores, annotations, thresholds, Path(audio_dir), report["model"], figure_name))
+        per_class = thresholds_for(next(iter(scores.values())).labels, thresholds, settings.min_score)
+        report.update(_figure(out, scores, annotations, per_class, settings.merge, Path(audio_dir), report["model"],
+                              figure_name))
     fsutil.write_json(out / "soundscapes.json", report)
     section = markdown_section(report)
     with fsutil.atomic_open(out / "soundscapes.md") as f:
@@ -144,7 +166,9 @@ def write_soundscape_report(scores_dir: str | os.PathLike, annotations_path: str
 
 
 def _figure(out: Path, scores: dict[str, WindowScores], annotations: dict[str, list[Call]],
-            thresholds: dict[str, float], audio_dir: Path, model: str, name: str | None) -> dict[str, Any]:
+            thresholds: np.ndarray, merge: bool, audio_dir: Path, model: str, name: str | None) -> dict[str, Any]:
+    """The strip of one file: its audio, calls, delivered detections (true or false) and window scores;
+    `thresholds` per class as analyze detects."""
     import soundfile
 
     from jibjib.evaluation import figures  # matplotlib: only where a figure is drawn
@@ -167,20 +191,18 @@ def _figure(out: Path, scores: dict[str, WindowScores], annotations: dict[str, l
     s = scores[key]
     inside = (s.end > start) & (s.start < end)
     calls = [c for c in annotations[key] if c.end > start and c.start < end]
+    delivered = file_detections(key, s, thresholds, merge)
     lanes = sorted({c.label for c in calls if c.label in labels}
-                   | {label for i, label in enumerate(labels)
-                      if np.any(s.scores[inside, i] >= thresholds.get(label, math.nan))})
+                   | {d.label for d in delivered if d.end > start and d.start < end})
     tracks = []
     for label in lanes:
         i = labels.index(label)
-        threshold = float(thresholds.get(label, math.nan))
         own = [c for c in annotations[key] if c.label == label]
-        found = []
-        for d_start, d_end, _ in detections(s.start, s.end, s.scores[:, i].astype(np.float64), threshold):
-            if d_end > start and d_start < end:
-                found.append((d_start, d_end, any(c.start < d_end and c.end > d_start for c in own)))
+        mine = [d for d in delivered if d.label == label and d.end > start and d.start < end]
+        true = hit_matrix(*spans(mine), *spans(own)).any(axis=1)
         tracks.append({"label": label, "centres": (s.start[inside] + s.end[inside]) / 2,
-                       "scores": s.scores[inside, i], "threshold": threshold, "detections": found})
+                       "scores": s.scores[inside, i], "threshold": float(thresholds[i]),
+                       "detections": [(d.start, d.end, bool(t)) for d, t in zip(mine, true)]})
     name = name or f"soundscape_{Path(key).name}.png"
     figures.soundscape_strip(out / name, samples, rate, start, calls, tracks,
                              f"{model}: {key} ({path.suffix[1:].upper()}, {rate} Hz), {start:.0f}–{end:.0f} s")

@@ -1,35 +1,44 @@
-"""How well window scores find the annotated calls of long field recordings.
+"""How well what `jibjib analyze` delivers finds the annotated calls of long field recordings.
 
 Inputs: the per-file window scores of `jibjib analyze --scores DIR`
 (`DIR/<relative path without extension>.npz`), the per-species window
-thresholds of thresholds.tsv, and annotations: Raven selection tables (one per
-audio file, `<stem>.selections.txt` or `<stem>.Table.1.selections.txt`) or one
-TSV with columns `file, start, end, label`.  Files are matched by their path
-relative to the audio folder, without extension.
+thresholds of thresholds.tsv, the detection settings analyze delivers with
+(`analyze.merge`, `analyze.min_score`; the hop is the scores' own), and
+annotations: Raven selection tables (one per audio file,
+`<stem>.selections.txt` or `<stem>.Table.1.selections.txt`) or one TSV with
+columns `file, start, end, label`.  Files are matched by their path relative
+to the audio folder, without extension.
 
-Definitions (metrics.py's conventions where they apply):
+Definitions (metrics.py's conventions where they apply).  Two spans *hit*
+when they overlap by at least OVERLAP_SHARE (half) of the shorter of the two.
 
-* A window is *positive* for a species when it overlaps one of that species'
-  calls by at least half the shorter of the two (OVERLAP_SHARE), *negative*
-  when it overlaps none of them, and left out of that species' window-level
-  figures when it overlaps one by less (a window clipping the edge of a call
-  is neither a miss nor a false alarm).
-* Window level, per species: AP and ROC-AUC over all windows of all evaluated
-  files pooled; at the species' window threshold (score >= threshold; a NaN
-  threshold detects nothing) precision, recall and F1 of the windows.
-* A *detection* is a run of consecutive windows of one species at or above its
-  threshold (each starting before the previous one ends), merged into one
-  span from the first window's start to the last one's end.
-* Event recall: the share of a species' annotated calls that a detection of
-  that species overlaps (by any amount).
-* False detections per hour: the detections of a species that overlap none of
-  its calls, divided by the hours of audio that no annotated call (of any
-  label) covers.
+* Window level.  A window is *positive* for a species when it hits one of
+  that species' calls, *negative* when it overlaps none of them, and left out
+  of that species' window figures when it overlaps one by less (a window
+  clipping the edge of a call is neither a miss nor a false alarm).  Per
+  species: AP and ROC-AUC over all windows of all evaluated files pooled; at
+  the species' threshold (score >= threshold; a NaN threshold detects
+  nothing) precision, recall and F1 of the windows.
+* Detections are the rows analyze delivers (jibjib.analysis.tables.
+  file_detections, with the same thresholds and merging): each window at or
+  above the threshold, or with merging each run of them as one span.
+* Event level.  A detection of species X is *true* when it hits a call of X
+  and *false* otherwise.  *Event recall* of X is the share of its calls that
+  detections find, matched one to one (a maximum bipartite matching of the
+  hits): a detection finds at most one call, so a merged detection spanning
+  a chorus of five calls finds one of them; a call hit by several detections
+  is found once (the others are true detections, not false ones).
+* *False detections per hour*: the false detections over the hours of all
+  evaluated audio; and, separately, the false detections that overlap no
+  annotated call of any label over the hours no annotated call covers
+  (`per_unannotated_hour`: the rate in bird-free audio).
 * Species with calls in the evaluated files enter the macro averages (AP and
   ROC-AUC where defined; the threshold figures where the species also has a
-  threshold); species never annotated are reported, with their false
-  detections, but left out of them.  Files with scores but no annotations are
-  not evaluated (listed); annotated files without scores are listed too.
+  threshold); *pooled* figures count every call and every false detection of
+  the species with a threshold together.  Species never annotated are
+  reported, with their false detections, but left out of the macro averages.
+  Files with scores but no annotations are not evaluated (listed); annotated
+  files without scores are listed too.
 """
 
 from __future__ import annotations
@@ -42,14 +51,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from jibjib.core.errors import InputError
 from jibjib.evaluation import metrics
 from jibjib.analysis.annotations import Call
 from jibjib.analysis.scores import ScoreFileError, WindowScores, load_scores
-from jibjib.analysis.tables import detections
+from jibjib.analysis.tables import Detection, file_detections, thresholds_for
 
 OVERLAP_SHARE = 0.5
+# A nanosecond of slack: window, detection and call times are sums of decimal seconds.
+SLACK = 1e-9
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    """How analyze turns window scores into detections: `analyze.merge`, `analyze.min_score`."""
+
+    merge: bool = False
+    min_score: float | None = None  # instead of every species' window threshold
 
 
 def read_scores(folder: str | os.PathLike) -> dict[str, WindowScores]:
@@ -74,22 +95,38 @@ def read_scores(folder: str | os.PathLike) -> dict[str, WindowScores]:
     return out
 
 
+def spans(items: list) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end arrays of calls or detections (anything with .start and .end)."""
+    return np.array([x.start for x in items], float), np.array([x.end for x in items], float)
+
+
 def _overlaps(a_start: np.ndarray, a_end: np.ndarray, b_start: np.ndarray, b_end: np.ndarray) -> np.ndarray:
     """Seconds of overlap, (len(a), len(b))."""
     return np.clip(np.minimum(a_end[:, None], b_end[None, :]) - np.maximum(a_start[:, None], b_start[None, :]),
                    0.0, None)
 
 
+def hit_matrix(a_start: np.ndarray, a_end: np.ndarray, b_start: np.ndarray, b_end: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) bool: the spans overlap by at least OVERLAP_SHARE of the shorter of the two."""
+    overlap = _overlaps(a_start, a_end, b_start, b_end)
+    need = OVERLAP_SHARE * np.minimum((a_end - a_start)[:, None], (b_end - b_start)[None, :])
+    return (overlap >= need - SLACK) & (overlap > 0)
+
+
+def matched_calls(hits: np.ndarray) -> int:
+    """How many calls (columns) detections (rows) find one to one: scipy's maximum bipartite matching."""
+    if not hits.any():
+        return 0
+    return int((maximum_bipartite_matching(csr_matrix(hits), perm_type="row") >= 0).sum())
+
+
 def window_truth(start: np.ndarray, end: np.ndarray, calls: list[Call]) -> tuple[np.ndarray, np.ndarray]:
     """(positive, left out) per window for one species' calls: see the module's definitions."""
     if not calls:
         return np.zeros(start.size, bool), np.zeros(start.size, bool)
-    c_start, c_end = np.array([c.start for c in calls]), np.array([c.end for c in calls])
-    overlap = _overlaps(start, end, c_start, c_end)
-    need = OVERLAP_SHARE * np.minimum((end - start)[:, None], (c_end - c_start)[None, :])
-    # A nanosecond of slack: window and call times are sums of decimal seconds.
-    positive = ((overlap >= need - 1e-9) & (overlap > 0)).any(axis=1)
-    return positive, (overlap > 0).any(axis=1) & ~positive
+    c_start, c_end = spans(calls)
+    positive = hit_matrix(start, end, c_start, c_end).any(axis=1)
+    return positive, (_overlaps(start, end, c_start, c_end) > 0).any(axis=1) & ~positive
 
 
 def _covered_seconds(calls: list[Call], seconds: float) -> float:
@@ -106,7 +143,7 @@ def _covered_seconds(calls: list[Call], seconds: float) -> float:
 @dataclass(frozen=True)
 class _SpeciesInFile:
     """One species in one file: the truth and scores of its windows (those not left out), and what its
-    threshold found there."""
+    detections found there."""
 
     positive: np.ndarray
     score: np.ndarray
@@ -117,24 +154,27 @@ class _SpeciesInFile:
     detected_calls: int
     detections: int
     false_detections: int
+    false_unannotated: int  # false detections that overlap no annotated call of any label
 
 
-def _species_in_file(s: WindowScores, column: int, calls: list[Call], threshold: float) -> _SpeciesInFile:
-    """The window and event figures of the species in `column` over one file, against its calls there."""
+def _species_in_file(s: WindowScores, column: int, calls: list[Call], threshold: float, found: list[Detection],
+                     all_calls: list[Call]) -> _SpeciesInFile:
+    """The window and event figures of the species in `column` over one file: its calls there, its threshold
+    and its detections (`found`); `all_calls`: every annotated call of the file."""
     pos, out = window_truth(s.start, s.end, calls)
     col = s.scores[:, column].astype(np.float64)
     hit = ~out & (col >= threshold)  # NaN compares false: no threshold, no detection
-    found = detections(s.start, s.end, col, threshold)
-    spans = np.array([d[:2] for d in found]).reshape(-1, 2)
-    touching = _overlaps(spans[:, 0], spans[:, 1], np.array([x.start for x in calls]),
-                         np.array([x.end for x in calls])) > 0
+    d_start, d_end = spans(found)
+    hits = hit_matrix(d_start, d_end, *spans(calls))
+    false = ~hits.any(axis=1)
+    in_quiet = ~(_overlaps(d_start, d_end, *spans(all_calls)) > 0).any(axis=1)
     return _SpeciesInFile(positive=pos[~out], score=col[~out], left_out_windows=int(out.sum()),
                           detected_windows=int(hit.sum()), true_windows=int((hit & pos).sum()), calls=len(calls),
-                          detected_calls=int(touching.any(axis=0).sum()), detections=len(found),
-                          false_detections=int((~touching.any(axis=1)).sum()))
+                          detected_calls=matched_calls(hits), detections=len(found),
+                          false_detections=int(false.sum()), false_unannotated=int((false & in_quiet).sum()))
 
 
-def _species_row(label: str, threshold: float, files: list[_SpeciesInFile], hours: float) -> dict[str, Any]:
+def _species_row(label: str, threshold: float, files: list[_SpeciesInFile], hours: dict[str, float]) -> dict[str, Any]:
     """soundscapes.json's `per_species` row: one species' figures over all evaluated files."""
     def total(field: str) -> int:
         return sum(getattr(part, field) for part in files)
@@ -146,50 +186,68 @@ def _species_row(label: str, threshold: float, files: list[_SpeciesInFile], hour
     if precision is None and has_threshold and support:
         precision = 0.0  # a threshold that finds nothing has not delivered
     recall = metrics.safe_ratio(total("true_windows"), support) if has_threshold else None
-    n_calls, hit_calls, false = total("calls"), total("detected_calls"), total("false_detections")
+    false, quiet = total("false_detections"), total("false_unannotated")
+
+    def given_threshold(value: Any) -> Any:
+        return value if has_threshold else None
+
     return {
         "label": label,
-        "calls": n_calls,
+        "calls": total("calls"),
         "positive_windows": support,
         "left_out_windows": total("left_out_windows"),
         "negative_windows": int(positive_all.size - support),
         "average_precision": metrics.average_precision(positive_all, score_all),
         "roc_auc": metrics.roc_auc(positive_all, score_all),
-        "window_threshold": threshold if has_threshold else None,
-        "detected_windows": total("detected_windows") if has_threshold else None,
+        "window_threshold": given_threshold(threshold),
+        "detected_windows": given_threshold(total("detected_windows")),
         "precision": precision,
         "recall": recall,
         "f1": metrics.f1_of(precision, recall),
-        "detections": total("detections") if has_threshold else None,
-        "detected_calls": hit_calls if has_threshold else None,
-        "event_recall": metrics.safe_ratio(hit_calls, n_calls) if has_threshold else None,
-        "false_detections": false if has_threshold else None,
-        "false_detections_per_hour": metrics.safe_ratio(false, hours) if has_threshold else None,
+        "detections": given_threshold(total("detections")),
+        "true_detections": given_threshold(total("detections") - false),
+        "detected_calls": given_threshold(total("detected_calls")),
+        "event_recall": given_threshold(metrics.safe_ratio(total("detected_calls"), total("calls"))),
+        "false_detections": given_threshold(false),
+        "false_detections_per_hour": given_threshold(metrics.safe_ratio(false, hours["all"])),
+        "false_detections_unannotated": given_threshold(quiet),
+        "false_detections_per_unannotated_hour": given_threshold(metrics.safe_ratio(quiet, hours["unannotated"])),
     }
 
 
-def _macro_figures(per_species: list[dict[str, Any]], hours: float) -> dict[str, Any]:
-    """The averages over the annotated species (the threshold figures over those with a threshold) and the
-    detections of all species together."""
+def _averages(per_species: list[dict[str, Any]], hours: dict[str, float]) -> dict[str, Any]:
+    """The macro averages over the annotated species (the threshold figures over those with a threshold) and
+    the pooled figures of all species with a threshold together."""
     annotated = [row for row in per_species if row["calls"]]
     thresholded = [row for row in annotated if row["window_threshold"] is not None]
     with_threshold = [row for row in per_species if row["window_threshold"] is not None]
-    all_false = sum(row["false_detections"] for row in with_threshold)
+    calls, found = sum(row["calls"] for row in thresholded), sum(row["detected_calls"] for row in thresholded)
+    false = sum(row["false_detections"] for row in with_threshold)
+    quiet = sum(row["false_detections_unannotated"] for row in with_threshold)
+    rates = ("false_detections_per_hour", "false_detections_per_unannotated_hour")
     return {
         "cmap": metrics.mean_of_known([row["average_precision"] for row in annotated]),
         "macro_roc_auc": metrics.mean_of_known([row["roc_auc"] for row in annotated]),
         "macro_species": len(thresholded),
         "macro": {key: metrics.mean_of_known([row[key] for row in thresholded])
-                  for key in ("precision", "recall", "f1", "event_recall", "false_detections_per_hour")},
-        "detected_calls": sum(row["detected_calls"] for row in thresholded),
-        "thresholded_calls": sum(row["calls"] for row in thresholded),
-        "false_detections": all_false,
-        "false_detections_per_hour": metrics.safe_ratio(all_false, hours) if with_threshold else None,
+                  for key in ("precision", "recall", "f1", "event_recall", *rates)},
+        "pooled": {
+            "calls": calls,
+            "detected_calls": found,
+            "event_recall": metrics.safe_ratio(found, calls),
+            "detections": sum(row["detections"] for row in with_threshold),
+            "false_detections": false,
+            "false_detections_per_hour": metrics.safe_ratio(false, hours["all"]) if with_threshold else None,
+            "false_detections_unannotated": quiet,
+            "false_detections_per_unannotated_hour":
+                metrics.safe_ratio(quiet, hours["unannotated"]) if with_threshold else None,
+        },
     }
 
 
 def evaluate_soundscapes(scores: dict[str, WindowScores], annotations: dict[str, list[Call]],
-                         thresholds: dict[str, float]) -> dict[str, Any]:
+                         thresholds: dict[str, float],
+                         settings: DetectionSettings = DetectionSettings()) -> dict[str, Any]:
     """soundscapes.json: the window-level and event-level figures described in the module docstring."""
     keys = sorted(set(scores) & set(annotations))
     if not keys:
@@ -200,28 +258,31 @@ def evaluate_soundscapes(scores: dict[str, WindowScores], annotations: dict[str,
     unknown = Counter(call.label for key in keys for call in annotations[key] if call.label not in known)
     seconds = sum(scores[k].seconds for k in keys)
     unannotated = sum(scores[k].seconds - _covered_seconds(annotations[k], scores[k].seconds) for k in keys)
-    hours = unannotated / 3600.0
+    hours = {"all": seconds / 3600.0, "unannotated": unannotated / 3600.0}
+    per_class = thresholds_for(labels, thresholds, settings.min_score)  # as analyze detects
+    found = {k: file_detections(k, scores[k], per_class, settings.merge) for k in keys}
     files = [{"file": k, "seconds": scores[k].seconds, "windows": int(scores[k].start.size),
               "calls": sum(c.label in known for c in annotations[k]),
               "species": sorted({c.label for c in annotations[k] if c.label in known}),
-              "detections": 0, "false_detections": 0} for k in keys]
+              "detections": len(found[k]), "false_detections": 0} for k in keys]
 
     per_species = []
     for c, label in enumerate(labels):
-        threshold = float(thresholds.get(label, math.nan))
         in_files = [_species_in_file(scores[k], c, [call for call in annotations[k] if call.label == label],
-                                     threshold) for k in keys]
-        for summary, found in zip(files, in_files):
-            summary["detections"] += found.detections
-            summary["false_detections"] += found.false_detections
-        per_species.append(_species_row(label, threshold, in_files, hours))
+                                     float(per_class[c]), [d for d in found[k] if d.label == label], annotations[k])
+                    for k in keys]
+        for summary, part in zip(files, in_files):
+            summary["false_detections"] += part.false_detections
+        per_species.append(_species_row(label, float(per_class[c]), in_files, hours))
 
     windows = [scores[k] for k in keys]
     return {
         "overlap_share": OVERLAP_SHARE,
+        "event_matching": "one to one (maximum bipartite matching of the hits)",
+        "detection_settings": {"merge": settings.merge, "min_score": settings.min_score},
         "n_files": len(keys),
-        "hours": seconds / 3600.0,
-        "unannotated_hours": hours,
+        "hours": hours["all"],
+        "unannotated_hours": hours["unannotated"],
         "n_windows": int(sum(w.start.size for w in windows)),
         "window_seconds": _median([w.end - w.start for w in windows]),
         "hop_seconds": _median([np.diff(np.sort(w.start)) for w in windows]),
@@ -232,7 +293,7 @@ def evaluate_soundscapes(scores: dict[str, WindowScores], annotations: dict[str,
         "unknown_labels": dict(sorted(unknown.items())),
         "files_without_annotations": sorted(set(scores) - set(annotations)),
         "annotated_files_without_scores": sorted(set(annotations) - set(scores)),
-        **_macro_figures(per_species, hours),
+        **_averages(per_species, hours),
         "per_species": per_species,
         "files": files,
     }

@@ -12,15 +12,19 @@ from jibjib.cli.common import input_dir, input_file, single_threaded_blas, tenso
 
 def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
     from jibjib.analysis.soundscape_report import fmt, write_soundscape_report
+    from jibjib.analysis.soundscapes import DetectionSettings
 
+    settings = _table_settings(args)  # the same checks as analyze's
     report = write_soundscape_report(args.scores, args.annotations, args.thresholds, args.out_dir, args.audio,
-                                     args.model, args.threshold_column, args.figure, args.with_report)
+                                     args.model, args.threshold_column, args.figure, args.with_report,
+                                     DetectionSettings(settings.merge, settings.min_score))
     if args.audio and report["figure_note"]:
         print(f"jibjib evaluate-soundscapes: no figure: {report['figure_note']}", file=sys.stderr)
-    m = report["macro"]
+    pooled = report["pooled"]
     print(f"evaluate-soundscapes {report['model']}: {report['n_files']} files, {report['calls']} calls, "
-          f"window cmAP {fmt(report['cmap'])}, event recall {fmt(m['event_recall'])}, "
-          f"false detections per hour {fmt(m['false_detections_per_hour'], 1)} (see {args.out_dir}/soundscapes.md)",
+          f"window cmAP {fmt(report['cmap'])}, event recall {fmt(pooled['event_recall'])} pooled, "
+          f"{fmt(report['macro']['event_recall'])} macro; false detections per hour "
+          f"{fmt(pooled['false_detections_per_hour'], 1)} pooled (see {args.out_dir}/soundscapes.md)",
           file=sys.stderr)
 
 def _table_settings(args: argparse.Namespace):
@@ -30,7 +34,8 @@ def _table_settings(args: argparse.Namespace):
         from jibjib.core.errors import InputError
 
         raise InputError(f"--min-score: {args.min_score:g} is not a probability between 0 and 1")
-    return TableSettings(args.min_score, args.merge, args.format, Path(args.thresholds) if args.thresholds else None)
+    return TableSettings(args.min_score, args.merge, getattr(args, "format", "raven"),
+                         Path(args.thresholds) if args.thresholds else None)
 
 def _window_thresholds(export, settings) -> dict[str, float] | None:
     """The thresholds the tables use (None with a minimum score), read before any file is analysed."""
@@ -137,7 +142,8 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="detections in long field recordings, window by window, with an exported model")
-    p.add_argument("--model", required=True, help="an export folder: results/export/<model>/<version>")
+    p.add_argument("--model", required=True,
+                   help="an export: results/export/<model> (its current version) or results/export/<model>/<version>")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files or folders (searched recursively)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="folder for detections.tsv, files.tsv and a table per file")
@@ -173,6 +179,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "file, start, end, label")
     p.add_argument("--thresholds", required=True, type=input_file, help="thresholds.tsv (column window_threshold)")
     p.add_argument("--threshold-column", default="window_threshold", help="the thresholds.tsv column to use")
+    p.add_argument("--merge", action="store_true",
+                   help="judge merged detections, as analyze --merge delivers them (default: one per window)")
+    p.add_argument("--min-score", type=float, metavar="X",
+                   help="detect every species at this score, as analyze --min-score (default: its window threshold)")
     p.add_argument("--audio", type=input_dir, help="the audio folder: draws the figure")
     p.add_argument("--figure", metavar="NAME", help="the figure's file name in --out-dir (default: "
                                                     "soundscape_<file>.png, after the file drawn)")

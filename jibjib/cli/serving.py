@@ -11,10 +11,24 @@ from jibjib.cli.common import frontend_option, input_dir, input_file
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    if args.keep_versions < 1:
+        from jibjib.core.errors import InputError
+
+        raise InputError(f"--keep-versions: at least 1, not {args.keep_versions}")
     from jibjib.serving.export import export
 
     export(args.model_dir, args.eval_dir, args.labels, args.split, args.out, frontend_option(args.frontend), args.top_k,
-           tflite=args.tflite, legacy_serving=args.legacy_serving)
+           tflite=args.tflite, legacy_serving=args.legacy_serving, version=args.version,
+           keep_versions=args.keep_versions)
+
+
+def export_version(text: str) -> int | str:
+    """--version: `auto` or a version number of at least 1."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither auto nor a version number (1, 2, ...)")
+    return int(text)
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from jibjib.serving.predict import Exported, load_thresholds, predict_files, to_tsv
@@ -46,11 +60,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--legacy-serving", action="store_true",
                    help="serving_default takes `inputs` (n, 96, 64) patches and returns `outputs` (n, classes), "
                         "as jibjib-query calls it; the waveform signature is then `waveform`")
-    p.add_argument("--out", required=True, help="results/export/<model>/<version> (an integer version)")
+    p.add_argument("--out", required=True,
+                   help="results/export/<model>: the version folders and current.json go in it")
+    p.add_argument("--version", type=export_version, default=schema_default("export.version"),
+                   help="TF Serving version folder: a number, or auto (default): a new number when the model, "
+                        "its evaluation or the export settings changed, else the current version kept")
+    p.add_argument("--keep-versions", type=int, default=schema_default("export.keep_versions"),
+                   help="with --version auto: version folders kept (older ones are removed)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top species of audio files (WAV, FLAC, Ogg, MP3), with an exported model")
-    p.add_argument("--model", required=True, help="an export folder: results/export/<model>/<version>")
+    p.add_argument("--model", required=True,
+                   help="an export: results/export/<model> (its current version) or results/export/<model>/<version>")
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files, any sample rate")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="JSON instead of TSV")

@@ -255,13 +255,15 @@ class ConvlstmSettings(ModelSettings):
 class EvaluateSettings(Section):
     KEY = "evaluate"
     target_precision: float
+    min_threshold_support: int  # val files a species needs for its own thresholds
     top_k: int
 
 
 @dataclasses.dataclass(frozen=True)
 class ExportSettings(Section):
     KEY = "export"
-    version: int
+    version: int | str  # a TF Serving version number, or "auto": the next one when the inputs changed
+    keep_versions: int  # with version auto: version folders kept per model
     top_k: int
     tflite: bool
     legacy_serving: bool

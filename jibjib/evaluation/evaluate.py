@@ -9,8 +9,11 @@ changes the order of file scores (a mean of patch probabilities), so the
 calibrated scores get thresholds of their own.
 
 Window thresholds are for `jibjib analyze`, which scores long recordings one
-window (the model's unit) at a time: they are fitted on the raw probabilities
-of the val split's patches (VGGish) or sequences (ConvLSTM).  The data holds
+window (the model's unit: a patch for VGGish, seq_len patches for the
+ConvLSTM) every hop: they are fitted on the raw probabilities of the windows
+analyze would cut from the val files (every whole window of its grid, at
+analyze's hop; no zero-padded tail, which analyze never scores), not on the
+units the file scores average.  The data holds
 no labels finer than a file, so every window takes its file's label: a
 window of a focal recording that holds no song still counts as that species,
 and a call of another species in its background counts as a false detection
@@ -23,7 +26,8 @@ score a recording's songless windows high for the recording's species
 The truth of a file is its set of classes (split.tsv's `species`): a file of
 a background folder is a negative for every class, a file of a multi-species
 folder a positive for each of its species.  Top-1 accuracy, the confusion
-matrix and the ECE count the single-species files only (see jibjib.metrics);
+matrix and the top-1 ECE count the single-species files only (see
+jibjib.evaluation.metrics);
 metrics.json's `background` says how often nothing reaches its threshold on
 the background files ("no species", what predict and analyze then report).
 """
@@ -31,18 +35,21 @@ the background files ("no species", what predict and analyze then report).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from jibjib.core import fsutil
+from jibjib.core.params import VGGISH, FrontEnd, WindowGrid
 from jibjib.core.settings import RunSettings
-from jibjib.evaluation import metrics
+from jibjib.evaluation import metrics, thresholds as fitting
+from jibjib.evaluation.report import markdown_report
 from jibjib.labels.tables import split_files, target_matrix
 from jibjib.training.examples import load_patches, to_sequences
 
@@ -51,22 +58,45 @@ from jibjib.training.examples import load_patches, to_sequences
 BATCH_PATCHES = 256
 
 
-def _batches(files: pd.DataFrame, seq_len: int | None) -> Iterator[tuple[Any, np.ndarray]]:
+Example = Any  # a model input: patches (n, 96, 64), or (patches (n, L, 96, 64), mask (n, L)) for a ConvLSTM
+
+
+def unit_examples(npz: str, seq_len: int | None) -> Example | None:
+    """The units a file's score averages: its non-overlapping patches from frame 0 (a partial tail dropped),
+    for a ConvLSTM grouped in sequences of seq_len, the last one zero-padded and masked; None without a patch."""
+    patches = load_patches(npz)
+    if patches.shape[0] == 0:
+        return None  # too short for one patch: no score (reported as files_without_patches)
+    # Inference always pads: `short_files: skip` only keeps short files out of training.
+    return patches if seq_len is None else to_sequences(patches, seq_len, "pad")
+
+
+def analysis_windows(log_mel: np.ndarray, grid: WindowGrid, seq_len: int | None) -> Example | None:
+    """The windows `jibjib analyze` scores in these frames: every whole window of the grid, all patches real
+    (none padded, none masked); None without a whole window."""
+    n = grid.count(log_mel.shape[0])
+    if n == 0:
+        return None
+    view = np.lib.stride_tricks.sliding_window_view(log_mel, grid.window_frames, axis=0)[::grid.hop_frames][:n]
+    windows = np.ascontiguousarray(view.transpose(0, 2, 1), dtype=np.float32)  # (n, window frames, bands)
+    if seq_len is None:
+        return windows
+    patches = windows.reshape(n, seq_len, grid.window_frames // seq_len, log_mel.shape[1])
+    return patches, np.ones((n, seq_len), bool)
+
+
+def _batches(files: pd.DataFrame, examples: Callable[[str], Example | None],
+             seq_len: int | None) -> Iterator[tuple[Any, np.ndarray]]:
     """Model inputs in batches of about BATCH_PATCHES patches, with the file each example came from."""
     inputs, owners, size = [], [], 0
     for index, npz in enumerate(files["feature"]):
-        patches = load_patches(npz)
-        if patches.shape[0] == 0:
-            continue  # too short for one patch: no score (reported as files_without_patches)
-        if seq_len is None:
-            example = patches
-        else:
-            # Inference always pads: `short_files: skip` only keeps short files out of training.
-            example = to_sequences(patches, seq_len, "pad")
+        example = examples(npz)
+        if example is None:
+            continue
         n = len(example) if seq_len is None else len(example[0])
         inputs.append(example)
         owners.append(np.full(n, index))
-        size += patches.shape[0]
+        size += n * (seq_len or 1)
         if size >= BATCH_PATCHES:
             yield _stack(inputs, seq_len), np.concatenate(owners)
             inputs, owners, size = [], [], 0
@@ -85,11 +115,18 @@ def model_seq_len(model: Any) -> int | None:
     return int(model.inputs[0].shape[1]) if len(model.inputs) > 1 else None
 
 
-def score_files(model: Any, files: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of every patch (or sequence) of `files` and the row of `files` each belongs to."""
+def score_files(model: Any, files: pd.DataFrame, grid: WindowGrid | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of every unit of `files` (with `grid`: of every analysis window) and the row of `files` each
+    belongs to."""
     seq_len = model_seq_len(model)
+    if grid is None:
+        examples = functools.partial(unit_examples, seq_len=seq_len)
+    else:
+        def examples(npz: str) -> Example | None:
+            with np.load(npz, allow_pickle=False) as z:
+                return analysis_windows(z["log_mel"], grid, seq_len)
     logits, owners = [], []
-    for inputs, owner in _batches(files, seq_len):
+    for inputs, owner in _batches(files, examples, seq_len):
         logits.append(np.asarray(model.predict_on_batch(inputs), dtype=np.float64))
         owners.append(owner)
     n_classes = int(model.outputs[0].shape[-1])
@@ -100,12 +137,14 @@ def score_files(model: Any, files: pd.DataFrame) -> tuple[np.ndarray, np.ndarray
 
 @dataclasses.dataclass
 class ScoredSplit:
-    """The logits of one split's patches (or sequences), tied to the files they came from."""
+    """The logits of one split's units (patches or sequences) and analysis windows, tied to their files."""
 
     files: pd.DataFrame  # the files with at least one patch, in split.tsv order
     logits: np.ndarray  # (units, classes)
     owner: np.ndarray  # row of `files` for each unit
     unscored: int  # files too short for one patch
+    window_logits: np.ndarray  # (windows, classes): the windows analyze cuts (analysis_windows)
+    window_owner: np.ndarray  # row of `files` for each window
 
     @property
     def y(self) -> np.ndarray:
@@ -124,13 +163,8 @@ class ScoredSplit:
         return metrics.file_scores(self.logits, self.owner, len(self.files), temperature, multi_label)
 
     @property
-    def unit_y(self) -> np.ndarray:
-        """The class of each unit: its file's, the only label there is."""
-        return self.y[self.owner]
-
-    @property
     def unit_truth(self) -> np.ndarray:
-        """The classes of each unit: its file's."""
+        """The classes of each unit: its file's, the only label there is."""
         return self.truth[self.owner]
 
     def unit_scores(self, multi_label: bool = False) -> np.ndarray:
@@ -140,18 +174,32 @@ class ScoredSplit:
 
 @dataclasses.dataclass(frozen=True)
 class Labelled:
-    """Score rows (one per file or per window) and the truth of each row (classes, or a bool matrix of them)."""
+    """Score rows (one per file or per window) and the truth of each row (classes, or a bool matrix of them);
+    `file_support`: the files behind each class's positive rows, where rows are windows."""
 
     y: np.ndarray
     scores: np.ndarray
+    file_support: np.ndarray | None = None
 
 
-def score_split(model: Any, files: pd.DataFrame) -> ScoredSplit:
+def score_split(model: Any, files: pd.DataFrame, grid: WindowGrid) -> ScoredSplit:
     logits, owner = score_files(model, files)
+    window_logits, window_owner = score_files(model, files, grid)
     scored = np.unique(owner)
-    # Renumber owners to the files that have patches.
+    # Renumber owners to the files that have patches (a file with a whole window has a whole patch).
     return ScoredSplit(files.iloc[scored].reset_index(drop=True), logits, np.searchsorted(scored, owner),
-                       len(files) - len(scored))
+                       len(files) - len(scored), window_logits, np.searchsorted(scored, window_owner))
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdRule:
+    """How thresholds are fitted (evaluate.target_precision, evaluate.min_threshold_support) and the window grid
+    of the window thresholds (the one analyze uses: analyze.hop_seconds)."""
+
+    target_precision: float = 0.9
+    min_support: int = 1
+    window_unit: str = "patch"
+    grid: WindowGrid | None = None
 
 
 def evaluate(
@@ -163,10 +211,12 @@ def evaluate(
     target_precision: float = 0.9,
     top_k: int = 5,
     report_name: str = "report.md",
+    min_threshold_support: int = 1,
+    params: FrontEnd = VGGISH,
+    hop_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, report.md (`report_name`), file_scores.tsv, confusion.tsv, thresholds.tsv and figures
-    to out_dir."""
-    from jibjib.evaluation import figures
+    to out_dir; window thresholds on the windows analyze cuts at `hop_seconds` (None: its default)."""
     from jibjib.models.loading import load_for_inference  # TensorFlow: only where it is needed
 
     model_dir, out = Path(model_dir), Path(out_dir)
@@ -174,24 +224,23 @@ def evaluate(
     model = load_for_inference(model_dir / "model.keras")  # float32 also after mixed precision
     multi_label = RunSettings.from_dict(trained["settings"]).net.multi_label
     classes = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)["label"].astype(str).tolist()
-    unit = "patch" if model_seq_len(model) is None else "sequence"
+    seq_len = model_seq_len(model)
+    unit = "patch" if seq_len is None else "sequence"
+    rule = ThresholdRule(target_precision, min_threshold_support, unit,
+                         WindowGrid.for_model(params, seq_len or 1, hop_seconds))
 
     def scored(split: str) -> ScoredSplit:
         files = split_files(split_tsv, labels_tsv, features_dir, split)
         print(f"evaluate {trained['model']}: scoring {len(files)} {split} files", file=sys.stderr, flush=True)
-        return score_split(model, files)
+        return score_split(model, files, rule.grid)
 
     val, test = scored("val"), scored("test")
     temperature = metrics.fit_temperature(val.logits, val.owner, val.truth, multi_label)
     test_kinds = threshold_scores(test, temperature, multi_label)
-    test_scores, test_calibrated = test_kinds["raw"].scores, test_kinds["calibrated"].scores
     thresholds, threshold_report = threshold_table(threshold_scores(val, temperature, multi_label), test_kinds,
-                                                   classes, target_precision, unit)
-    file_level = metrics.classification_metrics(test.truth, test_scores, classes, top_k)
-    reliability = {
-        "uncalibrated": metrics.expected_calibration_error(test.y, test_scores),
-        "calibrated": metrics.expected_calibration_error(test.y, test_calibrated),
-    }
+                                                   classes, rule)
+    file_level = metrics.classification_metrics(test.truth, test_kinds["raw"].scores, classes, top_k)
+    calibration, reliability = calibration_summary(test, test_kinds, temperature, multi_label, len(val.files))
     report = {
         "model": trained["model"],
         "split": "test",
@@ -203,45 +252,71 @@ def evaluate(
         "file_score": f"mean of the {unit} probabilities of the file",
         "file": file_level,
         "patch_unit": unit,
-        "patch": metrics.classification_metrics(test.unit_truth, test_kinds["window"].scores, classes, top_k),
+        "patch": metrics.classification_metrics(test.unit_truth, test.unit_scores(multi_label), classes, top_k),
         "n_background_files": file_level["n_background"],
         "n_multi_species_files": file_level["n_multi_species"],
-        "single_species_metrics": ("top-1 and top-k accuracy, confusion and ECE count the single-species files "
-                                   "(n_single_species); per-class precision, recall and F1 of the top-1 species "
-                                   "count the files with a species (a multi-species file is a positive for each of "
-                                   "its species); AP, ROC-AUC and thresholds rank every file, a background file "
-                                   "a negative for every species; background files are judged in `background`"),
+        "single_species_metrics": ("top-1 and top-k accuracy, confusion and top-1 ECE count the single-species "
+                                   "files (n_single_species); per-class precision, recall and F1 of the top-1 "
+                                   "species count the files with a species (a multi-species file is a positive for "
+                                   "each of its species); AP, ROC-AUC, classwise ECE and thresholds take every "
+                                   "file, a background file a negative for every species; background files are "
+                                   "judged in `background`"),
         "background": background_summary(test_kinds, thresholds),
-        "calibration": {
-            "temperature": temperature,
-            "temperature_at_bound": not (
-                metrics.TEMPERATURE_BOUNDS[0] * 1.01 < temperature < metrics.TEMPERATURE_BOUNDS[1] / 1.01),
-            "fitted_on": "val",
-            "n_val_files": len(val.files),
-            "ece_bins": metrics.ECE_BINS,
-            "file_ece_before": reliability["uncalibrated"]["ece"],
-            "file_ece_after": reliability["calibrated"]["ece"],
-        },
+        "calibration": calibration,
         "thresholds": threshold_report,
         **too_few_recordings(split_tsv, classes),
     }
+    write_outputs(out, report, test, test_kinds["raw"].scores, thresholds, model_dir, reliability, report_name)
+    return report
 
+
+def calibration_summary(test: ScoredSplit, kinds: dict[str, Labelled], temperature: float, multi_label: bool,
+                        n_val_files: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json's `calibration`, and the reliability tables before and after temperature scaling: top-1
+    for a softmax model, classwise (every class on every file) for sigmoid outputs, whose top score is one of
+    several independent probabilities."""
+    raw, calibrated = kinds["raw"].scores, kinds["calibrated"].scores
+    top1 = {"uncalibrated": metrics.expected_calibration_error(test.y, raw),
+            "calibrated": metrics.expected_calibration_error(test.y, calibrated)}
+    classwise = {"uncalibrated": metrics.classwise_calibration_error(test.truth, raw),
+                 "calibrated": metrics.classwise_calibration_error(test.truth, calibrated)}
+    low, high = metrics.TEMPERATURE_BOUNDS
+    summary = {
+        "temperature": temperature,
+        "temperature_at_bound": not (low * 1.01 < temperature < high / 1.01),
+        "fitted_on": "val",
+        "n_val_files": n_val_files,
+        "ece_bins": metrics.ECE_BINS,
+        "file_ece_before": top1["uncalibrated"]["ece"],
+        "file_ece_after": top1["calibrated"]["ece"],
+        "file_classwise_ece_before": classwise["uncalibrated"]["ece"],
+        "file_classwise_ece_after": classwise["calibrated"]["ece"],
+        "reliability_kind": "classwise" if multi_label else "top1",
+    }
+    return summary, {**(classwise if multi_label else top1), "kind": summary["reliability_kind"]}
+
+
+def write_outputs(out: Path, report: dict[str, Any], test: ScoredSplit, test_scores: np.ndarray,
+                  thresholds: pd.DataFrame, model_dir: Path, reliability: dict[str, Any], report_name: str) -> None:
+    """The evaluation's files (see docs/outputs.md), each renamed into place; `test_scores`: the test file scores."""
+    from jibjib.evaluation import figures
+
+    classes, model = report["classes"], report["model"]
     species = test.files["species"] if "species" in test.files else test.files["label"]
     scores_table = pd.DataFrame({"path": test.files["path"], "label": test.files["label"], "species": species,
                                  "predicted": [classes[i] for i in test_scores.argmax(axis=1)]})
     scores_table[[f"score_{c}" for c in classes]] = test_scores
     fsutil.write_tsv(out / "file_scores.tsv", scores_table)
-    confusion = pd.DataFrame(file_level["confusion"], index=classes, columns=classes)
+    confusion = pd.DataFrame(report["file"]["confusion"], index=classes, columns=classes)
     fsutil.write_tsv(out / "confusion.tsv", confusion.rename_axis("true \\ predicted").reset_index())
     fsutil.write_tsv(out / "thresholds.tsv", thresholds)
-    figures.confusion_matrix(out / "confusion.png", confusion.to_numpy(), classes, f"{trained['model']}: test files")
-    figures.reliability_diagram(out / "reliability.png", reliability, temperature)
+    figures.confusion_matrix(out / "confusion.png", confusion.to_numpy(), classes, f"{model}: test files")
+    figures.reliability_diagram(out / "reliability.png", reliability, report["calibration"]["temperature"])
     history = pd.read_csv(model_dir / "history.tsv", sep="\t")
-    figures.training_curves(out / "training_curves.png", history, trained["model"])
+    figures.training_curves(out / "training_curves.png", history, model)
     fsutil.write_json(out / "metrics.json", report)
     with fsutil.atomic_open(out / report_name) as f:
         f.write(markdown_report(report, thresholds))
-    return report
 
 
 # The kinds of score thresholds are fitted on, and the prefix of their columns in thresholds.tsv.
@@ -249,10 +324,15 @@ THRESHOLD_KINDS = {"raw": "", "calibrated": "calibrated_", "window": "window_"}
 
 
 def threshold_scores(split: ScoredSplit, temperature: float, multi_label: bool) -> dict[str, Labelled]:
-    """The scores of `split` each kind of threshold (THRESHOLD_KINDS) is fitted on or measured with."""
-    return {"raw": Labelled(split.truth, split.file_scores(1.0, multi_label)),
-            "calibrated": Labelled(split.truth, split.file_scores(temperature, multi_label)),
-            "window": Labelled(split.unit_truth, split.unit_scores(multi_label))}
+    """The scores of `split` each kind of threshold (THRESHOLD_KINDS) is fitted on or measured with: file
+    scores, raw and calibrated, and the raw probabilities of the windows analyze cuts (each window with its
+    file's truth; the minimum support counts the files)."""
+    truth = split.truth
+    return {"raw": Labelled(truth, split.file_scores(1.0, multi_label)),
+            "calibrated": Labelled(truth, split.file_scores(temperature, multi_label)),
+            "window": Labelled(truth[split.window_owner],
+                               metrics.probabilities(split.window_logits, multi_label=multi_label),
+                               file_support=truth.sum(axis=0))}
 
 
 def background_summary(test: dict[str, Labelled], thresholds: pd.DataFrame) -> dict[str, Any]:
@@ -261,38 +341,52 @@ def background_summary(test: dict[str, Labelled], thresholds: pd.DataFrame) -> d
     summary: dict[str, Any] = {}
     for kind, prefix in THRESHOLD_KINDS.items():
         rows = ~metrics.truth_matrix(test[kind].y, test[kind].scores.shape[1]).any(axis=1)
-        summary[kind] = metrics.no_species(test[kind].scores[rows], thresholds[f"{prefix}threshold"].to_numpy(float))
+        summary[kind] = fitting.no_species(test[kind].scores[rows], thresholds[f"{prefix}threshold"].to_numpy(float))
     return {"n_files": summary["raw"]["n"], **summary}
 
 
+def _kind_columns(fitted: pd.DataFrame, on_test: pd.DataFrame, prefix: str, with_support: bool) -> dict[str, Any]:
+    """One kind's columns of thresholds.tsv, in their order: val figures, then test figures."""
+    columns = ["threshold", "precision", "precision_low", "precision_high", "recall"] + (
+        ["support"] if with_support else []) + ["status"]
+    out = {prefix + column: fitted[column] for column in columns}
+    if with_support:
+        out[f"{prefix}test_support"] = on_test["support"]
+    out[f"{prefix}test_detections"] = on_test["detections"].astype("Int64")
+    for column in ("precision", "precision_low", "precision_high", "recall"):
+        out[f"{prefix}test_{column}"] = on_test[column].astype(float)
+    return out
+
+
 def threshold_table(val: dict[str, Labelled], test: dict[str, Labelled], classes: list[str],
-                    target_precision: float, window_unit: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+                    rule: ThresholdRule) -> tuple[pd.DataFrame, dict[str, Any]]:
     """thresholds.tsv and metrics.json's `thresholds`: per class and per kind of score (THRESHOLD_KINDS: raw
-    and calibrated file scores, raw window probabilities), the threshold fitted on val and the precision and
-    recall it reaches on test."""
+    and calibrated file scores, raw window probabilities), the threshold fitted on val (jibjib.evaluation.
+    thresholds) and the precision and recall it reaches on test."""
     table = pd.DataFrame({"label": classes})
-    summary: dict[str, Any] = {"target_precision": target_precision, "fitted_on": "val", "applied_to": "test"}
+    summary: dict[str, Any] = {"target_precision": rule.target_precision, "min_support": rule.min_support,
+                               "fitted_on": "val", "applied_to": "test"}
     for kind, prefix in THRESHOLD_KINDS.items():
-        fitted = pd.DataFrame(metrics.precision_thresholds(val[kind].y, val[kind].scores, classes, target_precision))
-        tested = metrics.threshold_outcomes(test[kind].y, test[kind].scores, fitted["threshold"].to_numpy(float),
-                                            classes, target_precision)
+        fitted = pd.DataFrame(fitting.precision_thresholds(
+            val[kind].y, val[kind].scores, classes, rule.target_precision, min_support=rule.min_support,
+            support=val[kind].file_support))
+        tested = fitting.threshold_outcomes(test[kind].y, test[kind].scores, fitted["threshold"].to_numpy(float),
+                                            classes, rule.target_precision)
         on_test = pd.DataFrame(tested.pop("per_class"))
         # Calibrated scores rank the same files as raw ones, so their supports would repeat the raw columns.
-        with_support = kind != "calibrated"
-        # The raw columns keep their old names and order, and the other kinds follow it.
-        for column in ["threshold", "precision", "recall"] + (["support"] if with_support else []) + ["status"]:
-            table[prefix + column] = fitted[column]
-        if with_support:
-            table[f"{prefix}test_support"] = on_test["support"]
-        table[f"{prefix}test_detections"] = on_test["detections"].astype("Int64")
-        for column in ("precision", "recall"):
-            table[f"{prefix}test_{column}"] = on_test[column].astype(float)
-        summary[kind] = {"classes_with_threshold": int((fitted["status"] == "ok").sum()), "test": tested}
+        table = table.assign(**_kind_columns(fitted, on_test, prefix, kind != "calibrated"))
+        fallback = fitted.loc[fitted["status"] == "fallback", "threshold"]
+        summary[kind] = {"classes_with_threshold": int(fitted["status"].isin(["ok", "fallback"]).sum()),
+                         "classes_with_own_threshold": int((fitted["status"] == "ok").sum()),
+                         "classes_with_fallback": int(fitted["status"].str.startswith("fallback").sum()),
+                         "fallback_threshold": float(fallback.iloc[0]) if len(fallback) else None, "test": tested}
     # Kept from before the calibrated set existed (the model card carries it): raw classes reaching the target on val.
-    summary["classes_reaching_target"] = summary["raw"]["classes_with_threshold"]
-    summary["window_unit"] = window_unit
-    summary["window_labels"] = (f"each {window_unit} takes its file's label, also where it holds no song "
-                                "(the data has no finer labels)")
+    summary["classes_reaching_target"] = summary["raw"]["classes_with_own_threshold"]
+    summary["window_unit"] = rule.window_unit
+    if rule.grid is not None:
+        summary.update(window_seconds=rule.grid.window_seconds, window_hop_seconds=rule.grid.hop_seconds)
+    summary["window_labels"] = ("each window analyze would cut (every whole window at its hop, no padding) takes "
+                                "its file's label, also where it holds no song (the data has no finer labels)")
     summary["per_class"] = json.loads(table.to_json(orient="records", double_precision=15))
     return table, summary
 
@@ -305,113 +399,3 @@ def too_few_recordings(split_tsv: str | os.PathLike, classes: list[str]) -> dict
     present = split.assign(species=species.str.split(",")).explode("species").groupby("split")["species"].agg(set)
     return {f"species_without_{name}_files": [c for c in classes if c not in present.get(name, set())]
             for name in ("test", "val")}
-
-
-def fmt(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
-
-
-def markdown_report(report: dict[str, Any], thresholds: pd.DataFrame) -> str:
-    """The human-readable summary of metrics.json."""
-    top_k = next(k for k in report["file"] if k.startswith("top") and k != "top1_accuracy")
-    lines = [
-        f"# {report['model']}: evaluation on the test split",
-        "",
-        f"{report['n_files']} test files ({report['files_without_patches']} too short to score), "
-        f"{len(report['classes'])} classes, trunk initialisation: {report['trunk_initialisation']}, "
-        f"{report['epochs_completed']} epochs. File score: {report['file_score']}.",
-        "",
-        *composition_lines(report),
-        f"| level | top-1 | top-{top_k.removeprefix('top').removesuffix('_accuracy')} | macro P | macro R | macro F1 | cmAP "
-        "| macro ROC-AUC | ECE |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for level, name in (("file", "file"), ("patch", report["patch_unit"])):
-        m = report[level]
-        cells = [m["top1_accuracy"], m[top_k], *(m["macro"][k] for k in ("precision", "recall", "f1")), m["cmap"], m["macro_roc_auc"], m["ece"]]
-        lines.append(f"| {name} | " + " | ".join(fmt(v) for v in cells) + " |")
-    cal = report["calibration"]
-    lines += [
-        "",
-        f"Calibration: temperature {cal['temperature']:.3f} fitted on {cal['n_val_files']} val files; "
-        f"file-level ECE on test {fmt(cal['file_ece_before'])} before, {fmt(cal['file_ece_after'])} after."
-        + (" The fit stopped at its bound: the val split gives too little evidence to calibrate on."
-           if cal["temperature_at_bound"] else ""),
-        "",
-        threshold_sentence(report["thresholds"]),
-        "",
-        window_threshold_sentence(report["thresholds"]),
-        "",
-        evaluated_sentence(report),
-        "",
-        "## Per class (file level)",
-        "",
-        "| class | support | precision | recall | F1 | AP | ROC-AUC "
-        f"| threshold for precision {report['thresholds']['target_precision']:g} (val) "
-        "| test precision at threshold | test recall at threshold "
-        f"| window threshold ({report['thresholds']['window_unit']}) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    by_label = thresholds.set_index("label")
-    for row in report["file"]["per_class"]:
-        cells = [row[k] for k in ("precision", "recall", "f1", "average_precision", "roc_auc")]
-        cells += [by_label.at[row["label"], k]
-                  for k in ("threshold", "test_precision", "test_recall", "window_threshold")]
-        lines.append(f"| {row['label']} | {row['support']} | " + " | ".join(fmt(v) for v in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _test_outcome(summary: dict[str, Any], kind: str, name: str) -> str:
-    """What the `kind` thresholds reach on test, as a phrase about `name`."""
-    test = summary[kind]["test"]
-    return (f"{name} precision {fmt(test['macro_precision'])}, recall {fmt(test['macro_recall'])} "
-            f"over {test['classes']} species ({test['classes_reaching_target']} reach "
-            f"{summary['target_precision']:g}, {test['classes_without_detections']} detect nothing)")
-
-
-def threshold_sentence(summary: dict[str, Any]) -> str:
-    target = f"{summary['target_precision']:g}"
-    parts = [_test_outcome(summary, kind, f"{kind} scores") for kind in ("raw", "calibrated")]
-    return (f"Thresholds for precision {target}, fitted on val, on the test files (macro over the species with a "
-            "threshold and test files; a species detecting nothing counts as precision 0): " + "; ".join(parts)
-            + f". {summary['raw']['classes_with_threshold']} species have a raw threshold and "
-            f"{summary['calibrated']['classes_with_threshold']} a calibrated one; per species in thresholds.tsv.")
-
-
-def window_threshold_sentence(summary: dict[str, Any]) -> str:
-    """The window thresholds (for `jibjib analyze`) in one sentence."""
-    unit = summary["window_unit"]
-    units = {"patch": "patches", "sequence": "sequences"}[unit]
-    return (f"Window thresholds for precision {summary['target_precision']:g}, fitted on the raw probabilities of "
-            f"the val {units}, each {unit} labelled with its file's species also where it holds no song, on the "
-            f"test {units}: " + _test_outcome(summary, "window", "window")
-            + f". {summary['window']['classes_with_threshold']} species have one (window_threshold in "
-            "thresholds.tsv).")
-
-
-def composition_lines(report: dict[str, Any]) -> list[str]:
-    """What the test files hold beyond one species each, and the "no species" rate on background: report lines
-    (none when every test file holds one species)."""
-    n_background, n_multi = report.get("n_background_files", 0), report.get("n_multi_species_files", 0)
-    if not n_background and not n_multi:
-        return []
-    lines = [f"Of the scored test files, {n_background} are background (a negative for every species) and {n_multi} "
-             "hold several species (a positive for each); top-1, top-k, the confusion matrix and ECE count the "
-             f"{report['file']['n_single_species']} single-species files, the per-class figures every file.", ""]
-    if n_background:
-        b = report["background"]
-        lines += ["No species (background test files on which no species reaches its val threshold): "
-                  f"{fmt(b['raw']['no_species_rate'])} with raw, {fmt(b['calibrated']['no_species_rate'])} with "
-                  f"calibrated thresholds (mean top score {fmt(b['raw']['mean_top_score'])} raw, "
-                  f"{fmt(b['calibrated']['mean_top_score'])} calibrated); {fmt(b['window']['no_species_rate'])} "
-                  f"of their {b['window']['n']} {report['patch_unit']} windows at the window thresholds.", ""]
-    return lines
-
-
-def evaluated_sentence(report: dict[str, Any]) -> str:
-    no_test, no_val = report["species_without_test_files"], report["species_without_val_files"]
-    if not no_test and not no_val:
-        return "Every species has val and test files."
-    parts = [f"no test file ({len(no_test)}, not evaluated): {', '.join(no_test)}" if no_test else "",
-             f"no val file ({len(no_val)}, no threshold): {', '.join(no_val)}" if no_val else ""]
-    return "Too few recordings: " + "; ".join(p for p in parts if p) + "."

@@ -52,20 +52,24 @@ def confusion_matrix(path: str | os.PathLike, counts: np.ndarray, classes: list[
     _save(figure, path)
 
 
-def reliability_diagram(path: str | os.PathLike, tables: dict[str, dict[str, Any]], temperature: float) -> None:
-    """Accuracy against confidence per bin, before and after temperature scaling."""
+def reliability_diagram(path: str | os.PathLike, tables: dict[str, Any], temperature: float) -> None:
+    """Accuracy against confidence per bin, before and after temperature scaling: of the top-1 file score, or
+    with `tables["kind"] == "classwise"` of every class's score on every file (the bins of all pairs pooled,
+    the legend's ECE the classwise one)."""
+    classwise = tables.get("kind") == "classwise"
     figure, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for name, style in (("uncalibrated", "o-"), ("calibrated", "s--")):
         bins = [b for b in tables[name]["bins"] if b["count"]]
         ece = tables[name]["ece"]
-        label = f"{name}{f' (T={temperature:.2f})' if name == 'calibrated' else ''}, ECE {ece:.3f}" if ece is not None else name
+        kind = "classwise ECE" if classwise else "ECE"
+        label = f"{name}{f' (T={temperature:.2f})' if name == 'calibrated' else ''}, {kind} {ece:.3f}" if ece is not None else name
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style, label=label)
     # A little margin, so points at accuracy 1 are not cut by the frame.
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.04)
-    ax.set_xlabel("confidence (top-1 file score)")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel("file score, every class" if classwise else "confidence (top-1 file score)")
+    ax.set_ylabel("share of files holding the class" if classwise else "accuracy")
     ax.set_title("Reliability on the test files")
     ax.legend(loc="upper left", fontsize=8)
     _save(figure, path)
@@ -92,9 +96,9 @@ def soundscape_strip(path: str | os.PathLike, samples: np.ndarray, sample_rate: 
 
     `calls` have start, end, label, low_hz and high_hz (None: the full
     height); each track has label, centres and scores (per window),
-    threshold and detections [(start, end, correct)].  In a lane the upper
-    bar marks annotated calls, the lower one detections (dark: overlapping a
-    call of the species, red: false), the line the window score against the
+    threshold and detections [(start, end, true)].  In a lane the upper
+    bar marks annotated calls, the lower one detections (dark: true, a hit on a
+    call of the species; red: false), the line the window score against the
     dashed threshold.
     """
     import scipy.signal

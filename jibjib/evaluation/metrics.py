@@ -1,4 +1,4 @@
-"""Classification metrics, calibration and thresholds, in plain numpy.
+"""Classification metrics and calibration, computed with scikit-learn where it has the definition.
 
 Everything takes the truth `y` and a score matrix of shape (n, n_classes)
 (probabilities, higher is more likely), so the same code scores files and
@@ -22,12 +22,18 @@ Conventions, chosen to stay defined on small or unbalanced test splits:
 * Precision of a class never predicted is 0 (no correct detections).
 * cmAP is the mean average precision over classes present; macro ROC-AUC the
   mean over classes present that also have negatives.
-* A per-class threshold applied to a split (`threshold_outcomes`) follows the
-  same rules with "detected" (score >= threshold) for "predicted": a class
-  with support and no detection has precision 0 and recall 0, because a
-  threshold that finds nothing has not delivered its target; the macro
-  averages are taken over the classes that have a threshold and support.
-  Classes without a threshold have null figures.
+* Calibration error (ECE) bins scores in ECE_BINS equal-width bins as
+  scikit-learn's `calibration_curve` does (a score on an inner edge goes to
+  the lower bin).  Top-1 ECE (`ece`) judges the single-species rows' top
+  score; the classwise ECE (`classwise_ece`, Kull et al. 2019) judges every
+  class's score on every row against whether the row holds the class, and is
+  the mean over classes of each class's binned ECE: what fits sigmoid
+  outputs, which are one independent probability per class.
+
+scikit-learn computes AP (`average_precision_score`), ROC-AUC
+(`roc_auc_score`), per-class precision/recall/F1
+(`precision_recall_fscore_support`), the confusion matrix and top-k accuracy;
+this module adds the conventions above.  Thresholds: jibjib.evaluation.thresholds.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.stats import rankdata
+from sklearn import metrics as sk
 
 ECE_BINS = 15
 
@@ -57,35 +63,18 @@ def mean_of_known(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def _ranked_counts(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every distinct score as a threshold, highest first: (threshold, true positives, detections)
-    when everything scoring at least the threshold is detected."""
-    order = np.argsort(-score, kind="stable")
-    score, positive = score[order], positive[order]
-    # Tied scores form one threshold: take the cumulative counts at the last of each tie.
-    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]
-    return score[last_of_tie], np.cumsum(positive)[last_of_tie], last_of_tie + 1
-
-
 def average_precision(positive: np.ndarray, score: np.ndarray) -> float | None:
-    """Area under the precision-recall step curve: sum of (R_k - R_k-1) * P_k over distinct scores."""
-    n_pos = int(positive.sum())
-    if n_pos == 0:
-        return None
-    _, true_pos, predicted = _ranked_counts(positive, score)
-    recall = true_pos / n_pos
-    precision = true_pos / predicted
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """Area under the precision-recall step curve, sum of (R_k - R_k-1) * P_k over distinct scores
+    (scikit-learn's average_precision_score); None without positives."""
+    positive = np.asarray(positive, bool)
+    return float(sk.average_precision_score(positive, score)) if positive.any() else None
 
 
 def roc_auc(positive: np.ndarray, score: np.ndarray) -> float | None:
-    """Probability that a positive outscores a negative (ties count half); Mann-Whitney U."""
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(score)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """Probability that a positive outscores a negative, ties counting half (scikit-learn's roc_auc_score);
+    None without positives or negatives."""
+    positive = np.asarray(positive, bool)
+    return float(sk.roc_auc_score(positive, score)) if 0 < positive.sum() < positive.size else None
 
 
 def truth_matrix(y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -107,17 +96,21 @@ def single_class(truth: np.ndarray) -> np.ndarray:
 
 def confusion_matrix(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
     """counts[true, predicted]."""
-    return np.bincount(y * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return sk.confusion_matrix(y, predicted, labels=np.arange(n_classes))
 
 
 def top_k_accuracy(y: np.ndarray, scores: np.ndarray, k: int) -> float | None:
-    """Share of rows whose class is among their k best; rows without one class (y < 0) are left out."""
+    """Share of rows whose class is among their k best (scikit-learn's top_k_accuracy_score, which ranks a
+    later class first among tied scores); rows without one class (y < 0) are left out."""
     y, scores = _single_rows(y, scores)
+    n_classes = scores.shape[1] if scores.ndim == 2 else 0
     if y.size == 0:
         return None
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return float(np.mean(np.any(top == y[:, None], axis=1)))
+    if k >= n_classes:
+        return 1.0  # every class is among the k best
+    if n_classes == 2:  # scikit-learn takes a binary task's positive-class score alone
+        return float(sk.top_k_accuracy_score(y, scores[:, 1], k=k, labels=[0, 1]))
+    return float(sk.top_k_accuracy_score(y, scores, k=k, labels=np.arange(n_classes)))
 
 
 def _single_rows(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,32 +120,67 @@ def _single_rows(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
     return y[keep], np.asarray(scores)[keep]
 
 
+def calibration_bins(confidence: np.ndarray, outcome: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """ECE of probabilities `confidence` against 0/1 `outcome` over `bins` equal-width bins, and the per-bin table.
+
+    Bins as scikit-learn's calibration_curve (strategy uniform) puts scores in them, so its prob_true and
+    prob_pred are this table's accuracy and confidence of the filled bins.
+    """
+    confidence, outcome = np.asarray(confidence, np.float64).ravel(), np.asarray(outcome, np.float64).ravel()
+    index = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], confidence)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.bincount(index, weights=outcome, minlength=bins) / count
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / count
+    filled = count > 0
+    ece = float(np.sum(count[filled] * np.abs(accuracy[filled] - mean_confidence[filled])) / confidence.size) \
+        if confidence.size else None
+    table = [{"lower": b / bins, "upper": (b + 1) / bins, "count": int(count[b]),
+              "accuracy": float(accuracy[b]) if filled[b] else None,
+              "confidence": float(mean_confidence[b]) if filled[b] else None} for b in range(bins)]
+    return {"ece": ece, "bins": table}
+
+
 def expected_calibration_error(y: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
-    """ECE of the top-1 confidence over equal-width bins, and the per-bin table for a reliability diagram.
+    """Top-1 ECE: the top-1 confidence against top-1 correctness over equal-width bins, with the per-bin table.
 
     Rows without one true class (y < 0: background, several species) are left out: top-1 is never right there.
     """
     y, scores = _single_rows(y, scores)
-    confidence = scores.max(axis=1)
-    correct = scores.argmax(axis=1) == y
-    index = np.minimum((confidence * bins).astype(int), bins - 1)
-    table = []
-    ece = 0.0
-    for b in range(bins):
-        members = index == b
-        count = int(members.sum())
-        accuracy = float(correct[members].mean()) if count else None
-        mean_confidence = float(confidence[members].mean()) if count else None
-        if count:
-            ece += count / y.size * abs(accuracy - mean_confidence)
-        table.append({"lower": b / bins, "upper": (b + 1) / bins, "count": count,
-                      "accuracy": accuracy, "confidence": mean_confidence})
-    return {"ece": float(ece) if y.size else None, "bins": table}
+    if y.size == 0:
+        return calibration_bins(np.zeros(0), np.zeros(0), bins)
+    return calibration_bins(scores.max(axis=1), scores.argmax(axis=1) == y, bins)
+
+
+def classwise_calibration_error(truth: np.ndarray, scores: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:
+    """Classwise ECE: per class, its score on every row against whether the row holds the class, binned;
+    `ece` is the mean of the classes' ECEs, and `bins` the table of all (row, class) pairs pooled (what a
+    reliability diagram of independent sigmoids draws)."""
+    truth, scores = np.asarray(truth, bool), np.asarray(scores, np.float64)
+    pooled = calibration_bins(scores, truth, bins)
+    if truth.size == 0:
+        return pooled
+    per_class = [calibration_bins(scores[:, c], truth[:, c], bins)["ece"] for c in range(truth.shape[1])]
+    return {"ece": float(np.mean(per_class)), "bins": pooled["bins"], "pooled_ece": pooled["ece"]}
+
+
+def _top1_counts(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: right top-1 predictions, top-1 predictions and support, over the rows holding a species
+    (scikit-learn's multilabel_confusion_matrix of the rows' truth against their one-hot top-1)."""
+    n_classes = truth.shape[1]
+    rows = truth.any(axis=1)
+    one_hot = np.zeros((int(rows.sum()), n_classes), int)
+    one_hot[np.arange(one_hot.shape[0]), predicted[rows]] = 1
+    if not rows.any():
+        return np.zeros(n_classes, int), np.zeros(n_classes, int), np.zeros(n_classes, int)
+    counts = sk.multilabel_confusion_matrix(truth[rows].astype(int), one_hot, labels=np.arange(n_classes))
+    true_pos = counts[:, 1, 1]
+    return true_pos, true_pos + counts[:, 0, 1], true_pos + counts[:, 1, 0]
 
 
 def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str], top_k: int = 5) -> dict[str, Any]:
-    """Per-class precision/recall/F1/support/AP/ROC-AUC, macro and micro averages, top-1/top-k, cmAP, ECE,
-    and the confusion matrix (counts[true][predicted]); `y` as in the module docstring."""
+    """Per-class precision/recall/F1/support/AP/ROC-AUC, macro and micro averages, top-1/top-k, cmAP, ECE
+    (top-1 and classwise), and the confusion matrix (counts[true][predicted]); `y` as in the module docstring."""
     n_classes = len(classes)
     scores = np.asarray(scores, dtype=np.float64)
     truth = truth_matrix(y, n_classes)
@@ -161,50 +189,44 @@ def classification_metrics(y: np.ndarray, scores: np.ndarray, classes: list[str]
     predicted = scores.argmax(axis=1) if n else np.zeros(0, int)
     # A forced top-1 answer on a background row has no right answer: the top-1 figures count the rows with a
     # species, and background rows weigh in through AP and ROC-AUC (as negatives) and the thresholds.
-    has_species = truth.any(axis=1)
-    hit = truth[np.arange(n), predicted] & has_species if n else np.zeros(0, bool)
     one = single >= 0
-    counts = confusion_matrix(single[one], predicted[one], n_classes)
+    true_pos, n_predicted, support = _top1_counts(truth, predicted)
     per_class = []
     for c, label in enumerate(classes):
-        positive = truth[:, c]
-        true_pos = int((hit & (predicted == c)).sum())
-        support = int(positive.sum())
-        n_predicted = int(((predicted == c) & has_species).sum())
-        precision = safe_ratio(true_pos, n_predicted)
-        if precision is None and support:
+        precision = safe_ratio(true_pos[c], n_predicted[c])
+        if precision is None and support[c]:
             precision = 0.0
-        recall = safe_ratio(true_pos, support)
+        recall = safe_ratio(true_pos[c], support[c])
         per_class.append({
             "label": label,
-            "support": support,
-            "predicted": n_predicted,
+            "support": int(support[c]),
+            "predicted": int(n_predicted[c]),
             "precision": precision,
             "recall": recall,
             "f1": f1_of(precision, recall),
-            "average_precision": average_precision(positive, scores[:, c]),
-            "roc_auc": roc_auc(positive, scores[:, c]),
+            "average_precision": average_precision(truth[:, c], scores[:, c]),
+            "roc_auc": roc_auc(truth[:, c], scores[:, c]),
         })
     present = [row for row in per_class if row["support"]]
-    accuracy = float(np.mean(predicted[one] == single[one])) if one.any() else None
     # One prediction per row, one count per (row, class it contains): with single-species rows only,
     # every error is one false positive and one false negative, so micro P = R = F1 = accuracy.
-    micro_precision = safe_ratio(int(hit.sum()), int(has_species.sum()))
-    micro_recall = safe_ratio(int(hit.sum()), int(truth.sum()))
+    micro_precision = safe_ratio(int(true_pos.sum()), int(n_predicted.sum()))
+    micro_recall = safe_ratio(int(true_pos.sum()), int(support.sum()))
     return {
         "n": n,
         "n_single_species": int(one.sum()),
         "n_background": int((truth.sum(axis=1) == 0).sum()),
         "n_multi_species": int((truth.sum(axis=1) > 1).sum()),
         "classes_present": len(present),
-        "top1_accuracy": accuracy,
+        "top1_accuracy": float(sk.accuracy_score(single[one], predicted[one])) if one.any() else None,
         f"top{top_k}_accuracy": top_k_accuracy(single, scores, top_k),
         "macro": {key: mean_of_known([row[key] for row in present]) for key in ("precision", "recall", "f1")},
         "micro": {"precision": micro_precision, "recall": micro_recall, "f1": f1_of(micro_precision, micro_recall)},
         "cmap": mean_of_known([row["average_precision"] for row in present]),
         "macro_roc_auc": mean_of_known([row["roc_auc"] for row in present]),
-        "confusion": counts.tolist(),
+        "confusion": confusion_matrix(single[one], predicted[one], n_classes).tolist(),
         "ece": expected_calibration_error(single, scores)["ece"],
+        "classwise_ece": classwise_calibration_error(truth, scores)["ece"],
         "per_class": per_class,
     }
 
@@ -252,8 +274,18 @@ def fit_temperature(logits: np.ndarray, owner: np.ndarray, y: np.ndarray, multi_
     sigmoid outputs (a background file: all classes absent), and for a
     softmax the cross-entropy to the file's classes shared evenly (a
     background file: uniform over the classes, the trainer's target). A one-dimensional
-    bounded search; on a val split the model separates perfectly the likelihood
-    keeps rising as T falls, and the fit stops at the lower bound.
+    bounded search over TEMPERATURE_BOUNDS.
+
+    Why the fit often stops at the lower bound: as T falls, each patch probability
+    tends to 0 or 1 by the sign of its logit (of its margin, for a softmax), so a
+    file score tends to the share of the file's patches that vote for the class.
+    That share is wrong with certainty only for a file all of whose patches vote
+    wrongly; on a val split without such a file the likelihood keeps rising as T
+    falls.  With sigmoid outputs this is the common case: most (file, class) pairs
+    are negatives whose patches all have negative logits, and each of them costs
+    -log(1 - p) > 0 at T = 1 and nothing as T falls.  The bound is then the
+    likelihood's answer on that val split, not a failed fit (evaluate reports it
+    as temperature_at_bound).
     """
     target = truth_matrix(y, logits.shape[1]).astype(np.float64)
     n = len(target)
@@ -273,88 +305,3 @@ def fit_temperature(logits: np.ndarray, owner: np.ndarray, y: np.ndarray, multi_
     low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
     result = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-4})
     return float(math.exp(result.x))
-
-
-# At most this share of the val split's background rows (files or windows without a species) may reach a
-# class's threshold, whatever the precision: field audio is mostly background, so a threshold that a few
-# per cent of it passes floods an analysis with false detections although val precision looks fine.
-BACKGROUND_PASS_RATE = 0.01
-
-
-def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str], target_precision: float,
-                         background_pass_rate: float = BACKGROUND_PASS_RATE) -> list[dict[str, Any]]:
-    """Per class, the lowest score threshold whose detections reach `target_precision`.
-
-    The lowest such threshold keeps the most recall.  Where no threshold
-    reaches the target (or the split has no file of the class) the threshold
-    is NaN and `status` says why; predict then never reports the class as detected.
-    Background rows are negatives of every class, multi-species rows positives of each of theirs;
-    where there are background rows, the threshold also lies above all but
-    `background_pass_rate` of their scores for the class (status `ok` all the same).
-    """
-    truth = truth_matrix(y, len(classes))
-    background = ~truth.any(axis=1)
-    rows = []
-    for c, label in enumerate(classes):
-        positive = truth[:, c]
-        row = {"label": label, "threshold": math.nan, "precision": math.nan, "recall": math.nan,
-               "support": int(positive.sum()), "status": "no_val_files"}
-        if positive.any():
-            row["status"] = "unreachable"
-            threshold, true_pos, predicted = _ranked_counts(positive, scores[:, c])
-            precision = true_pos / predicted
-            reaching = np.flatnonzero((precision >= target_precision) & (true_pos > 0))
-            if background.any():
-                floor = float(np.quantile(scores[background, c], 1.0 - background_pass_rate, method="higher"))
-                reaching = reaching[threshold[reaching] > floor]
-            if reaching.size:
-                best = reaching[-1]  # the lowest threshold that still reaches the target
-                row.update(threshold=float(threshold[best]), precision=float(precision[best]),
-                           recall=float(true_pos[best] / positive.sum()), status="ok")
-        rows.append(row)
-    return rows
-
-
-def threshold_outcomes(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, classes: list[str],
-                       target_precision: float) -> dict[str, Any]:
-    """What per-class thresholds fitted on one split achieve on another (y, scores).
-
-    Per class: support, detections (files scoring at least the threshold),
-    precision and recall; then the macro precision and recall over the classes
-    with a threshold and support, how many of them there are, how many reach
-    `target_precision` and how many detect nothing.
-    """
-    truth = truth_matrix(y, len(classes))
-    rows = []
-    for c, label in enumerate(classes):
-        positive = truth[:, c]
-        row = {"label": label, "support": int(positive.sum()), "detections": None, "precision": None, "recall": None}
-        threshold = float(thresholds[c])
-        if not math.isnan(threshold):
-            detected = np.asarray(scores)[:, c] >= threshold
-            true_pos = int((detected & positive).sum())
-            precision = safe_ratio(true_pos, int(detected.sum()))
-            if precision is None and row["support"]:
-                precision = 0.0
-            row.update(detections=int(detected.sum()), precision=precision, recall=safe_ratio(true_pos, row["support"]))
-        rows.append(row)
-    evaluated = [row for row in rows if row["detections"] is not None and row["support"]]
-    return {
-        "classes": len(evaluated),
-        "macro_precision": mean_of_known([row["precision"] for row in evaluated]),
-        "macro_recall": mean_of_known([row["recall"] for row in evaluated]),
-        "classes_reaching_target": sum(row["precision"] >= target_precision for row in evaluated),
-        "classes_without_detections": sum(row["detections"] == 0 for row in evaluated),
-        "per_class": rows,
-    }
-
-
-def no_species(scores: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:
-    """On rows that contain no species (background): how many rows, the share on which no class reaches
-    its threshold (NaN: the class is never detected) and the mean of the rows' top scores."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if len(scores) == 0:
-        return {"n": 0, "no_species_rate": None, "mean_top_score": None}
-    detected = (scores >= np.asarray(thresholds, dtype=np.float64)[None, :]).any(axis=1)
-    return {"n": len(scores), "no_species_rate": float(np.mean(~detected)),
-            "mean_top_score": float(scores.max(axis=1).mean())}

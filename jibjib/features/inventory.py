@@ -166,6 +166,7 @@ def refresh_signatures(
     shards: int,
     workers: int = 4,
     manifest_path_column: str = "path",
+    manifest_name: str = "{shard}.tsv",
 ) -> RefreshReport:
     """Bring `signature_dir/<shard>.tsv` up to date for every shard of the species in `inventory`.
 
@@ -173,8 +174,8 @@ def refresh_signatures(
     `data_dir/<label>` as `jibjib.config.check_config` returns them, or for the
     analysis stage a file's relative path) to its files, and groups are sharded
     by name; `manifest_dir/<shard>.tsv` are
-    the jobs' manifests, which record the hashes they took (in column `sha256`,
-    by the path in column `manifest_path_column`).  A
+    the jobs' manifests (`manifest_dir/<manifest_name>`), which record the hashes they took (in column
+    `sha256`, by the path in column `manifest_path_column`).  A
     signature file is rewritten only if a file was added or removed or its
     content changed.
     """
@@ -208,7 +209,8 @@ def refresh_signatures(
                 known = cached.sha256 if cached is not None else ""
                 if before and not known:
                     if recorded is None:
-                        recorded = _column(manifest_dir / f"{shard}.tsv", "sha256", manifest_path_column)
+                        recorded = _column(manifest_dir / manifest_name.format(shard=shard), "sha256",
+                                           manifest_path_column)
                     known = recorded.get(relative, "")
                 if before and known:
                     to_hash.append((shard, relative, path, stat, known, before))

@@ -1,7 +1,9 @@
 """The export step: a trained Keras model -> a TensorFlow Serving SavedModel.
 
-Layout (what TF Serving's `--model_base_path` expects, one folder per version):
+Layout (what TF Serving's `--model_base_path` expects, one folder per version;
+which version, and current.json: jibjib.serving.publish):
 
+    <export>/<model>/current.json               the version in use
     <export>/<model>/<version>/saved_model.pb
                                variables/
                                assets/labels.txt        one label per line, class order
@@ -62,7 +64,7 @@ from jibjib.features.frontend import mel_matrix, periodic_hann  # noqa: E402
 from jibjib.models.loading import load_for_inference  # noqa: E402
 from jibjib.core.params import FrontEnd, WindowGrid  # noqa: E402
 from jibjib.core.settings import RunSettings  # noqa: E402
-from jibjib.serving import legacy  # noqa: E402
+from jibjib.serving import legacy, publish  # noqa: E402
 from jibjib.core.tflog import quiet_python_logging  # noqa: E402
 from jibjib.core.versions import software_versions  # noqa: E402
 
@@ -246,16 +248,50 @@ def _open_to_umask(root: Path) -> None:
             os.chmod(os.path.join(parent, name), folder_mode & 0o666)
 
 
+def export_sources(model_dir: Path, eval_dir: Path, labels_tsv: Path, split_tsv: Path) -> list[Path]:
+    """The files an export is computed from, with the code that writes it: what its source digest covers."""
+    code = Path(__file__).parent
+    return [model_dir / "model.keras", model_dir / "train.json", eval_dir / "metrics.json",
+            eval_dir / "thresholds.tsv", labels_tsv, split_tsv, code / "export.py", code / "legacy.py",
+            code / "tflite.py"]
+
+
 def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv: str | os.PathLike,
            split_tsv: str | os.PathLike, out_dir: str | os.PathLike, params: FrontEnd,
-           top_k: int = 5, tflite: bool = False, legacy_serving: bool = False) -> Path:
-    """Write the SavedModel to out_dir (<export>/<model>/<version>), atomically: a kill leaves no half export.
+           top_k: int = 5, tflite: bool = False, legacy_serving: bool = False,
+           version: int | str = publish.AUTO, keep_versions: int = 3) -> Path:
+    """Write the SavedModel to a version folder of out_dir (<export>/<model>), atomically (a kill leaves no half
+    export), then out_dir/current.json; returns the version folder.
 
+    `version`: a number, or `auto` (jibjib.serving.publish): a new number unless the newest version was
+    exported from the same sources, then kept as it is; `keep_versions` of the automatic ones are kept.
     `tflite` also writes the TFLite files beside saved_model.pb; `legacy_serving` gives `serving_default`
     the old query service's contract.
     """
-    model_dir, eval_dir, out = Path(model_dir), Path(eval_dir), Path(out_dir)
-    version = int(out.name)
+    model_dir, eval_dir, model_folder = Path(model_dir), Path(eval_dir), Path(out_dir)
+    trained = json.loads((model_dir / "train.json").read_text())
+    settings = {"frontend": dataclasses.asdict(params), "top_k": top_k, "tflite": tflite,
+                "legacy_serving": legacy_serving, "versions": software_versions()}
+    digest = publish.source_digest(export_sources(model_dir, eval_dir, Path(labels_tsv), Path(split_tsv)), settings)
+    number, written = publish.choose_version(model_folder, version, digest)
+    out = model_folder / str(number)
+    if written:
+        print(f"export {trained['model']}: {out} is current (exported from the same sources)", file=sys.stderr)
+    else:
+        _write_version(model_dir, eval_dir, Path(labels_tsv), Path(split_tsv), out, params, top_k, tflite,
+                       legacy_serving, digest)
+    publish.write_current(model_folder, trained["model"], number, digest)
+    if version == publish.AUTO:
+        removed = publish.remove_old_versions(model_folder, keep_versions, number)
+        if removed:
+            print(f"export {trained['model']}: removed versions {', '.join(map(str, removed))} "
+                  f"(export.keep_versions: {keep_versions})", file=sys.stderr)
+    return out
+
+
+def _write_version(model_dir: Path, eval_dir: Path, labels_tsv: Path, split_tsv: Path, out: Path, params: FrontEnd,
+                   top_k: int, tflite: bool, legacy_serving: bool, digest: str) -> None:
+    """The SavedModel, its assets and (with `tflite`) the TFLite files in the version folder `out`."""
     trained = json.loads((model_dir / "train.json").read_text())
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     labels = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)
@@ -263,7 +299,8 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
     model = load_for_inference(model_dir / "model.keras")
     seq_len = model_seq_len(model)
     grid = WindowGrid.for_model(params, seq_len or 1)
-    card = model_card(trained, metrics, _data_counts(Path(split_tsv), labels), params, version, grid)
+    card = model_card(trained, metrics, _data_counts(split_tsv, labels), params, int(out.name), grid)
+    card["source_digest"] = digest
     multi_label = RunSettings.from_dict(trained["settings"]).net.multi_label
     card["serving"] = legacy.card_section(len(classes), seq_len) if legacy_serving else {
         "serving_default": "waveform", "waveform_signature": "waveform"}
@@ -275,13 +312,12 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
 
             card["tflite"] = tflite_files.convert(model, params, seq_len, multi_label, Path(scratch))
             beside = {name: Path(scratch) / name for name in card["tflite"]["files"]}
-        save_export(out, model, classes, Path(labels_tsv), eval_dir / "thresholds.tsv", card, params,
+        save_export(out, model, classes, labels_tsv, eval_dir / "thresholds.tsv", card, params,
                     float(metrics["calibration"]["temperature"]), top_k, multi_label,
                     legacy_serving=legacy_serving, beside=beside)
     extras = (", legacy serving_default" if legacy_serving else "") + (
         f", TFLite {card['tflite']['ops']} ops" if tflite else "")
     print(f"export {trained['model']}: {out} ({len(classes)} classes{extras})", file=sys.stderr)
-    return out
 
 
 def save_export(out: Path, model: keras.Model, classes: list[str], labels_tsv: Path, thresholds_tsv: Path,

@@ -9,17 +9,21 @@ from typing import Any
 
 from jibjib.core.errors import ExportError
 from jibjib.core.params import FrontEnd
+from jibjib.serving.publish import resolve_export
 
 
 class ExportAssets:
-    """What an export says about itself (model card, front end, labels, thresholds), without loading the model."""
+    """What an export says about itself (model card, front end, labels, thresholds), without loading the model.
+
+    `export_dir`: a version folder, or a model's export folder (or its current.json): its current version.
+    """
 
     def __init__(self, export_dir: str | os.PathLike) -> None:
-        folder = Path(export_dir)
+        folder = resolve_export(export_dir)
         card_path = folder / "assets" / "model_card.json"
         if not (folder / "saved_model.pb").is_file() or not card_path.is_file():
             raise ExportError(f"{folder} is not a jibjib export (expected saved_model.pb and assets/model_card.json; "
-                              "point --model at results/export/<model>/<version>)")
+                              "point --model at results/export/<model> or results/export/<model>/<version>)")
         import pandas as pd
 
         self.folder = folder

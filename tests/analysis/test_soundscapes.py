@@ -15,7 +15,8 @@ from jibjib.demo import soundscapes as demo_soundscapes
 from jibjib.core import fsutil
 from jibjib.analysis.annotations import Call, read_annotations
 from jibjib.analysis.soundscape_report import pick_strip, write_soundscape_report
-from jibjib.analysis.soundscapes import evaluate_soundscapes, read_scores, window_truth
+from jibjib.analysis.scores import WindowScores
+from jibjib.analysis.soundscapes import DetectionSettings, evaluate_soundscapes, hit_matrix, read_scores, window_truth
 from jibjib.analysis.tables import detections
 from jibjib.cli import main
 from jibjib.demo.songs import make_species, species_names
@@ -42,30 +43,42 @@ def raven(path: Path, rows: list[tuple[float, float, str]], view: str = "Spectro
 # --------------------------------------------------------------------------
 # The evaluation on a case worked out by hand
 #
-# Windows of 1 s, hop 1 s: window i of a file is [i, i+1].  Labels A, B, C.
+# Windows of 1 s, hop 1 s: window i of a file is [i, i+1].  Labels A, B, C.  Two spans hit when they overlap
+# by at least half the shorter of the two.
 # f1 (10 s) holds four calls:
 #   A1 [1.2, 2.9]: w1 overlaps 0.8 s, w2 0.9 s, both >= half of min(1, 1.7) = 0.5 -> positive
 #   A2 [6.8, 7.1]: w6 overlaps 0.2 >= 0.15 -> positive; w7 overlaps 0.1 < 0.15 -> left out for A
 #   B1 [2.5, 4.5]: w2 0.5 (exactly half), w3 1.0, w4 0.5 -> positive (A1 and B1 overlap: two species at once)
 #   B2 [8.0, 8.4]: w8 0.4 >= 0.2 -> positive; w7 only touches it at 8.0 -> negative
 # f2 (10 s) is annotated and bird-free; f3 has scores but no table; f4 a table but no scores.
-# Annotated audio: [1.2, 4.5] + [6.8, 7.1] + [8.0, 8.4] = 4.0 s, so 6 + 10 = 16 s = 16/3600 h without calls.
+# 20 s evaluated, 20/3600 h.  Annotated audio: [1.2, 4.5] + [6.8, 7.1] + [8.0, 8.4] = 4.0 s, so 6 + 10 = 16 s
+# = 16/3600 h without calls.
 #
+# Window level.
 # A (threshold 0.6); windows kept: all but f1 w7.  Positives f1 w1 (0.9), w2 (0.6), w6 (0.4).
 #   Ranked: 0.9 P, 0.75 N (f2 w4), 0.7 N (w3), 0.65 N (w9), 0.6 P, 0.4 P.
 #   AP = (1/1 + 2/5 + 3/6) / 3 = 0.633333.  ROC-AUC: 16 negatives; below 0.9: 16, below 0.6: 13,
 #   below 0.4: 13 -> 42/48 = 0.875.  Windows >= 0.6 (kept): w1, w2, w3, w9, f2 w4 -> P = 2/5, R = 2/3, F1 = 0.5.
-#   Detections: f1 [1, 4] (w1-w3, hits A1), [7, 8] (w7, left out at window level, but it overlaps A2: a hit),
-#   [9, 10] false; f2 [4, 5] false.  Event recall 2/2; 2 false -> 2 / (16/3600) = 450 per hour.
 # B (threshold 0.8); no window left out.  Positives w2 (0.3), w3 (0.9), w4 (0.8), w8 (0.4); 16 negatives.
 #   Ranked: 0.9 P, 0.85 N (w5), 0.8 P, 0.4 P, 0.3 P -> AP = (1 + 2/3 + 3/4 + 4/5) / 4 = 0.804167.
 #   ROC-AUC: below 0.9: 16, the other three: 15 each -> 61/64 = 0.953125.
-#   Windows >= 0.8: w3, w4, w5 -> P = 2/3, R = 2/4, F1 = 4/7.  Detection [3, 6] hits B1; B2 missed:
-#   event recall 1/2; no false detection.
-# C (threshold 0.5) is never annotated: its one detection (f1 w5) is false, 225 per hour, and C stays out
-#   of the macro averages.
-# Macro over A and B: cmAP 0.71875, ROC-AUC 0.9140625, P 0.533333, R 0.583333, F1 0.535714,
-#   event recall 0.75, false detections per hour 225.  All species: 3 false detections, 675 per hour.
+#   Windows >= 0.8: w3, w4, w5 -> P = 2/3, R = 2/4, F1 = 4/7.
+#
+# Event level, as analyze delivers by default: one detection per window at or above the threshold.
+# A: f1 w1, w2 hit A1 (true); w3 hits nothing (false, inside B1's call); w7 overlaps A2 by 0.1 < 0.15 (false,
+#   though it touches A2: any overlap counted before); w9 false; f2 w4 false.  6 detections, 4 false; A1 found
+#   (once, by w1 or w2), A2 missed: event recall 1/2.  False per hour 4 / (20/3600) = 720.  Overlapping no call
+#   of any label: w9 and f2 w4 -> 2 / (16/3600) = 450 per hour without calls.
+# B: w3, w4 hit B1 (w4 exactly half); w5 false, in call-free audio.  3 detections, 1 false; B2 missed: 1/2.
+#   180 per hour; 225 per hour without calls.
+# C (threshold 0.5) is never annotated: its one detection (f1 w5) is false, in call-free audio: 180 and 225,
+#   and C stays out of the macro averages.
+# Macro over A and B: cmAP 0.71875, ROC-AUC 0.9140625, P 0.533333, R 0.583333, F1 0.535714, event recall 0.5,
+#   false detections per hour 450, per hour without calls 337.5.
+# Pooled: 2 of 4 calls found; 10 detections, 6 false -> 1080 per hour; 4 in call-free audio -> 900.
+#
+# With analyze.merge: A's detections are [1, 4] (hits A1: 1.7 >= 0.85), [7, 8], [9, 10], f2 [4, 5] (3 false);
+# B's one [3, 6] hits B1 (1.5 >= 1.0): no false detection; C's [5, 6] false.
 
 A = [0.1, 0.9, 0.6, 0.7, 0.2, 0.3, 0.4, 0.8, 0.1, 0.65]
 B = [0.2, 0.1, 0.3, 0.9, 0.8, 0.85, 0.1, 0.2, 0.4, 0.1]
@@ -101,31 +114,131 @@ def test_hand_worked_case(hand_case):
     assert a["roc_auc"] == pytest.approx(0.875)
     assert (a["detected_windows"], a["precision"], a["recall"], a["f1"]) == (5, pytest.approx(0.4),
                                                                              pytest.approx(2 / 3), pytest.approx(0.5))
-    assert (a["detections"], a["detected_calls"], a["event_recall"], a["false_detections"]) == (4, 2, 1.0, 2)
-    assert a["false_detections_per_hour"] == pytest.approx(450.0)
+    assert (a["detections"], a["true_detections"], a["false_detections"]) == (6, 2, 4)
+    assert (a["detected_calls"], a["event_recall"]) == (1, 0.5)
+    assert a["false_detections_per_hour"] == pytest.approx(720.0)
+    assert (a["false_detections_unannotated"], a["false_detections_per_unannotated_hour"]) == (2, pytest.approx(450))
     assert (b["positive_windows"], b["left_out_windows"]) == (4, 0)
     assert b["average_precision"] == pytest.approx((1 + 2 / 3 + 3 / 4 + 4 / 5) / 4)
     assert b["roc_auc"] == pytest.approx(61 / 64)
     assert (b["precision"], b["recall"], b["f1"]) == (pytest.approx(2 / 3), 0.5, pytest.approx(4 / 7))
-    assert (b["event_recall"], b["false_detections"], b["false_detections_per_hour"]) == (0.5, 0, 0.0)
+    assert (b["detections"], b["false_detections"], b["event_recall"]) == (3, 1, 0.5)
+    assert (b["false_detections_per_hour"], b["false_detections_per_unannotated_hour"]) == (
+        pytest.approx(180.0), pytest.approx(225.0))
     assert (c["calls"], c["average_precision"], c["recall"], c["event_recall"]) == (0, None, None, None)
-    assert (c["false_detections"], c["false_detections_per_hour"]) == (1, pytest.approx(225.0))
+    assert (c["false_detections"], c["false_detections_per_hour"]) == (1, pytest.approx(180.0))
     assert report["cmap"] == pytest.approx(0.71875)
     assert report["macro_roc_auc"] == pytest.approx(0.9140625)
     assert report["macro"] == pytest.approx({"precision": 0.8 / 1.5, "recall": 7 / 12, "f1": (0.5 + 4 / 7) / 2,
-                                             "event_recall": 0.75, "false_detections_per_hour": 225.0})
-    assert report["unannotated_hours"] == pytest.approx(16 / 3600)
-    assert (report["false_detections"], report["false_detections_per_hour"]) == (3, pytest.approx(675.0))
+                                             "event_recall": 0.5, "false_detections_per_hour": 450.0,
+                                             "false_detections_per_unannotated_hour": 337.5})
+    assert report["pooled"] == pytest.approx({
+        "calls": 4, "detected_calls": 2, "event_recall": 0.5, "detections": 10, "false_detections": 6,
+        "false_detections_per_hour": 1080.0, "false_detections_unannotated": 4,
+        "false_detections_per_unannotated_hour": 900.0})
+    assert (report["hours"], report["unannotated_hours"]) == (pytest.approx(20 / 3600), pytest.approx(16 / 3600))
+    assert report["detection_settings"] == {"merge": False, "min_score": None}
     assert report["species_not_annotated"] == ["C"]
     assert report["files_without_annotations"] == ["f3"]
     assert report["annotated_files_without_scores"] == ["f4"]
     assert (report["n_files"], report["calls"], report["window_seconds"], report["hop_seconds"]) == (2, 4, 1.0, 1.0)
+    assert [f["detections"] for f in report["files"]] == [9, 1]
     assert report["figure"] is None
     saved = json.loads((hand_case["out"] / "soundscapes.json").read_text())
-    assert saved["macro"]["event_recall"] == 0.75 and saved["model"] == "toy"
+    assert saved["pooled"]["event_recall"] == 0.5 and saved["model"] == "toy"
     section = (hand_case["out"] / "soundscapes.md").read_text()
     assert section.startswith("## Annotated soundscapes") and "| A | 2 | 3 | 0.633 |" in section
+    assert "each window at or above it (analyze.merge is off)" in section
     assert "Never annotated (reported, not in the macro averages): C." in section
+
+
+def test_merged_detections_are_judged_as_analyze_merges_them(hand_case):
+    report = write_soundscape_report(hand_case["scores"], hand_case["tables"], hand_case["thresholds"],
+                                     hand_case["out"], settings=DetectionSettings(merge=True))
+    a, b, c = report["per_species"]
+    assert (a["detections"], a["false_detections"], a["event_recall"]) == (4, 3, 0.5)
+    assert (b["detections"], b["false_detections"], b["event_recall"]) == (1, 0, 0.5)
+    assert (c["detections"], c["false_detections"]) == (1, 1)
+    assert report["pooled"]["false_detections"] == 4 and report["detection_settings"]["merge"] is True
+    # A minimum score for every species, as analyze.min_score: at 0.85 A keeps w1 (0.9), B w3 and w5.
+    strict = evaluate_soundscapes(read_scores(hand_case["scores"]), read_annotations(hand_case["tables"]),
+                                  {}, DetectionSettings(min_score=0.85))
+    assert [row["detections"] for row in strict["per_species"]] == [1, 2, 0]
+    assert [row["window_threshold"] for row in strict["per_species"]] == [0.85] * 3
+
+
+def test_a_detection_finds_one_call_and_must_overlap_enough():
+    """Three 1 s calls of X at 0, 2 and 4 s in a 10 s file.  One merged detection spanning the chorus [0, 5]
+    hits all three but finds one (one to one); three window detections find all three.  A detection that
+    only clips a call (0.2 s of a 1 s call) is false; the same false detections count per hour of all audio,
+    and none is in call-free audio here, so the rate without calls is 0 (it was infinite or undefined when
+    every false detection was divided by the call-free hours only)."""
+    calls = {"f": [Call(0.0, 1.0, "X"), Call(2.0, 3.0, "X"), Call(4.0, 5.0, "X")]}
+
+    def report_for(starts: list[float], ends: list[float]) -> dict:
+        start, end = np.array(starts), np.array(ends)
+        scores = WindowScores(start, end, np.ones((start.size, 1), np.float32), ["X"], 10.0, 16000, "0" * 64)
+        return evaluate_soundscapes({"f": scores}, calls, {"X": 0.5}, DetectionSettings(merge=True))
+
+    chorus = report_for([0.0, 1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0, 5.0])["per_species"][0]
+    assert (chorus["detections"], chorus["detected_calls"], chorus["false_detections"]) == (1, 1, 0)
+    apart = report_for([0.0, 2.0, 4.0], [1.0, 3.0, 5.0])["per_species"][0]
+    assert (apart["detections"], apart["detected_calls"], apart["event_recall"]) == (3, 3, 1.0)
+    clipping = report_for([0.8, 2.0], [1.8, 3.0])
+    row = clipping["per_species"][0]
+    assert (row["detections"], row["false_detections"], row["detected_calls"]) == (2, 1, 1)
+    assert row["false_detections_per_hour"] == pytest.approx(360.0)  # 1 in 10 s
+    assert row["false_detections_unannotated"] == 0 and row["false_detections_per_unannotated_hour"] == 0.0
+    everything = {"f": [Call(0.0, 10.0, "Y"), *calls["f"]]}  # a chorus of another species over the whole file
+    start = np.array([6.0])
+    scores = WindowScores(start, start + 1.0, np.ones((1, 2), np.float32), ["X", "Y"], 10.0, 16000, "0" * 64)
+    busy = evaluate_soundscapes({"f": scores}, everything, {"X": 0.5, "Y": 2.0})
+    assert busy["unannotated_hours"] == 0.0
+    assert busy["pooled"]["false_detections_per_hour"] == pytest.approx(360.0)
+    assert busy["pooled"]["false_detections_per_unannotated_hour"] is None
+
+
+def test_event_counts_agree_with_sed_eval():
+    """DCASE's event scoring (sed_eval, onset collar 0.5 s, offset collar max(0.5 s, half the call)) on a
+    case where its collars and our overlap rule accept the same pairs: calls found one to one, and its
+    insertions (detections matched to no call) = our false detections + detections on a call found already."""
+    sed_eval = pytest.importorskip("sed_eval")
+
+    calls = {"f1": [Call(1.0, 3.0, "A"), Call(6.0, 7.0, "A"), Call(2.0, 4.0, "B")],
+             "f2": [Call(5.0, 8.0, "B")]}
+    # A: two detections on the first call (one finds it, one is a duplicate), one far from any call;
+    # B: one on f1's call, one matching nothing in f2.
+    found = {"f1": [(1.1, 3.1, "A"), (0.9, 2.9, "A"), (8.0, 9.0, "A"), (2.2, 4.1, "B")], "f2": [(1.0, 2.0, "B")]}
+    labels = ["A", "B"]
+    scores = {}
+    for key, rows in found.items():
+        start, end = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+        scores[key] = WindowScores(start, end, np.array([[r[2] == x for x in labels] for r in rows], np.float32),
+                                   labels, 10.0, 16000, "0" * 64)
+    report = evaluate_soundscapes(scores, calls, {"A": 0.5, "B": 0.5})
+
+    dcase = sed_eval.sound_event.EventBasedMetrics(event_label_list=labels, t_collar=0.5, percentage_of_length=0.5)
+    for key in found:
+        reference = [{"file": key, "event_label": c.label, "event_onset": c.start, "event_offset": c.end}
+                     for c in calls[key]]
+        estimated = [{"file": key, "event_label": x, "event_onset": s, "event_offset": e} for s, e, x in found[key]]
+        for ref in reference:  # the two rules accept the same pairs here: what makes the counts comparable
+            for est in estimated:
+                ours = est["event_label"] == ref["event_label"] and bool(hit_matrix(
+                    np.array([est["event_onset"]]), np.array([est["event_offset"]]),
+                    np.array([ref["event_onset"]]), np.array([ref["event_offset"]]))[0, 0])
+                theirs = est["event_label"] == ref["event_label"] and dcase.validate_onset(ref, est, 0.5) \
+                    and dcase.validate_offset(ref, est, 0.5, 0.5)
+                assert ours == theirs, (ref, est)
+        dcase.evaluate(reference, estimated)
+    for row in report["per_species"]:
+        counts = dcase.class_wise[row["label"]]
+        assert (row["calls"], row["detections"], row["detected_calls"]) == (counts["Nref"], counts["Nsys"],
+                                                                            counts["Ntp"])
+        assert row["detections"] - row["detected_calls"] == counts["Nfp"]
+        assert row["event_recall"] == pytest.approx(counts["Ntp"] / counts["Nref"])
+    a, b = report["per_species"]
+    assert (a["false_detections"], a["true_detections"], b["false_detections"]) == (1, 2, 1)
 
 
 def test_cli_writes_report_and_figure(hand_case, capsys):
@@ -139,7 +252,7 @@ def test_cli_writes_report_and_figure(hand_case, capsys):
     png = (hand_case["out"] / "soundscape_f1.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert "(soundscape_f1.png)" in (hand_case["out"] / "soundscapes.md").read_text()
-    assert "event recall 0.750" in capsys.readouterr().err
+    assert "event recall 0.500 pooled, 0.500 macro" in capsys.readouterr().err
     assert main(args + ["--figure", "soundscape.png"]) == 0
     assert (hand_case["out"] / "soundscape.png").is_file()
 
@@ -396,7 +509,7 @@ def test_oracle_scores_on_the_demo_and_the_figure(scapes, tmp_path):
     report = write_soundscape_report(tmp_path / "scores", out, tmp_path / "thresholds.tsv", tmp_path / "eval",
                                      audio_dir=out)
     assert report["cmap"] == 1.0 and report["macro"]["precision"] == 1.0 and report["macro"]["recall"] == 1.0
-    assert report["macro"]["event_recall"] == 1.0 and report["false_detections"] == 0
+    assert report["macro"]["event_recall"] == 1.0 and report["pooled"]["false_detections"] == 0
     richest = max(marker["soundscapes"], key=lambda d: (len(d["species"]), len(d["calls"])))
     assert report["figure"] == f"soundscape_{Path(richest['file']).stem}.png"
     assert (tmp_path / "eval" / report["figure"]).stat().st_size > 20_000
@@ -407,3 +520,53 @@ def test_pick_strip_prefers_the_most_species():
              "b": [Call(10, 11, "X"), Call(100, 101, "Y"), Call(130, 131, "Z"), Call(150, 151, "Q")]}
     key, start, end = pick_strip(calls, ["a", "b"], {"X", "Y", "Z"}, {"a": 60.0, "b": 200.0})
     assert (key, start, end) == ("b", 98.0, 158.0)
+
+
+# --------------------------------------------------------------------------
+# The workflow's soundscape evaluation: what analyze delivers, rerun by content
+
+
+def test_the_workflow_judges_what_analyze_delivers_and_reruns_by_content(tiny_workflow, tmp_path):
+    import os
+    import shutil
+
+    import pandas as pd
+
+    from conftest import TINY, chirp, run_snakemake, write_wav
+
+    workdir = tmp_path / "workflow"
+    shutil.copytree(tiny_workflow, workdir, symlinks=True)
+    scapes = workdir / "scapes"
+    samples = np.random.default_rng(0).normal(0, 0.001, 20 * 16000).astype(np.float32)
+    samples[4 * 16000: 6 * 16000] += chirp(2.0, 16000, f0=1500)  # Alpha_one's song in the tiny set
+    write_wav(scapes / "site.wav", samples, 16000)
+    table = scapes / "site.selections.txt"
+    raven(table, [(4.0, 6.0, "Alpha_one")])
+    config = {**TINY, "data_dir": str(workdir / "birds"), "models": ["vggish"],
+              "soundscapes": {"audio_dir": str(scapes)}, "analyze": {"min_score": 0.3}}
+    run_snakemake(workdir, config=config)
+    eval_dir = workdir / "results" / "eval" / "vggish"
+    summary = json.loads((eval_dir / "soundscapes.json").read_text())
+    delivered = pd.read_csv(eval_dir / "soundscapes" / "detections.tsv", sep="\t")
+    # analyze.merge is off by default: one row per window at the default hop, and those rows are judged.
+    assert summary["detection_settings"] == {"merge": False, "min_score": 0.3}
+    assert summary["hop_seconds"] == pytest.approx(0.48)
+    assert summary["pooled"]["detections"] == len(delivered) > 0
+    assert (workdir / "results" / "soundscapes" / "sources" / "shard-00.tsv").is_file()
+
+    # A checkout that sets new times on the recordings and tables reruns nothing.
+    for path in scapes.iterdir():
+        os.utime(path)
+    assert "Nothing to be done" in run_snakemake(workdir, config=config).stderr
+    # A corrected table reruns the evaluation, not the analysis.
+    analysed = (eval_dir / "soundscapes" / "files.tsv").stat().st_mtime_ns
+    raven(table, [(4.0, 6.0, "Alpha_one"), (12.0, 13.0, "Beta_two")])
+    run_snakemake(workdir, config=config)
+    assert json.loads((eval_dir / "soundscapes.json").read_text())["calls"] == 2
+    assert (eval_dir / "soundscapes" / "files.tsv").stat().st_mtime_ns == analysed
+    # analyze.merge on: the analysis and the evaluation both deliver and judge merged rows.
+    run_snakemake(workdir, config={**config, "analyze": {"min_score": 0.3, "merge": True}})
+    merged = json.loads((eval_dir / "soundscapes.json").read_text())
+    assert merged["detection_settings"]["merge"] is True
+    assert merged["pooled"]["detections"] == len(pd.read_csv(eval_dir / "soundscapes" / "detections.tsv", sep="\t"))
+    assert merged["pooled"]["detections"] < summary["pooled"]["detections"]

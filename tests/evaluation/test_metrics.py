@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from jibjib.evaluation import metrics
+from jibjib.evaluation import metrics, thresholds as fitting
 
 CLASSES = ["a", "b", "c", "absent"]
 
@@ -124,17 +124,20 @@ def test_thresholds_reach_the_target_precision() -> None:
     y = np.array([0, 0, 1, 0, 1, 1])
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
     scores = np.c_[scores, 1 - scores]
-    rows = metrics.precision_thresholds(y, scores, ["a", "b"], target_precision=0.75)
+    rows = fitting.precision_thresholds(y, scores, ["a", "b"], target_precision=0.75)
     a = rows[0]
     # At 0.6: 3 of 4 detections right (0.75), recall 1; the lowest threshold that reaches 0.75.
     assert (a["threshold"], a["precision"], a["recall"], a["status"]) == (0.6, 0.75, 1.0, "ok")
-    strict = metrics.precision_thresholds(y, scores, ["a", "b"], target_precision=1.0)[0]
+    strict = fitting.precision_thresholds(y, scores, ["a", "b"], target_precision=1.0)[0]
     assert (strict["threshold"], strict["recall"]) == (0.8, pytest.approx(2 / 3))
     # The highest b score belongs to an a file, so no threshold gives b precision 1.
-    mixed = metrics.precision_thresholds(np.array([1, 0]), np.array([[0.6, 0.4], [0.4, 0.6]]), ["a", "b"], 1.0)
+    mixed = fitting.precision_thresholds(np.array([1, 0]), np.array([[0.6, 0.4], [0.4, 0.6]]), ["a", "b"], 1.0)
     assert mixed[1]["status"] == "unreachable" and math.isnan(mixed[1]["threshold"])
-    absent = metrics.precision_thresholds(np.array([0, 0]), np.array([[0.9, 0.1]] * 2), ["a", "b"], 0.9)[1]
-    assert absent["status"] == "no_val_files" and math.isnan(absent["threshold"])
+    # b has no val file: it falls back to the pooled threshold, the lowest positive score of any class above
+    # b's 0.1 scores (a's 0.9; there every detection of every class is right), and is flagged.
+    absent = fitting.precision_thresholds(np.array([0, 0]), np.array([[0.9, 0.1]] * 2), ["a", "b"], 0.9)[1]
+    assert (absent["status"], absent["threshold"]) == ("fallback", 0.9)
+    assert absent["support"] == 0 and math.isnan(absent["recall"])
 
 
 def test_val_thresholds_applied_to_test_by_hand() -> None:
@@ -157,15 +160,17 @@ def test_val_thresholds_applied_to_test_by_hand() -> None:
         [0.20, 0.10, 0.70, 0.00, 0.9],
     ])
     thresholds = np.array([0.5, 0.6, 0.9, 0.5, math.nan])
-    result = metrics.threshold_outcomes(y, scores, thresholds, ["a", "b", "c", "absent", "none"], 0.6)
+    result = fitting.threshold_outcomes(y, scores, thresholds, ["a", "b", "c", "absent", "none"], 0.6)
     rows = {row["label"]: row for row in result["per_class"]}
     assert rows["a"] == {"label": "a", "support": 3, "detections": 3, "precision": pytest.approx(2 / 3),
-                         "recall": pytest.approx(2 / 3)}
+                         "precision_low": pytest.approx(0.2077, abs=1e-4),
+                         "precision_high": pytest.approx(0.9385, abs=1e-4), "recall": pytest.approx(2 / 3)}
     assert (rows["b"]["detections"], rows["b"]["precision"], rows["b"]["recall"]) == (3, pytest.approx(2 / 3), 1.0)
     assert (rows["c"]["detections"], rows["c"]["precision"], rows["c"]["recall"]) == (0, 0.0, 0.0)
     assert (rows["absent"]["support"], rows["absent"]["detections"]) == (0, 1)
     assert (rows["absent"]["precision"], rows["absent"]["recall"]) == (0.0, None)
-    assert rows["none"] == {"label": "none", "support": 0, "detections": None, "precision": None, "recall": None}
+    assert rows["none"] == {"label": "none", "support": 0, "detections": None, "precision": None,
+                            "precision_low": None, "precision_high": None, "recall": None}
     assert result["classes"] == 3  # a, b, c: a threshold and test files
     assert result["macro_precision"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
     assert result["macro_recall"] == pytest.approx((2 / 3 + 1 + 0) / 3)
@@ -174,9 +179,8 @@ def test_val_thresholds_applied_to_test_by_hand() -> None:
 
 def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) -> None:
     pytest.importorskip("tensorflow")
-    from jibjib.evaluation.evaluate import (
-        Labelled, evaluated_sentence, threshold_sentence, threshold_table, too_few_recordings,
-    )
+    from jibjib.evaluation.evaluate import Labelled, ThresholdRule, threshold_table, too_few_recordings
+    from jibjib.evaluation.report import evaluated_sentence, threshold_sentence
 
     # Val: a a b. Raw a scores 0.9 0.5 | 0.6 -> lowest threshold at precision 1 is 0.9 (0.6 is a b file);
     # calibrated a scores 0.7 0.6 | 0.5 -> 0.6, recall 1. The order changed, so the thresholds differ.
@@ -189,13 +193,17 @@ def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) 
     # One window per file here: the window thresholds are the subject of the next test.
     val, test = ({**{kind: Labelled(y, scores[kind]) for kind in scores}, "window": Labelled(y, scores["raw"])}
                  for y, scores in ((val_y, val), (test_y, test)))
-    table, summary = threshold_table(val, test, ["a", "b"], target_precision=1.0, window_unit="patch")
+    table, summary = threshold_table(val, test, ["a", "b"], ThresholdRule(target_precision=1.0))
+    interval = ["precision_low", "precision_high"]
     assert list(table.columns) == [
-        "label", "threshold", "precision", "recall", "support", "status", "test_support", "test_detections",
-        "test_precision", "test_recall", "calibrated_threshold", "calibrated_precision", "calibrated_recall",
-        "calibrated_status", "calibrated_test_detections", "calibrated_test_precision", "calibrated_test_recall",
-        "window_threshold", "window_precision", "window_recall", "window_support", "window_status",
-        "window_test_support", "window_test_detections", "window_test_precision", "window_test_recall"]
+        "label", "threshold", "precision", *interval, "recall", "support", "status", "test_support",
+        "test_detections", "test_precision", *(f"test_{c}" for c in interval), "test_recall",
+        "calibrated_threshold", "calibrated_precision", *(f"calibrated_{c}" for c in interval), "calibrated_recall",
+        "calibrated_status", "calibrated_test_detections", "calibrated_test_precision",
+        *(f"calibrated_test_{c}" for c in interval), "calibrated_test_recall",
+        "window_threshold", "window_precision", *(f"window_{c}" for c in interval), "window_recall",
+        "window_support", "window_status", "window_test_support", "window_test_detections",
+        "window_test_precision", *(f"window_test_{c}" for c in interval), "window_test_recall"]
     a, b = summary["per_class"]
     assert (a["threshold"], a["recall"], a["test_precision"], a["test_recall"]) == (0.9, 0.5, 1.0, 1.0)
     assert (a["calibrated_threshold"], a["calibrated_recall"]) == (0.6, 1.0)
@@ -220,7 +228,7 @@ def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) 
     few = too_few_recordings(split, ["a", "b", "c"])
     assert few == {"species_without_test_files": ["b", "c"], "species_without_val_files": ["b"]}
     assert evaluated_sentence(few) == "Too few recordings: no test file (2, not evaluated): b, c; " \
-        "no val file (1, no threshold): b."
+        "no val file (1, the pooled fallback threshold): b."
 
 
 def test_window_thresholds_are_fitted_on_the_windows_of_val_files_labelled_by_their_file() -> None:
@@ -236,17 +244,18 @@ def test_window_thresholds_are_fitted_on_the_windows_of_val_files_labelled_by_th
     pytest.importorskip("tensorflow")
     import pandas as pd
 
-    from jibjib.evaluation.evaluate import (
-        ScoredSplit, threshold_scores, threshold_table, window_threshold_sentence,
-    )
+    from jibjib.evaluation.evaluate import ScoredSplit, ThresholdRule, threshold_scores, threshold_table
+    from jibjib.evaluation.report import window_threshold_sentence
 
     def split(p_a: list[float]) -> ScoredSplit:
-        p = np.array(p_a)
-        return ScoredSplit(pd.DataFrame({"class_id": [0, 1]}), np.log(np.c_[p, 1 - p]), np.array([0, 0, 1, 1]), 0)
+        """Two files of two units each; here the analysis windows are the units."""
+        p, owner = np.array(p_a), np.array([0, 0, 1, 1])
+        logits = np.log(np.c_[p, 1 - p])
+        return ScoredSplit(pd.DataFrame({"class_id": [0, 1]}), logits, owner, 0, logits, owner)
 
     val, test = split([0.9, 0.3, 0.5, 0.5]), split([0.95, 0.35, 0.6, 0.3])
     table, summary = threshold_table(threshold_scores(val, 1.0, False), threshold_scores(test, 1.0, False),
-                                     ["a", "b"], target_precision=1.0, window_unit="patch")
+                                     ["a", "b"], ThresholdRule(target_precision=1.0))
     a, b = table.to_dict("records")
     assert (a["threshold"], a["recall"], a["support"]) == (pytest.approx(0.6), 1.0, 1)
     assert (a["window_threshold"], a["window_precision"], a["window_recall"]) == (pytest.approx(0.9), 1.0, 0.5)
@@ -263,8 +272,8 @@ def test_window_thresholds_are_fitted_on_the_windows_of_val_files_labelled_by_th
     assert summary["window"]["test"]["classes"] == 1 and summary["window"]["test"]["macro_recall"] == 0.5
     assert summary["window_unit"] == "patch" and "file's label" in summary["window_labels"]
     sentence = window_threshold_sentence(summary)
-    assert "the val patches, each patch labelled with its file's species" in sentence
-    assert "on the test patches: window precision 1.000, recall 0.500 over 1 species" in sentence
+    assert "the val windows, each labelled with its file's species" in sentence
+    assert "on the test windows: window precision 1.000, recall 0.500 over 1 species" in sentence
 
 
 def test_thresholds_let_at_most_one_percent_of_background_pass() -> None:
@@ -272,7 +281,240 @@ def test_thresholds_let_at_most_one_percent_of_background_pass() -> None:
     y = np.array([0, 0, 0] + [-1] * 100)
     a = np.array([0.9, 0.8, 0.3] + [0.1] * 98 + [0.5] * 2)
     scores = np.stack([a, 1 - a], axis=1)
-    row = metrics.precision_thresholds(y, scores, ["a", "b"], target_precision=0.5)[0]
+    row = fitting.precision_thresholds(y, scores, ["a", "b"], target_precision=0.5)[0]
     assert (row["threshold"], row["recall"], row["status"]) == (0.8, pytest.approx(2 / 3), "ok")
-    lenient = metrics.precision_thresholds(y, scores, ["a", "b"], target_precision=0.5, background_pass_rate=0.05)[0]
+    lenient = fitting.precision_thresholds(y, scores, ["a", "b"], target_precision=0.5, background_pass_rate=0.05)[0]
     assert lenient["threshold"] == 0.3
+
+
+# --------------------------------------------------------------------------
+# Every figure of metrics.json against scikit-learn, computed there independently, on random cases
+
+
+def random_case(seed: int, n: int = 60, n_classes: int = 5, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Truth with single-species, multi-species and background rows (and a class never present), and scores
+    (rounded to one decimal when `ties`, so that many scores tie)."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((n, n_classes), bool)
+    kind = rng.choice(["single", "multi", "background"], n, p=[0.6, 0.2, 0.2])
+    for row in range(n):
+        if kind[row] != "background":
+            truth[row, rng.choice(n_classes - 1, 1 if kind[row] == "single" else 2, replace=False)] = True
+    scores = np.clip(0.35 * truth + rng.uniform(0, 0.7, (n, n_classes)), 0, 1)
+    return truth, np.round(scores, 1) if ties else scores
+
+
+def sklearn_reference(truth: np.ndarray, scores: np.ndarray, k: int) -> dict:
+    """The metrics.json figures from scikit-learn calls, with the module docstring's conventions."""
+    from sklearn import metrics as sk
+    from sklearn.calibration import calibration_curve
+
+    n_classes = truth.shape[1]
+    labels = np.arange(n_classes)
+    single = truth.sum(axis=1) == 1
+    y1, top = truth[single].argmax(axis=1), scores.argmax(axis=1)
+    rows = truth.any(axis=1)
+    one_hot = np.eye(n_classes, dtype=int)[top[rows]]
+    precision, recall, _, support = sk.precision_recall_fscore_support(
+        truth[rows].astype(int), one_hot, average=None, labels=labels, zero_division=np.nan)
+    present = support > 0
+    precision = np.where(np.isnan(precision) & present, 0.0, precision)  # never predicted, but present: 0
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    micro = sk.precision_recall_fscore_support(truth[rows].astype(int), one_hot, average="micro", labels=labels)
+
+    def ece(outcome: np.ndarray, confidence: np.ndarray) -> float:
+        prob_true, prob_pred = calibration_curve(outcome, confidence, n_bins=metrics.ECE_BINS)
+        counts = np.histogram(confidence, np.linspace(0, 1, metrics.ECE_BINS + 1))[0]
+        return float(np.sum(counts[counts > 0] * np.abs(prob_true - prob_pred)) / confidence.size)
+
+    has_negatives = present & (truth.sum(axis=0) < len(truth))
+    return {
+        "top1_accuracy": sk.accuracy_score(y1, top[single]),
+        f"top{k}_accuracy": sk.top_k_accuracy_score(y1, scores[single], k=k, labels=labels),
+        "confusion": sk.confusion_matrix(y1, top[single], labels=labels).tolist(),
+        "precision": precision, "recall": recall, "f1": f1,
+        "macro": {"precision": np.nanmean(precision[present]), "recall": np.nanmean(recall[present]),
+                  "f1": np.nanmean(f1[present])},
+        "micro": dict(zip(("precision", "recall", "f1"), micro[:3])),
+        "cmap": np.mean([sk.average_precision_score(truth[:, c], scores[:, c]) for c in labels[present]]),
+        "macro_roc_auc": np.mean([sk.roc_auc_score(truth[:, c], scores[:, c]) for c in labels[has_negatives]]),
+        "ece": ece(truth[single].argmax(axis=1) == top[single], scores[single].max(axis=1)),
+        "classwise_ece": np.mean([ece(truth[:, c], scores[:, c]) for c in labels]),
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_classification_metrics_agree_with_scikit_learn(seed: int) -> None:
+    truth, scores = random_case(seed, ties=seed % 2 == 1)
+    classes = [f"c{i}" for i in range(truth.shape[1])]
+    got = metrics.classification_metrics(truth, scores, classes, top_k=2)
+    expected = sklearn_reference(truth, scores, k=2)
+    assert got["classes_present"] == truth.shape[1] - 1  # the last class is never present
+    for key in ("top1_accuracy", "top2_accuracy", "cmap", "macro_roc_auc", "classwise_ece"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-12), key
+    if seed % 2 == 0:  # scikit-learn's histogram and its bins differ only for a score on a bin's edge
+        assert got["ece"] == pytest.approx(expected["ece"], abs=1e-12)
+    assert got["confusion"] == expected["confusion"]
+    assert got["macro"] == pytest.approx(expected["macro"]) and got["micro"] == pytest.approx(expected["micro"])
+    for c, row in enumerate(got["per_class"][:-1]):
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx(
+            (expected["precision"][c], expected["recall"][c], expected["f1"][c])), row["label"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_thresholds_and_their_test_figures_agree_with_scikit_learn(seed: int) -> None:
+    """The val threshold is the lowest point of scikit-learn's precision-recall curve that reaches the target
+    above the background rule; on test, precision and recall are scikit-learn's of score >= threshold."""
+    from sklearn import metrics as sk
+
+    val_truth, val_scores = random_case(seed, n=80, ties=seed % 2 == 1)
+    test_truth, test_scores = random_case(seed + 100, n=80)
+    classes = [f"c{i}" for i in range(val_truth.shape[1])]
+    rows = fitting.precision_thresholds(val_truth, val_scores, classes, 0.8)
+    outcome = fitting.threshold_outcomes(test_truth, test_scores, np.array([r["threshold"] for r in rows]),
+                                         classes, 0.8)
+    background = ~val_truth.any(axis=1)
+    for c, row in enumerate(rows[:-1]):
+        precision, recall, candidates = sk.precision_recall_curve(val_truth[:, c], val_scores[:, c])
+        floor = np.quantile(val_scores[background, c], 0.99, method="higher")
+        good = candidates[(precision[:-1] >= 0.8) & (recall[:-1] > 0) & (candidates > floor)]
+        if good.size == 0:
+            assert row["status"] == "unreachable" and math.isnan(row["threshold"])
+            continue
+        assert (row["status"], row["threshold"]) == ("ok", good.min())
+        detected = val_scores[:, c] >= row["threshold"]
+        assert row["precision"] == pytest.approx(sk.precision_score(val_truth[:, c], detected))
+        assert row["recall"] == pytest.approx(sk.recall_score(val_truth[:, c], detected))
+        tested = outcome["per_class"][c]
+        detected = test_scores[:, c] >= row["threshold"]
+        assert tested["precision"] == pytest.approx(sk.precision_score(test_truth[:, c], detected, zero_division=0))
+        assert tested["recall"] == pytest.approx(sk.recall_score(test_truth[:, c], detected))
+
+
+def test_calibration_bins_are_calibration_curves() -> None:
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(3)
+    confidence = rng.uniform(0, 1, 500)
+    outcome = rng.uniform(0, 1, 500) < confidence**2
+    table = metrics.calibration_bins(confidence, outcome)["bins"]
+    prob_true, prob_pred = calibration_curve(outcome, confidence, n_bins=metrics.ECE_BINS)
+    filled = [b for b in table if b["count"]]
+    assert [b["accuracy"] for b in filled] == pytest.approx(prob_true)
+    assert [b["confidence"] for b in filled] == pytest.approx(prob_pred)
+    # A score on an inner edge goes to the lower bin, as in calibration_curve.
+    assert metrics.calibration_bins(np.array([1 / 3]), np.array([1]), bins=3)["bins"][0]["count"] == 1
+
+
+def test_classwise_calibration_counts_every_class_on_every_row() -> None:
+    """Sigmoid scores of two rows, two classes: row 0 holds a (0.9 a, 0.6 b), row 1 is background (0.2, 0.7).
+
+    Top-1 ECE sees row 0 only: confidence 0.9, right -> 0.1.  Classwise: class a's scores 0.9 (holds it) and
+    0.2 (not) sit in bins of their own, |1 - 0.9| and |0 - 0.2| over 2 rows -> 0.15; class b's 0.6 and 0.7,
+    both absent -> (0.6 + 0.7) / 2 = 0.65; the mean over classes 0.4.
+    """
+    truth = np.array([[True, False], [False, False]])
+    scores = np.array([[0.9, 0.6], [0.2, 0.7]])
+    assert metrics.expected_calibration_error(metrics.single_class(truth), scores)["ece"] == pytest.approx(0.1)
+    classwise = metrics.classwise_calibration_error(truth, scores)
+    assert classwise["ece"] == pytest.approx(0.4)
+    assert sum(b["count"] for b in classwise["bins"]) == 4  # the pooled table for the diagram: every pair
+    m = metrics.classification_metrics(truth, scores, ["a", "b"])
+    assert (m["ece"], m["classwise_ece"]) == (pytest.approx(0.1), pytest.approx(0.4))
+
+
+def test_thresholds_need_val_support_or_fall_back_to_the_pooled_one() -> None:
+    """Val: a has 4 files (0.9 0.8 0.7 0.6), b one (0.95); every other score is 0.1 or 0.2.
+
+    a: 4 files >= min_support 3 -> its own threshold 0.6 (precision 1).  b: one file, below the minimum ->
+    the pooled threshold: every class's score on every row pooled, positives 0.95 0.9 0.8 0.7 0.6, negatives
+    at most 0.2 -> the lowest positive, 0.6, reaches precision 1.  Status `fallback`, its own figures.
+    """
+    y = np.array([0, 0, 0, 0, 1])
+    a = np.array([0.9, 0.8, 0.7, 0.6, 0.2])
+    scores = np.stack([a, np.where(y == 1, 0.95, 0.1)], axis=1)
+    a_row, b_row = fitting.precision_thresholds(y, scores, ["a", "b"], 1.0, min_support=3)
+    assert (a_row["threshold"], a_row["status"], a_row["support"]) == (0.6, "ok", 4)
+    assert (b_row["status"], b_row["support"]) == ("fallback", 1)
+    assert b_row["threshold"] == 0.6
+    assert (b_row["precision"], b_row["recall"]) == (1.0, 1.0)
+    # One right detection of one: the interval says how little that shows.
+    assert (b_row["precision_low"], b_row["precision_high"]) == (pytest.approx(0.2065, abs=1e-4), 1.0)
+    # With min_support 1, b keeps its own threshold: its one file's score.
+    assert fitting.precision_thresholds(y, scores, ["a", "b"], 1.0, min_support=1)[1]["threshold"] == 0.95
+
+
+def test_precision_interval_is_wilson() -> None:
+    z = 1.959963984540054
+    for hits, n in ((1, 1), (3, 4), (45, 50)):
+        p = hits / n
+        centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * math.sqrt(
+            p * (1 - p) / n + z * z / (4 * n * n))
+        assert fitting.precision_interval(hits, n) == pytest.approx((centre - half, min(1.0, centre + half)))
+    assert all(math.isnan(v) for v in fitting.precision_interval(0, 0))
+
+
+def test_temperature_reaches_its_bound_when_no_file_votes_wrongly() -> None:
+    """Why both demo models' temperatures sit at 0.05: with sigmoid outputs, as T falls a file score tends
+    to the share of its patches with a positive logit.  When every (file, class) pair has at least one patch
+    on the right side, that limit is never certainly wrong, and the many negative pairs (each costing
+    -log(1 - p) at T = 1) pull T down to the bound.  One file all of whose patches vote for a class it lacks
+    makes sharpening expensive, and the fit stops inside."""
+    rng = np.random.default_rng(0)
+    n_files, patches, n_classes = 30, 4, 5
+    y = np.arange(n_files) % n_classes
+    owner = np.repeat(np.arange(n_files), patches)
+    logits = rng.normal(-3.0, 1.0, (n_files * patches, n_classes))
+    own = logits[np.arange(owner.size), y[owner]]
+    logits[np.arange(owner.size), y[owner]] = np.where(np.arange(owner.size) % patches == 0, -1.0, 2.0 + own + 3.0)
+    at_bound = metrics.fit_temperature(logits, owner, y, multi_label=True)
+    assert at_bound == pytest.approx(metrics.TEMPERATURE_BOUNDS[0], rel=0.01)
+    wrong = logits.copy()
+    wrong[owner == 0, 1] = 3.0  # file 0 (class 0): all its patches say class 1 too
+    inside = metrics.fit_temperature(wrong, owner, y, multi_label=True)
+    assert metrics.TEMPERATURE_BOUNDS[0] * 2 < inside < metrics.TEMPERATURE_BOUNDS[1] / 2
+
+
+# --------------------------------------------------------------------------
+# Window thresholds are fitted on the windows analyze cuts
+
+
+def test_evaluation_cuts_the_windows_analyze_cuts() -> None:
+    pytest.importorskip("tensorflow")
+    from jibjib.analysis.analyzer import WindowCutter
+    from jibjib.core.params import VGGISH, WindowGrid
+    from jibjib.evaluation.evaluate import analysis_windows
+
+    log_mel = np.random.default_rng(0).normal(size=(1000, 64)).astype(np.float32)
+    for patches, hop in ((1, None), (3, None), (3, 0.5)):
+        grid = WindowGrid.for_model(VGGISH, patches, hop)
+        cutter = WindowCutter(grid, 64)
+        expected = np.concatenate([cutter.push(log_mel[i:i + 137]) for i in range(0, 1000, 137)])
+        got = analysis_windows(log_mel, grid, None if patches == 1 else patches)
+        if patches > 1:
+            patches_of, mask = got
+            assert mask.all() and patches_of.shape[1:] == (patches, 96, 64)
+            got = patches_of.reshape(len(patches_of), -1, 64)
+        assert np.array_equal(got, expected)
+    assert analysis_windows(log_mel[:200], WindowGrid.for_model(VGGISH, 3), 3) is None  # no whole window
+
+
+def test_convlstm_window_thresholds_never_see_a_padded_tail(tmp_path) -> None:
+    """A file of 3 patches, seq_len 2: the file score averages the sequences [p0 p1] and [p2 pad]; analyze
+    scores the windows [p0 p1] and [p1 p2] (hop one patch), every patch real.  The model's logit is
+    10 x (share of real patches) - 6: 4 for a full sequence, -1 for the padded one."""
+    keras = pytest.importorskip("keras")
+    import pandas as pd
+
+    from jibjib.core.params import VGGISH, WindowGrid
+    from jibjib.evaluation.evaluate import score_files
+
+    patches, mask = keras.Input((2, 96, 64), name="patches"), keras.Input((2,), dtype="bool", name="mask")
+    share = keras.layers.Lambda(lambda m: keras.ops.mean(keras.ops.cast(m, "float32"), axis=1, keepdims=True))(mask)
+    model = keras.Model([patches, mask], keras.layers.Lambda(lambda s: 10.0 * s - 6.0)(share))
+    np.savez(tmp_path / "f.npz", log_mel=np.zeros((3 * 96 + 10, 64), np.float32))
+    files = pd.DataFrame({"feature": [str(tmp_path / "f.npz")]})
+    units, _ = score_files(model, files)
+    windows, owner = score_files(model, files, WindowGrid.for_model(VGGISH, 2))
+    assert units[:, 0] == pytest.approx([4.0, -1.0])
+    assert windows[:, 0] == pytest.approx([4.0, 4.0]) and owner.tolist() == [0, 0]

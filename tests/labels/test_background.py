@@ -21,7 +21,7 @@ import yaml
 
 from conftest import PREPARATION_TARGETS, REPO, chirp, make_tree, run_snakemake, write_wav
 from jibjib import cli
-from jibjib.evaluation import metrics
+from jibjib.evaluation import metrics, thresholds as fitting
 from jibjib.serving import predict
 from jibjib.core.errors import LabelError
 from jibjib.labels.folders import DEFAULT_BACKGROUND, folder_species, species_column
@@ -260,14 +260,14 @@ def test_metrics_count_background_and_multi_species_files(mixed) -> None:
 
 def test_thresholds_see_background_as_negatives_and_multi_species_as_positives(mixed) -> None:
     truth, scores = mixed
-    rows = {row["label"]: row for row in metrics.precision_thresholds(truth, scores, CLASSES, 1.0)}
+    rows = {row["label"]: row for row in fitting.precision_thresholds(truth, scores, CLASSES, 1.0)}
     # a: ranked 0.9 (+) 0.4 (+) 0.3 (background) ...: threshold 0.4 reaches precision 1 at recall 1.
     assert (rows["a"]["threshold"], rows["a"]["recall"]) == (0.4, 1.0)
     # b: 0.8 (+) 0.6 (an a file): only 0.8 keeps precision 1 -> recall 1/2 (file 3's 0.5 is missed).
     assert (rows["b"]["threshold"], rows["b"]["recall"]) == (0.8, 0.5)
     # c: the top c score (0.5) is background, the multi-species file's 0.4 next -> 1/2 at best: unreachable.
     assert rows["c"]["status"] == "unreachable"
-    outcome = metrics.threshold_outcomes(truth, scores, np.array([0.4, 0.5, 0.45]), CLASSES, 0.9)
+    outcome = fitting.threshold_outcomes(truth, scores, np.array([0.4, 0.5, 0.45]), CLASSES, 0.9)
     by_label = {row["label"]: row for row in outcome["per_class"]}
     # a at 0.4: files 0, 1 -> P 1 R 1.  b at 0.5: files 1 (a file), 2, 3 -> P 2/3, R 1.  c at 0.45: file 5 -> P 0.
     assert (by_label["a"]["detections"], by_label["a"]["precision"], by_label["a"]["recall"]) == (2, 1.0, 1.0)
@@ -275,11 +275,11 @@ def test_thresholds_see_background_as_negatives_and_multi_species_as_positives(m
     assert by_label["b"]["precision"] == pytest.approx(2 / 3)
     assert (by_label["c"]["detections"], by_label["c"]["precision"], by_label["c"]["recall"]) == (1, 0.0, 0.0)
     # The background files 4 and 5 at those thresholds: file 5 detects c (0.5 >= 0.45), file 4 nothing.
-    summary = metrics.no_species(scores[4:], np.array([0.4, 0.5, 0.45]))
+    summary = fitting.no_species(scores[4:], np.array([0.4, 0.5, 0.45]))
     assert summary == {"n": 2, "no_species_rate": 0.5, "mean_top_score": pytest.approx(0.4)}
     # A class without a threshold (NaN) never detects: both background files say "no species".
-    assert metrics.no_species(scores[4:], np.array([0.4, 0.5, math.nan]))["no_species_rate"] == 1.0
-    assert metrics.no_species(np.zeros((0, 3)), np.zeros(3)) == {"n": 0, "no_species_rate": None,
+    assert fitting.no_species(scores[4:], np.array([0.4, 0.5, math.nan]))["no_species_rate"] == 1.0
+    assert fitting.no_species(np.zeros((0, 3)), np.zeros(3)) == {"n": 0, "no_species_rate": None,
                                                                   "mean_top_score": None}
 
 
@@ -355,6 +355,9 @@ def test_evaluation_with_background_and_multi_species_test_files(tmp_path: Path,
     assert (per_class["b"]["support"], per_class["c"]["support"]) == (2, 1)
     thresholds = pd.read_csv(out / "thresholds.tsv", sep="\t").set_index("label")
     assert thresholds["threshold"].to_numpy() == pytest.approx([1 / (1 + math.exp(-4))] * 3)
+    # One or two val files each, under evaluate.min_threshold_support (3): every species takes the pooled
+    # threshold, the lowest positive score of any species above the background's, and is flagged.
+    assert set(thresholds["status"]) == {"fallback"} and report["thresholds"]["raw"]["classes_with_fallback"] == 3
     assert thresholds.loc["a", "test_detections"] == 2 and thresholds.loc["a", "test_precision"] == 0.5
     assert (thresholds.loc["c", "support"], thresholds.loc["c", "test_recall"]) == (1, 1.0)
     scores = pd.read_csv(out / "file_scores.tsv", sep="\t", keep_default_na=False)

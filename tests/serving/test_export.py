@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, SPECIES, TINY, chirp, run_snakemake, write_wav
 from jibjib.features.frontend import log_mel
-from jibjib.core.params import VGGISH
+from jibjib.core.params import VGGISH, WindowGrid
 
 EVAL_FILES = ["metrics.json", "report.md", "file_scores.tsv", "confusion.tsv", "confusion.png",
               "reliability.png", "training_curves.png", "thresholds.tsv"]
@@ -41,13 +41,11 @@ def jibjib(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def window_count(npz: Path, model: str) -> int:
-    """How many windows the model scores in one file: its whole patches, or its sequences of seq_len of them
-    (the last one padded); none in a file too short for one patch."""
+    """How many windows `jibjib analyze` scores in one file at its default hop: every whole window of one patch
+    (VGGish) or seq_len patches (ConvLSTM) every half window; no padded tail."""
     with np.load(npz) as z:
-        patches = z["log_mel"].shape[0] // VGGISH.patch_frames
-    if model == "vggish" or patches == 0:
-        return patches
-    return -(-patches // TINY["convlstm"]["seq_len"])
+        frames = z["log_mel"].shape[0]
+    return WindowGrid.for_model(VGGISH, 1 if model == "vggish" else TINY["convlstm"]["seq_len"]).count(frames)
 
 
 @pytest.mark.parametrize("model", ["vggish", "convlstm"])
@@ -73,13 +71,20 @@ def test_evaluation_writes_its_contract(run: Path, model: str) -> None:
     assert confusion.to_numpy().sum() == m["n_files"] and list(confusion.columns) == sorted(SPECIES)
     thresholds = pd.read_csv(out / "thresholds.tsv", sep="\t")
     assert list(thresholds["label"]) == sorted(SPECIES)
-    assert set(thresholds["status"]) <= {"ok", "unreachable", "no_val_files"}
-    window_columns = ["window_threshold", "window_precision", "window_recall", "window_support", "window_status",
-                      "window_test_support", "window_test_detections", "window_test_precision", "window_test_recall"]
+    statuses = {"ok", "unreachable", "fallback", "fallback_unreachable"}
+    assert set(thresholds["status"]) <= statuses
+    # Two val files per species, under evaluate.min_threshold_support (3): all take the pooled rule.
+    assert set(thresholds["status"]) <= {"fallback", "fallback_unreachable"} and (thresholds["support"] == 2).all()
+    window_columns = ["window_threshold", "window_precision", "window_precision_low", "window_precision_high",
+                      "window_recall", "window_support", "window_status", "window_test_support",
+                      "window_test_detections", "window_test_precision", "window_test_precision_low",
+                      "window_test_precision_high", "window_test_recall"]
     assert list(thresholds.columns[-len(window_columns):]) == window_columns
-    assert set(thresholds["window_status"]) <= {"ok", "unreachable", "no_val_files"}
-    assert thresholds["window_threshold"].notna().sum() == (thresholds["window_status"] == "ok").sum()
-    # Window thresholds are fitted on every val window, labelled with its file's species.
+    assert set(thresholds["window_status"]) <= statuses
+    assert thresholds["window_threshold"].notna().sum() == thresholds["window_status"].isin(["ok", "fallback"]).sum()
+    # Window thresholds are fitted on every val window analyze would cut, labelled with its file's species:
+    # a 2 s file gives 3 VGGish windows (0.96 s every 0.48 s) and one ConvLSTM window of 2 patches, never the
+    # zero-padded second sequence the file score averages.
     windows_of_file = {path: window_count(run / "results" / "features" / Path(path).with_suffix(".npz"), model)
                        for path in split["path"]}
     for name, column in (("val", "window_support"), ("test", "window_test_support")):
@@ -87,9 +92,9 @@ def test_evaluation_writes_its_contract(run: Path, model: str) -> None:
         expected = {label: sum(windows_of_file[path] for path in rows.loc[rows["label"] == label, "path"])
                     for label in SPECIES}
         assert dict(zip(thresholds["label"], thresholds[column])) == expected, name
-    assert thresholds["window_test_support"].sum() == m["patch"]["n"]
+    assert m["thresholds"]["window_hop_seconds"] == pytest.approx(0.48 if model == "vggish" else 0.96)
     window = m["thresholds"]["window"]
-    assert window["classes_with_threshold"] == (thresholds["window_status"] == "ok").sum()
+    assert window["classes_with_threshold"] == thresholds["window_status"].isin(["ok", "fallback"]).sum()
     assert {"classes", "macro_precision", "macro_recall"} <= set(window["test"])
     assert m["thresholds"]["window_unit"] == m["patch_unit"]
 
@@ -196,7 +201,7 @@ def test_in_graph_front_end_matches_the_feature_step() -> None:
     import tensorflow as tf
 
     from jibjib.serving.export import tf_log_mel
-    from jibjib.core.params import VGGISH
+    from jibjib.core.params import VGGISH, WindowGrid
 
     samples = chirp(3.0, 16000, seed=3)
     expected = log_mel(samples)
@@ -269,3 +274,80 @@ def test_confusion_figure_keeps_a_readable_row_per_class(tmp_path: Path) -> None
     height, width = matplotlib.image.imread(tmp_path / "c.png").shape[:2]
     # At 110 dpi a 0.22 inch row is 24 px: room for a 7 pt label per class.
     assert height / n > 20 and width / n > 20
+
+
+# --------------------------------------------------------------------------
+# Versions: a new export is a new TF Serving version, old ones are kept up to export.keep_versions
+
+
+def fake_version(model_folder: Path, number: int, digest: str | None) -> Path:
+    """A version folder as an export leaves it (digest None: a folder someone else put there)."""
+    folder = model_folder / str(number)
+    (folder / "assets").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"graph")
+    if digest is not None:
+        (folder / "assets" / "model_card.json").write_text(json.dumps({"source_digest": digest}))
+    return folder
+
+
+def test_versions_are_chosen_by_source_digest_and_pruned(tmp_path: Path) -> None:
+    from jibjib.serving import publish
+
+    base = tmp_path / "vggish"
+    assert publish.choose_version(base, "auto", "d1") == (1, False)
+    fake_version(base, 1, "d1")
+    assert publish.choose_version(base, "auto", "d1") == (1, True)  # the same sources: kept, not rewritten
+    assert publish.choose_version(base, "auto", "d2") == (2, False)  # a retrain: a new version for TF Serving
+    assert publish.choose_version(base, 1, "d2") == (1, False)  # a fixed number is rewritten in place
+    for number in (2, 3, 4):
+        fake_version(base, number, f"d{number}")
+    fake_version(base, 9, None)  # not ours: never removed, but the next number goes above it
+    (base / "notes").mkdir()
+    assert publish.choose_version(base, "auto", "d5") == (10, False)
+    assert publish.remove_old_versions(base, keep=2, current=4) == [1, 2]
+    assert publish.remove_old_versions(base, keep=1, current=3) == []  # never the current one
+    assert sorted(publish.version_folders(base)) == [3, 4, 9]
+    current = publish.write_current(base, "vggish", 4, "d4")
+    assert current == {"model": "vggish", "version": 4, "folder": "4", "source_digest": "d4", "versions": [3, 4, 9]}
+    # What --model accepts: the model folder or its current.json (the current version), or a version folder.
+    assert publish.resolve_export(base) == publish.resolve_export(base / "current.json") == base / "4"
+    assert publish.resolve_export(base / "3") == base / "3"
+    (base / "current.json").write_text("not json")
+    assert publish.resolve_export(base) == base
+
+
+def test_a_retrained_model_is_a_new_version_that_analysis_follows(tiny_workflow: Path, tmp_path: Path) -> None:
+    """A retrain (another head size) through the workflow: version 2 beside version 1, current.json names it,
+    and the analysis rule scored the recordings with it."""
+    import shutil
+
+    from jibjib.analysis.analyzer import export_digest
+    from jibjib.analysis.scores import load_scores
+
+    workdir = tmp_path / "workflow"
+    shutil.copytree(tiny_workflow, workdir, symlinks=True)
+    field = workdir / "field"
+    write_wav(field / "a.wav", chirp(3.0, 16000), 16000)
+    base = workdir / "results" / "export" / "vggish"
+    first = json.loads((base / "current.json").read_text())
+    assert (first["version"], first["versions"]) == (1, [1])
+    config = {**TINY, "data_dir": str(workdir / "birds"), "models": ["vggish"],
+              "vggish": {**TINY["vggish"], "head_units": 6},
+              "analyze": {"input_dir": str(field), "shards": 1, "min_score": 0.5}}
+    run_snakemake(workdir, config=config)
+    current = json.loads((base / "current.json").read_text())
+    assert (current["version"], current["versions"]) == (2, [1, 2])
+    card = json.loads((base / "2" / "assets" / "model_card.json").read_text())
+    assert card["version"] == 2 and card["training"]["settings"]["head_units"] == 6
+    assert card["source_digest"] == current["source_digest"] != first["source_digest"]
+    scores = load_scores(workdir / "results" / "analysis" / "vggish" / "scores" / "a.npz")
+    assert scores.export_digest == export_digest(base / "2")
+    # Nothing changed: nothing runs.  An export forced to run again from the same sources keeps version 2
+    # as it is (TF Serving has nothing new to load), and the analysis reuses its scores.
+    assert "Nothing to be done" in run_snakemake(workdir, config=config).stderr
+    written = (base / "2" / "saved_model.pb").stat().st_mtime_ns
+    run_snakemake(workdir, "--forcerun", "export_vggish", config=config)
+    assert json.loads((base / "current.json").read_text()) == current
+    assert (base / "2" / "saved_model.pb").stat().st_mtime_ns == written
+    shard = next((workdir / "results" / "analysis" / "vggish" / "shards").glob("*.tsv"))
+    assert pd.read_csv(shard, sep="\t").set_index("file").at["a.wav", "status"] == "reused"

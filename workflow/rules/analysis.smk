@@ -34,7 +34,7 @@ if ANALYSIS_MODELS and workflow.is_main_process:
 rule analyze_shard:
     input:
         sources=ANALYSIS_SOURCES / "{shard}.tsv",
-        export=lambda wildcards: export_dir(wildcards.model),
+        export=lambda wildcards: current_export(wildcards.model),
     output:
         manifest="results/analysis/{model}/shards/{shard}.tsv",
     params:
@@ -62,7 +62,7 @@ rule analyze_shard:
 rule analysis_tables:
     input:
         manifests=expand("results/analysis/{{model}}/shards/{shard}.tsv", shard=ANALYSIS_SHARDS),
-        export=lambda wildcards: export_dir(wildcards.model),
+        export=lambda wildcards: current_export(wildcards.model),
     output:
         detections=report("results/analysis/{model}/detections.tsv", caption="../report/detections.rst",
                           category="Analysis", subcategory="{model}"),
@@ -89,14 +89,29 @@ rule analysis_tables:
 
 
 # Soundscapes: exported model -> its evaluation on annotated soundscapes (results/eval/<model>/soundscapes.*).
-# Only with soundscapes.audio_dir. The soundscapes are analysed window by
-# window as `jibjib analyze` does (results/eval/<model>/soundscapes/: tables,
-# and window scores that are reused while file, export and hop stay the same),
-# then scored against the annotations. report.md then holds the test-split
-# report followed by the soundscape section.
+# Only with soundscapes.audio_dir. The soundscapes are analysed as `jibjib analyze`
+# delivers by default: at analyze.hop_seconds, with analyze.merge and
+# analyze.min_score (results/eval/<model>/soundscapes/: tables, and window
+# scores that are reused while file, export and hop stay the same), then
+# scored against the annotations. The rules depend on content signatures of
+# the audio and the annotation tables (results/soundscapes/sources/, rewritten
+# only when a file's content changed: jibjib.analysis.sources), so a checkout
+# that touches the recordings reruns nothing. report.md then holds the
+# test-split report followed by the soundscape section.
+
+from jibjib.analysis.sources import ANNOTATIONS_NAME, refresh_soundscape_sources
 
 SOUNDSCAPE_DIR = SETTINGS.soundscapes.audio_dir
 SOUNDSCAPE_ANNOTATIONS = SETTINGS.soundscapes.annotations or SOUNDSCAPE_DIR
+SOUNDSCAPE_SOURCES = Path("results/soundscapes/sources")
+
+if SOUNDSCAPE_DIR and workflow.is_main_process:
+    # The hashes the analysis took are read back from the first model's files.tsv.
+    _soundscape_sources = refresh_soundscape_sources(
+        Path(SOUNDSCAPE_DIR), Path(SOUNDSCAPE_ANNOTATIONS), SOUNDSCAPE_SOURCES,
+        Path(f"results/eval/{SETTINGS.models[0]}/soundscapes/files.tsv"))
+    if _soundscape_sources.summary():
+        print(f"soundscape sources: {_soundscape_sources.summary()}", file=sys.stderr)
 
 
 if SOUNDSCAPE_DIR:
@@ -107,15 +122,17 @@ if SOUNDSCAPE_DIR:
             name:
                 f"soundscape_scores_{_model}"
             input:
-                export=export_dir(_model),
-                audio=soundscape_audio(SOUNDSCAPE_DIR),
+                export=current_export(_model),
+                sources=SOUNDSCAPE_SOURCES / "shard-00.tsv",
             output:
                 files=f"results/eval/{_model}/soundscapes/files.tsv",
                 detections=f"results/eval/{_model}/soundscapes/detections.tsv",
             params:
                 audio_dir=SOUNDSCAPE_DIR,
-                out_dir=f"results/eval/{_model}/soundscapes",
-                scores=f"results/eval/{_model}/soundscapes/scores",
+                out_dir=lambda wildcards, output: Path(output.files).parent,
+                scores=lambda wildcards, output: Path(output.files).parent / "scores",
+                hop=hop_option(),
+                options=table_options(),
             log:
                 job=f"logs/soundscapes/{_model}.analyze.log",
                 tensorflow=f"logs/soundscapes/{_model}.analyze.tensorflow.log",
@@ -130,8 +147,9 @@ if SOUNDSCAPE_DIR:
                 # A file that could not be analysed gives exit status 1 after files.tsv (its reason) is
                 # written; any other failure leaves no files.tsv (Snakemake removed the old one).
                 "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analyze --model={input.export:q}"
-                " --out={params.out_dir:q} --scores={params.scores:q} --remove-other-scores --merge"
-                " --threads={threads} {params.audio_dir:q} 2> {log.job:q} || test -e {output.files:q}"
+                " --root={params.audio_dir:q} --sources={input.sources:q} --out={params.out_dir:q}"
+                " --scores={params.scores:q} --remove-other-scores {params.hop} {params.options}"
+                " --threads={threads} 2> {log.job:q} || test -e {output.files:q}"
 
         rule:
             name:
@@ -140,7 +158,7 @@ if SOUNDSCAPE_DIR:
                 files=f"results/eval/{_model}/soundscapes/files.tsv",
                 thresholds=f"results/eval/{_model}/thresholds.tsv",
                 test_report=f"results/eval/{_model}/test_report.md",
-                annotations=SOUNDSCAPE_ANNOTATIONS,
+                annotations=SOUNDSCAPE_SOURCES / ANNOTATIONS_NAME,
             output:
                 summary=report(f"results/eval/{_model}/soundscapes.json", caption="../report/soundscapes.rst",
                                **report_place(_model)),
@@ -150,18 +168,22 @@ if SOUNDSCAPE_DIR:
                 figure=report(f"results/eval/{_model}/soundscape.png", caption="../report/soundscapes.rst",
                               **report_place(_model)),
             params:
-                scores=f"results/eval/{_model}/soundscapes/scores",
+                scores=lambda wildcards, input: Path(input.files).parent / "scores",
+                annotations=SOUNDSCAPE_ANNOTATIONS,
                 audio_dir=SOUNDSCAPE_DIR,
-                out_dir=f"results/eval/{_model}",
+                out_dir=lambda wildcards, output: Path(output.summary).parent,
                 model=_model,
+                options=detection_options(),
             log:
                 f"logs/soundscapes/{_model}.log",
+            conda:
+                "../../envs/tensorflow.yaml"
             threads: 1
             resources:
                 mem_mb=4000,
                 runtime=30,
             shell:
-                "python -m jibjib evaluate-soundscapes --scores={params.scores:q} --annotations={input.annotations:q}"
+                "python -m jibjib evaluate-soundscapes --scores={params.scores:q} --annotations={params.annotations:q}"
                 " --thresholds={input.thresholds:q} --audio={params.audio_dir:q} --figure=soundscape.png"
                 " --out-dir={params.out_dir:q} --model={params.model:q} --with-report={input.test_report:q}"
-                " 2> {log:q}"
+                " {params.options} 2> {log:q}"

@@ -177,8 +177,11 @@ def training_settings(model):
 MODEL_NAMES = ("vggish", "convlstm")
 
 
-def export_dir(model):
-    return f"results/export/{model}/{SETTINGS.export.version}"
+def current_export(model):
+    """The export rule's output: results/export/<model>/current.json, naming the version folder beside it that is
+    in use. The version folders are not Snakemake outputs, so a rerun keeps the older ones (export.keep_versions)
+    for a running TF Serving; the analysis rules depend on this file and give it to --model."""
+    return f"results/export/{model}/current.json"
 
 
 def report_place(model):
@@ -190,30 +193,27 @@ def model_targets():
     """Per configured model: its evaluation and its export (which need the trained model),
     and where configured its soundscape evaluation and its analysis of field recordings."""
     targets = [target for model in SETTINGS.models
-               for target in (f"results/eval/{model}/metrics.json", export_dir(model))]
+               for target in (f"results/eval/{model}/metrics.json", current_export(model))]
     if SETTINGS.soundscapes.audio_dir:
         targets += [f"results/eval/{model}/soundscapes.json" for model in SETTINGS.models]
     return targets + [f"results/analysis/{model}/detections.tsv" for model in SETTINGS.analysis_models]
 
 
-def table_options():
-    """The detection settings of analyze: as options of jibjib analysis-tables."""
+def detection_options():
+    """analyze.merge and analyze.min_score as options: of analyze, and of evaluate-soundscapes, which judges the
+    detections analyze delivers."""
     section = SETTINGS.analyze
-    options = [f"--format={section.format}"]
+    options = ["--merge"] if section.merge else []
     if section.min_score is not None:
         options.append(f"--min-score={section.min_score}")
-    if section.merge:
-        options.append("--merge")
     return " ".join(options)
+
+
+def table_options():
+    """The detection settings of analyze and its table format: as options of jibjib analyze and analysis-tables."""
+    return f"--format={SETTINGS.analyze.format} {detection_options()}".strip()
 
 
 def hop_option():
     hop = SETTINGS.analyze.hop_seconds
     return "" if hop is None else f"--hop={hop}"
-
-
-def soundscape_audio(folder):
-    """The audio files below the soundscape folder: a new or edited recording reruns its analysis."""
-    from jibjib.features.qc import ignore_reason
-
-    return [str(p) for p in sorted(Path(folder).rglob("*")) if p.is_file() and not ignore_reason(p.relative_to(folder))]

@@ -1,5 +1,6 @@
 # evaluation: trained model -> evaluation on the test split (results/eval/<model>/).
-# The val split only tunes the calibration temperature and the per-class thresholds.
+# The val split only tunes the calibration temperature and the per-class thresholds
+# (the window thresholds on the windows analyze cuts, at analyze.hop_seconds).
 # With annotated soundscapes, the markdown report is test_report.md and the
 # soundscape stage writes report.md from it with its own section appended.
 
@@ -31,7 +32,11 @@ for _model in MODEL_NAMES:
             model_dir=lambda wildcards, input: Path(input.model).parent,
             out_dir=lambda wildcards, output: Path(output.metrics).parent,
             target_precision=SETTINGS.evaluate.target_precision,
+            min_support=SETTINGS.evaluate.min_threshold_support,
             top_k=SETTINGS.evaluate.top_k,
+            frontend=FRONTEND_JSON,
+            # Window thresholds are fitted on the windows analyze cuts, at its hop.
+            hop=hop_option(),
             report_name=REPORT_NAME,
         log:
             job=f"logs/evaluate/{_model}.log",
@@ -46,4 +51,6 @@ for _model in MODEL_NAMES:
         shell:
             "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib evaluate --model-dir {params.model_dir:q} --labels {input.labels:q}"
             " --split {input.split:q} --features-dir results/features --out-dir {params.out_dir:q}"
-            " --target-precision {params.target_precision} --top-k {params.top_k} --report-name {params.report_name} --threads {threads} 2> {log.job:q}"
+            " --target-precision {params.target_precision} --min-threshold-support {params.min_support}"
+            " --top-k {params.top_k} --frontend {params.frontend:q} {params.hop} --report-name {params.report_name}"
+            " --threads {threads} 2> {log.job:q}"

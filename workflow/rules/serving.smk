@@ -1,5 +1,6 @@
 # serving: trained model + its evaluation -> SavedModel for TensorFlow Serving
-# (results/export/<model>/<version>/), with the front end inside the graph;
+# (results/export/<model>/<version>/, the version in use named by
+# results/export/<model>/current.json, the rule's output), with the front end inside the graph;
 # export.tflite adds the TFLite files, export.legacy_serving the old query
 # service's serving_default.
 
@@ -27,7 +28,7 @@ for _model in MODEL_NAMES:
             labels="results/labels.tsv",
             split="results/split.tsv",
         output:
-            directory(export_dir(_model)),
+            current_export(_model),
         params:
             model_dir=lambda wildcards, input: Path(input.model).parent,
             eval_dir=lambda wildcards, input: Path(input.metrics).parent,
@@ -37,6 +38,9 @@ for _model in MODEL_NAMES:
             tflite=SETTINGS.export.tflite,
             legacy_serving=SETTINGS.export.legacy_serving,
             options=export_options,
+            model_folder=lambda wildcards, output: Path(output[0]).parent,
+            version=SETTINGS.export.version,
+            keep_versions=SETTINGS.export.keep_versions,
         log:
             job=f"logs/export/{_model}.log",
             tensorflow=f"logs/export/{_model}.tensorflow.log",
@@ -52,4 +56,5 @@ for _model in MODEL_NAMES:
             # The export needs no GPU; hiding them keeps TensorFlow off a GPU a training may be using.
             "CUDA_VISIBLE_DEVICES= JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib export --model-dir {params.model_dir:q} --eval-dir {params.eval_dir:q}"
             " --labels {input.labels:q} --split {input.split:q} --frontend {params.frontend:q}"
-            " --top-k {params.top_k} {params.options} --out {output:q} 2> {log.job:q}"
+            " --top-k {params.top_k} {params.options} --out {params.model_folder:q} --version {params.version}"
+            " --keep-versions {params.keep_versions} 2> {log.job:q}"
