@@ -338,7 +338,7 @@ def test_a_retrained_model_is_a_new_version_that_analysis_follows(tiny_workflow:
     current = json.loads((base / "current.json").read_text())
     assert (current["version"], current["versions"]) == (2, [1, 2])
     card = json.loads((base / "2" / "assets" / "model_card.json").read_text())
-    assert card["version"] == 2 and card["training"]["settings"]["head_units"] == 6
+    assert card["version"] == 2 and card["training"]["settings"]["vggish"]["head_units"] == 6
     assert card["source_digest"] == current["source_digest"] != first["source_digest"]
     scores = load_scores(workdir / "results" / "analysis" / "vggish" / "scores" / "a.npz")
     assert scores.export_digest == export_digest(base / "2")
