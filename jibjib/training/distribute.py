@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import tensorflow as tf
 
+from jibjib.training.inputs.order import InputShare
+
 if TYPE_CHECKING:
     import keras
 
@@ -91,9 +93,19 @@ class Distribution:
         model.train_step = _scalars_as_vectors(model.train_step)
         model.test_step = _scalars_as_vectors(model.test_step)
 
-    def shard_input(self, dataset: tf.data.Dataset, batch_size: int, training: bool) -> tf.data.Dataset:
+    @property
+    def input_share(self) -> InputShare:
+        """This worker's share of each global batch, for an input that reads only its share (the packed one)."""
+        return InputShare(self.worker, self.workers)
+
+    def shard_input(self, dataset: tf.data.Dataset, batch_size: int, training: bool,
+                    sharded: bool = False) -> tf.data.Dataset:
         """`dataset` as the workers split it: every worker runs the same (seeded) pipeline and keeps its share
         of each global batch of `batch_size`. Without several workers, unchanged.
+
+        `sharded`: the dataset already holds only this worker's share of each
+        global batch (it read only that, see `input_share`); each of this
+        worker's replicas takes its slice of it, and nothing is auto-sharded.
 
         In training the last, partial batch of an epoch is dropped (the
         examples are reshuffled each epoch, so each time others): split over
@@ -105,6 +117,14 @@ class Distribution:
         """
         if self.workers == 1:
             return dataset
+        if sharded:
+            per_replica = batch_size // self.replicas
+
+            def this_workers_share(context: tf.distribute.InputContext) -> tf.data.Dataset:
+                assert context.input_pipeline_id == self.worker, (context.input_pipeline_id, self.worker)
+                return dataset.rebatch(per_replica, drop_remainder=training)
+
+            return self.strategy.distribute_datasets_from_function(this_workers_share)
         if training:
             dataset = dataset.rebatch(batch_size, drop_remainder=True)
         options = tf.data.Options()

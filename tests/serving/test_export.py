@@ -269,3 +269,30 @@ def test_confusion_figure_keeps_a_readable_row_per_class(tmp_path: Path) -> None
     height, width = matplotlib.image.imread(tmp_path / "c.png").shape[:2]
     # At 110 dpi a 0.22 inch row is 24 px: room for a 7 pt label per class.
     assert height / n > 20 and width / n > 20
+
+
+def test_an_empty_input_is_one_silent_patch_to_the_convlstm_never_a_fully_masked_row() -> None:
+    """cuDNN's LSTM (on a GPU) refuses a sequence without a real patch and masks that are not right-padded:
+    the export's sequences are right-padded, and an input without a patch is scored as one of silence."""
+    import tensorflow as tf
+
+    from jibjib.models.convlstm import convlstm_classifier
+    from jibjib.serving.export import ExportModule
+
+    model = convlstm_classifier(2, seq_len=3, conv_filters=(4,), lstm_units=4, dense_units=4, dropout=0.0)
+    module = ExportModule(model, ["a", "b"], VGGISH, 1.0, 2, False, {})
+    masks = []
+
+    def recording(inputs, training=False):
+        masks.append(inputs["mask"].numpy())
+        return model(inputs, training=training)
+
+    module.model = recording
+    rng = np.random.default_rng(0)
+    module._unit_logits(tf.constant(rng.normal(-3, 1, (1, 4, 96, 64)), tf.float32))
+    empty = module._unit_logits(tf.zeros([1, 0, 96, 64]))
+    assert masks[0].tolist() == [[True, True, True], [True, False, False]]
+    assert masks[1].tolist() == [[True, False, False]]
+    silence = np.full((1, 3, 96, 64), np.log(VGGISH.log_offset), np.float32)
+    expected = model({"patches": silence, "mask": np.array([[True, False, False]])}, training=False)
+    np.testing.assert_allclose(empty.numpy()[0], np.asarray(expected), rtol=1e-6)

@@ -252,3 +252,47 @@ def test_training_refuses_several_species_under_softmax(tmp_path: Path) -> None:
     with pytest.raises(LabelError, match=r"one species per file, but 1 of the files name several \(Alpha_one,Beta_two/.*set multi_label: true"):
         train(RunSettings.of("convlstm", {"seed": 0}, {"multi_label": False}), tmp_path / "split.tsv",
               tmp_path / "labels.tsv", tmp_path / "features", tmp_path / "out")
+
+
+SILENCE = float(np.log(OFFSET))  # the log-mel of a silent frame: what padding must look like
+
+
+def sequence_batches(corpus: pd.DataFrame, source: PackedFeatures | None, aug: AugmentSettings,
+                     seq_len: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(patches, mask) of each training batch of 8 sequences of one epoch (seed 1)."""
+    spec = InputSpec(n_classes=2, seq_len=seq_len, augmentation=aug, shuffle_buffer=64)
+    return [(x["patches"].numpy(), x["mask"].numpy())
+            for x, _ in training_dataset(corpus, spec, 8, training=True, seed=1, packs=source)]
+
+
+def test_mixup_unmasks_padding_only_on_the_rows_it_mixed(corpus: pd.DataFrame, source: PackedFeatures | None) -> None:
+    """A row that is not mixed keeps its mask; a mixed row holds the real patches of both."""
+    plain = np.concatenate([m for _, m in sequence_batches(corpus, source, OFF)])
+    rarely = np.concatenate([m for _, m in sequence_batches(corpus, source, only(mixup_probability=1e-9))])
+    assert (~plain).any() and plain.any(axis=1).all()
+    np.testing.assert_array_equal(rarely, plain)
+    for (_, unmixed), (_, mixed) in zip(sequence_batches(corpus, source, OFF),
+                                        sequence_batches(corpus, source, only(mixup_probability=1.0)), strict=True):
+        np.testing.assert_array_equal(mixed, unmixed | np.roll(unmixed, 1, axis=0))  # each with the one before
+
+
+def test_padding_is_silence_and_the_background_mix_measures_only_real_patches(
+        tmp_path: Path, source: PackedFeatures | None) -> None:
+    """Padding is the log-mel of silence (log of the offset), not 0 (a magnitude of about 1), and stays silent
+    in a mix; the SNR of a mix is that of the example's real patches."""
+    corpus = make_corpus(tmp_path, realistic=True)
+    source = pack_files(tmp_path) if source is not None else None
+    plain = sequence_batches(corpus, source, OFF)
+    mixed = sequence_batches(corpus, source, only(background_probability=1.0, background_snr_db=(0.0, 0.0)))
+    padded = 0
+    for (x, mask), (y, mixed_mask) in zip(plain, mixed, strict=True):
+        np.testing.assert_array_equal(mask, mixed_mask)
+        np.testing.assert_allclose(x[~mask], SILENCE, atol=2e-3)
+        np.testing.assert_allclose(y[~mask], SILENCE, atol=2e-3)
+        signal, total = ((np.exp(v.astype(np.float64)) - OFFSET) ** 2 for v in (x, y))
+        for i in range(len(x)):
+            real = mask[i]
+            padded += int((~real).any())
+            # 0 dB: the background added as much power to the real patches as they have.
+            assert (total[i][real] - signal[i][real]).mean() == pytest.approx(signal[i][real].mean(), rel=0.02)
+    assert padded >= 4
