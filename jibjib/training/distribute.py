@@ -87,6 +87,8 @@ class Distribution:
         """
         if self.workers == 1:
             return
+        # A dataset distributed per worker (shard_input's `sharded`) has one spec per local replica, all alike.
+        batch_spec = tf.nest.map_structure(lambda spec: getattr(spec, "_value_specs", (spec,))[0], batch_spec)
         with self.strategy.scope():
             model._symbolic_build(data_batch=batch_spec)
         model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
