@@ -124,8 +124,7 @@ class _PackedGather:
             # Up to one patch later, as far as the file leaves room after the example's real patches.
             room = np.minimum(frames - 1, ex.file_end[ids] - (start + valid * frames))
             start = start + (rng.random(count) * (np.maximum(room, 0) + 1)).astype(np.int64)
-        for i, (array, row, patches) in enumerate(zip(ex.array[ids].tolist(), start.tolist(), valid.tolist())):
-            self.packs.read(array, row, patches * frames, units[i, : patches * frames])
+        self.packs.read_each(ex.array[ids], start, valid * frames, units)
         mask = np.arange(unit)[None, :] < valid[:, None]
         units = units.reshape(count, unit, frames, bands)
         units[~mask] = self.silence  # padding is silence (the training step makes sure of it too)
@@ -141,13 +140,7 @@ class _PackedGather:
         picks = rng.integers(0, len(arrays), count)
         length = lengths[picks]
         offset = (rng.random(count) * np.maximum(length - need + 1, 1)).astype(np.int64)
-        for i, (array, row, n, at) in enumerate(zip(arrays[picks].tolist(), rows[picks].tolist(), length.tolist(),
-                                                    offset.tolist())):
-            if n >= need:
-                self.packs.read(array, row + at, need, out[i])
-            elif n > 0:
-                whole = self.packs.read(array, row, n)
-                out[i] = np.resize(whole, (need, whole.shape[1]))
-            else:
-                out[i] = self.silence
+        self.packs.read_each(arrays[picks], rows[picks] + offset, np.minimum(length, need), out)
+        for i in np.flatnonzero(length < need).tolist():  # a short recording, repeated; none: silence
+            out[i] = np.resize(out[i, : length[i]], out[i].shape) if length[i] else self.silence
         return out.reshape(count, self.unit, self.frames, self.packs.bands)
