@@ -211,7 +211,8 @@ def main() -> int:
             memory = "" if result.memory_peak_mb is None else f", GPU memory peak {result.memory_peak_mb:,.0f} MB"
             cudnn = "" if result.cudnn is None else f", cuDNN LSTM {'yes' if result.cudnn else 'NO'}"
             xla_note = "" if result.jit or not xla else " (Keras compiled it without XLA)"
-            print(f"{model_name:9} {result.mode:22} {result.patches_per_second:10,.0f} patches/s{memory}{cudnn}"
+            rate = result.patches_per_second
+            print(f"{model_name:9} {result.mode:22} {rate:10,.{0 if rate >= 100 else 2}f} patches/s{memory}{cudnn}"
                   f"{xla_note}, losses {'finite' if result.finite else 'NOT FINITE'}"
                   + (f"; {result.problem}" if result.problem else ""), flush=True)
             if result.problem or not result.finite or result.cudnn is False:

@@ -3,17 +3,19 @@
 What a focal recording lacks and a soundscape has: a bird that is faint,
 under wind and insects, cut off by a window edge, partly masked by another
 sound, heard from far away (its high notes lost) or together with another
-bird. Each step below imitates one of these, and the training input applies
-them only to training batches (never to validation or evaluation).
+bird. Each step below imitates one of these. They run inside the training
+step (jibjib.training.trainer), on the device that trains, on training
+batches only (never on validation or evaluation); every op compiles with XLA.
 
 Log-mel values are log(m + offset), m the mel-weighted magnitude spectrum.
 Sounds are added in the power domain, m_mix = sqrt(m_a^2 + m_b^2), which is
 what the spectrum of the summed waveforms is in expectation for independent
 sounds; adding log-mels would multiply the spectra instead.
 
-Every random choice comes from a stateless generator seeded by the example's
-own seed, so one seed gives the same augmented epoch on any machine and with
-any number of parallel workers. The settings of the steps are `train.augment`
+Every random choice comes from a stateless generator seeded by the batch's
+first example's seed (each example carries one), so one seed gives the same
+augmented epoch on any machine and with any number of parallel workers, and
+each replica of a distributed step draws its own. The settings of the steps are `train.augment`
 (jibjib.core.settings.AugmentSettings).
 """
 
