@@ -129,13 +129,13 @@ def test_each_worker_gathers_only_its_share_of_each_global_batch(tmp_path: Path)
     packs = pack_files(tmp_path)
     spec = InputSpec(n_classes=2, augmentation=OFF)
     frames_read: list[int] = []
-    read = packs.read
+    read_each = packs.read_each
 
-    def counted(array: int, row: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
-        frames_read.append(count)
-        return read(array, row, count, out)
+    def counted(arrays: np.ndarray, rows: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+        frames_read.append(int(counts.sum()))
+        read_each(arrays, rows, counts, out)
 
-    packs.read = counted
+    packs.read_each = counted
 
     def epoch(share: InputShare) -> tuple[list[dict[str, np.ndarray]], int]:
         frames_read.clear()
