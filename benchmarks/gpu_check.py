@@ -48,7 +48,7 @@ from jibjib.core.params import VGGISH  # noqa: E402
 from jibjib.core.settings import AugmentSettings, ConvlstmSettings, RunSettings  # noqa: E402
 from jibjib.models.build import build_model  # noqa: E402
 from jibjib.models.losses import ClassWeightedCrossentropy  # noqa: E402
-from jibjib.training.distribute import choose_strategy  # noqa: E402
+from jibjib.training.distribute import Distribution, choose_strategy  # noqa: E402
 from jibjib.training.trainer import AugmentingTrainer, compile_options  # noqa: E402
 
 CLASSES = 8
@@ -113,13 +113,13 @@ def reset_memory(gpus: list) -> None:
         tf.config.experimental.reset_memory_stats(f"GPU:{i}")
 
 
-def train_mode(model_name: str, precision: str, xla: bool, strategy: tf.distribute.Strategy, gpus: list,
+def train_mode(model_name: str, precision: str, xla: bool, distribution: Distribution, gpus: list,
                batch: int, steps: int) -> tuple[ModeResult, keras.Model]:
     run = run_settings(model_name)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(0)
     try:
-        with strategy.scope():
+        with distribution.strategy.scope():
             net = build_model(run, CLASSES)
             trainer = AugmentingTrainer(net, run.train.augment.active(), VGGISH, run.net.seq_len)
             options = compile_options(run.train, len(gpus))
@@ -129,6 +129,7 @@ def train_mode(model_name: str, precision: str, xla: bool, strategy: tf.distribu
                                 loss=ClassWeightedCrossentropy([1.0] * CLASSES, multi_label=False),
                                 jit_compile=xla, steps_per_execution=options["steps_per_execution"])
         data = gathered_batches(run, batch, count=4)
+        distribution.build_for_fit(trainer, data.element_spec)  # as a run does (several replicas)
         log = LossLog()
         spe = int(trainer.steps_per_execution)
         trainer.fit(data, epochs=1, steps_per_epoch=spe, verbose=0, callbacks=[log],
@@ -202,7 +203,7 @@ def main() -> int:
     for model_name in args.models:
         for precision, xla in MODES:
             try:
-                result, net = train_mode(model_name, precision, xla, distribution.strategy, gpus, batch, steps)
+                result, net = train_mode(model_name, precision, xla, distribution, gpus, batch, steps)
             except Exception as error:  # report and go on: the last line says failed
                 result = ModeResult(model_name, f"{precision}, XLA {'on' if xla else 'off'}", 0.0, None, False, None,
                                     False, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")

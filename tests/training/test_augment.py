@@ -265,15 +265,24 @@ def sequence_batches(corpus: pd.DataFrame, source: PackedFeatures | None, aug: A
             for x, _ in training_dataset(corpus, spec, 8, training=True, seed=1, packs=source)]
 
 
+def assert_cudnn_masks(mask: np.ndarray) -> None:
+    """What cuDNN's LSTM (Keras on a GPU) takes: right-padded masks (the real patches first), none empty."""
+    assert mask.any(axis=1).all(), "a sequence without a real patch"
+    np.testing.assert_array_equal(mask, np.arange(mask.shape[1])[None, :] < mask.sum(axis=1)[:, None])
+
+
 def test_mixup_unmasks_padding_only_on_the_rows_it_mixed(corpus: pd.DataFrame, source: PackedFeatures | None) -> None:
-    """A row that is not mixed keeps its mask; a mixed row holds the real patches of both."""
+    """A row that is not mixed keeps its mask; a mixed row holds the real patches of both. Every mask stays
+    right-padded and non-empty."""
     plain = np.concatenate([m for _, m in sequence_batches(corpus, source, OFF)])
     rarely = np.concatenate([m for _, m in sequence_batches(corpus, source, only(mixup_probability=1e-9))])
-    assert (~plain).any() and plain.any(axis=1).all()
+    assert (~plain).any()
+    assert_cudnn_masks(plain)
     np.testing.assert_array_equal(rarely, plain)
     for (_, unmixed), (_, mixed) in zip(sequence_batches(corpus, source, OFF),
                                         sequence_batches(corpus, source, only(mixup_probability=1.0)), strict=True):
         np.testing.assert_array_equal(mixed, unmixed | np.roll(unmixed, 1, axis=0))  # each with the one before
+        assert_cudnn_masks(mixed)
 
 
 def test_padding_is_silence_and_the_background_mix_measures_only_real_patches(
@@ -296,3 +305,15 @@ def test_padding_is_silence_and_the_background_mix_measures_only_real_patches(
             # 0 dB: the background added as much power to the real patches as they have.
             assert (total[i][real] - signal[i][real]).mean() == pytest.approx(signal[i][real].mean(), rel=0.02)
     assert padded >= 4
+
+
+def test_the_xla_compilable_gamma_sampler_draws_gamma() -> None:
+    """mixup's Beta weights come from Gamma draws of stateless ops XLA compiles (stateless_gamma has no XLA
+    kernel): against the Gamma distribution itself, below and above alpha 1."""
+    from scipy import stats
+
+    from jibjib.training.augment import stateless_gamma
+
+    for alpha in (0.4, 2.0):
+        draws = tf.function(lambda s: stateless_gamma([20_000], s, alpha), jit_compile=True)(seed(11)).numpy()
+        assert draws.min() > 0 and stats.kstest(draws, stats.gamma(alpha).cdf).pvalue > 0.01

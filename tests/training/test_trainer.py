@@ -72,6 +72,7 @@ from jibjib.core.settings import AugmentSettings
 from jibjib.models.convlstm import convlstm_classifier
 from jibjib.models.losses import ClassWeightedCrossentropy
 from jibjib.training.augment import augment_gathered
+from jibjib.training.distribute import Distribution
 from jibjib.training.trainer import AugmentingTrainer
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
@@ -93,10 +94,9 @@ with strategy.scope():
     # Without XLA: XLA cannot compile a step whose replicas are logical devices of one CPU (their variables
     # sit on "another device"); the XLA step is checked on one device.
     trainer.compile(optimizer="adam", loss=ClassWeightedCrossentropy([1.0, 1.0]), jit_compile=False)
-    # Built from the element spec, as Distribution.build_for_fit does: Keras's fit would average a first batch
-    # over the replicas, which fails for the bool mask.
-    trainer._symbolic_build(data_batch=data.element_spec)
-    trainer._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+# Built from the element spec, as a run does: Keras's fit would average a first batch over the replicas, which
+# fails for the bool mask.
+Distribution(strategy, workers=1, worker=0).build_for_fit(trainer, data.element_spec)
 losses = trainer.fit(data.repeat(3), epochs=1, verbose=0).history["loss"]
 print(first.shape[0], second.shape[0], not np.allclose(first, second), np.allclose(first, alone, atol=1e-5),
       bool(np.isfinite(losses).all()))
