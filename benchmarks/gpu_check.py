@@ -86,10 +86,9 @@ def lstm_takes_cudnn(model: keras.Model, seq_len: int) -> bool:
     """Whether the ConvLSTM's forward pass on padded sequences holds cuDNN's LSTM op (on this device)."""
     spec = {"patches": tf.TensorSpec([None, seq_len, VGGISH.patch_frames, VGGISH.mel_bands], tf.float32),
             "mask": tf.TensorSpec([None, seq_len], tf.bool)}
-    graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(spec).graph
-    ops = {op.type for op in graph.get_operations()}
-    for function in graph._functions.values():  # noqa: SLF001 - the LSTM's kernels sit in nested functions
-        ops |= {node.op for node in function.definition.node_def}
+    graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(spec).graph.as_graph_def()
+    # The LSTM's kernel sits in a nested function of the graph's library.
+    ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
     return any(op.startswith("CudnnRNN") for op in ops)
 
 
