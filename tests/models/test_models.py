@@ -359,9 +359,9 @@ def test_both_models_train_in_mixed_precision_with_float32_logits(model_name: st
         keras.utils.set_random_seed(5)
         rng = np.random.default_rng(5)
         y = np.eye(2, dtype=np.float32)[np.arange(4) % 2]
-        if model_name == "vggish":
+        if model_name == "vggish":  # two patches: float16 on a CPU is slow, and VGGish is large
             model = vggish_classifier(2, head_units=8, trainable="head", dropout=0.0)
-            x = separable_patches(np.arange(4) % 2, rng) - 3.0
+            x, y = separable_patches(np.arange(2), rng) - 3.0, y[:2]
         else:
             model = tiny_convlstm(dropout=0.0)
             x = {"patches": separable_patches(np.repeat((np.arange(4) % 2)[:, None], 4, axis=1), rng) - 3.0,
@@ -370,7 +370,7 @@ def test_both_models_train_in_mixed_precision_with_float32_logits(model_name: st
         logits = model(x, training=False)
         assert logits.dtype == "float32" and np.isfinite(keras.ops.convert_to_numpy(logits)).all()
         assert model.get_layer("logits").dtype_policy.name == "float32"
-        losses = [float(model.train_on_batch(x, y)) for _ in range(3)]
+        losses = [float(model.train_on_batch(x, y)) for _ in range(2)]
         assert np.isfinite(losses).all(), losses
         assert all(np.isfinite(w).all() for w in model.get_weights())
     finally:
