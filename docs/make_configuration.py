@@ -87,6 +87,8 @@ def _bounds(spec: dict[str, Any]) -> str:
 
 def type_text(spec: dict[str, Any]) -> str:
     """The type of a schema property in words."""
+    if "anyOf" in spec:
+        return " or ".join(type_text(option) for option in spec["anyOf"])
     if "enum" in spec:
         return "one of " + ", ".join(_code(v) for v in spec["enum"])
     if "const" in spec:

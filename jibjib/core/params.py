@@ -40,6 +40,11 @@ class FrontEnd:
         return 1 << (self.window_samples - 1).bit_length()
 
     @property
+    def silence(self) -> float:
+        """The log-mel of a silent frame, log(log_offset): what padding holds (log-mel 0 is a magnitude of 1)."""
+        return math.log(self.log_offset)
+
+    @property
     def min_samples(self) -> int:
         """Samples (at `sample_rate`) needed for one full patch: 15,600 by default."""
         return self.window_samples + (self.patch_frames - 1) * self.hop_samples

@@ -199,6 +199,8 @@ class TrainSettings(Section):
     seed: int
     class_balance: str  # weights | sampling | none
     mixed_precision: bool
+    jit_compile: str | bool  # auto | true | false
+    steps_per_execution: int | str  # a count, or auto
     shuffle_buffer: int
     checkpoint_every_epochs: int
     nodes: int

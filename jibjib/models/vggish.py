@@ -195,5 +195,6 @@ def vggish_classifier(
     x = layers.Dense(head_units, activation="relu", name="head")(trunk(inputs))
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(n_classes, name="logits")(x)
+    # float32 logits under mixed precision: the loss and the export read them at full precision.
+    outputs = layers.Dense(n_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="vggish_classifier")

@@ -188,6 +188,23 @@ class PackedFeatures:
                 raise OSError(f"{self.arrays[array]}: short read at row {row} ({got} of {wanted} bytes)")
         return out
 
+    def read_each(self, arrays: np.ndarray, rows: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+        """Read `counts[i]` rows from row `rows[i]` of array `arrays[i]` into the start of `out[i]`, for every i.
+
+        `out` is (n, at least max(counts), bands) float16, C-contiguous: the
+        reads of a whole batch in one call, with the per-read work of `read`
+        done once (the training input gathers this way, hundreds of examples
+        per call).
+        """
+        fds, offsets, row_bytes = self._fds, self._offsets, self.bands * DTYPE.itemsize
+        flat = memoryview(out).cast("B")
+        stride = out[0].nbytes if len(out) else 0
+        for i, (array, row, count) in enumerate(zip(arrays.tolist(), rows.tolist(), counts.tolist())):
+            wanted = count * row_bytes
+            if wanted and os.preadv(fds[array], [flat[i * stride: i * stride + wanted]],
+                                    offsets[array] + row * row_bytes) != wanted:
+                raise OSError(f"{self.arrays[array]}: short read at row {row} (of {count} rows)")
+
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)

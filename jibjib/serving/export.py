@@ -124,11 +124,14 @@ class ExportModule(tf.Module):
         if self.seq_len is None:
             logits = self.model(tf.reshape(patches, [-1, frames, bands]), training=False)
             return tf.reshape(logits, [batch, n, -1])
-        # As evaluation does (data.to_sequences, pad): ceil(n / L) sequences, the tail zero-padded and masked.
+        # As evaluation does (examples.to_sequences, pad): ceil(n / L) sequences, the tail padded with silence
+        # and masked at the end (cuDNN's LSTM on a GPU takes only right-padded masks). cuDNN refuses a
+        # sequence without a real patch too: an input without a patch is one real patch of silence.
         length = self.seq_len
         units = tf.maximum(1, (n + length - 1) // length)
-        padded = tf.pad(patches, [[0, 0], [0, units * length - n], [0, 0], [0, 0]])
-        mask = tf.broadcast_to(tf.range(units * length) < n, [batch, units * length])
+        padded = tf.pad(patches, [[0, 0], [0, units * length - n], [0, 0], [0, 0]],
+                        constant_values=self.params.silence)
+        mask = tf.broadcast_to(tf.range(units * length) < tf.maximum(n, 1), [batch, units * length])
         logits = self.model({"patches": tf.reshape(padded, [-1, length, frames, bands]),
                              "mask": tf.reshape(mask, [-1, length])}, training=False)
         return tf.reshape(logits, [batch, units, -1])

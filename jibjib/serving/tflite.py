@@ -120,7 +120,10 @@ class WindowModule(tf.Module):
         if self._lstm is None:
             logits = self.model(patches, training=False)
         else:
-            features = self.model.get_layer("patch_encoder")(patches, training=False)
+            # Every patch of the window is real (the encoder's second input: which patches BatchNorm's training
+            # statistics may use; inference ignores it).
+            features = self.model.get_layer("patch_encoder")([patches, tf.ones([self.patches], tf.bool)],
+                                                             training=False)
             h = _unrolled_lstm(self._lstm, self._lstm_weights, features[None])
             logits = self.model.get_layer("logits")(self.model.get_layer("dense")(h))  # dropout is off at inference
         logits = tf.cast(logits, tf.float32)

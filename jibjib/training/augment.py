@@ -3,17 +3,19 @@
 What a focal recording lacks and a soundscape has: a bird that is faint,
 under wind and insects, cut off by a window edge, partly masked by another
 sound, heard from far away (its high notes lost) or together with another
-bird. Each step below imitates one of these, and the training input applies
-them only to training batches (never to validation or evaluation).
+bird. Each step below imitates one of these. They run inside the training
+step (jibjib.training.trainer), on the device that trains, on training
+batches only (never on validation or evaluation); every op compiles with XLA.
 
 Log-mel values are log(m + offset), m the mel-weighted magnitude spectrum.
 Sounds are added in the power domain, m_mix = sqrt(m_a^2 + m_b^2), which is
 what the spectrum of the summed waveforms is in expectation for independent
 sounds; adding log-mels would multiply the spectra instead.
 
-Every random choice comes from a stateless generator seeded by the example's
-own seed, so one seed gives the same augmented epoch on any machine and with
-any number of parallel workers. The settings of the steps are `train.augment`
+Every random choice comes from a stateless generator seeded by the batch's
+first example's seed (each example carries one), so one seed gives the same
+augmented epoch on any machine and with any number of parallel workers, and
+each replica of a distributed step draws its own. The settings of the steps are `train.augment`
 (jibjib.core.settings.AugmentSettings).
 """
 
@@ -38,17 +40,26 @@ def to_log_mel(magnitude: tf.Tensor, log_offset: float) -> tf.Tensor:
     return tf.math.log(magnitude + log_offset)
 
 
-def mix_in_power(signal: tf.Tensor, noise: tf.Tensor, snr_db: tf.Tensor, share: tf.Tensor | float = 1.0) -> tf.Tensor:
+def mix_in_power(signal: tf.Tensor, noise: tf.Tensor, snr_db: tf.Tensor, share: tf.Tensor | float = 1.0,
+                 valid: tf.Tensor | None = None) -> tf.Tensor:
     """Mel magnitudes of `signal` plus `noise` scaled to `snr_db` (mean power of signal over noise).
 
     The first axis is the batch: each example is scaled by its own mean
     powers, its `snr_db` ((batch, 1, ...), or a scalar for all) and its
-    `share` of the noise (1: mixed, 0: the signal alone).
+    `share` of the noise (1: mixed, 0: the signal alone). `valid` ((batch,
+    units) bool, for (batch, units, ...) inputs) names the real units: both
+    mean powers are taken over them alone, and only they get noise, so a
+    padded sequence is mixed at the SNR of its real patches and its padding
+    stays silent.
     """
     signal_power, noise_power = tf.square(signal), tf.square(noise)  # a rounding below zero squares away
     axes = list(range(1, len(signal.shape)))
-    scale = share * tf.reduce_mean(signal_power, axes, keepdims=True) / (
-        tf.reduce_mean(noise_power, axes, keepdims=True) * 10.0 ** (snr_db / 10.0) + 1e-20)
+    if valid is not None:
+        weight = tf.reshape(tf.cast(valid, signal.dtype), tf.concat([tf.shape(valid), [1] * (len(signal.shape) - 2)], 0))
+        noise_power = noise_power * weight
+    # Sums over the same cells: the count of cells cancels in the ratio of the means.
+    signal_total = tf.reduce_sum(signal_power if valid is None else signal_power * weight, axes, keepdims=True)
+    scale = share * signal_total / (tf.reduce_sum(noise_power, axes, keepdims=True) * 10.0 ** (snr_db / 10.0) + 1e-20)
     return tf.sqrt(signal_power + scale * noise_power)
 
 
@@ -76,7 +87,7 @@ def _masks(seed: tf.Tensor, units: int | tf.Tensor, count: int, width: int, size
 
 
 def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Tensor, aug: AugmentSettings,
-                  params: FrontEnd) -> tf.Tensor:
+                  params: FrontEnd, mask: tf.Tensor | None = None) -> tf.Tensor:
     """A batch of examples, (batch, units, patch_frames, bands) of log-mel, augmented; `background` has its shape.
 
     Every random choice is drawn per example (one vector per step for the
@@ -84,6 +95,8 @@ def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Ten
     rather than a few small ones per example. Order: background mix, distance
     low-pass and gain act on the sound, in the magnitude domain; the masks
     then hide parts of the result, each masked cell set to its unit's mean.
+    `mask` ((batch, units) bool) names the real units of padded sequences (see
+    mix_in_power); padding that is silence stays silence through every step.
     """
     batch = tf.shape(patches)[0]
     _, units, frames, bands = patches.shape
@@ -105,7 +118,7 @@ def augment_batch(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.Ten
         if mixing:
             share = tf.cast(chance(0, aug.background_probability), tf.float32)
             magnitude = mix_in_power(magnitude, tf.exp(background) - params.log_offset,
-                                     per_example(1, *aug.background_snr_db), share)
+                                     per_example(1, *aug.background_snr_db), share, valid=mask)
         # Low-pass and gain are one factor per example and band, applied in one pass.
         factor = tf.ones([batch, 1, 1, 1])
         if aug.lowpass_probability > 0:
@@ -136,6 +149,44 @@ def augment_example(patches: tf.Tensor, background: tf.Tensor | None, seed: tf.T
     return augment_batch(patches[None], None if background is None else background[None], seed, aug, params)[0]
 
 
+def stateless_gamma(shape: list, seed: tf.Tensor, alpha: float, candidates: int = 8) -> tf.Tensor:
+    """Gamma(alpha, 1) draws from stateless ops that XLA compiles (tf.random.stateless_gamma has no XLA kernel).
+
+    Marsaglia and Tsang's method (2000) for Gamma(alpha + 1), boosted to
+    alpha by U^(1 / alpha): each draw tries `candidates` proposals and keeps
+    the first accepted (each is accepted with probability above 0.95 for
+    alpha + 1 >= 1; if none is, about once in 10^10, the draw is the mode d).
+    """
+    d = alpha + 1.0 - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    z = tf.random.stateless_normal([*shape, candidates], seeds[0])
+    u = tf.random.stateless_uniform([*shape, candidates], seeds[1])
+    v = tf.pow(tf.maximum(1.0 + c * z, 1e-12), 3.0)
+    accepted = (1.0 + c * z > 0) & (tf.math.log(u) < 0.5 * tf.square(z) + d - d * v + d * tf.math.log(v))
+    first = tf.argmax(tf.cast(accepted, tf.int32), axis=-1, output_type=tf.int32)
+    draw = d * tf.where(tf.reduce_any(accepted, -1), tf.gather(v, first, batch_dims=len(shape)), 1.0)
+    return draw * tf.pow(tf.random.stateless_uniform(shape, seeds[2], 1e-12, 1.0), 1.0 / alpha)
+
+
+def mixup_weights(batch: tf.Tensor | int, seed: tf.Tensor, probability: float, alpha: float) -> tf.Tensor:
+    """(batch,) share of each example's own content after mixup: 1 where it is not mixed, else w ~ Beta(alpha,
+    alpha) folded to w >= 0.5 (so the example keeps its identity), for a `probability` of the examples."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    a = stateless_gamma([batch], seeds[0], alpha)
+    b = stateless_gamma([batch], seeds[1], alpha)
+    weight = a / (a + b + 1e-12)
+    chosen = tf.random.stateless_uniform([batch], seeds[2]) < probability
+    return tf.where(chosen, tf.maximum(weight, 1.0 - weight), 1.0)
+
+
+def mix_with_previous(x: tf.Tensor, own: tf.Tensor) -> tf.Tensor:
+    """Each example of `x` as `own` of itself and 1 - own of the one before it in the batch (tf.roll(x, 1));
+    an example of `own` 1 passes unchanged. The shapes stay static, for XLA."""
+    w = tf.reshape(tf.cast(own, x.dtype), [-1] + [1] * (len(x.shape) - 1))
+    return tf.where(w < 1.0, x + (1.0 - w) * (tf.roll(x, 1, axis=0) - x), x)
+
+
 def mixup_batch(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, probability: float,
                 alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
     """Mix each chosen example with its neighbour in the batch: inputs and targets by the same weight.
@@ -144,20 +195,43 @@ def mixup_batch(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, probabil
     keeps its identity; inputs are interpolated as log-mel (as in mixup for
     spectrograms), targets as w * own + (1 - w) * neighbour's.
     """
-    batch = tf.shape(targets)[0]
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    a = tf.random.stateless_gamma([batch], seeds[0], alpha)
-    b = tf.random.stateless_gamma([batch], seeds[1], alpha)
-    weight = a / (a + b + 1e-12)
-    weight = tf.maximum(weight, 1.0 - weight)
-    chosen = tf.where(tf.random.stateless_uniform([batch], seeds[2]) < probability)[:, 0]
-    partner = tf.math.floormod(chosen - 1, tf.cast(batch, tf.int64))  # the neighbour before, as tf.roll(x, 1)
-    weight = tf.gather(weight, chosen)
+    own = mixup_weights(tf.shape(targets)[0], seed, probability, alpha)
+    return mix_with_previous(inputs, own), mix_with_previous(targets, own)
 
-    def mix(x: tf.Tensor) -> tf.Tensor:
-        # Only the chosen rows are computed: the others pass unchanged.
-        own, other = tf.gather(x, chosen), tf.gather(x, partner)
-        w = tf.reshape(weight, [-1] + [1] * (len(x.shape) - 1))
-        return tf.tensor_scatter_nd_update(x, chosen[:, None], own + (1.0 - w) * (other - own))
 
-    return mix(inputs), mix(targets)
+def batch_seed(example_seeds: tf.Tensor) -> tf.Tensor:
+    """The stateless seed of a batch from its examples' seeds ((batch,) int64): the first example's, and the
+    batch's size. Each replica's share of a batch holds other examples, so each draws its own randomness; an
+    empty share (the last batch split over many replicas) gets a seed too."""
+    return tf.stack([tf.reduce_sum(example_seeds[:1]), tf.cast(tf.shape(example_seeds)[0], tf.int64)])
+
+
+def augment_gathered(batch: dict[str, tf.Tensor], target: tf.Tensor, aug: AugmentSettings,
+                     params: FrontEnd) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """A gathered batch as the model trains on it: ({units float32, mask}, targets), augmented by `aug`.
+
+    `batch` is what the CPU side of the input gathers (jibjib.training.inputs):
+    `units` (batch, units, frames, bands) of log-mel in float16 or float32,
+    their `mask`, each example's `seed` and, where background recordings are
+    mixed in, a `background` of the units' shape. Padded units become silence
+    (params.silence) whatever the input held. Then the background mix,
+    distance, gain and masks (augment_batch), then mixup (a mixed sequence's
+    mask holds the real patches of both; a sequence not mixed keeps its own).
+    This runs inside the training step, on the device that trains.
+    """
+    units = tf.cast(batch["units"], tf.float32)
+    mask = batch["mask"]
+    units = tf.where(mask[:, :, None, None], units, params.silence)
+    background = batch.get("background")
+    mixing = background is not None and aug.background_probability > 0
+    if not (mixing or aug.changes_examples or aug.mixup_probability > 0):
+        return {"units": units, "mask": mask}, target
+    seeds = tf.random.experimental.stateless_split(batch_seed(batch["seed"]), 2)
+    if mixing or aug.changes_examples:
+        units = augment_batch(units, tf.cast(background, tf.float32) if mixing else None, seeds[0], aug, params,
+                              mask=mask)
+    if aug.mixup_probability > 0:
+        own = mixup_weights(tf.shape(units)[0], seeds[1], aug.mixup_probability, aug.mixup_alpha)
+        units, target = mix_with_previous(units, own), mix_with_previous(target, own)
+        mask = mask | (tf.roll(mask, 1, axis=0) & (own < 1.0)[:, None])
+    return {"units": units, "mask": mask}, target

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import tensorflow as tf
 
+from jibjib.training.inputs.order import InputShare
+
 if TYPE_CHECKING:
     import keras
 
@@ -69,31 +71,47 @@ class Distribution:
     def build_for_fit(self, model: "keras.Model", batch_spec: object) -> None:
         """Build `model`'s metric and loss state from the input's element spec, as fit would, but without data.
 
-        With several workers Keras 3.15's fit and evaluate build a compiled
+        With several replicas Keras 3.15's fit and evaluate build a compiled
         model from a first batch that they average over all replicas
-        (`strategy.reduce("MEAN", batch)`), which fails for a batch of nested
-        inputs (the ConvLSTM's patches and bool mask) under
-        MultiWorkerMirroredStrategy. The build needs only shapes and dtypes,
-        so it is done here from the dataset's element spec, inside the scope,
-        and that step of fit is turned off for this model.
+        (`strategy.reduce("MEAN", batch)`), which fails for a batch with a
+        bool mask (every gathered batch has one, jibjib.training.inputs) and,
+        under MultiWorkerMirroredStrategy, for any batch of nested inputs. The
+        build needs only shapes and dtypes, so it is done here from the
+        dataset's element spec, inside the scope, and that step of fit is
+        turned off for this model.
 
         Keras then averages each step's logs over the replicas with
         `strategy.reduce("MEAN", value, axis=0)`, which fails for the scalar
         metrics (tensorflow/tensorflow#72388): the steps here return each
         scalar as a vector of one, whose mean over axis 0 and all replicas is
-        what single-machine MirroredStrategy reports. One worker: nothing changes.
+        what single-machine MirroredStrategy reports (several workers only). One
+        replica: nothing changes.
         """
-        if self.workers == 1:
+        if self.replicas == 1:
             return
+        # A dataset distributed per worker (shard_input's `sharded`) has one spec per local replica, all alike.
+        batch_spec = tf.nest.map_structure(lambda spec: getattr(spec, "_value_specs", (spec,))[0], batch_spec)
         with self.strategy.scope():
             model._symbolic_build(data_batch=batch_spec)
         model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+        if self.workers == 1:
+            return
         model.train_step = _scalars_as_vectors(model.train_step)
         model.test_step = _scalars_as_vectors(model.test_step)
 
-    def shard_input(self, dataset: tf.data.Dataset, batch_size: int, training: bool) -> tf.data.Dataset:
+    @property
+    def input_share(self) -> InputShare:
+        """This worker's share of each global batch, for an input that reads only its share (the packed one)."""
+        return InputShare(self.worker, self.workers)
+
+    def shard_input(self, dataset: tf.data.Dataset, batch_size: int, training: bool,
+                    sharded: bool = False) -> tf.data.Dataset:
         """`dataset` as the workers split it: every worker runs the same (seeded) pipeline and keeps its share
         of each global batch of `batch_size`. Without several workers, unchanged.
+
+        `sharded`: the dataset already holds only this worker's share of each
+        global batch (it read only that, see `input_share`); each of this
+        worker's replicas takes its slice of it, and nothing is auto-sharded.
 
         In training the last, partial batch of an epoch is dropped (the
         examples are reshuffled each epoch, so each time others): split over
@@ -105,6 +123,14 @@ class Distribution:
         """
         if self.workers == 1:
             return dataset
+        if sharded:
+            per_replica = batch_size // self.replicas
+
+            def this_workers_share(context: tf.distribute.InputContext) -> tf.data.Dataset:
+                assert context.input_pipeline_id == self.worker, (context.input_pipeline_id, self.worker)
+                return dataset.rebatch(per_replica, drop_remainder=training)
+
+            return self.strategy.distribute_datasets_from_function(this_workers_share)
         if training:
             dataset = dataset.rebatch(batch_size, drop_remainder=True)
         options = tf.data.Options()

@@ -40,10 +40,10 @@ def file_stamps(files: pd.DataFrame, packs: PackedFeatures | None = None) -> lis
 
 
 def sequence_count(n_patches: int, seq_len: int, short: str) -> int:
-    """How many sequences `to_sequences` cuts from a file of `n_patches` patches."""
+    """How many sequences `to_sequences` cuts from a file of `n_patches` patches (none without a patch)."""
     if short == "skip":
         return n_patches // seq_len
-    return max(1, -(-n_patches // seq_len))
+    return -(-n_patches // seq_len)
 
 
 def examples_per_file(stamps: list[FeatureStamp], seq_len: int | None, short: str,
@@ -68,17 +68,21 @@ def class_weights(examples: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, counts.sum() / (present * np.maximum(counts, 1)), 1.0)
 
 
-def to_sequences(patches: np.ndarray, seq_len: int, short: str) -> tuple[np.ndarray, np.ndarray]:
+def to_sequences(patches: np.ndarray, seq_len: int, short: str,
+                 silence: float = VGGISH.silence) -> tuple[np.ndarray, np.ndarray]:
     """Cut one file's patches into (k, seq_len, ...) sequences and a (k, seq_len) mask.
 
-    Files shorter than `seq_len` are zero-padded with the padding masked out
+    Files shorter than `seq_len` are padded with the padding masked out
     (`short="pad"`) or give no sequence (`short="skip"`); longer files give one
-    sequence per `seq_len` patches, the remainder padded.
+    sequence per `seq_len` patches, the remainder padded. Padding is
+    `silence`, the log-mel of a silent frame (log-mel 0 would be a loud one),
+    and sits at the end: every mask is right-padded and has a real patch, as
+    cuDNN's LSTM requires (a file without a patch gives no sequence).
     """
     n = patches.shape[0]
     # With skip, a short remainder is dropped like a short file.
     k = sequence_count(n, seq_len, short)
-    padded = np.zeros((k * seq_len, *patches.shape[1:]), np.float32)
+    padded = np.full((k * seq_len, *patches.shape[1:]), silence, np.float32)
     used = min(n, k * seq_len)
     padded[:used] = patches[:used]
     mask = np.zeros(k * seq_len, bool)

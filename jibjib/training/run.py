@@ -37,12 +37,13 @@ from jibjib.models.losses import ClassWeightedCrossentropy  # noqa: E402
 from jibjib.training.callbacks import EpochLog  # noqa: E402
 from jibjib.training.data import TrainingData, load_data  # noqa: E402
 from jibjib.training.distribute import Distribution, choose_strategy  # noqa: E402
-from jibjib.training.inputs import training_dataset  # noqa: E402
+from jibjib.training.inputs import InputShare, gathered_batches  # noqa: E402
 from jibjib.training.inputs.cached import cached_datasets  # noqa: E402
 from jibjib.training.plan import InputPlan, plan_input  # noqa: E402
 from jibjib.training.report import TrainReport, WorkerReport  # noqa: E402
 from jibjib.training.schedule import learning_rate  # noqa: E402
 from jibjib.training.state import RunState, training_inputs  # noqa: E402
+from jibjib.training.trainer import AugmentingTrainer, compile_options  # noqa: E402
 
 quiet_python_logging()
 
@@ -102,7 +103,8 @@ def train(
     state.use_best_weights(trained)
     if not distribution.is_chief:
         return WorkerReport(run.model, distribution.worker, state.epoch, round(time.monotonic() - started, 1))
-    devices = {"replicas": plan.replicas, "gpus": gpus, "workers": distribution.workers}
+    devices = {"replicas": plan.replicas, "gpus": gpus, "workers": distribution.workers,
+               "jit_compile": bool(trained.jit_compile), "steps_per_execution": int(trained.steps_per_execution)}
     return write_outputs(out, net, run, data, plan, state, started, devices)
 
 
@@ -124,7 +126,8 @@ def open_state(out: Path, inputs: dict[str, str], run: RunSettings, plan: InputP
 
 def build_and_compile(run: RunSettings, n_classes: int, plan: InputPlan, gpus: int
                       ) -> tuple[keras.Model, keras.Model]:
-    """The classifier, and the model that trains (the classifier, or its layers after the cache's cut), compiled.
+    """The classifier, and the model that trains, compiled: the classifier with its batches' augmentation in
+    its train step (jibjib.training.trainer), or its layers after the cache's cut.
 
     Called inside the strategy's scope.
     """
@@ -132,11 +135,12 @@ def build_and_compile(run: RunSettings, n_classes: int, plan: InputPlan, gpus: i
         keras.mixed_precision.set_global_policy("mixed_float16")
     net = build_model(run, n_classes)
     # From the cache only the layers after the cut train; they are the classifier's own layers.
-    trained = head_model(net, plan.cache.cut) if plan.cached else net
+    trained = (head_model(net, plan.cache.cut) if plan.cached
+               else AugmentingTrainer(net, plan.augmentation, plan.spec.frontend, plan.spec.seq_len))
     metric = (keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if run.net.multi_label
               else keras.metrics.CategoricalAccuracy(name="accuracy"))
     optimizer = keras.optimizers.Adam(learning_rate(run, plan.replicas, plan.steps_per_epoch), epsilon=1e-8)
-    trained.compile(optimizer=optimizer, metrics=[metric],
+    trained.compile(optimizer=optimizer, metrics=[metric], **compile_options(run.train, gpus),
                     loss=ClassWeightedCrossentropy(plan.class_weights.tolist(), run.net.multi_label))
     return net, trained
 
@@ -146,6 +150,8 @@ def datasets(run: RunSettings, net: keras.Model, data: TrainingData, plan: Input
              ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
     """The training and validation batches (None without a val split), sharded over the workers."""
     seed, spec, batch_size = run.train.seed, plan.spec, plan.batch_size
+    # With several workers each gathers only its share of each global batch (the packed input).
+    share = distribution.input_share if data.packs is not None and not plan.cached else InputShare()
     if plan.cached:
         train_ds, val_ds = cached_datasets(net, plan.cache.cut, embeddings, data.train_files, data.val_files, spec,
                                            batch_size, seed)
@@ -154,12 +160,13 @@ def datasets(run: RunSettings, net: keras.Model, data: TrainingData, plan: Input
               "augmentation in embedding space is mixup only" + (f", not {', '.join(dropped)}" if dropped else ""),
               file=sys.stderr, flush=True)
     else:
-        train_ds = training_dataset(data.train_files, spec, batch_size, training=True, seed=seed, packs=data.packs)
-        val_ds = (training_dataset(data.val_files, spec, batch_size, training=False, seed=seed, packs=data.packs)
+        train_ds = gathered_batches(data.train_files, spec, batch_size, training=True, seed=seed, packs=data.packs,
+                                    share=share)
+        val_ds = (gathered_batches(data.val_files, spec, batch_size, training=False, seed=seed, packs=data.packs)
                   if len(data.val_files) else None)
         if plan.cache is not None and plan.cache.reason and plan.cache.trainable != "all":
             print(f"train {run.model}: no embedding cache: {plan.cache.reason}", file=sys.stderr, flush=True)
-    train_ds = distribution.shard_input(train_ds, batch_size, True)
+    train_ds = distribution.shard_input(train_ds, batch_size, True, sharded=share.workers > 1)
     val_ds = distribution.shard_input(val_ds, batch_size, False) if val_ds is not None else None
     return train_ds, val_ds
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from conftest import PREPARATION_TARGETS, make_tree, run_snakemake  # noqa: E402
+from conftest import PREPARATION_TARGETS, REPO_ENV, make_tree, run_snakemake  # noqa: E402
 from jibjib.core import fsutil  # noqa: E402
 from jibjib.core.settings import RunSettings, TrainSettings  # noqa: E402
 from jibjib.models.checkpoint import _TF_TABLE_MAGIC  # noqa: E402
@@ -218,6 +220,51 @@ def test_without_a_cacheable_cut_training_runs_through_the_trunk_and_says_why(tm
     assert report["input"] == "packed"
     assert report["embedding_cache"]["used"] is False
     assert report["embedding_cache"]["reason"].startswith("trainable: fc1_1 freezes the trunk up to conv4_2")
+
+
+CACHE_RSS_CHILD = """
+import re, sys
+import pandas as pd
+from jibjib.training.inputs import cached
+from jibjib.training.inputs.spec import InputSpec
+# The cache names its trunk "t": no model is needed to check it is this run's.
+cached.trunk_of = lambda net: None
+cached.frozen_weights_digest = lambda trunk, cut: "t"
+index = pd.read_csv(sys.argv[1], sep="\\t", dtype={"path": str})
+files = pd.DataFrame({"path": index["path"], "class_ids": [(i % 2,) for i in range(len(index))]})
+train, val = files.iloc[::2].reset_index(drop=True), files.iloc[1::2].reset_index(drop=True)
+datasets = cached.cached_datasets(None, "fc1_2", [sys.argv[1]], train, val, InputSpec(n_classes=2), 64, 0)
+rows = sum(int(x.shape[0]) for ds in datasets for x, _ in ds)
+print(rows, re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])
+"""
+
+
+def write_wide_cache(root: Path, files: int, patches: int = 10, floats: int = 4096) -> Path:
+    """A cache of the fc1_2 cut's width (16 kB a patch); its array a sparse file (nothing written but a few rows)."""
+    root.mkdir(parents=True)
+    array = np.lib.format.open_memmap(root / "s.npy", mode="w+", dtype="<f4", shape=(files * patches, floats))
+    array[::101] = 1.0
+    del array
+    pd.DataFrame({"path": [f"Alpha_one/Alpha_one-{i}_1.wav" for i in range(files)], "row": np.arange(files) * patches,
+                  "patches": patches, "content": "c", "cut": "fc1_2", "trunk": "t"}).to_csv(root / "s.tsv", sep="\t",
+                                                                                            index=False)
+    return root / "s.tsv"
+
+
+def test_training_from_the_cache_reads_its_rows_without_holding_the_cache_in_memory(tmp_path: Path) -> None:
+    """Peak RSS of a process that reads one epoch of train and val batches from a cache: the same for a cache
+    four times larger (the old input copied every row of both splits into memory: 11 GB at 80,000 clips)."""
+    peaks = []
+    for files in (300, 1200):
+        index = write_wide_cache(tmp_path / str(files), files)
+        result = subprocess.run([sys.executable, "-c", CACHE_RSS_CHILD, str(index)], capture_output=True, text=True,
+                                env=REPO_ENV, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows, peak_kb = (int(v) for v in result.stdout.split()[-2:])
+        assert rows == files * 10
+        peaks.append(peak_kb * 1024)
+    # 150 MB more of cache rows would be 20 % more than the reading process's whole footprint.
+    assert peaks[1] < 1.10 * peaks[0], [f"{p / 2**20:.0f} MB" for p in peaks]
 
 
 # --- the workflow: what reruns the embed stage ---------------------------------------------------------------

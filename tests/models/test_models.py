@@ -305,7 +305,7 @@ def test_convlstm_ignores_padded_patches(training: bool) -> None:
     model = tiny_convlstm(dropout=0.0)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 4, 96, 64)).astype(np.float32)
-    mask = np.array([[True, True, False, False], [True, False, True, False]])
+    mask = np.array([[True, True, False, False], [True, False, False, False]])  # right-padded, as cuDNN needs
     outputs = []
     for fill in (0.0, 1e6, np.nan, None):
         padded = x.copy()
@@ -326,3 +326,52 @@ def test_convlstm_under_mirrored_strategy() -> None:
         model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x = np.zeros((4, 4, 96, 64), np.float32)
     model.fit({"patches": x, "mask": np.ones((4, 4), bool)}, np.array([0, 1, 0, 1]), epochs=1, verbose=0)
+
+
+def test_convlstm_batchnorm_statistics_leave_padding_out() -> None:
+    """In training BatchNorm normalises with the batch's statistics: those of the real patches only, however
+    many padded patches the batch holds (they are silence, but still not data)."""
+    keras.utils.set_random_seed(4)
+    padded_model = tiny_convlstm(dropout=0.0)
+    whole_model = tiny_convlstm(dropout=0.0)
+    whole_model.set_weights(padded_model.get_weights())
+    rng = np.random.default_rng(4)
+    p = rng.normal(-1.0, 2.0, (3, 96, 64)).astype(np.float32)
+    silence = np.full((96, 64), np.log(0.01), np.float32)
+    padded = np.stack([[p[0], p[1], silence, silence], [p[2], silence, silence, silence]])
+    whole = np.stack([[p[0], p[1], p[2], p[2]]])
+    padded_model([padded, np.array([[1, 1, 0, 0], [1, 0, 0, 0]], bool)], training=True)
+    whole_model([whole, np.array([[1, 1, 1, 0]], bool)], training=True)
+    for name in ("bn1", "bn2"):
+        a, b = (m.get_layer("patch_encoder").get_layer(name) for m in (padded_model, whole_model))
+        np.testing.assert_allclose(a.moving_mean.numpy(), b.moving_mean.numpy(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.moving_variance.numpy(), b.moving_variance.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["vggish", "convlstm"])
+def test_both_models_train_in_mixed_precision_with_float32_logits(model_name: str) -> None:
+    """Under mixed_float16 (what train.mixed_precision sets on a GPU; numerics checked here on the CPU): the
+    logits are float32, and outputs, loss and gradients finite."""
+    from jibjib.models.losses import ClassWeightedCrossentropy
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(5)
+        rng = np.random.default_rng(5)
+        y = np.eye(2, dtype=np.float32)[np.arange(4) % 2]
+        if model_name == "vggish":  # two patches: float16 on a CPU is slow, and VGGish is large
+            model = vggish_classifier(2, head_units=8, trainable="head", dropout=0.0)
+            x, y = separable_patches(np.arange(2), rng) - 3.0, y[:2]
+        else:
+            model = tiny_convlstm(dropout=0.0)
+            x = {"patches": separable_patches(np.repeat((np.arange(4) % 2)[:, None], 4, axis=1), rng) - 3.0,
+                 "mask": np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]], bool)}
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ClassWeightedCrossentropy([1.0, 1.0]))
+        logits = model(x, training=False)
+        assert logits.dtype == "float32" and np.isfinite(keras.ops.convert_to_numpy(logits)).all()
+        assert model.get_layer("logits").dtype_policy.name == "float32"
+        losses = [float(model.train_on_batch(x, y)) for _ in range(2)]
+        assert np.isfinite(losses).all(), losses
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

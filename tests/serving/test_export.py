@@ -153,7 +153,8 @@ def test_a_mixed_precision_model_is_loaded_to_compute_in_float32(tmp_path: Path)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     mixed.save(tmp_path / "model.keras")
-    assert {layer.dtype_policy.name for layer in all_layers(mixed)} == {"mixed_float16"}
+    # Every layer computes in float16 but the logits, which stay float32 (models/convlstm.py).
+    assert {layer.dtype_policy.name for layer in all_layers(mixed) if layer.name != "logits"} == {"mixed_float16"}
 
     loaded = load_for_inference(tmp_path / "model.keras")
     assert {layer.dtype_policy.name for layer in all_layers(loaded)} == {"float32"}
@@ -164,7 +165,7 @@ def test_a_mixed_precision_model_is_loaded_to_compute_in_float32(tmp_path: Path)
     inputs = {"patches": rng.standard_normal((4, 2, 96, 64)).astype(np.float32),
               "mask": np.array([[True, True], [True, False], [True, True], [False, True]])}
     got, half = loaded(inputs), mixed(inputs)
-    assert got.dtype == "float32" and half.dtype == "float16"
+    assert got.dtype == "float32" and half.dtype == "float32"
     assert np.allclose(np.asarray(got), np.asarray(half, np.float32), atol=1e-2, rtol=1e-2)
     loaded.save(tmp_path / "float32.keras")  # a float32 model loads as it is
     again = load_for_inference(tmp_path / "float32.keras")
@@ -351,3 +352,30 @@ def test_a_retrained_model_is_a_new_version_that_analysis_follows(tiny_workflow:
     assert (base / "2" / "saved_model.pb").stat().st_mtime_ns == written
     shard = next((workdir / "results" / "analysis" / "vggish" / "shards").glob("*.tsv"))
     assert pd.read_csv(shard, sep="\t").set_index("file").at["a.wav", "status"] == "reused"
+
+
+def test_an_empty_input_is_one_silent_patch_to_the_convlstm_never_a_fully_masked_row() -> None:
+    """cuDNN's LSTM (on a GPU) refuses a sequence without a real patch and masks that are not right-padded:
+    the export's sequences are right-padded, and an input without a patch is scored as one of silence."""
+    import tensorflow as tf
+
+    from jibjib.models.convlstm import convlstm_classifier
+    from jibjib.serving.export import ExportModule
+
+    model = convlstm_classifier(2, seq_len=3, conv_filters=(4,), lstm_units=4, dense_units=4, dropout=0.0)
+    module = ExportModule(model, ["a", "b"], VGGISH, 1.0, 2, False, {})
+    masks = []
+
+    def recording(inputs, training=False):
+        masks.append(inputs["mask"].numpy())
+        return model(inputs, training=training)
+
+    module.model = recording
+    rng = np.random.default_rng(0)
+    module._unit_logits(tf.constant(rng.normal(-3, 1, (1, 4, 96, 64)), tf.float32))
+    empty = module._unit_logits(tf.zeros([1, 0, 96, 64]))
+    assert masks[0].tolist() == [[True, True, True], [True, False, False]]
+    assert masks[1].tolist() == [[True, False, False]]
+    silence = np.full((1, 3, 96, 64), np.log(VGGISH.log_offset), np.float32)
+    expected = model({"patches": silence, "mask": np.array([[True, False, False]])}, training=False)
+    np.testing.assert_allclose(empty.numpy()[0], np.asarray(expected), rtol=1e-6)

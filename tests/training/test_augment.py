@@ -252,3 +252,68 @@ def test_training_refuses_several_species_under_softmax(tmp_path: Path) -> None:
     with pytest.raises(LabelError, match=r"one species per file, but 1 of the files name several \(Alpha_one,Beta_two/.*set multi_label: true"):
         train(RunSettings.of("convlstm", {"seed": 0}, {"multi_label": False}), tmp_path / "split.tsv",
               tmp_path / "labels.tsv", tmp_path / "features", tmp_path / "out")
+
+
+SILENCE = float(np.log(OFFSET))  # the log-mel of a silent frame: what padding must look like
+
+
+def sequence_batches(corpus: pd.DataFrame, source: PackedFeatures | None, aug: AugmentSettings,
+                     seq_len: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(patches, mask) of each training batch of 8 sequences of one epoch (seed 1)."""
+    spec = InputSpec(n_classes=2, seq_len=seq_len, augmentation=aug, shuffle_buffer=64)
+    return [(x["patches"].numpy(), x["mask"].numpy())
+            for x, _ in training_dataset(corpus, spec, 8, training=True, seed=1, packs=source)]
+
+
+def assert_cudnn_masks(mask: np.ndarray) -> None:
+    """What cuDNN's LSTM (Keras on a GPU) takes: right-padded masks (the real patches first), none empty."""
+    assert mask.any(axis=1).all(), "a sequence without a real patch"
+    np.testing.assert_array_equal(mask, np.arange(mask.shape[1])[None, :] < mask.sum(axis=1)[:, None])
+
+
+def test_mixup_unmasks_padding_only_on_the_rows_it_mixed(corpus: pd.DataFrame, source: PackedFeatures | None) -> None:
+    """A row that is not mixed keeps its mask; a mixed row holds the real patches of both. Every mask stays
+    right-padded and non-empty."""
+    plain = np.concatenate([m for _, m in sequence_batches(corpus, source, OFF)])
+    rarely = np.concatenate([m for _, m in sequence_batches(corpus, source, only(mixup_probability=1e-9))])
+    assert (~plain).any()
+    assert_cudnn_masks(plain)
+    np.testing.assert_array_equal(rarely, plain)
+    for (_, unmixed), (_, mixed) in zip(sequence_batches(corpus, source, OFF),
+                                        sequence_batches(corpus, source, only(mixup_probability=1.0)), strict=True):
+        np.testing.assert_array_equal(mixed, unmixed | np.roll(unmixed, 1, axis=0))  # each with the one before
+        assert_cudnn_masks(mixed)
+
+
+def test_padding_is_silence_and_the_background_mix_measures_only_real_patches(
+        tmp_path: Path, source: PackedFeatures | None) -> None:
+    """Padding is the log-mel of silence (log of the offset), not 0 (a magnitude of about 1), and stays silent
+    in a mix; the SNR of a mix is that of the example's real patches."""
+    corpus = make_corpus(tmp_path, realistic=True)
+    source = pack_files(tmp_path) if source is not None else None
+    plain = sequence_batches(corpus, source, OFF)
+    mixed = sequence_batches(corpus, source, only(background_probability=1.0, background_snr_db=(0.0, 0.0)))
+    padded = 0
+    for (x, mask), (y, mixed_mask) in zip(plain, mixed, strict=True):
+        np.testing.assert_array_equal(mask, mixed_mask)
+        np.testing.assert_allclose(x[~mask], SILENCE, atol=2e-3)
+        np.testing.assert_allclose(y[~mask], SILENCE, atol=2e-3)
+        signal, total = ((np.exp(v.astype(np.float64)) - OFFSET) ** 2 for v in (x, y))
+        for i in range(len(x)):
+            real = mask[i]
+            padded += int((~real).any())
+            # 0 dB: the background added as much power to the real patches as they have.
+            assert (total[i][real] - signal[i][real]).mean() == pytest.approx(signal[i][real].mean(), rel=0.02)
+    assert padded >= 4
+
+
+def test_the_xla_compilable_gamma_sampler_draws_gamma() -> None:
+    """mixup's Beta weights come from Gamma draws of stateless ops XLA compiles (stateless_gamma has no XLA
+    kernel): against the Gamma distribution itself, below and above alpha 1."""
+    from scipy import stats
+
+    from jibjib.training.augment import stateless_gamma
+
+    for alpha in (0.4, 2.0):
+        draws = tf.function(lambda s: stateless_gamma([20_000], s, alpha), jit_compile=True)(seed(11)).numpy()
+        assert draws.min() > 0 and stats.kstest(draws, stats.gamma(alpha).cdf).pvalue > 0.01

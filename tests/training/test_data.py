@@ -63,7 +63,7 @@ def test_sequences_pad_mask_and_skip() -> None:
     patches = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2)
     seqs, mask = to_sequences(patches, seq_len=4, short="pad")
     assert seqs.shape == (1, 4, 2, 2) and mask.tolist() == [[True, True, True, False]]
-    assert (seqs[0, 3] == 0).all()
+    assert (seqs[0, 3] == np.float32(np.log(0.01))).all()  # padding is the log-mel of silence
     assert to_sequences(patches, seq_len=4, short="skip")[0].shape[0] == 0
     seqs, mask = to_sequences(np.ones((9, 2, 2), np.float32), seq_len=4, short="pad")
     assert seqs.shape[0] == 3 and mask.sum() == 9
@@ -76,7 +76,7 @@ def test_sequence_dataset_covers_every_file(corpus: pd.DataFrame) -> None:
     for inputs, targets in ds:
         for seq, mask in zip(inputs["patches"].numpy(), inputs["mask"].numpy()):
             counts[int(seq[0, 0, 0])] += int(mask.sum())
-            assert (seq[~mask] == 0).all()
+            assert (seq[~mask] == np.float32(np.log(0.01))).all()  # padding is silence
     assert counts == Counter({i: 1 + i % 4 for i in range(9)})
 
 
@@ -97,3 +97,15 @@ def test_feature_stamp_reads_headers_not_data(tmp_path: Path) -> None:
     assert feature_stamp(stamped) == feature_stamp(stamped).__class__(250, "ab/fp")
     # Without the feature step's stamps the file's own bytes identify it.
     assert feature_stamp(plain).content == fsutil.sha256_file(plain)
+
+
+def test_padding_is_silence_and_a_file_without_a_patch_gives_no_sequence() -> None:
+    """Padding is the log-mel of silence; no sequence is all padding (cuDNN's LSTM refuses one)."""
+    from jibjib.core.params import VGGISH
+
+    seqs, mask = to_sequences(np.zeros((5, 2, 2), np.float32), seq_len=3, short="pad")
+    assert mask.tolist() == [[True, True, True], [True, True, False]]
+    assert (seqs[1, 2] == np.float32(np.log(VGGISH.log_offset))).all()
+    for short in ("pad", "skip"):
+        seqs, mask = to_sequences(np.zeros((0, 2, 2), np.float32), seq_len=3, short=short)
+        assert seqs.shape == (0, 3, 2, 2) and mask.shape == (0, 3)

@@ -1,10 +1,12 @@
 """Training batches of cached trunk outputs: what the head of a frozen VGGish trains on.
 
-The split's cached rows are held in memory (float32: 512 bytes a patch for
-the 128-d embedding, 16 kB for a cut after fc1): a corpus of a million
-patches takes 0.5 GB. Examples are the files' patches at the patch grid from
-frame 0, as the per-file input cuts them without random offsets; each epoch is an
-exact shuffle of all of them (or, with class_balance: sampling, per-example
+Only where each of the split's patches sits in the cache is held in memory
+(a few numbers a patch); each batch's rows are read from the cache's files
+(EmbeddingCache.read), so memory does not grow with the cache (float32: 512
+bytes a patch for the 128-d embedding, 16 kB for a cut after fc1).
+Examples are the files' patches at the patch grid from frame 0, as the
+per-file input cuts them without random offsets; each epoch is an exact
+shuffle of all of them (or, with class_balance: sampling, per-example
 balanced draws), with the targets, label smoothing and class weights of the
 ordinary input.
 
@@ -22,7 +24,6 @@ import dataclasses
 import os
 
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -50,24 +51,23 @@ def applied_augmentation(aug: AugmentSettings) -> tuple[AugmentSettings, list[st
     return kept, dropped
 
 
-def embedding_dataset(files: pd.DataFrame, embeddings: np.ndarray, file_of: np.ndarray, spec: InputSpec,
-                      batch_size: int, training: bool, seed: int = 0) -> tf.data.Dataset:
-    """Batches of (cached outputs (B, floats) float32, targets (B, classes) float32).
+def embedding_dataset(files: pd.DataFrame, cache: EmbeddingCache, spec: InputSpec, batch_size: int,
+                      training: bool, seed: int = 0) -> tf.data.Dataset:
+    """Batches of (cached outputs (B, floats) float32, targets (B, classes) float32) of every patch of `files`.
 
-    `embeddings` holds every patch of `files` (EmbeddingCache.gather), row r
-    belonging to file `file_of[r]`. With `training` the order is reshuffled
-    each epoch and mixup (the only augmentation of spec that applies) is on.
+    Each batch's rows are read from the cache when the batch is made. With
+    `training` the order is reshuffled each epoch and mixup (the only
+    augmentation of spec that applies) is on.
     """
     aug = applied_augmentation(spec.augmentation)[0] if training else spec.augmentation.off()
+    arrays, rows, file_of = cache.rows(files["path"])
     order = example_order(files, file_of, spec.class_balance, training, seed)
     targets = tf.constant(file_targets(files, spec))
     rows_file = tf.constant(file_of)
-    width = embeddings.shape[1]
 
     def read(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        # numpy_function, not a tf.constant: a cut after fc1 can make the array larger than a graph may hold.
-        x = tf.numpy_function(lambda i: embeddings[i], [ids], tf.float32)
-        return tf.ensure_shape(x, [None, width]), tf.gather(targets, tf.gather(rows_file, ids))
+        x = tf.numpy_function(lambda i: cache.read(arrays[i], rows[i]), [ids], tf.float32)
+        return tf.ensure_shape(x, [None, cache.floats]), tf.gather(targets, tf.gather(rows_file, ids))
 
     ds = order.batch(batch_size).map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
     if training and aug.mixup_probability > 0:
@@ -91,9 +91,7 @@ def cached_datasets(net: keras.Model, cut: str, embeddings: list[str | os.PathLi
         raise ValueError(f"the embedding cache was computed with another frozen trunk than this run's (cut "
                          f"{cut}, weights {wanted[1][:12]}): run jibjib embed again with this run's "
                          "vggish.checkpoint, vggish.trainable and train.seed")
-    train_x, train_of = cache.gather(train_files["path"])
-    train_ds = embedding_dataset(train_files, train_x, train_of, spec, batch_size, training=True, seed=seed)
+    train_ds = embedding_dataset(train_files, cache, spec, batch_size, training=True, seed=seed)
     if not len(val_files):
         return train_ds, None
-    val_x, val_of = cache.gather(val_files["path"])
-    return train_ds, embedding_dataset(val_files, val_x, val_of, spec, batch_size, training=False, seed=seed)
+    return train_ds, embedding_dataset(val_files, cache, spec, batch_size, training=False, seed=seed)

@@ -15,7 +15,7 @@ from jibjib.core.settings import AugmentSettings
 from jibjib.features.files import feature_stamp
 from jibjib.labels.tables import background_rows
 from jibjib.training.examples import balanced_draw_weights, examples_per_file, to_sequences
-from jibjib.training.inputs.order import seed_pairs, weighted_draws
+from jibjib.training.inputs.order import example_seeds, seed_pairs, weighted_draws
 from jibjib.training.inputs.spec import InputSpec
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -60,8 +60,8 @@ def _read(paths: np.ndarray, targets: np.ndarray, spec: InputSpec, random_offset
 
 
 def npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: AugmentSettings, batch_size: int,
-                 training: bool, seed: int) -> tf.data.Dataset:
-    """Batches {units, mask, target[, background]} read file by file from the npz."""
+                training: bool, seed: int) -> tf.data.Dataset:
+    """Batches ({units, mask, seed[, background]}, targets) read file by file from the npz."""
     paths = files["feature"].to_numpy(str)
     n = len(files)
     order = tf.data.Dataset.range(n)
@@ -76,12 +76,13 @@ def npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: 
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     if training:
         ds = ds.shuffle(spec.shuffle_buffer, seed=seed + 3, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda units, mask, target: {"units": units, "mask": mask, "target": target})
+    ds = tf.data.Dataset.zip(ds, example_seeds(seed + 9, training)).batch(batch_size).map(
+        lambda example, seeds: ({"units": example[0], "mask": example[1], "seed": seeds}, example[2]))
     background = _npz_background(files, targets, spec, aug, seed) if training else None
     if background is None:
         return ds
     return tf.data.Dataset.zip(ds, background.batch(batch_size)).map(
-        lambda batch, bg: {**batch, "background": bg[: tf.shape(batch["units"])[0]]})
+        lambda batch, bg: ({**batch[0], "background": bg[: tf.shape(batch[0]["units"])[0]]}, batch[1]))
 
 
 def _npz_background(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: AugmentSettings,

@@ -6,6 +6,8 @@ train.seed, so one seed gives the same epochs on any machine.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -16,6 +18,41 @@ from jibjib.training.examples import balanced_draw_weights
 def seed_pairs(seed: int, rerandomize: bool) -> tf.data.Dataset:
     """An endless stream of stateless-op seeds (shape [2]), new each epoch when `rerandomize`."""
     return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize).batch(2)
+
+
+def example_seeds(seed: int, rerandomize: bool) -> tf.data.Dataset:
+    """An endless stream of int64 seeds, one per example, new each epoch when `rerandomize`: each example
+    carries its seed to the training step, where the augmentation draws from it (augment.batch_seed)."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=rerandomize)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputShare:
+    """Which share of each global batch this process reads: worker `worker` of `workers` (1: all of it).
+
+    Every worker draws the same (seeded) order of examples; each keeps only
+    its slice of each global batch's ids before anything is read, so the
+    reads and the gathered bytes are divided among the workers.
+    """
+
+    worker: int = 0
+    workers: int = 1
+
+    def local_batch(self, global_batch: int) -> int:
+        """Examples of each global batch this worker reads."""
+        if global_batch % self.workers:
+            raise ValueError(f"a global batch of {global_batch} does not split evenly over {self.workers} workers")
+        return global_batch // self.workers
+
+    def shard(self, examples: tf.data.Dataset, global_batch: int) -> tf.data.Dataset:
+        """This worker's slice of each full global batch of `examples` (tuples of per-example tensors); the
+        last, partial global batch is dropped, so every worker takes as many steps."""
+        if self.workers == 1:
+            return examples
+        local = self.local_batch(global_batch)
+        first = self.worker * local
+        return examples.batch(global_batch, drop_remainder=True).map(
+            lambda *parts: tuple(part[first:first + local] for part in parts)).unbatch()
 
 
 def weighted_draws(weights: np.ndarray, count: int, seed: int) -> tf.data.Dataset:

@@ -1,7 +1,8 @@
-"""The packed input: examples gathered from the packed features (jibjib.packing), a whole batch per read.
+"""The packed input: examples gathered from the packed features (jibjib.packing), many examples per read.
 
 A few numbers per example are held in memory (the corpus's log-mel stays on
-disk); each epoch is an exact shuffle of all examples of the split.
+disk); each epoch is an exact shuffle of all examples of the split. The rows
+are gathered as they are stored (float16) and augmented in the training step.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from jibjib.features.files import FeatureStamp
 from jibjib.labels.tables import background_rows
 from jibjib.packing import PackedFeatures
 from jibjib.training.examples import examples_per_file
-from jibjib.training.inputs.order import example_order
+from jibjib.training.inputs.order import InputShare, example_order, example_seeds
 from jibjib.training.inputs.spec import InputSpec
 
 AUTOTUNE = tf.data.AUTOTUNE
+READ_EXAMPLES = 256  # examples read together (a multiple of the batch), then split into batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +62,17 @@ class PackedExamples:
 
 
 def packed_batches(files: pd.DataFrame, targets: np.ndarray, packs: PackedFeatures, spec: InputSpec,
-                    aug: AugmentSettings, batch_size: int, training: bool, seed: int) -> tf.data.Dataset:
-    """Batches {units, mask, target[, background]} gathered from the packed features, one read call per batch."""
+                   aug: AugmentSettings, batch_size: int, training: bool, seed: int,
+                   share: InputShare = InputShare()) -> tf.data.Dataset:
+    """Batches ({units float16, mask, seed[, background float16]}, targets) gathered from the packed features.
+
+    Gathering is all the CPU does: each example's rows are read into one
+    buffer (READ_EXAMPLES at a time, then split into batches), with a stretch
+    of a background recording beside it when the augmentation mixes them in;
+    the augmentation itself runs in the training step. `batch_size` is the
+    global batch: with several workers (`share`) each reads only its share of
+    each global batch and yields batches of that share.
+    """
     examples = PackedExamples.of(files, packs, spec)
     order = example_order(files, examples.file, spec.class_balance, training, seed)
     background = None
@@ -75,20 +86,20 @@ def packed_batches(files: pd.DataFrame, targets: np.ndarray, packs: PackedFeatur
     file_of = tf.constant(examples.file)
     frames, bands = spec.frontend.patch_frames, packs.bands
 
-    def read(ids: tf.Tensor, batch_seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        out = tf.numpy_function(gather, [ids, batch_seed],
+    def read(ids: tf.Tensor, seeds: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        out = tf.numpy_function(gather, [ids, seeds],
                                 (tf.float16, tf.bool, tf.float16) if background else (tf.float16, tf.bool))
-        units = tf.cast(tf.ensure_shape(out[0], [None, spec.unit_patches, frames, bands]), tf.float32)
-        batch = {"units": units, "mask": tf.ensure_shape(out[1], [None, spec.unit_patches]),
-                 "target": tf.gather(targets, tf.gather(file_of, ids))}
+        batch = {"units": tf.ensure_shape(out[0], [None, spec.unit_patches, frames, bands]),
+                 "mask": tf.ensure_shape(out[1], [None, spec.unit_patches]), "seed": seeds}
         if background:
-            batch["background"] = tf.cast(tf.ensure_shape(out[2], [None, spec.unit_patches, frames, bands]),
-                                          tf.float32)
-        return batch
+            batch["background"] = tf.ensure_shape(out[2], [None, spec.unit_patches, frames, bands])
+        return batch, tf.gather(targets, tf.gather(file_of, ids))
 
-    seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=training)
-    return tf.data.Dataset.zip(order.batch(batch_size), seeds).map(
-        read, num_parallel_calls=AUTOTUNE, deterministic=True)
+    local = share.local_batch(batch_size)
+    read_size = local * max(1, READ_EXAMPLES // local)  # fewer, larger reads; then split into batches
+    ids = share.shard(tf.data.Dataset.zip(order, example_seeds(seed + 2, training)), batch_size)
+    ds = ids.batch(read_size).map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.rebatch(local) if read_size != local else ds
 
 
 class _PackedGather:
@@ -99,40 +110,37 @@ class _PackedGather:
                  random_offsets: bool) -> None:
         self.packs, self.examples, self.background = packs, examples, background
         self.unit, self.frames = spec.unit_patches, spec.frontend.patch_frames
+        self.silence = np.float16(spec.frontend.silence)
         self.random_offsets = random_offsets
 
-    def __call__(self, ids: np.ndarray, seed: np.ndarray) -> tuple[np.ndarray, ...]:
+    def __call__(self, ids: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, ...]:
         ex, unit, frames, bands = self.examples, self.unit, self.frames, self.packs.bands
-        rng = np.random.default_rng(int(seed) & 0x7FFFFFFFFFFFFFFF)
+        rng = np.random.default_rng(int(seeds[0]) & 0x7FFFFFFFFFFFFFFF if len(seeds) else 0)
         count = len(ids)
-        units = np.zeros((count, unit * frames, bands), np.float16)
+        units = np.empty((count, unit * frames, bands), np.float16)
         valid = ex.valid[ids]
         start = ex.start[ids]
         if self.random_offsets:
             # Up to one patch later, as far as the file leaves room after the example's real patches.
             room = np.minimum(frames - 1, ex.file_end[ids] - (start + valid * frames))
             start = start + (rng.random(count) * (np.maximum(room, 0) + 1)).astype(np.int64)
-        for i, (array, row, patches) in enumerate(zip(ex.array[ids], start, valid)):
-            self.packs.read(int(array), int(row), int(patches) * frames, units[i, : patches * frames])
+        self.packs.read_each(ex.array[ids], start, valid * frames, units)
         mask = np.arange(unit)[None, :] < valid[:, None]
-        out = (units.reshape(count, unit, frames, bands), mask)
+        units = units.reshape(count, unit, frames, bands)
+        units[~mask] = self.silence  # padding is silence (the training step makes sure of it too)
         if self.background is None:
-            return out
-        return (*out, self._background(rng, count))
+            return units, mask
+        return units, mask, self._background(rng, count)
 
     def _background(self, rng: np.random.Generator, count: int) -> np.ndarray:
         """`count` random stretches of background recordings, a unit long (a short recording repeated)."""
         arrays, rows, lengths = self.background
         need = self.unit * self.frames
         out = np.empty((count, need, self.packs.bands), np.float16)
-        for i, pick in enumerate(rng.integers(0, len(arrays), count)):
-            length = int(lengths[pick])
-            if length >= need:
-                offset = int(rng.integers(0, length - need + 1))
-                self.packs.read(int(arrays[pick]), int(rows[pick]) + offset, need, out[i])
-            elif length > 0:
-                whole = self.packs.read(int(arrays[pick]), int(rows[pick]), length)
-                out[i] = np.resize(whole, (need, whole.shape[1]))
-            else:
-                out[i] = 0
+        picks = rng.integers(0, len(arrays), count)
+        length = lengths[picks]
+        offset = (rng.random(count) * np.maximum(length - need + 1, 1)).astype(np.int64)
+        self.packs.read_each(arrays[picks], rows[picks] + offset, np.minimum(length, need), out)
+        for i in np.flatnonzero(length < need).tolist():  # a short recording, repeated; none: silence
+            out[i] = np.resize(out[i, : length[i]], out[i].shape) if length[i] else self.silence
         return out.reshape(count, self.unit, self.frames, self.packs.bands)
