@@ -20,6 +20,7 @@ import pandas as pd
 
 from jibjib.core.errors import InputError
 from jibjib.features.audio import is_audio_file
+from jibjib.analysis.tables import TABLE_SUFFIX
 
 _RAVEN_RE = re.compile(r"^(?P<stem>.+?)(?:\.Table\.\d+)?\.selections\.txt$")
 _BEGIN, _END = "Begin Time (s)", "End Time (s)"
@@ -141,7 +142,9 @@ def read_annotations(path: str | os.PathLike) -> dict[str, list[Call]]:
     if path.is_dir():
         found: dict[str, Path] = {}
         for table in sorted(path.rglob("*.selections.txt")):
-            if any(part.startswith(".") for part in table.relative_to(path).parts):
+            # Hidden, or a table of jibjib analyze (<stem>.jibjib.selections.txt): not an annotation.
+            if any(part.startswith(".") for part in table.relative_to(path).parts) \
+                    or table.name.endswith(TABLE_SUFFIX["raven"]):
                 continue
             match = _RAVEN_RE.match(table.name)
             key = recording_key((table.parent.relative_to(path) / match["stem"]).as_posix())

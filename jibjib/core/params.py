@@ -73,18 +73,24 @@ class WindowGrid:
     hop, is dropped, and a recording shorter than one window has no window.
     Shared by `jibjib analyze` and the export's `windows` signature, so both
     put windows at the same times.
+
+    A window's frames start 10 ms apart but each frame reads 25 ms of audio,
+    so the audio a window covers (`span_seconds`, 0.975 s for one VGGish
+    patch) is 15 ms longer than its frames times the hop (`window_seconds`,
+    0.96 s); a window's end is its start plus the span.
     """
 
     window_frames: int
     hop_frames: int
     frame_seconds: float  # the front end's hop: 10 ms for VGGish
+    frame_length_seconds: float  # the audio one frame reads: 25 ms for VGGish
 
     @classmethod
     def for_model(cls, params: FrontEnd, patches_per_window: int, hop_seconds: float | None = None) -> "WindowGrid":
         """The grid for a model whose window is `patches_per_window` patches; hop default: half a window."""
         window = params.patch_frames * patches_per_window
         hop = max(1, window // 2) if hop_seconds is None else cls.frames_for(hop_seconds, params)
-        return cls(window, hop, params.hop_seconds)
+        return cls(window, hop, params.hop_seconds, params.window_samples / params.sample_rate)
 
     @staticmethod
     def frames_for(hop_seconds: float, params: FrontEnd) -> int:
@@ -100,6 +106,11 @@ class WindowGrid:
         return self.window_frames * self.frame_seconds
 
     @property
+    def span_seconds(self) -> float:
+        """Seconds of audio one window covers: its first frame's start to its last frame's end."""
+        return (self.window_frames - 1) * self.frame_seconds + self.frame_length_seconds
+
+    @property
     def hop_seconds(self) -> float:
         return self.hop_frames * self.frame_seconds
 
@@ -108,6 +119,6 @@ class WindowGrid:
         return 0 if n_frames < self.window_frames else 1 + (n_frames - self.window_frames) // self.hop_frames
 
     def times(self, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Start and end seconds of windows first .. first + n - 1."""
+        """Start and end seconds of windows first .. first + n - 1 (end: start + span_seconds)."""
         start = (first + np.arange(n, dtype=np.float64)) * self.hop_frames * self.frame_seconds
-        return start, start + self.window_seconds
+        return start, start + self.span_seconds
