@@ -149,7 +149,9 @@ def run(command: list[str], threads: int) -> Run:
         report["scoring"] = float(own.group(1))
     if "loaded_at" in report:
         report["startup"] = report["loaded_at"] - spawned
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, report)
+    # The child's own VmHWM where it reports it: ru_maxrss carries the forking process's peak over exec, so
+    # a child smaller than this one would report this one's size.
+    return Run(wall, usage.ru_utime + usage.ru_stime, report.get("peak_rss", usage.ru_maxrss / 1024.0), report)
 
 
 def best(runs: list[Run]) -> Run:
@@ -162,13 +164,19 @@ def worker(argv: list[str]) -> list[str]:
 
 
 def _peak_rss_mib() -> float:
-    import resource
+    """This process's own peak resident memory (VmHWM; see `run`)."""
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read())[1]) / 1024.0
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+# `jibjib analyze` as `python -m jibjib analyze` runs it, then its peak RSS as the last stdout line.
+ANALYZE = ("import json, re, sys; from jibjib.cli import main; rc = main(sys.argv[1:]); "
+           "print(json.dumps({'peak_rss': int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
+           " / 1024})); sys.exit(rc)")
 
 
 def _report(**values: Any) -> None:
-    print(json.dumps(values), flush=True)
+    print(json.dumps({**values, "peak_rss": _peak_rss_mib()}), flush=True)
 
 
 def ceiling_worker(export: str, path: str, hop: float | None, engine: str, threads: int) -> None:
@@ -384,7 +392,7 @@ def measure_model(name: str, export: Path, engine: str, audio: Path, threads: in
     for _ in range(repeat):
         out = Path(tempfile.mkdtemp(prefix="analyze-out-", dir=workdir))
         try:
-            ends.append(run([sys.executable, "-m", "jibjib", "analyze", "--model", str(export), "--engine", engine,
+            ends.append(run([sys.executable, "-c", ANALYZE, "analyze", "--model", str(export), "--engine", engine,
                              "--out", str(out), "--threads", str(threads), *hop_args, str(audio)], threads))
         finally:
             shutil.rmtree(out, ignore_errors=True)

@@ -16,8 +16,8 @@ Two engines run the model (`engine`): `savedmodel`, the export's
 CPU: its int8 file where that agreed with the SavedModel on the val windows,
 else its float32 file (the model card's `tflite.analysis`).
 
-Score files record the export's digest (`export_digest`, with the TFLite
-file's content for that engine) and the engine: a recording's scores are
+Score files record the model's digest (`export_digest` of the SavedModel, or
+the SHA-256 of the TFLite file run) and the engine: a recording's scores are
 reused only if computed from the same content, by the same model and engine
 and on the same window grid (jibjib.analysis.scores).
 """
@@ -110,17 +110,17 @@ class Analyzer(ExportAssets):
             self.grid = WindowGrid.for_model(self.params, patches, hop_seconds)
         except ValueError as exc:
             raise InputError(f"--hop: {exc}") from None
-        self.digest = export_digest(self.folder)
         if engine == "tflite":
             from jibjib.serving.litert import LiteRTModel
 
             path = self.folder / analysis_file(self.folder, self.card)
             self.engine = path.name
-            self.digest = hashlib.sha256(f"{self.digest}\0{fsutil.sha256_file(path)}".encode()).hexdigest()
+            self.digest = fsutil.sha256_file(path)  # the file holds the graph and weights the scores come from
             self.batch_windows = max(1, LITERT_BATCH_PATCHES // patches)
             self._forward = LiteRTModel(path, threads)
         elif engine == "savedmodel":
             self.engine = engine
+            self.digest = export_digest(self.folder)
             self.batch_windows = max(1, BATCH_PATCHES // patches)
             self._tf, loaded = self.load_saved_model()
             self._signature = loaded.signatures["log_mel_windows"]

@@ -183,7 +183,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detections", nargs="+", required=True, type=input_file,
                    help="the shards' detections files (analyze --detections)")
     p.add_argument("--out", required=True, help="results/analysis/<model>: where the shards wrote their tables")
-    p.add_argument("--scores", type=input_dir, help="the npz folder of the shard jobs (for --remove-other-scores)")
+    p.add_argument("--scores", help="the npz folder of the shard jobs (for --remove-other-scores; it may not exist "
+                                    "yet when no file could be analysed)")
     p.add_argument("--remove-other-scores", action="store_true",
                    help="delete score files in --scores of recordings no manifest lists")
     p.set_defaults(func=cmd_analysis_tables)
