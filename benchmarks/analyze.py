@@ -1,4 +1,4 @@
-"""Soundscape analysis throughput: `jibjib analyze` end to end, per model and engine, vs. its ceiling, BirdNET as the peer.
+"""Soundscape analysis throughput: `jibjib analyze` per model and engine vs. its ceiling, BirdNET as the peer.
 
 Writes (once, cached in --workdir) a long synthetic soundscape at 48 kHz, 16-bit
 mono WAV, with the demo species' songs in it, then for each exported model and

@@ -34,7 +34,8 @@ CLASSES = 250
 
 
 def wide_export(out: Path, classes: int = CLASSES, analysis_windows: np.ndarray | None = None) -> Path:
-    """Mean log-mel of each band -> Dense(classes), seeded: sigmoid scores, a few classes above 0.7."""
+    """Mean log-mel of each band -> Dense(classes), seeded: sigmoid scores, of which about 0.1 % reach the
+    window threshold of 0.998 on these tests' noise."""
     keras.utils.set_random_seed(7)
     patches = keras.Input((VGGISH.patch_frames, VGGISH.mel_bands), name="patches")
     level = keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=1))(patches)
@@ -43,7 +44,7 @@ def wide_export(out: Path, classes: int = CLASSES, analysis_windows: np.ndarray 
     scratch = out.parent / f".{out.name}-assets"
     scratch.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"class_id": range(classes), "label": labels}).to_csv(scratch / "labels.tsv", sep="\t", index=False)
-    pd.DataFrame({"label": labels, "threshold": 0.5, "window_threshold": 0.7}).to_csv(
+    pd.DataFrame({"label": labels, "threshold": 0.5, "window_threshold": 0.998}).to_csv(
         scratch / "thresholds.tsv", sep="\t", index=False)
     card = {"model": "wide", "frontend": {**VGGISH.__dict__, "fingerprint": VGGISH.fingerprint()},
             "window": window_card(WindowGrid.for_model(VGGISH, 1), VGGISH)}

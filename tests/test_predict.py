@@ -1,4 +1,5 @@
-"""predict's thresholds and detections on a stand-in for a loaded export; streaming and long files on hand-built ones."""
+"""predict's thresholds and detections on a stand-in for a loaded export; streaming and long files on
+hand-built exports."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ One compressed npz per audio file, `<scores dir>/<relative path without extensio
     seconds          float the file's duration
     source_sha256    str   the content the scores were computed from
     source_size, source_mtime_ns, source_ctime_ns  int  the file's stat when it was read
-    export_digest    str   the SavedModel's graph and weights (jibjib.analysis.analyzer.export_digest), or the TFLite file's
+    export_digest    str   the SavedModel's graph and weights (jibjib.analysis.analyzer.export_digest),
+                           or the TFLite file run
     engine           str   what computed the scores: `savedmodel`, or the TFLite file's name
     hop_frames, window_frames  int  the window grid in log-mel frames (10 ms each for VGGish)
     layout           int   SCORES_LAYOUT: files of an older layout are analysed again
