@@ -10,9 +10,14 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where it is used: the `jibjib` command's parser reads the config schema, and so this
+# module, and numpy loaded there would fix BLAS's thread count before a subcommand could choose it
+# (jibjib.cli.common.single_threaded_blas).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +102,8 @@ class WindowGrid:
         """A hop in seconds as whole frames (at least one); the export's graph rounds the same way."""
         if not (math.isfinite(hop_seconds) and hop_seconds > 0):
             raise ValueError(f"hop must be a positive number of seconds, not {hop_seconds:g}")
+        import numpy as np
+
         # As the export's graph computes it: the float32 a client sends, divided in float64 (float32
         # division rounds differently once TensorFlow turns it into a multiplication), half to even.
         return max(1, int(np.round(np.float64(np.float32(hop_seconds)) / params.hop_seconds)))
@@ -120,5 +127,7 @@ class WindowGrid:
 
     def times(self, first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Start and end seconds of windows first .. first + n - 1 (end: start + span_seconds)."""
+        import numpy as np
+
         start = (first + np.arange(n, dtype=np.float64)) * self.hop_frames * self.frame_seconds
         return start, start + self.span_seconds
