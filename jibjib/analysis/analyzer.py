@@ -115,11 +115,12 @@ class Analyzer(ExportAssets):
 
             path = self.folder / analysis_file(self.folder, self.card)
             self.engine = path.name
+            self.engine_choice = self.card["tflite"]["analysis"].get("choice", "")
             self.digest = fsutil.sha256_file(path)  # the file holds the graph and weights the scores come from
             self.batch_windows = max(1, LITERT_BATCH_PATCHES // patches)
             self._forward = LiteRTModel(path, threads)
         elif engine == "savedmodel":
-            self.engine = engine
+            self.engine, self.engine_choice = engine, ""
             self.digest = export_digest(self.folder)
             self.batch_windows = max(1, BATCH_PATCHES // patches)
             self._tf, loaded = self.load_saved_model()

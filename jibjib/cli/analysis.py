@@ -90,6 +90,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     check_tables_are_ours(out, [name for _, name in inputs], settings.table_format)
     thresholds = _window_thresholds(ExportAssets(args.model), settings)
     analyzer = Analyzer(args.model, args.hop, args.engine, args.threads)
+    if analyzer.engine_choice:
+        print(f"analyze: the tflite engine runs {analyzer.engine} ({analyzer.engine_choice})", file=sys.stderr)
     detections = Path(args.detections) if args.manifest else out / "detections.tsv"
     writer = TableWriter(out, detections, Path(args.manifest).stem if args.manifest else "analyze",
                          analyzer.labels, analyzer.external_ids, thresholds, settings,
