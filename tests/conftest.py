@@ -149,8 +149,8 @@ def tiny_workflow(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def serving_exports(tiny_workflow: Path, tmp_path_factory) -> dict[str, Path]:
-    """Both tiny models exported again with export.tflite and export.legacy_serving on (by the jibjib command,
-    as the rule calls it), beside the tiny workflow's own default exports. The two run at once: VGGish's
+    """Both tiny models exported again with export.tflite (its int8 analysis file checked on the val split's
+    features) and export.legacy_serving on (by the jibjib command, as the rule calls it), beside the tiny workflow's own default exports. The two run at once: VGGish's
     TFLite conversion is most of the wait."""
     out = tmp_path_factory.mktemp("serving_exports")
     results = tiny_workflow / "results"
@@ -159,7 +159,7 @@ def serving_exports(tiny_workflow: Path, tmp_path_factory) -> dict[str, Path]:
         command = [sys.executable, "-m", "jibjib", "export", "--model-dir", str(results / "models" / model),
                    "--eval-dir", str(results / "eval" / model), "--labels", str(results / "labels.tsv"),
                    "--split", str(results / "split.tsv"), "--out", str(out / model), "--version", "1",
-                   "--tflite", "--legacy-serving"]
+                   "--tflite", "--features-dir", str(results / "features"), "--legacy-serving"]
         jobs[model] = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                        env=REPO_ENV, cwd=tiny_workflow)
     for model, job in jobs.items():

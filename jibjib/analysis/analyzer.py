@@ -4,15 +4,22 @@ A recording is decoded, resampled and turned into log-mel block by block
 (jibjib.features.audio, jibjib.features.frontend), cut into the model's own
 windows (one 0.96 s patch for VGGish, `seq_len` patches for the ConvLSTM)
 every hop (default: half a window; jibjib.core.params.WindowGrid), and the
-windows go through the export's `log_mel_windows` signature in batches.
-Memory stays bounded whatever the length: one decoded block, the frames of the
-window being filled, one batch, and the scores (a few hundred kB per hour).
+windows go through the model in batches. Memory stays bounded whatever the
+length: one decoded block, the frames of the window being filled, one batch,
+and the file's scores (at 250 classes about 7.5 MB per hour at the default hop).
 Only whole windows are scored: the audio after the last one (less than a hop)
 is dropped, and a recording shorter than one window is refused as `too_short`.
 
-Score files record the export's digest (`export_digest`): a recording's scores
-are reused only if computed from the same content, by the same export (graph
-and weights) and on the same window grid (jibjib.analysis.scores).
+Two engines run the model (`engine`): `savedmodel`, the export's
+`log_mel_windows` signature in TensorFlow (on a GPU when there is one), and
+`tflite`, the export's analysis TFLite file (export.tflite) in LiteRT on the
+CPU: its int8 file where that agreed with the SavedModel on the val windows,
+else its float32 file (the model card's `tflite.analysis`).
+
+Score files record the model's digest (`export_digest` of the SavedModel, or
+the SHA-256 of the TFLite file run) and the engine: a recording's scores are
+reused only if computed from the same content, by the same model and engine
+and on the same window grid (jibjib.analysis.scores).
 """
 
 from __future__ import annotations
@@ -34,10 +41,14 @@ from jibjib.features.extract import check_usable
 from jibjib.features.frontend import LogMelStream
 from jibjib.core.params import WindowGrid
 from jibjib.features.resample import output_length
-from jibjib.analysis.scores import ScoreFileError, WindowScores, load_scores
+from jibjib.analysis.scores import SCORES_LAYOUT, WindowScores, rounded
 
+ENGINES = ("savedmodel", "tflite")
 # Patches per forward pass, as in evaluation: enough to keep a CPU busy, small for any GPU.
 BATCH_PATCHES = 256
+# LiteRT's: a batch reads VGGish's 66 MB of int8 dense weights once for all its windows (one window per call
+# took 2.6 times as long per window, 2-core VM), and larger batches gained nothing.
+LITERT_BATCH_PATCHES = 16
 # Batches the front end may run ahead of the model (each 256 patches: about 6 MB).
 PREFETCH_BATCHES = 4
 
@@ -83,9 +94,13 @@ class WindowCutter:
 
 
 class Analyzer(ExportAssets):
-    """A loaded export and the window grid it is run on."""
+    """A loaded export, the engine that runs it and the window grid it is run on.
 
-    def __init__(self, export_dir: str | os.PathLike, hop_seconds: float | None = None) -> None:
+    `threads`: the CPU threads of the LiteRT engine (0: all); TensorFlow's are set by the caller before it loads.
+    """
+
+    def __init__(self, export_dir: str | os.PathLike, hop_seconds: float | None = None,
+                 engine: str = "savedmodel", threads: int = 0) -> None:
         super().__init__(export_dir)
         if "window" not in self.card:
             raise ExportError(f"{self.folder} was exported before jibjib analyze existed (no window signature): "
@@ -95,11 +110,24 @@ class Analyzer(ExportAssets):
             self.grid = WindowGrid.for_model(self.params, patches, hop_seconds)
         except ValueError as exc:
             raise InputError(f"--hop: {exc}") from None
-        self.batch_windows = max(1, BATCH_PATCHES // patches)
-        self.digest = export_digest(self.folder)
+        if engine == "tflite":
+            from jibjib.serving.litert import LiteRTModel
 
-        self._tf, loaded = self.load_saved_model()
-        self._forward = loaded.signatures["log_mel_windows"]
+            path = self.folder / analysis_file(self.folder, self.card)
+            self.engine = path.name
+            self.engine_choice = self.card["tflite"]["analysis"].get("choice", "")
+            self.digest = fsutil.sha256_file(path)  # the file holds the graph and weights the scores come from
+            self.batch_windows = max(1, LITERT_BATCH_PATCHES // patches)
+            self._forward = LiteRTModel(path, threads)
+        elif engine == "savedmodel":
+            self.engine, self.engine_choice = engine, ""
+            self.digest = export_digest(self.folder)
+            self.batch_windows = max(1, BATCH_PATCHES // patches)
+            self._tf, loaded = self.load_saved_model()
+            self._signature = loaded.signatures["log_mel_windows"]
+            self._forward = self._saved_model_scores
+        else:
+            raise InputError(f"--engine: {engine!r} is not one of {', '.join(ENGINES)}")
 
     @property
     def window_seconds(self) -> float:
@@ -117,16 +145,19 @@ class Analyzer(ExportAssets):
     def hop_frames(self) -> int:
         return self.grid.hop_frames
 
+    def _saved_model_scores(self, windows: np.ndarray) -> np.ndarray:
+        return self._signature(windows=self._tf.constant(windows, self._tf.float32))["scores"].numpy()
+
     def score_log_mel_windows(self, windows: np.ndarray) -> np.ndarray:
         """(n, window frames, bands) log-mel -> (n, classes) probabilities: the model's forward pass alone."""
-        return self._forward(windows=self._tf.constant(windows, self._tf.float32))["scores"].numpy()
+        return self._forward(windows)
 
     def _check_length(self, frames: int, sample_rate: int) -> None:
         """A file with no whole window is refused like one without a whole patch."""
         seconds = frames / sample_rate
         n_frames = self.params.n_frames(output_length(frames, sample_rate, self.params.sample_rate))
         if self.grid.count(n_frames) == 0:
-            raise AudioError("too_short", f"{seconds:.3f} s, one window needs {self.window_seconds:.2f} s")
+            raise AudioError("too_short", f"{seconds:.3f} s, one window needs {self.grid.span_seconds:.3f} s")
 
     def _window_batches(self, reader, progress: Callable[[float], None]) -> Iterator[np.ndarray]:
         """Batches of batch_windows log-mel windows (the last one smaller), as the blocks are decoded."""
@@ -200,7 +231,7 @@ class Analyzer(ExportAssets):
             worker.join()
 
     def score_file(self, path: str | os.PathLike, progress: Callable[[float], None] | None = None) -> WindowScores:
-        """Every window's scores of one file; AudioError if it cannot be used.
+        """Every window's scores of one file (rounded as a score file keeps them); AudioError if it cannot be used.
 
         `progress`, if given, is called with the seconds of audio decoded so far.
         """
@@ -210,26 +241,28 @@ class Analyzer(ExportAssets):
             if reader.info.exact:
                 self._check_length(reader.info.frames, reader.info.sample_rate)
             for batch in self._prefetched(self._window_batches(reader, progress or (lambda seconds: None))):
-                parts.append(self.score_log_mel_windows(batch))
+                parts.append(rounded(self.score_log_mel_windows(batch)))
             info = reader.info  # with the decoded length, where the header had only an estimate
             check_usable(info, self.params)
             self._check_length(info.frames, info.sample_rate)
-            sha256 = reader.sha256()
+            sha256, stat = reader.sha256(), fsutil.stat_key(reader.stat)
         scores = np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), np.float32)
         start, end = self.grid.times(0, scores.shape[0])
-        return WindowScores(start, np.minimum(end, info.seconds), scores.astype(np.float32), self.labels,
-                            info.seconds, info.sample_rate, sha256, info.channels, self.digest,
-                            self.grid.hop_frames, self.grid.window_frames)
+        return WindowScores(start, np.minimum(end, info.seconds), scores, self.labels, info.seconds,
+                            info.sample_rate, sha256, info.channels, self.digest, self.grid.hop_frames,
+                            self.grid.window_frames, stat if sha256 else None, self.engine)
 
-    def reusable(self, npz: Path, sha256: str) -> WindowScores | None:
-        """The scores in `npz` if they were computed from this content, by this export, on this grid."""
-        if not npz.is_file():
-            return None
-        try:
-            scores = load_scores(npz)
-        except ScoreFileError:
-            return None  # damaged or foreign: analyse again
-        same = (scores.source_sha256 == sha256 and scores.export_digest == self.digest
+    def current(self, scores: WindowScores) -> bool:
+        """Whether stored scores were computed by this export and engine, on this grid, in today's layout."""
+        return (scores.export_digest == self.digest and scores.engine == self.engine
                 and scores.hop_frames == self.grid.hop_frames and scores.window_frames == self.grid.window_frames
-                and scores.labels == self.labels)
-        return scores if same else None
+                and scores.labels == self.labels and scores.layout == SCORES_LAYOUT)
+
+
+def analysis_file(folder: Path, card: dict) -> str:
+    """The TFLite file `--engine tflite` runs (the model card's `tflite.analysis.file`); ExportError if none."""
+    analysis = (card.get("tflite") or {}).get("analysis")
+    if not analysis or not (folder / analysis["file"]).is_file():
+        raise ExportError(f"{folder} has no TFLite analysis file (windows.tflite): export the model with "
+                          "export.tflite: true (jibjib export --tflite), or analyse with the savedmodel engine")
+    return analysis["file"]

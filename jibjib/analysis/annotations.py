@@ -20,6 +20,7 @@ import pandas as pd
 
 from jibjib.core.errors import InputError
 from jibjib.features.audio import is_audio_file
+from jibjib.analysis.tables import TABLE_SUFFIX
 
 _RAVEN_RE = re.compile(r"^(?P<stem>.+?)(?:\.Table\.\d+)?\.selections\.txt$")
 _BEGIN, _END = "Begin Time (s)", "End Time (s)"
@@ -139,8 +140,10 @@ def annotation_tables(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.is_dir():
         return [path] if path.is_file() else []
+    # Hidden, or a table of jibjib analyze (<stem>.jibjib.selections.txt): not an annotation.
     return [table for table in sorted(path.rglob("*.selections.txt"))
-            if not any(part.startswith(".") for part in table.relative_to(path).parts)]
+            if not any(part.startswith(".") for part in table.relative_to(path).parts)
+            and not table.name.endswith(TABLE_SUFFIX["raven"])]
 
 
 def read_annotations(path: str | os.PathLike) -> dict[str, list[Call]]:

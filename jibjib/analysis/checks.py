@@ -34,6 +34,9 @@ def check_analysis(settings: Settings, demo_hint: str = "") -> dict[str, list[Pa
         if all(ignore_reason(Path(name)) for name in recordings):
             raise ConfigError(f"analyze.input_dir: {folder} has no audio files ({', '.join(CONTAINERS)})")
     scapes = settings.soundscapes
+    if section.engine == "tflite" and not settings.export.tflite and (section.input_dir or scapes.audio_dir):
+        raise ConfigError("analyze.engine: tflite runs the export's TFLite analysis file, which only "
+                          "export.tflite: true writes: set it too, or use analyze.engine: savedmodel")
     if scapes.audio_dir:
         folder = _existing_folder("soundscapes.audio_dir", scapes.audio_dir, demo_hint)
         if not any(not ignore_reason(p.relative_to(folder)) for p in species_files(folder)):

@@ -10,16 +10,18 @@ minimum score that value for every species.  Merging joins consecutive
 detections of one species (each starting before the previous one ends) into
 one row from the first one's start to the last one's end.
 
-`<file without extension>.selections.txt` (Raven Pro): Selection, View,
+`<file without extension>.jibjib.selections.txt` (Raven Pro): Selection, View,
 Channel, Begin Time (s), End Time (s), Low Freq (Hz), High Freq (Hz) (the
 model's mel range), Species, Score; one per analysed file, header only when
-nothing was detected.  Audacity instead: `<file without extension>.labels.txt`,
-`start<TAB>end<TAB>label (score)` lines.
+nothing was detected.  Audacity instead: `<file without extension>.jibjib.labels.txt`,
+`start<TAB>end<TAB>label (score)` lines.  The `.jibjib` keeps them apart from
+the human tables (`<file>.selections.txt`) that the soundscape evaluation reads.
 
 files.tsv: every input file with `status` (analysed, reused: its scores were
 current, rejected, ignored), `reason`, `detail`, `seconds`, `sample_rate`,
 `channels`, `windows`, `detections` (how many the file got: 0 is "no species", nothing reached its
-threshold), `table` (the per-file table written) and `sha256` (the content analysed).  The workflow's shard jobs write the same columns to their manifests.
+threshold), `table` (the per-file table written) and `sha256` (the content analysed).  The workflow's shard
+jobs write the same columns to their manifests.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from jibjib.core.errors import InputError
 from jibjib.analysis.scores import WindowScores
 
 FORMATS = ("raven", "audacity")
-TABLE_SUFFIX = {"raven": ".selections.txt", "audacity": ".labels.txt"}
+TABLE_SUFFIX = {"raven": ".jibjib.selections.txt", "audacity": ".jibjib.labels.txt"}
 RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Species", "Score")
 FILE_COLUMNS = ("file", "status", "reason", "detail", "seconds", "sample_rate", "channels", "windows",
@@ -108,12 +110,20 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}"
 
 
-def detections_text(rows: list[Detection], with_external_id: bool) -> str:
-    columns = ["file", "start", "end", "label", "score"] + (["external_id"] if with_external_id else [])
-    ordered = sorted(rows, key=lambda d: (d.file, d.start, d.label))
-    body = [[d.file, _seconds(d.start), _seconds(d.end), d.label, f"{d.score:.4f}"]
+def detection_columns(with_external_id: bool) -> list[str]:
+    return ["file", "start", "end", "label", "score"] + (["external_id"] if with_external_id else [])
+
+
+def detection_rows(rows: list[Detection], with_external_id: bool) -> list[list[str]]:
+    """detections.tsv rows of one file's detections, by start and label (as written, to 1 ms)."""
+    ordered = sorted(rows, key=lambda d: (d.file, round(d.start, 3), d.label))
+    return [[d.file, _seconds(d.start), _seconds(d.end), d.label, f"{d.score:.4f}"]
             + ([d.external_id or ""] if with_external_id else []) for d in ordered]
-    return fsutil.tsv_text(columns, body)
+
+
+def detection_order(row: list[str]) -> tuple[str, float, str]:
+    """The sort key of a detections.tsv row: file, start, label."""
+    return row[0], float(row[1]), row[3]
 
 
 def raven_text(rows: list[Detection], low_hz: float, high_hz: float) -> str:
@@ -139,30 +149,6 @@ def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with fsutil.atomic_open(path) as f:
         f.write(text)
-
-
-# The per-file tables a run wrote, so the next run may remove those of files gone (and nothing else).
-# Not files.tsv: the workflow deletes its outputs before the job runs.
-WRITTEN_LIST = ".tables-written"
-
-
-def tables_written_before(out_dir: Path) -> set[str]:
-    try:
-        return set((out_dir / WRITTEN_LIST).read_text(encoding="utf-8").splitlines()) - {""}
-    except (OSError, UnicodeDecodeError):
-        return set()
-
-
-def remember_tables(out_dir: Path, names: set[str]) -> None:
-    write_text(out_dir / WRITTEN_LIST, "".join(f"{name}\n" for name in sorted(names)))
-
-
-def remove_stale_tables(out_dir: Path, before: set[str], now: set[str]) -> None:
-    """Delete tables an earlier run wrote for files no longer analysed (never anything else in the folder)."""
-    for name in before - now:
-        candidate = out_dir / name
-        if candidate.suffix == ".txt" and candidate.resolve().is_relative_to(out_dir.resolve()):
-            candidate.unlink(missing_ok=True)
 
 
 def files_text(rows: list[dict[str, object]]) -> str:

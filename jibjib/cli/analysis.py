@@ -45,30 +45,16 @@ def _window_thresholds(export, settings) -> dict[str, float] | None:
         return None
     return read_window_thresholds(settings.thresholds_path or export.thresholds_path)
 
-def _write_tables(export, results, settings, thresholds, out_dir: str) -> int:
-    from jibjib.analysis.outputs import write_outputs
-
-    params = export.params
-    return write_outputs(Path(out_dir), results, export.labels, export.external_ids, thresholds, settings,
-                         (params.fmin_hz, params.fmax_hz))
-
 def _analysis_summary(results, detections: int, out: str) -> str:
-    from jibjib.analysis.analyze import REJECTED
+    from jibjib.analysis.analyze import ANALYSED, REJECTED, REUSED
 
     rejected = sum(r.status == REJECTED for r in results)
-    return (f"{sum(r.scores is not None for r in results)} files analysed, {rejected} rejected, "
-            f"{detections} detections (see {out})")
+    analysed = sum(r.status in (ANALYSED, REUSED) for r in results)
+    return f"{analysed} files analysed, {rejected} rejected, {detections} detections (see {out})"
 
-def cmd_analyze(args: argparse.Namespace) -> int:
-    # The front end runs in a thread beside TensorFlow's own: BLAS threads on top oversubscribed the cores
-    # (a small model on 2 cores took 30 % longer).
-    single_threaded_blas()
-    tensorflow_threads(args.threads)
-    settings = _table_settings(args)  # before TensorFlow loads: a bad option costs no wait
-    from jibjib.analysis.analyze import REJECTED, analyze_files
-    from jibjib.analysis.analyzer import Analyzer
+def _inputs(args: argparse.Namespace):
+    """(file, name) of every input, and the SHA-256 the workflow recorded by name (None outside it)."""
     from jibjib.analysis.inputs import find_inputs
-    from jibjib.analysis.outputs import write_manifest
     from jibjib.core.errors import InputError
 
     if args.sources:
@@ -76,30 +62,62 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise InputError("--sources needs --root, the folder its paths are relative to")
         from jibjib.features.extract import read_sources
 
-        recorded = read_sources(args.sources)
-        names = _signature_paths(args.sources)
-        inputs = [(Path(args.root) / name, name) for name in names]
-    else:
-        if not args.paths:
-            raise InputError("name the audio files or folders to analyse (or --sources)")
-        recorded, inputs = None, find_inputs(args.paths, args.root)
-    if args.manifest and not args.scores:
-        raise InputError("--manifest writes no tables, so it needs --scores to keep the scores in")
+        return [(Path(args.root) / name, name) for name in _signature_paths(args.sources)], read_sources(args.sources)
+    if not args.paths:
+        raise InputError("name the audio files or folders to analyse (or --sources)")
+    return find_inputs(args.paths, args.root), None
+
+def _check_options(args: argparse.Namespace) -> None:
+    from jibjib.core.errors import InputError
+
+    if args.manifest and not (args.scores and args.detections):
+        raise InputError("--manifest (a shard job) needs --scores and --detections: its tables come later")
+    if args.detections and not args.manifest:
+        raise InputError("--detections is the shard jobs' detections file: it needs --manifest")
     if args.remove_other_scores and not args.scores:
         raise InputError("--remove-other-scores needs --scores")
-    analyzer = Analyzer(args.model, args.hop)
-    thresholds = None if args.manifest else _window_thresholds(analyzer, settings)
-    results = analyze_files(analyzer, inputs, Path(args.scores) if args.scores else None, recorded)
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    # The front end runs in a thread beside the model's own: BLAS threads on top oversubscribed the cores
+    # (a small model on 2 cores took 30 % longer).
+    single_threaded_blas()
+    if args.engine == "savedmodel":
+        tensorflow_threads(args.threads)
+    settings = _table_settings(args)  # before the model loads: a bad option costs no wait
+    _check_options(args)
+    from jibjib.analysis.analyze import REJECTED, analyze_files
+    from jibjib.analysis.analyzer import Analyzer
+    from jibjib.analysis.outputs import TableWriter, check_tables_are_ours, finish_tables, write_files_table
+    from jibjib.serving.exported import ExportAssets
+
+    inputs, recorded = _inputs(args)
+    out = Path(args.out)
+    check_tables_are_ours(out, [name for _, name in inputs], settings.table_format)
+    thresholds = _window_thresholds(ExportAssets(args.model), settings)
+    analyzer = Analyzer(args.model, args.hop, args.engine, args.threads)
+    if analyzer.engine_choice:
+        print(f"analyze: the tflite engine runs {analyzer.engine} ({analyzer.engine_choice})", file=sys.stderr)
+    detections = Path(args.detections) if args.manifest else out / "detections.tsv"
+    writer = TableWriter(out, detections, Path(args.manifest).stem if args.manifest else "analyze",
+                         analyzer.labels, analyzer.external_ids, thresholds, settings,
+                         (analyzer.params.fmin_hz, analyzer.params.fmax_hz))
+    try:
+        results = analyze_files(analyzer, inputs, Path(args.scores) if args.scores else None, recorded, writer)
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close()
     for failed in (r for r in results if r.status == REJECTED):
         print(f"jibjib analyze: {failed.path}: {failed.reason}" + (f": {failed.detail}" if failed.detail else ""),
               file=sys.stderr)
     if args.remove_other_scores:
         _remove_other_scores(args.scores, results)
     if args.manifest:
-        write_manifest(Path(args.manifest), results)
+        write_files_table(Path(args.manifest), results)
         return 0  # the workflow's shard job: the reasons are in the manifest, the other shards go on
-    found = _write_tables(analyzer, results, settings, thresholds, args.out)
-    print(f"analyze: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
+    write_files_table(out / "files.tsv", results)
+    finish_tables(out, writer.written)
+    print(f"analyze: {_analysis_summary(results, writer.count, args.out)}", file=sys.stderr)
     return 1 if any(r.status == REJECTED for r in results) else 0
 
 def _remove_other_scores(scores_dir: str, results) -> None:
@@ -117,16 +135,19 @@ def _signature_paths(path: str) -> list[str]:
         return [row["path"] for row in csv.DictReader(f, delimiter="\t")]
 
 def cmd_analysis_tables(args: argparse.Namespace) -> None:
-    settings = _table_settings(args)
-    from jibjib.analysis.outputs import results_from_manifests
-    from jibjib.serving.exported import ExportAssets
+    from jibjib.analysis.outputs import finish_tables, merge_shards, read_manifests, write_files_table
 
-    results = results_from_manifests(args.manifests, Path(args.scores))
-    export = ExportAssets(args.model)
-    thresholds = _window_thresholds(export, settings)
+    if args.remove_other_scores and not args.scores:
+        from jibjib.core.errors import InputError
+
+        raise InputError("--remove-other-scores needs --scores")
+    out = Path(args.out)
+    results = read_manifests(args.manifests)
+    found = merge_shards([Path(p) for p in args.detections], out / "detections.tsv")
+    write_files_table(out / "files.tsv", results)
+    finish_tables(out, {r.table for r in results if r.table})
     if args.remove_other_scores:
         _remove_other_scores(args.scores, results)
-    found = _write_tables(export, results, settings, thresholds, args.out)
     print(f"analysis-tables: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
 
 def _add_table_options(p: argparse.ArgumentParser) -> None:
@@ -145,31 +166,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="an export: results/export/<model> (its current version) or results/export/<model>/<version>")
     p.add_argument("paths", nargs="*", metavar="PATH", help="audio files or folders (searched recursively)")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", help="folder for detections.tsv, files.tsv and a table per file")
-    target.add_argument("--manifest", help="write only a files table here, no detections (the workflow's shard "
-                                           "jobs; needs --scores)")
+    p.add_argument("--out", required=True, help="folder for detections.tsv, files.tsv and a table per file")
+    p.add_argument("--manifest", help="a shard job of the workflow: its files table goes here and its detections to "
+                                      "--detections, not to --out (needs --scores)")
+    p.add_argument("--detections", help="with --manifest: the shard's detections file")
+    p.add_argument("--engine", choices=["savedmodel", "tflite"], default=schema_default("analyze.engine"),
+                   help="savedmodel: the SavedModel in TensorFlow (a GPU if there is one); tflite: the export's "
+                        "analysis TFLite file in LiteRT on the CPU (needs an export made with export.tflite)")
     p.add_argument("--hop", type=float, metavar="SECONDS", help="seconds between window starts (default: half a window)")
     p.add_argument("--scores", metavar="DIR",
                    help="keep every window's scores per file (npz) here; a file whose scores there are current "
-                        "(same content, export and hop) is not analysed again")
+                        "(same content, export, engine and hop) is not analysed again")
     p.add_argument("--root", type=input_dir, help="name files relative to this folder (default: the folder given)")
     p.add_argument("--sources", type=input_file,
                    help="analyse the files of a content signature (path, size, content; paths relative to --root)")
     p.add_argument("--remove-other-scores", action="store_true",
                    help="delete score files in --scores of recordings not analysed in this run")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for TensorFlow (0: all)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0: all)")
     _add_table_options(p)
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("analysis-tables", help="detections.tsv and per-file tables from the shard manifests of analyze")
-    p.add_argument("--model", required=True, help="the export the scores came from (labels, thresholds)")
-    p.add_argument("--scores", required=True, type=input_dir, help="the npz folder of the shard jobs")
+    p = sub.add_parser("analysis-tables", help="detections.tsv and files.tsv from the shard jobs of analyze --manifest")
     p.add_argument("--manifests", nargs="+", required=True, type=input_file, help="files tables of analyze --manifest")
-    p.add_argument("--out", required=True, help="results/analysis/<model>")
+    p.add_argument("--detections", nargs="+", required=True, type=input_file,
+                   help="the shards' detections files (analyze --detections)")
+    p.add_argument("--out", required=True, help="results/analysis/<model>: where the shards wrote their tables")
+    p.add_argument("--scores", help="the npz folder of the shard jobs (for --remove-other-scores; it may not exist "
+                                    "yet when no file could be analysed)")
     p.add_argument("--remove-other-scores", action="store_true",
                    help="delete score files in --scores of recordings no manifest lists")
-    _add_table_options(p)
     p.set_defaults(func=cmd_analysis_tables)
 
     p = sub.add_parser("evaluate-soundscapes", help="window scores of analyze --scores against annotated soundscapes")

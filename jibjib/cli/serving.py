@@ -19,7 +19,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     export(args.model_dir, args.eval_dir, args.labels, args.split, args.out, frontend_option(args.frontend), args.top_k,
            tflite=args.tflite, legacy_serving=args.legacy_serving, version=args.version,
-           keep_versions=args.keep_versions)
+           keep_versions=args.keep_versions, features_dir=args.features_dir)
 
 
 def export_version(text: str) -> int | str:
@@ -31,13 +31,15 @@ def export_version(text: str) -> int | str:
     return int(text)
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from jibjib.serving.predict import Exported, load_thresholds, predict_files, to_tsv
+    from jibjib.serving.predict import Exported, load_thresholds, predict_files, to_tsv, window_thresholds
 
     model = Exported(args.model)
-    thresholds = None
+    thresholds = long_thresholds = None
     if args.thresholds is not None:
-        thresholds = load_thresholds(args.thresholds or model.thresholds_path, model.labels, args.calibrated)
-    results = predict_files(model, args.files, args.top_k, thresholds, args.calibrated)
+        table = args.thresholds or model.thresholds_path
+        thresholds = load_thresholds(table, model.labels, args.calibrated)
+        long_thresholds = window_thresholds(table, model.labels)
+    results = predict_files(model, args.files, args.top_k, thresholds, args.calibrated, long_thresholds)
     for failed in (r for r in results if r.error):
         print(f"jibjib predict: {failed.path}: {failed.error}", file=sys.stderr)
     if args.json:
@@ -57,6 +59,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=schema_default("export.top_k"), help="labels returned by the waveform signature")
     p.add_argument("--tflite", action="store_true",
                    help="also write model.tflite, model_fp16.tflite and model_int8.tflite (one window in, its scores out)")
+    p.add_argument("--features-dir", type=input_dir,
+                   help="results/features: with --tflite, the val split's windows the int8 analysis file is "
+                        "checked on (without it the analysis runs the float32 file)")
     p.add_argument("--legacy-serving", action="store_true",
                    help="serving_default takes `inputs` (n, 96, 64) patches and returns `outputs` (n, classes), "
                         "as jibjib-query calls it; the waveform signature is then `waveform`")

@@ -67,8 +67,8 @@ def atomic_save(path: str | os.PathLike, save: Callable[[Path], Any]) -> None:
         save(tmp)
 
 
-def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
-    """Like np.savez (uncompressed), but byte-identical for identical arrays.
+def save_npz(path: str | os.PathLike, compress: bool = False, **arrays: Any) -> None:
+    """Like np.savez (or np.savez_compressed with `compress`), but byte-identical for identical arrays.
 
     np.savez stamps each member with the current time; a fixed stamp lets a
     rerun be compared byte for byte with an uninterrupted run.  The archive is
@@ -76,9 +76,10 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
     the data.
     """
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as archive:
         for name, value in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = archive.compression
             with archive.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
     with atomic_open(path, "wb") as f:

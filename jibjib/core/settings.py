@@ -281,6 +281,7 @@ class AnalyzeSettings(Section):
     min_score: float | None
     merge: bool
     format: str  # raven | audacity
+    engine: str  # savedmodel | tflite
 
 
 @dataclasses.dataclass(frozen=True)

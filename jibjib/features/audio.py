@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 import numpy as np
 
 from jibjib.core import fsutil
+from jibjib.features.readhook import ReadHook
 
 if TYPE_CHECKING:
     import soundfile
@@ -221,12 +222,13 @@ class AudioReader:
         try:
             self._raw: BinaryIO = open(path, "rb", buffering=0)
         except OSError as exc:  # no permission, a dangling symlink: the input's fault
-            raise AudioError("unreadable", exc.strerror or str(exc)) from None
+            raise AudioError("unreadable", _open_failure(path, exc)) from None
         self._sound: soundfile.SoundFile | None = None
         # Of the file as opened, so it describes the bytes we decode.
         self.stat = os.fstat(self._raw.fileno())
-        # The fast path reads every byte in order anyway, so it hashes them on
-        # the way instead of reading the file a second time (see sha256()).
+        # Decoding reads every byte anyway, so the bytes are hashed on the way
+        # (the fast path's own reads, libsndfile's through a ReadHook) instead
+        # of reading the file a second time: bytes [0, _hashed) are in _hash.
         self._hash = hashlib.sha256()
         self._hashed = 0
         try:
@@ -241,7 +243,7 @@ class AudioReader:
             raise AudioError("empty", "0 bytes")
         soundfile = _soundfile()
         try:
-            self._sound = soundfile.SoundFile(str(self.path))
+            self._sound = soundfile.SoundFile(ReadHook(self._raw.fileno(), self.stat.st_size, self._hash_read))
         except (soundfile.LibsndfileError, RuntimeError) as exc:
             raise AudioError("unreadable", _short(exc, stat.S_ISREG(self.stat.st_mode))) from None
         f = self._sound
@@ -286,10 +288,9 @@ class AudioReader:
         """
         info, done = self.info, 0
         block_frames = block_frames or BLOCK_FRAMES  # looked up now, so tests can shrink it
-        self._hash, self._hashed = hashlib.sha256(), 0
         if self._pcm16_offset is not None:
-            self._raw.seek(0)
             self._hash_through(self._pcm16_offset)  # the header
+            self._raw.seek(self._pcm16_offset)
         elif self._sound.tell():  # a second pass (libFLAC cannot seek in every cut-off file)
             try:
                 self._sound.seek(0)
@@ -317,34 +318,39 @@ class AudioReader:
             self._hash_through(self.stat.st_size)  # chunks after the samples
 
     def sha256(self) -> str:
-        """SHA-256 of the file's bytes ('' if they changed while the file was open)."""
-        if self._hashed != self.stat.st_size:  # blocks() not used, or not the fast path
-            self._raw.seek(0)
-            digest = hashlib.file_digest(self._raw, "sha256").hexdigest()
-            # A second read: if the file was written since it was opened, these
-            # are not the bytes decoded, and no hash is better than a wrong one.
-            if fsutil.stat_key(os.fstat(self._raw.fileno())) != fsutil.stat_key(self.stat):
-                return ""
-            return digest
+        """SHA-256 of the file's bytes ('' if they changed while the file was open).
+
+        After `blocks()` this reads at most what decoding did not (a tag after
+        the samples); without it, the whole file.
+        """
+        self._hash_through(self.stat.st_size)
+        # If the file was written since it was opened, the bytes hashed are not
+        # those decoded, and no hash is better than a wrong one.
+        if fsutil.stat_key(os.fstat(self._raw.fileno())) != fsutil.stat_key(self.stat):
+            return ""
         return self._hash.hexdigest()
 
-    def _hash_bytes(self, content: bytes | memoryview) -> None:
-        self._hash.update(content)
-        self._hashed += len(content)
+    def _hash_read(self, position: int, content: memoryview) -> None:
+        """Hash what a read of `content` at byte `position` adds to the bytes hashed so far in order."""
+        end = position + len(content)
+        if position <= self._hashed < end:
+            self._hash.update(content[self._hashed - position:])
+            self._hashed = end
 
     def _hash_through(self, end: int) -> None:
-        """Hash the raw file from its current position up to byte `end`, in bounded pieces."""
+        """Hash the bytes from the last one hashed up to byte `end`, in bounded pieces (the file position stays)."""
         while self._hashed < end:
-            piece = self._raw.read(min(end - self._hashed, 1 << 20))
+            piece = os.pread(self._raw.fileno(), min(end - self._hashed, 1 << 20), self._hashed)
             if not piece:
                 return
-            self._hash_bytes(piece)
+            self._hash_read(self._hashed, memoryview(piece))
 
     def _read_pcm16(self, frames: int) -> np.ndarray:
         channels = self.info.channels
         pcm = np.empty(frames * channels, "<i2")
+        position = self._raw.tell()
         got = self._raw.readinto(memoryview(pcm).cast("B")) or 0
-        self._hash_bytes(memoryview(pcm).cast("B")[:got])
+        self._hash_read(position, memoryview(pcm).cast("B")[:got])
         samples = pcm[: got // (2 * channels) * channels].astype(np.float32)
         samples *= np.float32(1 / 32768)
         return samples.reshape(-1, channels) if channels > 1 else samples
@@ -414,6 +420,13 @@ def read_audio(path: str | os.PathLike) -> Audio:
         info = reader.info
     samples = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
     return Audio(samples, info.sample_rate, info.channels, info.subtype)
+
+
+def _open_failure(path: Path, exc: OSError) -> str:
+    """Why a file cannot be opened; a symbolic link whose target is missing says so."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link to {os.readlink(path)}"
+    return exc.strerror or str(exc)
 
 
 def _short(exc: Exception, regular_file: bool = False) -> str:

@@ -192,11 +192,14 @@ def refresh_signatures(
         rows[shard], new_caches[shard] = {}, {}
         for label in labels:
             for path in inventory[label]:
+                relative = path.relative_to(data_dir).as_posix()
                 try:
                     stat = path.stat()  # before hashing: a write during the hash makes the next run hash again
                 except FileNotFoundError:
-                    continue  # removed since the folder was listed
-                relative = path.relative_to(data_dir).as_posix()
+                    if path.is_symlink():  # a link whose target is missing: its job reports it unreadable
+                        report.files += 1
+                        rows[shard][relative] = (0, UNREADABLE)
+                    continue  # else removed since the folder was listed
                 report.files += 1
                 if ignore_reason(Path(relative)):
                     rows[shard][relative] = (NOT_HASHED, NOT_HASHED)
@@ -250,7 +253,7 @@ def refresh_signatures(
 
 
 def _forget_other_shards(shards: set[str], signature_dir: Path, manifest_dir: Path) -> None:
-    """Delete signatures, caches and manifests of shards that hold no species now.
+    """Delete signatures, caches and manifests (and the files named after them) of shards that hold no species now.
 
     After `features.shards` changed and changed back, or a shard's only species
     was removed and added again, an old manifest whose signature still matched
@@ -259,5 +262,6 @@ def _forget_other_shards(shards: set[str], signature_dir: Path, manifest_dir: Pa
     """
     for folder in (signature_dir, signature_dir / CACHE_FOLDER, manifest_dir):
         for path in folder.glob("shard-*.tsv"):
-            if path.stem not in shards:
+            # shard-NN.tsv, and files beside a manifest named after its shard (shard-NN.detections.tsv)
+            if path.name.split(".", 1)[0] not in shards:
                 path.unlink(missing_ok=True)

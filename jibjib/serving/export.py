@@ -51,6 +51,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -174,7 +175,7 @@ class ExportModule(tf.Module):
         flat = tf.reshape(windows, [-1, self.grid.window_frames, self.params.mel_bands])
         scores = tf.reshape(self._window_scores(flat), [batch, count, -1])
         start = tf.cast(tf.range(count) * hop, tf.float64) * self.params.hop_seconds
-        return {"scores": scores, "start": start, "end": start + self.grid.window_seconds}
+        return {"scores": scores, "start": start, "end": start + self.grid.span_seconds}
 
     def _serve_log_mel_windows(self, windows: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"scores": self._window_scores(windows)}
@@ -195,7 +196,7 @@ def _data_counts(split_tsv: Path, labels: pd.DataFrame) -> dict[str, Any]:
 
 def window_card(grid: WindowGrid, params: FrontEnd) -> dict[str, Any]:
     """What `jibjib analyze` and the windows signatures score: the model card's `window`."""
-    return {"frames": grid.window_frames, "seconds": grid.window_seconds,
+    return {"frames": grid.window_frames, "seconds": grid.window_seconds, "span_seconds": grid.span_seconds,
             "patches": grid.window_frames // params.patch_frames, "default_hop_seconds": grid.hop_seconds,
             "tail": "dropped (only whole windows are scored)"}
 
@@ -262,13 +263,15 @@ def export_sources(model_dir: Path, eval_dir: Path, labels_tsv: Path, split_tsv:
 def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv: str | os.PathLike,
            split_tsv: str | os.PathLike, out_dir: str | os.PathLike, params: FrontEnd,
            top_k: int = 5, tflite: bool = False, legacy_serving: bool = False,
-           version: int | str = publish.AUTO, keep_versions: int = 3) -> Path:
+           version: int | str = publish.AUTO, keep_versions: int = 3,
+           features_dir: str | os.PathLike | None = None) -> Path:
     """Write the SavedModel to a version folder of out_dir (<export>/<model>), atomically (a kill leaves no half
     export), then out_dir/current.json; returns the version folder.
 
     `version`: a number, or `auto` (jibjib.serving.publish): a new number unless the newest version was
     exported from the same sources, then kept as it is; `keep_versions` of the automatic ones are kept.
-    `tflite` also writes the TFLite files beside saved_model.pb; `legacy_serving` gives `serving_default`
+    `tflite` also writes the TFLite files beside saved_model.pb, the analysis ones checked against the
+    SavedModel on the val split's windows (from `features_dir`); `legacy_serving` gives `serving_default`
     the old query service's contract.
     """
     model_dir, eval_dir, model_folder = Path(model_dir), Path(eval_dir), Path(out_dir)
@@ -282,7 +285,7 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
         print(f"export {trained['model']}: {out} is current (exported from the same sources)", file=sys.stderr)
     else:
         _write_version(model_dir, eval_dir, Path(labels_tsv), Path(split_tsv), out, params, top_k, tflite,
-                       legacy_serving, digest)
+                       legacy_serving, digest, features_dir)
     publish.write_current(model_folder, trained["model"], number, digest)
     if version == publish.AUTO:
         removed = publish.remove_old_versions(model_folder, keep_versions, number)
@@ -293,7 +296,8 @@ def export(model_dir: str | os.PathLike, eval_dir: str | os.PathLike, labels_tsv
 
 
 def _write_version(model_dir: Path, eval_dir: Path, labels_tsv: Path, split_tsv: Path, out: Path, params: FrontEnd,
-                   top_k: int, tflite: bool, legacy_serving: bool, digest: str) -> None:
+                   top_k: int, tflite: bool, legacy_serving: bool, digest: str,
+                   features_dir: str | os.PathLike | None) -> None:
     """The SavedModel, its assets and (with `tflite`) the TFLite files in the version folder `out`."""
     trained = json.loads((model_dir / "train.json").read_text())
     metrics = json.loads((eval_dir / "metrics.json").read_text())
@@ -314,12 +318,17 @@ def _write_version(model_dir: Path, eval_dir: Path, labels_tsv: Path, split_tsv:
             from jibjib.serving import tflite as tflite_files
 
             card["tflite"] = tflite_files.convert(model, params, seq_len, multi_label, Path(scratch))
-            beside = {name: Path(scratch) / name for name in card["tflite"]["files"]}
+            windows = (tflite_files.val_windows(split_tsv, features_dir, params, seq_len or 1) if features_dir
+                       else np.zeros((0, grid.window_frames, params.mel_bands), np.float32))
+            card["tflite"]["analysis"] = tflite_files.convert_for_analysis(model, params, seq_len, multi_label,
+                                                                           Path(scratch), windows)
+            beside = {name: Path(scratch) / name
+                      for name in [*card["tflite"]["files"], *card["tflite"]["analysis"]["files"]]}
         save_export(out, model, classes, labels_tsv, eval_dir / "thresholds.tsv", card, params,
                     float(metrics["calibration"]["temperature"]), top_k, multi_label,
                     legacy_serving=legacy_serving, beside=beside)
     extras = (", legacy serving_default" if legacy_serving else "") + (
-        f", TFLite {card['tflite']['ops']} ops" if tflite else "")
+        f", TFLite {card['tflite']['ops']} ops; analysis file {card['tflite']['analysis']['choice']}" if tflite else "")
     print(f"export {trained['model']}: {out} ({len(classes)} classes{extras})", file=sys.stderr)
 
 

@@ -59,16 +59,16 @@ def dft_tables(params: FrontEnd) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _unrolled_lstm(layer: keras.layers.LSTM, weights: list[np.ndarray], sequence: tf.Tensor) -> tf.Tensor:
-    """The last hidden state of `layer` (its `weights`, read eagerly) over (1, steps, features), step by step."""
+    """The last hidden state of `layer` (its `weights`, read eagerly) over (batch, steps, features), step by step."""
     # Constants, not the layer's variables: the calibrator of int8 conversion cannot read captured variables.
     kernel, recurrent, bias = (tf.constant(w, tf.float32) for w in weights)
     activation, recurrent_activation = layer.cell.activation, layer.cell.recurrent_activation
     units = layer.units
-    inputs = tf.tensordot(sequence[0], kernel, axes=1) + bias  # (steps, 4 units): all steps' input terms at once
-    h = tf.zeros([1, units])
-    c = tf.zeros([1, units])
+    inputs = tf.tensordot(sequence, kernel, axes=1) + bias  # (batch, steps, 4 units): all steps' input terms at once
+    h = tf.zeros([tf.shape(sequence)[0], units]) if sequence.shape[0] is None else tf.zeros([sequence.shape[0], units])
+    c = tf.zeros_like(h)
     for step in range(sequence.shape[1]):
-        z = inputs[step:step + 1] + tf.matmul(h, recurrent)
+        z = inputs[:, step] + tf.matmul(h, recurrent)
         i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))  # Keras's gate order
         c = recurrent_activation(f) * c + recurrent_activation(i) * activation(g)
         h = recurrent_activation(o) * activation(c)
@@ -130,6 +130,33 @@ class WindowModule(tf.Module):
         return {"scores": tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits)}
 
 
+class LogMelWindowsModule(tf.Module):
+    """(batch, window frames, bands) log-mel windows -> (batch, classes) probabilities: the SavedModel's
+    `log_mel_windows`, for `jibjib analyze --engine tflite`. The batch axis is open (LiteRT resizes it)."""
+
+    def __init__(self, model: keras.Model, params: FrontEnd, seq_len: int | None, multi_label: bool) -> None:
+        super().__init__()
+        self.model, self.params, self.multi_label, self.seq_len = model, params, multi_label, seq_len
+        self._lstm = model.get_layer("lstm") if seq_len else None
+        self._lstm_weights = self._lstm.get_weights() if seq_len else []
+        self.frames = (seq_len or 1) * params.patch_frames
+        self.scores = tf.function(self._scores, input_signature=[
+            tf.TensorSpec([None, self.frames, params.mel_bands], tf.float32, "windows")])
+
+    def _scores(self, windows: tf.Tensor) -> dict[str, tf.Tensor]:
+        if self._lstm is None:
+            logits = self.model(windows, training=False)
+        else:
+            frames, bands = self.params.patch_frames, self.params.mel_bands
+            n = tf.shape(windows)[0]
+            patches = tf.reshape(windows, [n * self.seq_len, frames, bands])  # every patch is real: no mask
+            features = self.model.get_layer("patch_encoder")(patches, training=False)
+            h = _unrolled_lstm(self._lstm, self._lstm_weights, tf.reshape(features, [n, self.seq_len, -1]))
+            logits = self.model.get_layer("logits")(self.model.get_layer("dense")(h))
+        logits = tf.cast(logits, tf.float32)
+        return {"scores": tf.sigmoid(logits) if self.multi_label else tf.nn.softmax(logits)}
+
+
 def _convert(frozen: Any, variant: str, builtins_only: bool) -> bytes:
     # No trackable object: TensorFlow calls that path deprecated, but on the frozen function it converts VGGish
     # in 20 s where the other takes 60 s (TF 2.21, 2 cores), and gives the same ops.
@@ -186,6 +213,83 @@ def convert(model: keras.Model, params: FrontEnd, seq_len: int | None, multi_lab
         "window_samples": module.samples,
         "labels": "assets/labels.txt",
     }
+
+
+# The files `jibjib analyze --engine tflite` runs: log-mel windows in (their batch axis open), scores out.
+ANALYSIS_VARIANTS = {"float32": "windows.tflite", "int8": "windows_int8.tflite"}
+# analyze runs the int8 file when its top-1 agrees with the SavedModel's on at least this share of the val windows.
+INT8_MIN_AGREEMENT = 0.99
+# Val windows checked at most: every file contributes its first windows, as evenly as the count allows.
+AGREEMENT_WINDOWS = 2000
+
+
+def convert_for_analysis(model: keras.Model, params: FrontEnd, seq_len: int | None, multi_label: bool,
+                         out_dir: Path, val_windows: np.ndarray) -> dict[str, Any]:
+    """Write the analysis files (float32 and dynamic-range int8) into out_dir and choose one by its agreement.
+
+    `val_windows` (n, window frames, bands): log-mel windows of the val split. The int8 file is chosen when
+    its top-1 class agrees with the float32 graph's (the SavedModel's `log_mel_windows`) on at least
+    INT8_MIN_AGREEMENT of them; otherwise, or with no val windows, the float32 file. Returns the model card's
+    `tflite.analysis` section.
+    """
+    module = LogMelWindowsModule(model, params, seq_len, multi_label)
+    frozen = convert_variables_to_constants_v2(module.scores.get_concrete_function())
+    files = {}
+    for variant, name in ANALYSIS_VARIANTS.items():
+        started = time.monotonic()
+        (out_dir / name).write_bytes(_convert(frozen, variant, builtins_only=True))
+        files[name] = {"bytes": (out_dir / name).stat().st_size, "quantisation": _QUANTISATION[variant],
+                       "convert_seconds": round(time.monotonic() - started, 1)}
+    section: dict[str, Any] = {
+        "files": files,
+        "input": {"name": "windows", "shape": [None, module.frames, params.mel_bands], "dtype": "float32",
+                  "meaning": "log-mel windows as jibjib analyze cuts them (any number)"},
+        "output": {"name": "scores", "shape": [None, _classes(model)], "dtype": "float32"},
+        "int8_min_agreement": INT8_MIN_AGREEMENT,
+    }
+    if len(val_windows) == 0:
+        return {**section, "file": ANALYSIS_VARIANTS["float32"], "val_windows": 0, "int8_top1_agreement": None,
+                "int8_max_abs_difference": None, "choice": "float32: no val windows to check the int8 file on"}
+    from jibjib.serving.litert import LiteRTModel
+
+    batches = [val_windows[i:i + 64] for i in range(0, len(val_windows), 64)]
+    reference = np.concatenate([module.scores(tf.constant(b))["scores"].numpy() for b in batches])
+    int8 = LiteRTModel(out_dir / ANALYSIS_VARIANTS["int8"], threads=2)
+    quantised = np.concatenate([int8(b) for b in batches])
+    agreement = float(np.mean(quantised.argmax(axis=1) == reference.argmax(axis=1)))
+    chosen = "int8" if agreement >= INT8_MIN_AGREEMENT else "float32"
+    return {**section, "file": ANALYSIS_VARIANTS[chosen], "val_windows": int(len(val_windows)),
+            "int8_top1_agreement": round(agreement, 4),
+            "int8_max_abs_difference": round(float(np.abs(quantised - reference).max()), 4),
+            "choice": f"{chosen}: the int8 file's top-1 agrees with the SavedModel's on {agreement:.1%} of "
+                      f"{len(val_windows)} val windows ({'at least' if chosen == 'int8' else 'below'} "
+                      f"{INT8_MIN_AGREEMENT:.0%})"}
+
+
+def val_windows(split_tsv: str | os.PathLike, features_dir: str | os.PathLike, params: FrontEnd, patches: int,
+                limit: int = AGREEMENT_WINDOWS) -> np.ndarray:
+    """Log-mel windows of the val split's files (their feature npz), one window apart, at most `limit` in all,
+    the first ones of every file as evenly as the limit allows; files without a whole window give none."""
+    import pandas as pd
+
+    from jibjib.features.files import feature_path
+
+    split = pd.read_csv(split_tsv, sep="\t", keep_default_na=False, dtype=str)
+    paths = split.loc[split["split"] == "val", "path"].tolist()
+    frames = patches * params.patch_frames
+    per_file = max(1, limit // max(1, len(paths)))
+    windows: list[np.ndarray] = []
+    for path in paths:
+        npz = Path(feature_path(features_dir, path))
+        if not npz.is_file() or sum(map(len, windows)) >= limit:
+            continue
+        with np.load(npz, allow_pickle=False) as z:
+            log_mel = z["log_mel"]
+        count = min(per_file, log_mel.shape[0] // frames)
+        if count:
+            windows.append(log_mel[:count * frames].reshape(count, frames, log_mel.shape[1]).astype(np.float32))
+    joined = np.concatenate(windows) if windows else np.zeros((0, frames, params.mel_bands), np.float32)
+    return joined[:limit]
 
 
 def _classes(model: keras.Model) -> int:

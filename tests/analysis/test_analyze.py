@@ -57,7 +57,9 @@ def tone_model(seq_len: int | None) -> keras.Model:
     return keras.Model(inputs, logits)
 
 
-def write_tone_export(out: Path, seq_len: int | None, window_thresholds: list[float] | None = None) -> Path:
+def write_tone_export(out: Path, seq_len: int | None, window_thresholds: list[float] | None = None,
+                      analysis_windows: np.ndarray | None = None) -> Path:
+    """The Tone model's export; with `analysis_windows` (val log-mel windows) also its analysis TFLite files."""
     scratch = out.parent / f".{out.name}-assets"
     scratch.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"class_id": [0, 1], "label": LABELS, "external_id": ["o-1", "t-2"]}).to_csv(
@@ -69,8 +71,22 @@ def write_tone_export(out: Path, seq_len: int | None, window_thresholds: list[fl
     grid = WindowGrid.for_model(VGGISH, seq_len or 1)
     card = {"model": "tone", "frontend": {**VGGISH.__dict__, "fingerprint": VGGISH.fingerprint()},
             "window": window_card(grid, VGGISH)}
-    save_export(out, tone_model(seq_len), LABELS, scratch / "labels.tsv", scratch / "thresholds.tsv", card, VGGISH)
+    model = tone_model(seq_len)
+    save_export(out, model, LABELS, scratch / "labels.tsv", scratch / "thresholds.tsv", card, VGGISH,
+                beside=analysis_files(model, card, scratch, analysis_windows, multi_label=False))
     return out
+
+
+def analysis_files(model: keras.Model, card: dict, scratch: Path, windows: np.ndarray | None,
+                   multi_label: bool) -> dict[str, Path]:
+    """With val `windows`, the analysis TFLite files of a one-patch model in `scratch` and the card's section
+    for them, as `jibjib export --tflite` writes them; {} without."""
+    if windows is None:
+        return {}
+    from jibjib.serving import tflite
+
+    card["tflite"] = {"analysis": tflite.convert_for_analysis(model, VGGISH, None, multi_label, scratch, windows)}
+    return {name: scratch / name for name in card["tflite"]["analysis"]["files"]}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +123,9 @@ def test_windows_fall_where_the_grid_says(exports: dict[str, Path], tmp_path: Pa
     # 998 frames of 10 ms: whole windows start every 48 frames up to frame 998 - 96.
     assert scores.start.size == 1 + (998 - 96) // 48 == 19
     np.testing.assert_allclose(scores.start, np.arange(19) * 0.48)
-    np.testing.assert_allclose(scores.end, scores.start + 0.96)
+    # A window's 96 frames start 10 ms apart and each reads 25 ms: it covers 0.975 s of audio, not 0.96 s.
+    np.testing.assert_allclose(scores.end, scores.start + 0.975)
+    assert vggish.grid.span_seconds == pytest.approx(0.975) and sequence.grid.span_seconds == pytest.approx(2.895)
     assert sequence.score_file(path).start.size == 1 + (998 - 288) // 100
 
 
@@ -116,10 +134,11 @@ def test_detections_are_where_the_calls_are(exports: dict[str, Path], tmp_path: 
     tones = [(10.0, 12.0), (30.0, 33.0)]
     audio = tmp_path / "in"
     write_audio(audio / "site" / "long.flac", soundscape(45.0, 44100, tones, channels=2), 44100, "FLAC")
-    results = analyze_files(Analyzer(exports[kind]), find_inputs([audio]))
-    (result,) = results
+    analyzer = Analyzer(exports[kind])
+    (result,) = analyze_files(analyzer, find_inputs([audio]))
     assert result.status == ANALYSED and result.relative == "site/long.flac"
-    s = result.scores
+    s = analyzer.score_file(audio / "site" / "long.flac")
+    assert result.windows == s.scores.shape[0]
     hit = s.scores[:, 1] >= 0.5
     # Every window mostly inside a tone is detected, every window clear of both is not.
     for start, end, detected in zip(s.start, s.end, hit):
@@ -145,7 +164,7 @@ def test_tables_merge_and_thresholds(exports: dict[str, Path], tmp_path: Path) -
     assert table["file"].tolist() == ["one.wav", "sub/two.wav", "sub/two.wav"]
     for (_, row), (start, end) in zip(table.iterrows(), [(5.0, 7.0), (2.0, 3.0), (12.0, 14.0)]):
         assert start - 0.96 < row["start"] <= start + 0.48 and end - 0.48 <= row["end"] < end + 0.96, row
-    raven = pd.read_csv(out / "sub" / "two.selections.txt", sep="\t")
+    raven = pd.read_csv(out / "sub" / "two.jibjib.selections.txt", sep="\t")
     assert tuple(raven.columns) == RAVEN_COLUMNS and raven["Selection"].tolist() == [1, 2]
     assert raven["Begin Time (s)"].tolist() == table["start"].tolist()[1:]
     assert set(raven["Low Freq (Hz)"]) == {125.0} and set(raven["High Freq (Hz)"]) == {7500.0}
@@ -156,11 +175,11 @@ def test_tables_merge_and_thresholds(exports: dict[str, Path], tmp_path: Path) -
     unmerged = tmp_path / "unmerged"
     assert analyze_cli("--model", str(exports["patch"]), "--out", str(unmerged), str(audio)).returncode == 0
     rows = pd.read_csv(unmerged / "detections.tsv", sep="\t")
-    assert len(rows) > 3 and (rows["end"] - rows["start"]).round(3).eq(0.96).all()
+    assert len(rows) > 3 and (rows["end"] - rows["start"]).round(3).eq(0.975).all()
     everything = tmp_path / "everything"
     assert analyze_cli("--model", str(exports["patch"]), "--out", str(everything), "--min-score", "0.5",
                        "--format", "audacity", str(audio / "one.wav")).returncode == 0
-    labels = (everything / "one.labels.txt").read_text().splitlines()
+    labels = (everything / "one.jibjib.labels.txt").read_text().splitlines()
     assert {line.split("\t")[2].split(" ")[0] for line in labels} == {"Other", "Tone"}
 
 
@@ -218,8 +237,10 @@ def test_the_windows_signature_scores_as_analyze_does(exports: dict[str, Path], 
         served = tf.saved_model.load(str(exports[kind])).signatures["windows"](
             waveform=tf.constant(samples[None]), hop_seconds=tf.constant(0.5))
         np.testing.assert_allclose(served["start"].numpy(), mine.start)
-        np.testing.assert_allclose(served["end"].numpy(), mine.start + analyzer.window_seconds)
-        np.testing.assert_allclose(served["scores"].numpy()[0], mine.scores, atol=1e-4)
+        np.testing.assert_allclose(served["end"].numpy(), mine.start + analyzer.grid.span_seconds)
+        np.testing.assert_allclose(np.minimum(served["end"].numpy(), 7.0), mine.end)
+        # analyze keeps float16 scores: steps of 0.0005 between 0.5 and 1.
+        np.testing.assert_allclose(served["scores"].numpy()[0], mine.scores, atol=2.5e-4)
 
 
 def test_memory_stays_flat_on_a_long_file(exports: dict[str, Path], tmp_path: Path) -> None:
@@ -261,6 +282,10 @@ def test_the_workflow_stage_reanalyses_only_what_changed(workflow_copy: Path) ->
     write_audio(field / "a.wav", soundscape(4.0, 22050, [(1.0, 2.0)]), 22050, "WAV")
     write_audio(field / "deep" / "b.flac", soundscape(3.0, 16000, []), 16000, "FLAC")
     (field / "notes.txt").write_text("not audio")
+    # Recorder archives are often folders of links: one to a recording elsewhere, one to nothing.
+    (field / "linked.wav").symlink_to(write_audio(workdir / "archive" / "x.wav", soundscape(3.0, 16000, []), 16000,
+                                                  "WAV"))
+    (field / "gone.wav").symlink_to(workdir / "archive" / "deleted.wav")
     config = {**TINY, "data_dir": str(workdir / "birds"),
               "analyze": {"input_dir": str(field), "shards": 3, "min_score": 0.0, "models": ["vggish"]}}
     out = workdir / "results" / "analysis" / "vggish"
@@ -268,37 +293,41 @@ def test_the_workflow_stage_reanalyses_only_what_changed(workflow_copy: Path) ->
 
     run_snakemake(workdir, config=config)
     files = pd.read_csv(out / "files.tsv", sep="\t", keep_default_na=False).set_index("file")
-    assert files["status"].to_dict() == {"a.wav": "analysed", "deep/b.flac": "analysed", "notes.txt": "ignored"}
+    assert files["status"].to_dict() == {"a.wav": "analysed", "deep/b.flac": "analysed", "gone.wav": "rejected",
+                                         "linked.wav": "analysed", "notes.txt": "ignored"}
+    assert files.loc["gone.wav", "detail"].startswith("broken symbolic link to ")
     detections = pd.read_csv(out / "detections.tsv", sep="\t")
     # min_score 0: every window of every file for each of the three species.
-    windows = {name: int(files.loc[name, "windows"]) for name in ("a.wav", "deep/b.flac")}
+    windows = {name: int(files.loc[name, "windows"]) for name in ("a.wav", "deep/b.flac", "linked.wav")}
     assert detections.groupby("file").size().to_dict() == {k: 3 * v for k, v in windows.items()}
-    assert (out / "deep" / "b.selections.txt").is_file() and (out / "scores" / "deep" / "b.npz").is_file()
+    assert (out / "deep" / "b.jibjib.selections.txt").is_file() and (out / "scores" / "deep" / "b.npz").is_file()
 
     def manifests() -> dict[str, dict[str, str]]:
         return {p.name: pd.read_csv(p, sep="\t", keep_default_na=False).set_index("file")["status"].to_dict()
-                for p in sorted((out / "shards").glob("*.tsv"))}
+                for p in sorted((out / "shards").glob("*.tsv")) if not p.name.endswith(".detections.tsv")}
 
     before = manifests()
     write_audio(field / "c.wav", soundscape(3.0, 16000, []), 16000, "WAV")
-    run_snakemake(workdir, config=config)
+    log = run_snakemake(workdir, config=config).stderr
     after = manifests()
     changed = {name for name in after if after[name] != before.get(name)}
-    assert len(changed) == 1  # only the new file's shard ran, and in it only the new file was analysed
+    assert len(changed) == 1, log  # only the new file's shard ran, and in it only the new file was analysed
     (name,) = changed
     assert after[name]["c.wav"] == "analysed"
-    assert all(status in ("reused", "ignored") for file, status in after[name].items() if file != "c.wav")
+    assert all(status in ("reused", "ignored") for file, status in after[name].items()
+               if file not in ("c.wav", "gone.wav"))
     assert (workdir / "results" / "models" / "vggish" / "train.json").stat().st_mtime_ns == trained
 
     # A checkout that only touches modification times reruns nothing.
     for path in field.rglob("*"):
-        os.utime(path)
+        if not path.is_symlink():
+            os.utime(path)
     assert "Nothing to be done" in run_snakemake(workdir, config=config).stderr
 
     # A removed recording takes its scores and its table with it.
     (field / "deep" / "b.flac").unlink()
     run_snakemake(workdir, config=config)
-    assert not (out / "deep" / "b.selections.txt").exists() and not (out / "scores" / "deep" / "b.npz").exists()
+    assert not (out / "deep" / "b.jibjib.selections.txt").exists() and not (out / "scores" / "deep" / "b.npz").exists()
     assert "deep/b.flac" not in set(pd.read_csv(out / "detections.tsv", sep="\t")["file"])
 
 
@@ -318,7 +347,7 @@ def test_the_workflow_evaluates_annotated_soundscapes(workflow_copy: Path) -> No
     report = (eval_dir / "report.md").read_text()
     assert report.startswith((eval_dir / "test_report.md").read_text().rstrip("\n"))
     assert "## Annotated soundscapes" in report and (eval_dir / "soundscape.png").stat().st_size > 10_000
-    assert (eval_dir / "soundscapes" / "site.selections.txt").is_file()
+    assert (eval_dir / "soundscapes" / "site.jibjib.selections.txt").is_file()
 
 
 def test_an_export_without_window_thresholds_is_refused_before_any_work(tmp_path: Path) -> None:

@@ -117,6 +117,37 @@ def test_long_compressed_files_in_bounded_memory(tmp_path: Path, suffix: str) ->
         assert z["log_mel"].shape == (VGGISH.n_frames(minutes * 60 * 16000), 64)
 
 
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read(2) and friends so far (Linux: /proc/self/io rchar)."""
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.parametrize(("name", "container", "subtype"), [
+    ("x.flac", "FLAC", None), ("x.mp3", "MP3", None), ("x.ogg", "OGG", "VORBIS"), ("x24.wav", "WAV", "PCM_24"),
+    ("x16.wav", "WAV", "PCM_16")])
+def test_decoding_hashes_the_file_in_the_same_read(tmp_path: Path, name: str, container: str,
+                                                   subtype: str | None) -> None:
+    """The content hash comes from the bytes decoding reads: every format is read once, not once more to hash."""
+    import hashlib
+
+    rate = 44100 if container == "MP3" else 22050
+    path = write_audio(tmp_path / name, np.stack([chirp(60.0, rate), chirp(60.0, rate, f0=3000)], axis=1),
+                       rate, container, subtype)
+    size = path.stat().st_size
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    before = _bytes_read()
+    with open_audio(path) as reader:
+        frames = sum(block.shape[0] for block in reader.blocks())
+        digest = reader.sha256()
+    read = _bytes_read() - before
+    assert digest == expected and frames == 60 * rate
+    # Checks and decoders peek at the end (an Ogg file's last pages: about 130 kB in all, whatever its length);
+    # a second pass to hash would add the whole file.
+    assert size > 400_000 and read < size + 200_000, (read, size)
+
+
 # --- Broken, misnamed and odd files ---------------------------------------------------------
 
 @pytest.mark.parametrize(("suffix", "detail"), [("flac", "cut off or damaged"), ("mp3", "header declares"),

@@ -405,5 +405,5 @@ def test_analyze_files_table_counts_zero_detections(tmp_path: Path) -> None:
     assert cli.main(["analyze", "--model", str(export), "--out", str(out), str(audio)]) == 0
     files = pd.read_csv(out / "files.tsv", sep="\t", keep_default_na=False).set_index("file")
     assert files.loc["quiet.wav", "detections"] == 0 and files.loc["call.wav", "detections"] > 0
-    assert (out / "quiet.selections.txt").read_text().count("\n") == 1  # the header only
+    assert (out / "quiet.jibjib.selections.txt").read_text().count("\n") == 1  # the header only
     assert set(pd.read_csv(out / "detections.tsv", sep="\t")["file"]) == {"call.wav"}

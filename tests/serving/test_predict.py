@@ -1,4 +1,5 @@
-"""predict's thresholds and detections, on a stand-in for a loaded export (no SavedModel needed)."""
+"""predict's thresholds and detections on a stand-in for a loaded export; streaming and long files on
+hand-built exports."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ OLD_THRESHOLDS = "label\tthreshold\tprecision\trecall\tsupport\tstatus\n" + "".j
 
 
 class FakeExport:
-    """What predict_files uses of `Exported`: labels, external_ids, waveform(path), scores(waveform, calibrated)."""
+    """What predict_files uses of `Exported`: labels, external_ids, file_scores(path, calibrated)."""
 
     labels = LABELS
     external_ids = None
@@ -38,13 +39,12 @@ class FakeExport:
     def __init__(self, thresholds_path: Path | None = None) -> None:
         self.thresholds_path = thresholds_path
 
-    def waveform(self, path: str) -> np.ndarray:
+    def file_scores(self, path: str, calibrated: bool = False) -> tuple[np.ndarray, str]:
         if path.endswith("bad.wav"):
             raise AudioError("unreadable: not a WAV file")
-        return np.zeros(16000, np.float32)
-
-    def scores(self, waveform: np.ndarray, calibrated: bool = False) -> np.ndarray:
-        return CALIBRATED if calibrated else RAW
+        if path.startswith("long"):
+            return RAW, predict.WINDOW_MAX
+        return (CALIBRATED if calibrated else RAW), predict.FILE_MEAN
 
 
 @pytest.fixture
@@ -107,3 +107,77 @@ def test_cli_compares_calibrated_scores_with_calibrated_thresholds(tsv: Path, tm
     assert captured.out == ""
     [line] = captured.err.strip().splitlines()
     assert line.startswith(f"jibjib predict: error: {old} has no calibrated_threshold column")
+
+
+# --- On exported models: streaming, and long files ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tone_exports(tmp_path_factory) -> dict[str, Path]:
+    from test_analyze import write_tone_export
+
+    root = tmp_path_factory.mktemp("tone_exports")
+    return {"patch": write_tone_export(root / "patch" / "1", None, [float("nan"), 0.5]),
+            "sequence": write_tone_export(root / "sequence" / "1", 3, [float("nan"), 0.5])}
+
+
+@pytest.mark.parametrize("kind", ["patch", "sequence"])
+def test_a_file_read_in_chunks_scores_as_in_one_piece(tone_exports: dict[str, Path], tmp_path: Path,
+                                                      kind: str) -> None:
+    """50 s at 44.1 kHz: two chunks of about 30 s, each starting on a unit; the mean over the whole file."""
+    from conftest import write_audio
+    from test_analyze import soundscape
+
+    path = write_audio(tmp_path / "clip.flac", soundscape(50.0, 44100, [(12.0, 14.0), (31.0, 40.0)]), 44100, "FLAC")
+    model = predict.Exported(tone_exports[kind])
+    for calibrated in (False, True):
+        scores, scored_by = model.file_scores(path, calibrated)
+        assert scored_by == predict.FILE_MEAN
+        np.testing.assert_allclose(scores, model.scores(model.waveform(path), calibrated), atol=1e-5)
+
+
+def test_a_long_file_is_decided_by_its_best_window(tone_exports: dict[str, Path], tmp_path: Path) -> None:
+    """One 2 s call in 90 s: the file's mean is far below the threshold, its best window far above."""
+    from conftest import REPO_ENV, write_audio
+    from test_analyze import soundscape
+    import subprocess
+    import sys
+
+    path = write_audio(tmp_path / "dawn.wav", soundscape(90.0, 16000, [(70.0, 72.0)]), 16000, "WAV")
+    model = predict.Exported(tone_exports["patch"])
+    scores, scored_by = model.file_scores(path)
+    assert scored_by == predict.WINDOW_MAX and scores[1] > 0.9
+    assert model.scores(model.waveform(path))[1] < 0.2  # the mean over all of it
+    done = subprocess.run([sys.executable, "-m", "jibjib", "predict", "--model", str(tone_exports["patch"]), str(path),
+                           "--thresholds"], capture_output=True, text=True, env=REPO_ENV, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(io.StringIO(done.stdout), sep="\t").set_index("label")
+    # Compared with the window threshold (0.5), not the file threshold; "Other" has no window threshold.
+    assert table.loc["Tone", ["threshold", "detected", "scored_by"]].tolist() == [0.5, True, "window_max"]
+    assert not table.loc["Other", "detected"]
+
+
+def test_predict_streams_long_files_in_bounded_memory(tone_exports: dict[str, Path], tmp_path: Path) -> None:
+    """Peak RSS of predict on 20 minutes at 48 kHz against 2: read whole, the long file alone is 230 MB."""
+    import re
+    import subprocess
+    import sys
+
+    import soundfile
+
+    from conftest import REPO, REPO_ENV
+    from test_analyze import soundscape
+
+    def peak(minutes: int) -> int:
+        path = tmp_path / f"{minutes}.wav"
+        with soundfile.SoundFile(path, "w", 48000, 1, "PCM_16") as f:
+            for minute in range(minutes):
+                f.write(soundscape(60.0, 48000, [(20.0, 25.0)], seed=minute))
+        code = ("import re, sys; from jibjib.cli import main; rc = main(sys.argv[1:]); "
+                "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]); sys.exit(rc)")
+        done = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(tone_exports["patch"]), str(path)],
+                              capture_output=True, text=True, cwd=REPO, env=REPO_ENV, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return int(re.findall(r"^\d+$", done.stdout, re.M)[-1]) * 1024
+
+    short, long = peak(2), peak(20)
+    assert long - short < 60e6, (short, long)

@@ -13,10 +13,8 @@ import pytest
 from conftest import TINY, run_snakemake
 from jibjib.core.params import VGGISH
 
-pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is a test dependency: run `make setup`")
-
-from jibjib.serving.predict import read_waveform  # noqa: E402
-from jibjib.serving.tflite import VARIANTS, cut_windows, litert_scores, saved_model_scores  # noqa: E402
+from jibjib.serving.predict import read_waveform
+from jibjib.serving.tflite import VARIANTS, cut_windows, litert_scores, saved_model_scores
 
 MODELS = ["vggish", "convlstm"]
 
@@ -131,6 +129,34 @@ def test_quantised_models_agree_on_the_test_split(tiny_workflow: Path, serving_e
     for name in ("model_fp16.tflite", "model_int8.tflite"):
         agreement = np.mean(litert_scores(export / name, windows).argmax(axis=1) == reference)
         assert agreement >= 0.98, f"{name}: top-1 agrees on {agreement:.1%} of {len(windows)} windows"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_analysis_files_score_as_the_saved_model(serving_exports: dict[str, Path], tmp_path: Path,
+                                                     model: str) -> None:
+    """windows.tflite (log-mel windows in, any number) against the SavedModel's log_mel_windows; the card's
+    choice of file for `analyze --engine tflite` follows the int8 file's agreement on the val windows."""
+    import tensorflow as tf
+
+    from jibjib.analysis.analyzer import Analyzer
+    from jibjib.features.frontend import waveform_to_log_mel
+    from jibjib.serving.litert import LiteRTModel
+    from jibjib.serving.tflite import INT8_MIN_AGREEMENT
+
+    export = serving_exports[model]
+    section = json.loads((export / "assets" / "model_card.json").read_text())["tflite"]["analysis"]
+    assert section["val_windows"] > 0 and 0 <= section["int8_top1_agreement"] <= 1
+    int8 = section["int8_top1_agreement"] >= INT8_MIN_AGREEMENT
+    assert section["file"] == ("windows_int8.tflite" if int8 else "windows.tflite"), section
+    frames = patches_per_window(model) * 96
+    log_mel = np.concatenate([waveform_to_log_mel(w, 16000) for w in demo_windows(tmp_path, patches_per_window(model))])
+    windows = log_mel[: log_mel.shape[0] // frames * frames].reshape(-1, frames, 64)
+    assert len(windows) >= 5
+    expected = loaded(export).signatures["log_mel_windows"](windows=tf.constant(windows))["scores"].numpy()
+    runner = LiteRTModel(export / "windows.tflite", threads=1)
+    got = np.concatenate([runner(windows[:3]), runner(windows[3:])])  # two batch sizes: the input is resized
+    assert np.abs(got - expected).max() < 1e-4
+    assert Analyzer(export, engine="tflite").engine == section["file"]
 
 
 def test_changing_a_flag_reruns_the_exports(tiny_workflow: Path) -> None:

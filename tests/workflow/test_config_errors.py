@@ -84,6 +84,11 @@ BAD_CONFIGS = {
     "analysis with an untrained model": ({"models": ["vggish"], "analyze": {"input_dir": "{tmp}/birds",
                                                                             "models": ["convlstm"]}},
                                          "config: analyze.models: convlstm not among the trained models (vggish)"),
+    "tflite analysis without tflite export": ({"analyze": {"input_dir": "{tmp}/birds", "engine": "tflite"}},
+                                              "config: analyze.engine: tflite runs the export's TFLite analysis "
+                                              "file, which only export.tflite: true writes"),
+    "unknown analysis engine": ({"analyze": {"engine": "onnx"}},
+                                "config: analyze.engine: 'onnx' is not one of ['savedmodel', 'tflite']"),
     "missing soundscapes": ({"soundscapes": {"audio_dir": "{tmp}/scapes"}},
                             "config: soundscapes.audio_dir: {tmp}/scapes does not exist"),
     "reversed SNR range": ({"train": {"augment": {"background_snr_db": [20, 0]}}},

@@ -10,6 +10,10 @@ with `--workflow-profile profiles/slurm`; the test checks that every job except
 the local `all` went through sbatch (Snakemake's log against SLURM's own job
 records), that GPU jobs ran on the GPU partition with a GPU, and that the two
 runs produced the same files.
+
+A dry run through the profile needs no cluster: it checks the routing of
+every rule the analysis adds (analyze.input_dir, soundscapes.audio_dir) with
+each analysis engine.
 """
 
 from __future__ import annotations
@@ -176,6 +180,58 @@ def _weight_shapes(model_keras: Path) -> tuple[dict, dict[str, tuple]]:
         h5.visititems(lambda name, item: shapes.__setitem__(name, item.shape)
                       if isinstance(item, h5py.Dataset) else None)
     return config, shapes
+
+
+def _planned_jobs(log: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of every job a dry run printed."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", log):
+        head = re.match(r"(?:local)?rule (\w+):\n", block)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if head and resources:
+            jobs.append((head.group(1), dict(re.findall(r"(\w+)=([^,]*)", resources.group(1)))))
+    return jobs
+
+
+GPU_RULES = {"train_vggish", "train_convlstm", "evaluate_vggish", "evaluate_convlstm", "embed", "analyze_shard",
+             "soundscape_scores_vggish", "soundscape_scores_convlstm"}
+
+
+@pytest.mark.parametrize("engine", ["savedmodel", "tflite"])
+def test_dry_run_routes_analysis_by_its_engine(tmp_path: Path, engine: str) -> None:
+    """With analyze.input_dir and soundscapes (no cluster needed): every job that asks for a GPU goes to the
+    GPU partition, every other one to the CPU partition; the analysis jobs ask for a GPU with the savedmodel
+    engine and for none with tflite, on SLURM and on a workstation alike."""
+    from conftest import make_tree, chirp, write_wav
+
+    make_tree(tmp_path / "birds", {"Alpha_one": 2, "Beta_two": 2})
+    write_wav(tmp_path / "field" / "a.wav", chirp(3.0, 16000), 16000)
+    config = {"data_dir": str(tmp_path / "birds"), "analyze": {"input_dir": str(tmp_path / "field"), "engine": engine},
+              "soundscapes": {"audio_dir": str(tmp_path / "field")}, "export": {"tflite": engine == "tflite"}}
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+               "--configfile", str(REPO / "config.yaml"), str(overrides), "--dry-run"]
+    env = {**REPO_ENV, "JIBJIB_SLURM_CPU_PARTITION": "cpu", "JIBJIB_SLURM_GPU_PARTITION": "gpu"}
+    plans = {}
+    for profile in ("slurm", "default"):
+        done = subprocess.run([*command, "--workflow-profile", str(REPO / "profiles" / profile)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        plans[profile] = _planned_jobs(done.stdout + done.stderr)
+    suffix = "" if engine == "savedmodel" else "_cpu"
+    for profile, jobs in plans.items():
+        analysis = [(rule, r) for rule, r in jobs if rule.startswith(("analyze_shard", "soundscape_scores"))]
+        assert {rule for rule, _ in analysis} == {f"analyze_shard{suffix}", f"soundscape_scores_vggish{suffix}",
+                                                  f"soundscape_scores_convlstm{suffix}"}, profile
+        assert all((r.get("gpu") == "1") == (engine == "savedmodel") for _, r in analysis), (profile, analysis)
+    slurm = plans["slurm"]
+    assert {rule for rule, _ in slurm} >= {"train_vggish", "evaluate_convlstm", "features", "analysis_tables"}
+    for rule, resources in slurm:
+        gpu = resources.get("gpu") == "1"
+        assert gpu == (rule in GPU_RULES), (rule, resources)
+        # A GPU rule missing from profiles/slurm's set-resources would ask for a GPU on the CPU partition.
+        assert resources.get("slurm_partition") == ("gpu" if gpu else "cpu"), (rule, resources)
 
 
 def test_workflow_on_slurm_matches_a_local_run(tmp_path: Path) -> None:

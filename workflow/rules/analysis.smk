@@ -6,10 +6,17 @@
 # path (analyze.shards) and each shard's input is its content signature
 # (results/analysis/sources/<shard>.tsv), rewritten only when a file was
 # added, removed or changed content, as in the feature stage. A shard job
-# keeps each file's window scores (results/analysis/<model>/scores/, npz)
-# and analyses again only the files whose content, export or window hop
-# changed; the tables job then writes detections.tsv, files.tsv and a
-# table per recording from all shards' scores.
+# analyses its files one at a time and, as each file is done, keeps its window
+# scores (results/analysis/<model>/scores/, npz), writes its table and appends
+# its detections to the shard's detections file; it analyses again only the
+# files whose content, export, engine or window hop changed, and a killed job
+# resumes with the files it had not finished. The tables job then merges the
+# shards' detections and files tables, holding no scores.
+#
+# Where the jobs run follows analyze.engine: `savedmodel` jobs carry gpu=1
+# (rule analyze_shard, the GPU partition on SLURM); `tflite` jobs run LiteRT
+# on the CPU and ask for no GPU (rule analyze_shard_cpu, the CPU partition),
+# so a CPU-only workstation runs several at once.
 
 import os
 
@@ -31,16 +38,20 @@ if ANALYSIS_MODELS and workflow.is_main_process:
               f"{len(ANALYSIS_SHARDS)} shards changed", file=sys.stderr)
 
 
-rule analyze_shard:
+rule:
+    name:
+        analysis_rule_name("analyze_shard")
     input:
         sources=ANALYSIS_SOURCES / "{shard}.tsv",
         export=lambda wildcards: current_export(wildcards.model),
     output:
         manifest="results/analysis/{model}/shards/{shard}.tsv",
+        detections="results/analysis/{model}/shards/{shard}.detections.tsv",
     params:
         root=ANALYSIS_DIR,
         scores="results/analysis/{model}/scores",
-        hop=hop_option(),
+        out_dir="results/analysis/{model}",
+        options=f"{engine_option()} {hop_option()} {table_options()}",
     log:
         job="logs/analysis/{model}/{shard}.log",
         tensorflow="logs/analysis/{model}/{shard}.tensorflow.log",
@@ -48,21 +59,20 @@ rule analyze_shard:
         model="|".join(MODEL_NAMES),
     conda:
         "../../envs/tensorflow.yaml"
-    threads: 2
+    threads: ANALYSIS_THREADS
     resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=4 * 60,
+        **analysis_resources(runtime=4 * 60),
     shell:
         "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analyze --model={input.export:q} --root={params.root:q}"
-        " --sources={input.sources:q} --scores={params.scores:q} --manifest={output.manifest:q} {params.hop}"
+        " --sources={input.sources:q} --scores={params.scores:q} --out={params.out_dir:q}"
+        " --manifest={output.manifest:q} --detections={output.detections:q} {params.options}"
         " --threads={threads} 2> {log.job:q}"
 
 
 rule analysis_tables:
     input:
         manifests=expand("results/analysis/{{model}}/shards/{shard}.tsv", shard=ANALYSIS_SHARDS),
-        export=lambda wildcards: current_export(wildcards.model),
+        detections=expand("results/analysis/{{model}}/shards/{shard}.detections.tsv", shard=ANALYSIS_SHARDS),
     output:
         detections=report("results/analysis/{model}/detections.tsv", caption="../report/detections.rst",
                           category="Analysis", subcategory="{model}"),
@@ -70,22 +80,20 @@ rule analysis_tables:
     params:
         scores="results/analysis/{model}/scores",
         out_dir="results/analysis/{model}",
-        options=table_options(),
     log:
-        job="logs/analysis/{model}/tables.log",
-        tensorflow="logs/analysis/{model}/tables.tensorflow.log",
+        "logs/analysis/{model}/tables.log",
     wildcard_constraints:
         model="|".join(MODEL_NAMES),
     conda:
-        "../../envs/tensorflow.yaml"
+        "../../envs/features.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        # Streams the shards' detection files; holds one row per recording (files.tsv), no scores.
+        mem_mb=2000,
         runtime=60,
     shell:
-        "CUDA_VISIBLE_DEVICES= JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analysis-tables --model={input.export:q}"
-        " --scores={params.scores:q} --manifests {input.manifests:q} --out={params.out_dir:q} --remove-other-scores"
-        " {params.options} 2> {log.job:q}"
+        "python -m jibjib analysis-tables --manifests {input.manifests:q} --detections {input.detections:q}"
+        " --out={params.out_dir:q} --scores={params.scores:q} --remove-other-scores 2> {log:q}"
 
 
 # Soundscapes: exported model -> its evaluation on annotated soundscapes (results/eval/<model>/soundscapes.*).
@@ -120,7 +128,7 @@ if SOUNDSCAPE_DIR:
 
         rule:
             name:
-                f"soundscape_scores_{_model}"
+                analysis_rule_name(f"soundscape_scores_{_model}")
             input:
                 export=current_export(_model),
                 sources=SOUNDSCAPE_SOURCES / "shard-00.tsv",
@@ -133,20 +141,19 @@ if SOUNDSCAPE_DIR:
                 scores=lambda wildcards, output: Path(output.files).parent / "scores",
                 hop=hop_option(),
                 options=table_options(),
+                engine=engine_option(),
             log:
                 job=f"logs/soundscapes/{_model}.analyze.log",
                 tensorflow=f"logs/soundscapes/{_model}.analyze.tensorflow.log",
             conda:
                 "../../envs/tensorflow.yaml"
-            threads: 2
+            threads: ANALYSIS_THREADS
             resources:
-                gpu=1,
-                mem_mb=4000,
-                runtime=60,
+                **analysis_resources(runtime=60),
             shell:
                 # A file that could not be analysed gives exit status 1 after files.tsv (its reason) is
                 # written; any other failure leaves no files.tsv (Snakemake removed the old one).
-                "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analyze --model={input.export:q}"
+                "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analyze --model={input.export:q} {params.engine}"
                 " --root={params.audio_dir:q} --sources={input.sources:q} --out={params.out_dir:q}"
                 " --scores={params.scores:q} --remove-other-scores {params.hop} {params.options}"
                 " --threads={threads} 2> {log.job:q} || test -e {output.files:q}"

@@ -217,3 +217,27 @@ def table_options():
 def hop_option():
     hop = SETTINGS.analyze.hop_seconds
     return "" if hop is None else f"--hop={hop}"
+
+
+# analyze.engine decides where the analysis jobs run: the SavedModel in TensorFlow wants the GPU (gpu=1; the
+# rules keep their names, which profiles/slurm routes to the GPU partition); LiteRT runs on the CPU (no gpu
+# resource, so a CPU-only workstation runs several jobs at once; the rules are named <name>_cpu and go to
+# the CPU partition). Threads: the GPU job's front end and TensorFlow; the CPU job's LiteRT (Snakemake
+# gives a job at most --cores).
+ANALYSIS_ON_GPU = SETTINGS.analyze.engine == "savedmodel"
+ANALYSIS_THREADS = 4 if ANALYSIS_ON_GPU else 8
+
+
+def analysis_rule_name(name):
+    return name if ANALYSIS_ON_GPU else f"{name}_cpu"
+
+
+def analysis_resources(runtime):
+    """mem_mb (bounded whatever the number and length of the files: docs/analysis.md), runtime, and gpu=1 on
+    the GPU engine."""
+    return {"mem_mb": 4000, "runtime": runtime, **({"gpu": 1} if ANALYSIS_ON_GPU else {})}
+
+
+def engine_option():
+    return f"--engine={SETTINGS.analyze.engine}"
+

@@ -9,7 +9,8 @@ def export_options(wildcards):
     """The export command's flags for export.tflite and export.legacy_serving."""
     options = []
     if SETTINGS.export.tflite:
-        options.append("--tflite")
+        # The val windows the int8 analysis file is checked on come from the features.
+        options.append("--tflite --features-dir=results/features")
     if SETTINGS.export.legacy_serving:
         options.append("--legacy-serving")
     return " ".join(options)
@@ -27,6 +28,7 @@ for _model in MODEL_NAMES:
             thresholds=f"results/eval/{_model}/thresholds.tsv",
             labels="results/labels.tsv",
             split="results/split.tsv",
+            features=feature_manifests() if SETTINGS.export.tflite else [],
         output:
             current_export(_model),
         params:
