@@ -223,20 +223,36 @@ def refresh_signatures(
                     rows[shard][relative] = (stat.st_size, f"stat:{stat.st_mtime_ns}:{stat.st_ctime_ns}")
                     new_caches[shard][relative] = _Entry.of(stat)
 
-    if to_hash:
-        # hashlib releases the GIL while it reads and hashes, so threads scale.
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            paths = [path for _, _, path, _, _, _ in to_hash]
-            digests = pool.map(fsutil.sha256_or, paths, [UNREADABLE] * len(paths))
-            for (shard, relative, _, stat, known, before), digest in zip(to_hash, digests):
-                # Same content keeps the row as it was, even a stamp: nothing downstream is stale.
-                same = digest == known and before != UNREADABLE
-                rows[shard][relative] = (stat.st_size, before if same else digest)
-                if digest != UNREADABLE:
-                    new_caches[shard][relative] = _Entry.of(stat, digest)
-                report.hashed_files += 1
-                report.hashed_bytes += stat.st_size
+    _hash_pending(to_hash, rows, new_caches, report, workers)
+    _write_signatures(rows, new_caches, caches, signature_dir, report)
+    _forget_other_shards(set(rows), signature_dir, manifest_dir)
+    report.seconds = time.monotonic() - started
+    return report
 
+
+def _hash_pending(to_hash: list[tuple[str, str, Path, os.stat_result, str, str]],
+                  rows: dict[str, dict[str, tuple[object, str]]], new_caches: dict[str, dict[str, _Entry]],
+                  report: RefreshReport, workers: int) -> None:
+    """Hash the files whose stat changed and set their rows: the old content where the hash is the same."""
+    if not to_hash:
+        return
+    # hashlib releases the GIL while it reads and hashes, so threads scale.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        paths = [path for _, _, path, _, _, _ in to_hash]
+        digests = pool.map(fsutil.sha256_or, paths, [UNREADABLE] * len(paths))
+        for (shard, relative, _, stat, known, before), digest in zip(to_hash, digests):
+            # Same content keeps the row as it was, even a stamp: nothing downstream is stale.
+            same = digest == known and before != UNREADABLE
+            rows[shard][relative] = (stat.st_size, before if same else digest)
+            if digest != UNREADABLE:
+                new_caches[shard][relative] = _Entry.of(stat, digest)
+            report.hashed_files += 1
+            report.hashed_bytes += stat.st_size
+
+
+def _write_signatures(rows: dict[str, dict[str, tuple[object, str]]], new_caches: dict[str, dict[str, _Entry]],
+                      caches: dict[str, dict[str, _Entry]], signature_dir: Path, report: RefreshReport) -> None:
+    """Each shard's signature and stat cache, rewritten only where they changed."""
     for shard, shard_rows in rows.items():
         text = fsutil.tsv_text(SIGNATURE_COLUMNS, [(path, *row) for path, row in sorted(shard_rows.items())])
         if _write_if_changed(signature_path(signature_dir, shard), text):
@@ -247,9 +263,6 @@ def refresh_signatures(
                 fsutil.tsv_text(CACHE_COLUMNS, [(p, e.size, e.mtime_ns, e.ctime_ns, e.sha256)
                                                 for p, e in sorted(new_caches[shard].items())]),
             )
-    _forget_other_shards(set(rows), signature_dir, manifest_dir)
-    report.seconds = time.monotonic() - started
-    return report
 
 
 def _forget_other_shards(shards: set[str], signature_dir: Path, manifest_dir: Path) -> None:
