@@ -22,6 +22,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if isinstance(report, WorkerReport):  # another worker than the chief of a multi-worker run: the chief reports
         print(f"train {args.model}: worker {report.worker} done", file=sys.stderr)
         return
+    if report.reused:
+        print(f"train {args.model}: reused the finished run of {report.epochs_completed} epochs", file=sys.stderr)
+        return
     print(f"train {args.model}: {report.epochs_completed} epochs in {report.seconds} s", file=sys.stderr)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable
 
 import keras
 import numpy as np
@@ -81,9 +82,10 @@ def embedding_dataset(files: pd.DataFrame, embeddings: np.ndarray, file_of: np.n
 
 
 def cached_datasets(net: keras.Model, cut: str, embeddings: list[str | os.PathLike], train_files: pd.DataFrame,
-                    val_files: pd.DataFrame, spec: InputSpec, batch_size: int, seed: int
-                    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    """Training and validation batches from the cache, after checking it holds this run's frozen trunk."""
+                    val_files: pd.DataFrame, spec: InputSpec, batch_size: int
+                    ) -> tuple[Callable[[int], tf.data.Dataset], tf.data.Dataset | None]:
+    """The training batches of a seed (one per epoch) and the validation batches from the cache, after
+    checking it holds this run's frozen trunk."""
     cache = EmbeddingCache.open(embeddings)
     wanted = (cut, frozen_weights_digest(trunk_of(net), cut))
     used = cache.locate(pd.concat([train_files, val_files])["path"])
@@ -92,8 +94,11 @@ def cached_datasets(net: keras.Model, cut: str, embeddings: list[str | os.PathLi
                          f"{cut}, weights {wanted[1][:12]}): run jibjib embed again with this run's "
                          "vggish.checkpoint, vggish.trainable and train.seed")
     train_x, train_of = cache.gather(train_files["path"])
-    train_ds = embedding_dataset(train_files, train_x, train_of, spec, batch_size, training=True, seed=seed)
+
+    def train_batches(seed: int) -> tf.data.Dataset:
+        return embedding_dataset(train_files, train_x, train_of, spec, batch_size, training=True, seed=seed)
+
     if not len(val_files):
-        return train_ds, None
+        return train_batches, None
     val_x, val_of = cache.gather(val_files["path"])
-    return train_ds, embedding_dataset(val_files, val_x, val_of, spec, batch_size, training=False, seed=seed)
+    return train_batches, embedding_dataset(val_files, val_x, val_of, spec, batch_size, training=False)

@@ -19,6 +19,9 @@ from jibjib.training.inputs.order import seed_pairs, weighted_draws
 from jibjib.training.inputs.spec import InputSpec
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Files read side by side. Fixed, not tf.data's default (the CPU count): the order of a deterministic
+# interleave depends on it, and one seed must give the same epochs on any machine.
+FILES_IN_FLIGHT = 16
 
 
 def _load_units(path: bytes, seed: int, unit: int, short: str, random_offset: bool, tile: bool,
@@ -68,12 +71,15 @@ def npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: 
     if training and spec.class_balance == "sampling":
         examples = examples_per_file([feature_stamp(f) for f in paths], spec.seq_len, spec.short_files,
                                      spec.frontend.patch_frames)
-        order = weighted_draws(balanced_draw_weights(files, examples), n, seed + 1)
+        # Files are drawn until the epoch has as many examples as the split (the schedule counts them).
+        order = weighted_draws(balanced_draw_weights(files, examples), -1, seed + 1)
     elif training:
         order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(order, seed_pairs(seed + 2, training))
-    ds = ds.interleave(_read(paths, targets, spec, aug.random_offsets, tile=False),
+    ds = ds.interleave(_read(paths, targets, spec, aug.random_offsets, tile=False), cycle_length=FILES_IN_FLIGHT,
                        num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training and spec.class_balance == "sampling":
+        ds = ds.take(int(examples.sum()))
     if training:
         ds = ds.shuffle(spec.shuffle_buffer, seed=seed + 3, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda units, mask, target: {"units": units, "mask": mask, "target": target})
@@ -93,6 +99,6 @@ def _npz_background(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, a
     paths = files["feature"].to_numpy(str)[is_background]
     order = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed + 6, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(order.repeat(), seed_pairs(seed + 7, True))
-    ds = ds.interleave(_read(paths, targets[is_background], spec, True, tile=True),
+    ds = ds.interleave(_read(paths, targets[is_background], spec, True, tile=True), cycle_length=FILES_IN_FLIGHT,
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.shuffle(256, seed=seed + 8, reshuffle_each_iteration=True).map(lambda units, mask, target: units)

@@ -1,0 +1,77 @@
+"""The training metrics, from logits, registered with keras.saving so a saved model.keras loads compiled.
+
+- `SpeciesAccuracy` ("accuracy"): right where it can be right. Multi-label:
+  per-class binary accuracy against the targets above 0.5 (a
+  smoothed or mixed target is never exactly 0 or 1). Softmax: categorical
+  accuracy over the examples of a species; a background example's uniform
+  target has no right class (its argmax would be class 0), so it is left out.
+- `ClassAveragePrecision` ("cmap"): macro average precision over the classes
+  with a positive (the `present` classes: those of the val split), as
+  Keras's interpolated PR-AUC accumulates it batch by batch (exact sums over
+  the replicas, no predictions held). Thresholds are spaced evenly in
+  logit, so that softmax probabilities of many classes, mostly near 0, are
+  still told apart. It approximates the evaluation's exact cmAP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+_THRESHOLD_LOGITS = np.linspace(-12.0, 12.0, 199)
+
+
+def _species_rows(target: Any) -> Any:
+    """1.0 for a row whose target is not uniform (an example of some species), else 0.0."""
+    spread = keras.ops.max(target, axis=-1) - keras.ops.min(target, axis=-1)
+    return keras.ops.cast(spread > 1e-6, "float32")
+
+
+@keras.saving.register_keras_serializable(package="jibjib")
+class SpeciesAccuracy(keras.metrics.Mean):
+    """Accuracy of logits: per class against targets > 0.5 (multi-label), or over species rows (softmax)."""
+
+    def __init__(self, multi_label: bool = False, name: str = "accuracy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.multi_label = multi_label
+
+    def update_state(self, y_true, y_pred, sample_weight=None):  # noqa: ANN001, ANN201 - Keras API
+        target = keras.ops.cast(y_true, "float32")
+        logits = keras.ops.cast(y_pred, "float32")
+        if self.multi_label:
+            right = keras.ops.cast((logits > 0.0) == (target > 0.5), "float32")
+            return super().update_state(keras.ops.mean(right, axis=-1), sample_weight)
+        right = keras.ops.cast(keras.ops.argmax(logits, axis=-1) == keras.ops.argmax(target, axis=-1), "float32")
+        weight = _species_rows(target)
+        if sample_weight is not None:
+            weight = weight * keras.ops.reshape(keras.ops.cast(sample_weight, "float32"), (-1,))
+        return super().update_state(right, weight)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "multi_label": self.multi_label}
+
+
+@keras.saving.register_keras_serializable(package="jibjib")
+class ClassAveragePrecision(keras.metrics.AUC):
+    """Macro average precision of logits over the `present` classes (a list of bools, one per class)."""
+
+    def __init__(self, present: list[bool], multi_label: bool = False, name: str = "cmap", **kwargs: Any) -> None:
+        for key in ("curve", "multi_label", "label_weights", "thresholds", "num_thresholds", "from_logits",
+                    "num_labels", "summation_method"):
+            kwargs.pop(key, None)  # a saved config repeats what this class fixes
+        self.present = [bool(p) for p in present]
+        self.softmax = not multi_label
+        super().__init__(curve="PR", multi_label=True, num_labels=len(self.present),
+                         label_weights=[float(p) for p in self.present],
+                         thresholds=(1.0 / (1.0 + np.exp(-_THRESHOLD_LOGITS))).tolist(), name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):  # noqa: ANN001, ANN201 - Keras API
+        logits = keras.ops.cast(y_pred, "float32")
+        scores = keras.ops.softmax(logits, axis=-1) if self.softmax else keras.ops.sigmoid(logits)
+        positive = keras.ops.cast(keras.ops.cast(y_true, "float32") > 0.5, "float32")
+        return super().update_state(positive, scores, sample_weight)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "present": self.present, "multi_label": not self.softmax}
