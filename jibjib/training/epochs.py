@@ -5,8 +5,10 @@ counts its passes from the start of the process, so a resumed run used to
 replay epoch 1's order and augmentation as its next epoch. Here every epoch
 gets a pipeline of its own, seeded by `epoch_seed(train.seed, epoch)`: an
 epoch draws the same examples, order and augmentation whether or not the run
-was interrupted before it. Each epoch is its own `fit` call; Keras keeps the
-compiled step, the optimizer and its step count (the schedule) across calls.
+was interrupted before it. The model's own random layers (dropout) are
+reseeded from the same number: Keras does not save their generators' state
+with the weights. Each epoch is its own `fit` call; Keras keeps the compiled
+step, the optimizer and its step count (the schedule) across calls.
 """
 
 from __future__ import annotations
@@ -65,10 +67,18 @@ class EpochInputs:
         return self._built[1]
 
 
+def reseed_random_layers(model: keras.Model, seed: int) -> None:
+    """Every random layer of `model` (dropout) draws from `seed` from now on."""
+    generators = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    for index, generator in enumerate(generators):
+        generator.assign(keras.ops.convert_to_tensor([seed, index], dtype=generator.dtype))
+
+
 def fit_epochs(model: keras.Model, inputs: EpochInputs, state: RunState, epochs: int,
                callbacks: list[keras.callbacks.Callback]) -> None:
     """Train from the epoch after `state`'s last saved one until `epochs` or until early stopping."""
     for epoch in range(state.epoch, epochs):
+        reseed_random_layers(model, epoch_seed(inputs.run.train.seed, epoch))
         model.fit(inputs.train(epoch), validation_data=inputs.val, initial_epoch=epoch, epochs=epoch + 1,
                   callbacks=callbacks, verbose=0, shuffle=False)  # the datasets shuffle themselves
         if state.stopped:
