@@ -58,9 +58,6 @@ class ClassAveragePrecision(keras.metrics.AUC):
     """Macro average precision of logits over the `present` classes (a list of bools, one per class)."""
 
     def __init__(self, present: list[bool], multi_label: bool = False, name: str = "cmap", **kwargs: Any) -> None:
-        for key in ("curve", "multi_label", "label_weights", "thresholds", "num_thresholds", "from_logits",
-                    "num_labels", "summation_method"):
-            kwargs.pop(key, None)  # a saved config repeats what this class fixes
         self.present = [bool(p) for p in present]
         self.softmax = not multi_label
         super().__init__(curve="PR", multi_label=True, num_labels=len(self.present),
@@ -74,4 +71,5 @@ class ClassAveragePrecision(keras.metrics.AUC):
         return super().update_state(positive, scores, sample_weight)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "present": self.present, "multi_label": not self.softmax}
+        # Only what __init__ takes: the AUC's own settings (thresholds, label weights) follow from it.
+        return {**keras.metrics.Metric.get_config(self), "present": self.present, "multi_label": not self.softmax}

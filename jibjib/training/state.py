@@ -44,7 +44,7 @@ TRAINING_INPUTS = {  # what a saved state must share with this run to be resumed
     "vggish_checkpoint": "the content of vggish.checkpoint",
     "input": "the training input (packed or per-file npz)",
     "embeddings": "the embedding cache (jibjib embed)",
-    "replicas": "the replicas (devices training together)",
+    "replicas": "the replicas",  # devices training together
     "precision": "the compute precision",
     "jibjib": "the jibjib version",
 }

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import REPO, REPO_ENV
 from jibjib.core import fsutil
+from test_train import tiny  # noqa: F401 - the fixture
 
 REPLICAS = 4
 BATCH = 8  # the global batch: 2 examples per replica
@@ -167,3 +168,20 @@ def test_a_nan_loss_stops_the_run_with_one_line(tmp_path: Path) -> None:
         state.on_epoch_end(1, {"loss": 0.5, "val_loss": math.nan})
     assert isinstance(raised.value, USER_ERRORS)
     assert state.best_epoch == 0 and not (tmp_path / "state.json").exists()
+
+
+def test_a_run_killed_on_one_device_count_is_not_resumed_on_another(tiny: Path) -> None:  # noqa: F811
+    """The replicas are part of the run's identity: the resume is refused, and train.json says why."""
+    from test_epochs import DIES_AFTER_FIRST_SAVE
+    from test_train import TINY_CONVLSTM, train_command
+
+    command = train_command(tiny, {**TINY_CONVLSTM, "epochs": 3})
+    died = subprocess.run([sys.executable, "-c", DIES_AFTER_FIRST_SAVE, *command[3:]], capture_output=True, text=True,
+                          cwd=REPO, env=REPO_ENV, timeout=600)
+    assert died.returncode == 9, died.stderr[-3000:]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**REPO_ENV, "JIBJIB_CPU_REPLICAS": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tiny / "model" / "train.json").read_text())
+    assert not report["resumed"] and report["devices"]["replicas"] == 2
+    assert report["resume_refused_because"] == "changed since it was saved: the replicas (1 then, 2 now)"
