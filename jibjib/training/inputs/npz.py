@@ -71,8 +71,12 @@ def npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: 
     if training and spec.class_balance == "sampling":
         examples = examples_per_file([feature_stamp(f) for f in paths], spec.seq_len, spec.short_files,
                                      spec.frontend.patch_frames)
-        # Files are drawn until the epoch has as many examples as the split (the schedule counts them).
-        order = weighted_draws(balanced_draw_weights(files, examples), -1, seed + 1)
+        # Files are drawn until their examples make the split's count (what the schedule counts); the
+        # last file's surplus is cut below.
+        sizes = tf.constant(examples, tf.int64)
+        order = weighted_draws(balanced_draw_weights(files, examples), -1, seed + 1).scan(
+            tf.constant(0, tf.int64), lambda before, i: (before + sizes[i], (i, before))).take_while(
+            lambda i, before: before < int(examples.sum())).map(lambda i, before: i)
     elif training:
         order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(order, seed_pairs(seed + 2, training))
