@@ -109,8 +109,10 @@ class TrainReport:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainReport:
-        """The report of train.json's content (`to_dict`'s form)."""
-        return cls(**{**values, "settings": RunSettings.from_dict(values["settings"]),
+        """The report of train.json's content (`to_dict`'s form); a key it lacks (written by an older
+        jibjib) is None, one it has in excess is dropped."""
+        known = {field.name: values.get(field.name) for field in dataclasses.fields(cls)}
+        return cls(**{**known, "settings": RunSettings.from_dict(values["settings"]),
                       "augmentation": AugmentSettings.from_dict(values["augmentation"])})
 
     def reused_by(self, run: RunSettings) -> TrainReport:

@@ -89,7 +89,6 @@ def train(
     inputs = training_inputs(run, Path(labels_tsv), Path(split_tsv), data.files, data.stamps, data.source,
                              embeddings if plan.cached else None, plan.replicas, precision)
     state = open_state(out, inputs, run, plan, distribution)
-    started = time.monotonic()
     if state.reusable:
         return reuse_finished_run(out, run, state, distribution)
     with distribution.strategy.scope():
@@ -102,6 +101,7 @@ def train(
     done = state.stopped or state.epoch >= run.net.epochs
     if distribution.is_chief:
         announce(run, data, plan, state, distribution, gpus, done)
+    started = time.monotonic()
     if not done:
         fit_epochs(trained, epochs, state, run.net.epochs, callbacks(out, run, plan, state, distribution))
     state.use_best_weights(trained)
@@ -118,7 +118,8 @@ def open_state(out: Path, inputs: dict[str, str], run: RunSettings, plan: InputP
     state = RunState(checkpoints, inputs, plan.monitor, run.net.patience, run.net.epochs,
                      run.train.checkpoint_every_epochs, writes=distribution.is_chief)
     # Every worker has read the saved state; none may start from another epoch than the chief.
-    if not distribution.same_on_every_worker(state.saved["epoch"] if state.resumed else -2 if state.reusable else -1):
+    agreed = state.saved["epoch"] if state.resumed else -2 if state.reusable else -1
+    if not distribution.same_on_every_worker(agreed):
         raise RuntimeError(f"the workers found different saved states in {checkpoints}: is it on a filesystem "
                            "that every node sees?")
     if not state.resumed and not state.reusable and distribution.is_chief:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import REPO_ENV  # noqa: E402
 from jibjib.models.metrics import ClassAveragePrecision, SpeciesAccuracy  # noqa: E402
 
 
@@ -62,19 +57,3 @@ def test_cmap_is_the_macro_average_precision_of_the_classes_with_a_positive(mult
         cmap.update_state(targets[start:start + 64], logits[start:start + 64])
     assert float(cmap.result()) == pytest.approx(expected, abs=0.01)
     assert not present[-1] and 0.3 < expected < 0.95
-
-
-def test_a_model_compiled_with_the_metrics_loads_compiled_after_importing_the_loader(tmp_path: Path) -> None:
-    inputs = keras.Input((3,))
-    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
-    model.compile(loss="mse", metrics=[SpeciesAccuracy(), ClassAveragePrecision([True, True, False])])
-    model.evaluate(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32), verbose=0)
-    model.save(tmp_path / "model.keras")
-    script = ("import sys, keras, numpy as np, jibjib.models.loading\n"
-              "model = keras.models.load_model(sys.argv[1])\n"
-              "logs = model.evaluate(np.eye(3), np.eye(3), verbose=0, return_dict=True)\n"
-              "print(sorted(logs))\n")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.keras")], capture_output=True,
-                            text=True, env=REPO_ENV, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines()[-1] == "['accuracy', 'cmap', 'loss']"

@@ -81,7 +81,8 @@ def test_training_learns_and_writes_its_outputs(tiny: Path) -> None:
     # What a person follows: the rate (warm-up over the first epoch, then cosine down) and val cmAP, per
     # epoch in history.tsv and in TensorBoard.
     assert history["learning_rate"].iloc[0] == pytest.approx(settings["learning_rate"], rel=0.05)
-    assert (np.diff(history["learning_rate"]) <= 0).all() and history["learning_rate"].iloc[-1] < 0.02 * settings["learning_rate"]
+    rate = history["learning_rate"]
+    assert (np.diff(rate) <= 0).all() and rate.iloc[-1] < 0.02 * settings["learning_rate"]
     assert history["val_cmap"].between(0, 1).all()
     assert {"train/epoch_learning_rate", "train/epoch_loss", "validation/epoch_cmap",
             "validation/epoch_loss"} <= tensorboard_tags(tiny / "model" / "tensorboard")
