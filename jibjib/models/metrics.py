@@ -8,7 +8,7 @@
 - `ClassAveragePrecision` ("cmap"): macro average precision over the classes
   with a positive (the `present` classes: those of the val split), as
   Keras's interpolated PR-AUC accumulates it batch by batch (exact sums over
-  the replicas, no predictions held). Thresholds are spaced evenly in
+  the replicas, no predictions held). Its thresholds are spaced evenly in
   logit, so that softmax probabilities of many classes, mostly near 0, are
   still told apart. It approximates the evaluation's exact cmAP.
 """
@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
 
-_THRESHOLD_LOGITS = np.linspace(-12.0, 12.0, 199)
+LOGIT_RANGE = 12.0  # cmap's thresholds span logits -12 to 12 (probabilities 6e-6 to 1 - 6e-6) ...
+THRESHOLDS = 201  # ... in steps of 0.12
 
 
 def _species_rows(target: Any) -> Any:
@@ -60,16 +60,29 @@ class ClassAveragePrecision(keras.metrics.AUC):
     def __init__(self, present: list[bool], multi_label: bool = False, name: str = "cmap", **kwargs: Any) -> None:
         self.present = [bool(p) for p in present]
         self.softmax = not multi_label
-        super().__init__(curve="PR", multi_label=True, num_labels=len(self.present),
-                         label_weights=[float(p) for p in self.present],
-                         thresholds=(1.0 / (1.0 + np.exp(-_THRESHOLD_LOGITS))).tolist(), name=name, **kwargs)
+        # Evenly spaced thresholds (Keras then buckets the scores in one pass) over the scores of _scores.
+        super().__init__(num_thresholds=THRESHOLDS, curve="PR", multi_label=True,
+                         num_labels=len(self.present), label_weights=[float(p) for p in self.present], name=name,
+                         **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):  # noqa: ANN001, ANN201 - Keras API
-        logits = keras.ops.cast(y_pred, "float32")
-        scores = keras.ops.softmax(logits, axis=-1) if self.softmax else keras.ops.sigmoid(logits)
         positive = keras.ops.cast(keras.ops.cast(y_true, "float32") > 0.5, "float32")
-        return super().update_state(positive, scores, sample_weight)
+        return super().update_state(positive, _scores(y_pred, self.softmax), sample_weight)
 
     def get_config(self) -> dict[str, Any]:
         # Only what __init__ takes: the AUC's own settings (thresholds, label weights) follow from it.
         return {**keras.metrics.Metric.get_config(self), "present": self.present, "multi_label": not self.softmax}
+
+
+def _scores(logits: Any, softmax: bool) -> Any:
+    """Each class's probability (softmax or sigmoid) as its logit, mapped linearly from +-LOGIT_RANGE onto [0, 1].
+
+    Average precision ranks the examples of each class by score, so any
+    increasing map of the probability gives the same AP; evenly spaced
+    thresholds over this one are evenly spaced in logit.
+    """
+    logits = keras.ops.cast(logits, "float32")
+    if softmax:
+        probability = keras.ops.clip(keras.ops.softmax(logits, axis=-1), 1e-7, 1.0 - 1e-7)
+        logits = keras.ops.log(probability) - keras.ops.log1p(-probability)
+    return keras.ops.clip((logits + LOGIT_RANGE) / (2 * LOGIT_RANGE), 0.0, 1.0)

@@ -119,15 +119,11 @@ class Distribution:
         number of `examples`), as a distributed dataset.
 
         Several workers: every worker runs the same (seeded) pipeline and keeps
-        its share of each global batch.
-
-        In training the last, partial batch of an epoch is dropped (the
-        examples are reshuffled each epoch, so each time others): split over
-        the replicas it could leave one of them an empty batch, whose
-        BatchNorm statistics are NaN and would spread to the weights.
-        Evaluation keeps it (BatchNorm then uses its moving statistics).
-        (The pipelines read from arrays and numpy functions, not files, so
-        tf.data's FILE sharding could not apply; DATA is said, not guessed.)
+        its share of each global batch. In training the last, partial batch
+        of an epoch is dropped (the examples are reshuffled each epoch, so each
+        time others), for the empty shares above; evaluation keeps it. (The
+        pipelines read from arrays and numpy functions, not files, so tf.data's
+        FILE sharding could not apply; DATA is said, not guessed.)
         """
         if self.workers == 1:
             if self.replicas == 1:
