@@ -51,7 +51,8 @@ def corpus(root: Path, model: str, train: int, val: int) -> Path:
     return root
 
 
-def train_command(root: Path, model: str, out: str = "model") -> list[str]:
+def replica_run(root: Path, model: str, out: str = "model") -> list[str]:
+    """`jibjib train` of `model` on the corpus at `root`: 2 epochs, batch BATCH, one thread."""
     settings = {"model": model,
                 "train": {"seed": 1, "augment": {"enabled": False}, "lr_schedule": "constant", "monitor": "val_loss"},
                 model: {**SETTINGS[model], "epochs": 2, "patience": 2, "batch_size": BATCH, "learning_rate": 0.01}}
@@ -76,7 +77,7 @@ def test_each_model_trains_over_four_replicas_whatever_the_last_batch(tmp_path: 
     one), in training and validation alike: finite losses, a best epoch, every val example seen."""
     roots = [corpus(tmp_path / str(remainder), model, train=BATCH + remainder, val=BATCH + remainder)
              for remainder in (1, 2, 3)]
-    for root, (returncode, stderr) in zip(roots, train_side_by_side([(train_command(root, model), REPLICAS)
+    for root, (returncode, stderr) in zip(roots, train_side_by_side([(replica_run(root, model), REPLICAS)
                                                                      for root in roots])):
         assert returncode == 0, stderr[-3000:]
         assert f"batch {BATCH} on {REPLICAS} replica(s)" in stderr
@@ -91,7 +92,7 @@ def test_four_replicas_train_what_one_does(tmp_path: Path) -> None:
     replicas) and a model without BatchNorm (VGGish: per-replica batch statistics would differ): the same
     epochs as on one replica. The val split's last batch (3 examples) joins the one before it."""
     root = corpus(tmp_path, "vggish", train=2 * BATCH, val=BATCH + 3)
-    runs = [(train_command(root, "vggish", out=f"model{n}"), n) for n in (1, REPLICAS)]
+    runs = [(replica_run(root, "vggish", out=f"model{n}"), n) for n in (1, REPLICAS)]
     for returncode, stderr in train_side_by_side(runs):
         assert returncode == 0, stderr[-3000:]
     one, four = (pd.read_csv(root / f"model{n}" / "history.tsv", sep="\t") for n in (1, REPLICAS))
