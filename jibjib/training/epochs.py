@@ -39,7 +39,7 @@ class EpochInputs:
 
     def __init__(self, run: RunSettings, net: keras.Model, data: TrainingData, plan: InputPlan,
                  embeddings: list[str | os.PathLike] | None, distribution: Distribution) -> None:
-        self.run, self.data, self.plan, self.distribution = run, data, plan, distribution
+        self.run, self.plan, self.distribution = run, plan, distribution
         spec, batch_size = plan.spec, plan.batch_size
         if plan.cached:
             self._train, val = cached_datasets(net, plan.cache.cut, embeddings, data.train_files, data.val_files,
