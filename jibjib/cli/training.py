@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from jibjib.cli.common import add_dataset_inputs, tensorflow_threads
@@ -21,8 +22,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     report = train(settings, args.split, args.labels, args.features_dir, args.out_dir, args.packed, args.embeddings)
     if isinstance(report, WorkerReport):  # another worker than the chief of a multi-worker run: the chief reports
         print(f"train {args.model}: worker {report.worker} done", file=sys.stderr)
-        return
-    print(f"train {args.model}: {report.epochs_completed} epochs in {report.seconds} s", file=sys.stderr)
+    elif report.reused:
+        print(f"train {args.model}: reused the finished run of {report.epochs_completed} epochs", file=sys.stderr)
+    else:
+        print(f"train {args.model}: {report.epochs_completed} epochs in {report.seconds} s", file=sys.stderr)
+    if not isinstance(report, WorkerReport) and report.devices["workers"] == 1 and report.devices["replicas"] > 1:
+        # Everything is written. Tearing down MirroredStrategy's input pipelines can wait up to a minute per
+        # iterator in TensorFlow 2.21 (a tf.data autotuning thread that misses its cancellation, it seems):
+        # seen on 4 logical CPUs as a process ending minutes after its last file. A single process ends now
+        # (the workers of a multi-worker run leave through their coordination service's shutdown).
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

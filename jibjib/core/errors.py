@@ -28,5 +28,9 @@ class OutputError(OSError):
     """A write that failed; the message names the path."""
 
 
+class TrainingError(RuntimeError):
+    """A training run that cannot go on (a NaN or infinite loss): the message names the epoch and the remedy."""
+
+
 # What `jibjib` reports as one line instead of a traceback.
-USER_ERRORS = (ConfigError, LabelError, ExportError, InputError, OutputError)
+USER_ERRORS = (ConfigError, LabelError, ExportError, InputError, OutputError, TrainingError)

@@ -210,6 +210,8 @@ class TrainSettings(Section):
     label_smoothing: float
     lr_schedule: str  # cosine | constant
     warmup_epochs: float
+    lr_scaling: str  # none (batch_size is the global batch) | sqrt | linear (batch_size per replica)
+    monitor: str  # val_cmap | val_loss: what early stopping and the best epoch follow
     augment: AugmentSettings
 
 

@@ -1,6 +1,6 @@
 """A trained model.keras loaded for inference: float32 whatever the training's dtype policy.
 
-Importing this module registers the training loss (jibjib.models.losses), so
+Importing this module registers the training loss and metrics (jibjib.models.losses, .metrics), so
 `keras.models.load_model` can also compile a model.keras after it.
 """
 
@@ -10,7 +10,7 @@ import os
 
 import keras
 
-from jibjib.models import losses  # noqa: F401 - registers ClassWeightedCrossentropy with keras.saving
+from jibjib.models import losses, metrics  # noqa: F401 - registers the loss and metrics with keras.saving
 
 # Dtype names that make a layer compute in half precision (train.mixed_precision on a GPU).
 _HALF_PRECISION = frozenset({"float16", "bfloat16", "mixed_float16", "mixed_bfloat16"})

@@ -3,8 +3,13 @@
 Inside a SLURM job step of more than one task (`srun` started one process
 per task), every task is a worker of one MultiWorkerMirroredStrategy; the
 workers find each other through TensorFlow's SlurmClusterResolver. Otherwise
-MirroredStrategy spans the local GPUs, or the default strategy runs on the
-CPU. Worker 0 is the chief: the only one that writes files.
+MirroredStrategy spans the first `train.gpus_per_task` local GPUs, or the
+default strategy runs on the CPU. Worker 0 is the chief: the only one that
+writes files.
+
+`JIBJIB_CPU_REPLICAS=N` (a testing aid, docs/cluster.md) splits the CPU of a
+machine without GPUs into N logical devices, so that MirroredStrategy trains
+over N replicas exactly as over N GPUs.
 
 The strategy must exist before TensorFlow initialises its devices (the
 resolver sets CUDA_VISIBLE_DEVICES per task and MultiWorkerMirroredStrategy
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import tensorflow as tf
 
+from jibjib.core.errors import ConfigError
 from jibjib.training.inputs.order import InputShare
 
 if TYPE_CHECKING:
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
 # index among the tasks of their node: two training jobs sharing a node (or a
 # resubmitted job whose old sockets linger) then use different ports.
 PORT_FIRST, PORT_SPAN, PORTS_PER_JOB = 20000, 40000, 64
+CPU_REPLICAS = "JIBJIB_CPU_REPLICAS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,38 +111,100 @@ class Distribution:
         """This worker's share of each global batch, for an input that reads only its share (the packed one)."""
         return InputShare(self.worker, self.workers)
 
-    def shard_input(self, dataset: tf.data.Dataset, batch_size: int, training: bool,
-                    sharded: bool = False) -> tf.data.Dataset:
-        """`dataset` as the workers split it: every worker runs the same (seeded) pipeline and keeps its share
-        of each global batch of `batch_size`. Without several workers, unchanged.
+    def shard_input(self, dataset: tf.data.Dataset, batch_size: int, training: bool, examples: int | None = None,
+                    sharded: bool = False) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+        """`dataset` (global batches of `batch_size`) as the replicas split it; unchanged for one replica.
 
-        `sharded`: the dataset already holds only this worker's share of each
-        global batch (it read only that, see `input_share`); each of this
-        worker's replicas takes its slice of it, and nothing is auto-sharded.
+        Every replica gets at least one example of every step. tf.distribute
+        splits a batch of n examples into shares of ceil(n / replicas),
+        greedily, so a partial last batch leaves replicas empty (an empty share
+        makes BatchNorm's statistics NaN, or with masked BatchNorm pulls them
+        towards 0, crashes the CPU's max-pool gradient and fails on GPUs).
+        Validation, which must see every example once, is handed to the
+        replicas share by share (`val_replica_batches`, from its number of
+        `examples`), on one machine or several.
 
-        In training the last, partial batch of an epoch is dropped (the
-        examples are reshuffled each epoch, so each time others): split over
-        the replicas it could leave one of them an empty batch, whose
-        BatchNorm statistics are NaN and would spread to the weights.
-        Evaluation keeps it (BatchNorm then uses its moving statistics).
-        (The pipelines read from arrays and numpy functions, not files, so
-        tf.data's FILE sharding could not apply; DATA is said, not guessed.)
+        Training on one machine: the batches are cut to a multiple of the
+        replicas (`even_shares`). Several workers: every worker runs the same
+        (seeded) pipeline and only full global batches are kept (the examples
+        are reshuffled each epoch, so each time others are left out). With
+        `sharded` the dataset already holds only this worker's share of each
+        global batch (it read only that, see `input_share`), and each of this
+        worker's replicas takes its slice of it; otherwise every worker keeps
+        its share of what it read (the pipelines read from arrays and numpy
+        functions, not files, so tf.data's FILE sharding could not apply; DATA
+        is said, not guessed).
         """
-        if self.workers == 1:
+        if self.replicas == 1:
             return dataset
+        if not training:
+            return self._val_shares(dataset, batch_size, examples)
+        if self.workers == 1:
+            return even_shares(dataset, self.replicas)
         if sharded:
             per_replica = batch_size // self.replicas
-
-            def this_workers_share(context: tf.distribute.InputContext) -> tf.data.Dataset:
-                assert context.input_pipeline_id == self.worker, (context.input_pipeline_id, self.worker)
-                return dataset.rebatch(per_replica, drop_remainder=training)
-
-            return self.strategy.distribute_datasets_from_function(this_workers_share)
-        if training:
-            dataset = dataset.rebatch(batch_size, drop_remainder=True)
+            return self._per_worker(lambda: dataset.rebatch(per_replica, drop_remainder=True))
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return dataset.with_options(options)
+        return dataset.rebatch(batch_size, drop_remainder=True).with_options(options)
+
+    def _val_shares(self, dataset: tf.data.Dataset, batch_size: int,
+                    examples: int | None) -> tf.distribute.DistributedDataset:
+        """Validation batches as shares of every step, each replica's >= 1 (`val_replica_batches`); with several
+        workers each keeps its replicas' shares of every step (every worker reads the whole split, as DATA
+        sharding did)."""
+        if examples is None:
+            raise ValueError("validation over several replicas needs its number of examples")
+        shares = dataset.rebatch(val_replica_batches(examples, batch_size, self.replicas))
+        if self.workers > 1:
+            local = self.replicas // self.workers
+            shares = shares.enumerate().filter(
+                lambda i, share: i % self.replicas // local == self.worker).map(lambda i, share: share)
+        return self._per_worker(lambda: shares)
+
+    def _per_worker(self, pipeline: Callable[[], tf.data.Dataset]) -> tf.distribute.DistributedDataset:
+        """One input pipeline on this worker whose consecutive elements are its replicas' batches of a step."""
+        def this_workers_pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            assert context.input_pipeline_id == self.worker, (context.input_pipeline_id, self.worker)
+            return pipeline()
+
+        return self.strategy.distribute_datasets_from_function(this_workers_pipeline)
+
+
+def even_shares(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """Training batches cut to a multiple of `replicas` examples: each replica gets as many (at least one).
+
+    Only the epoch's last, partial batch changes: it loses its last fewer than
+    `replicas` examples (others each epoch, as the examples are reshuffled),
+    or goes if fewer are left. Equal shares also keep each step's loss the
+    mean over its examples, as on one replica (Keras averages per replica).
+    """
+    def trim(*batch: Any) -> Any:
+        structure = batch if len(batch) > 1 else batch[0]
+        size = tf.shape(tf.nest.flatten(structure)[0])[0]
+        return tf.nest.map_structure(lambda t: t[: size - size % replicas], structure)
+
+    def not_empty(*batch: Any) -> tf.Tensor:
+        return tf.shape(tf.nest.flatten(batch)[0])[0] > 0
+
+    return dataset.map(trim).filter(not_empty)
+
+
+def val_replica_batches(examples: int, batch_size: int, replicas: int) -> list[int]:
+    """Each replica's share of each validation step, step by step: every example once, every share >= 1.
+
+    The steps are full batches and the partial last one; a last batch of
+    fewer examples than replicas joins the batch before it (which grows by
+    less than the replicas). A step's shares differ by at most one example.
+    """
+    full, tail = divmod(examples, batch_size)
+    steps = [batch_size] * full + ([tail] if tail else [])
+    if 0 < tail < replicas and full:
+        steps[-2:] = [batch_size + tail]
+    if not steps or steps[-1] < replicas:
+        raise ConfigError(f"the val split gives {examples} examples, fewer than the {replicas} replicas: "
+                          "validation needs at least one example per replica")
+    return [size // replicas + (replica < size % replicas) for size in steps for replica in range(replicas)]
 
 
 def slurm_tasks(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> int:
@@ -239,17 +308,67 @@ def _multi_worker(gpus_per_task: int | None) -> Distribution:
 def choose_strategy(gpus_per_task: int | None = None) -> Distribution:
     """MultiWorkerMirroredStrategy in a SLURM step of several tasks, else MirroredStrategy or the default.
 
-    `gpus_per_task`: GPUs each worker of a multi-worker run uses (the
-    workflow's train.gpus_per_task; None: as many as SLURM made visible).
-    Prints one line naming the workers.
+    `gpus_per_task`: GPUs each worker uses (the workflow's
+    train.gpus_per_task; None: every visible GPU, or in a multi-worker run as
+    many as SLURM made visible). A multi-worker run prints one line naming
+    the workers.
     """
     if slurm_tasks() > 1:
+        if cpu_replicas():
+            raise ConfigError(f"{CPU_REPLICAS} (a testing aid) splits the CPU of a single-process run, not the "
+                              f"{slurm_tasks()} tasks of this SLURM step")
         distribution = _multi_worker(gpus_per_task)
         print(f"worker {distribution.worker} of {distribution.workers} "
               f"({', '.join(distribution.addresses)}; chief {distribution.addresses[0]}), "
               f"{distribution.replicas} replica(s) in all", file=sys.stderr, flush=True)
         return distribution
-    gpus = tf.config.list_logical_devices("GPU")
-    # MirroredStrategy over every visible GPU; the default (CPU) strategy otherwise.
-    strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+    devices = local_devices(gpus_per_task)
+    # MirroredStrategy over the chosen GPUs (or the CPU's logical devices); the default (CPU) strategy otherwise.
+    strategy = tf.distribute.MirroredStrategy(devices) if devices else tf.distribute.get_strategy()
     return Distribution(strategy, workers=1, worker=0)
+
+
+def cpu_replicas(environ: "os._Environ[str] | dict[str, str]" = os.environ) -> int:
+    """JIBJIB_CPU_REPLICAS: logical CPU devices to train over (0 when unset)."""
+    value = environ.get(CPU_REPLICAS, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{CPU_REPLICAS}={value!r}: must be a whole number of replicas, at least 1")
+    return int(value)
+
+
+def chosen_gpus(visible: list[Any], gpus_per_task: int | None) -> list[Any]:
+    """The GPUs a single-process run trains on: the first `gpus_per_task` of those visible (all with None)."""
+    return list(visible) if gpus_per_task is None else list(visible)[:max(0, gpus_per_task)]
+
+
+def local_devices(gpus_per_task: int | None) -> list[str]:
+    """Set up this machine's devices before TensorFlow initialises them; the devices to mirror over
+    ([]: the default strategy, one replica).
+
+    `gpus_per_task` GPUs of those visible (the others are hidden from
+    TensorFlow), or with JIBJIB_CPU_REPLICAS the CPU split into that many
+    logical devices.
+    """
+    split = cpu_replicas()
+    gpus = tf.config.list_physical_devices("GPU")  # lists without initialising the devices
+    try:
+        if split:
+            if gpus:
+                raise ConfigError(f"{CPU_REPLICAS} splits the CPU of a machine without GPUs (a testing aid), but "
+                                  f"this one sees {len(gpus)}: hide them with CUDA_VISIBLE_DEVICES=")
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            configured = tf.config.get_logical_device_configuration(cpu)
+            if configured is None or len(configured) != split:  # the same split again: nothing to do
+                tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * split)
+            return [f"/cpu:{i}" for i in range(split)] if split > 1 else []
+        used = chosen_gpus(gpus, gpus_per_task)
+        if len(used) < len(gpus):
+            tf.config.set_visible_devices(used, "GPU")
+    except RuntimeError as exc:  # TensorFlow had set up its devices already
+        raise RuntimeError(f"the training's devices must be chosen before TensorFlow starts: {exc}") from None
+    if gpus and gpus_per_task and len(gpus) < gpus_per_task:
+        print(f"train: train.gpus_per_task is {gpus_per_task}, but only {len(gpus)} GPU(s) are visible: "
+              f"training on {len(gpus)}", file=sys.stderr, flush=True)
+    return [f"/gpu:{i}" for i in range(len(used))]

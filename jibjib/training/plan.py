@@ -1,4 +1,9 @@
-"""How a run feeds its model: the input spec, the global batch, the embedding cache, class weights, steps."""
+"""How a run feeds its model: the input spec, the global batch, the embedding cache, class weights, steps.
+
+The global batch is the model's `batch_size` whatever the machine (split
+over the replicas, which must divide it), unless `train.lr_scaling` makes
+`batch_size` per replica (jibjib.training.schedule scales the rate then).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ import os
 
 import numpy as np
 
+from jibjib.core.errors import ConfigError
 from jibjib.core.settings import AugmentSettings, RunSettings, VggishSettings
 from jibjib.embeddings import CachePlan, cache_plan
-from jibjib.labels.tables import background_rows
+from jibjib.labels.tables import background_rows, target_matrix
 from jibjib.training.data import TrainingData
 from jibjib.training.distribute import Distribution
 from jibjib.training.examples import class_weights, example_counts, examples_per_file
@@ -31,7 +37,9 @@ class InputPlan:
     class_weights: np.ndarray
     n_background: int  # training files without a species
     steps_per_epoch: int
-    monitor: str  # val_loss, or loss without a val split
+    monitor: str  # train.monitor (val_cmap or val_loss), or loss without a val split
+    val_examples: int  # every val example once per epoch
+    val_positive: np.ndarray  # (classes,) bool: the class has a positive example in the val split (cmAP's classes)
 
     @property
     def cached(self) -> bool:
@@ -53,15 +61,31 @@ def embedding_plan(run: RunSettings, embeddings: list[str | os.PathLike] | None)
     return plan
 
 
-def steps_per_epoch(examples: int, batch_size: int, run: RunSettings, distribution: Distribution) -> int:
-    """Batches in an epoch of `examples`; with several workers only full batches (see shard_input)."""
-    if distribution.workers == 1:
-        return max(1, -(-examples // batch_size))
-    if examples < batch_size:
-        raise ValueError(f"{examples} training examples make no full batch of {batch_size} "
-                         f"({run.net.batch_size} on each of {distribution.replicas} replicas): lower batch_size "
-                         "or use fewer workers")
-    return examples // batch_size
+def global_batch(run: RunSettings, replicas: int) -> int:
+    """Examples per training step over all replicas: batch_size (lr_scaling none) or batch_size per replica."""
+    batch = run.net.batch_size
+    if run.train.lr_scaling != "none":
+        return batch * replicas
+    if batch % replicas:
+        raise ConfigError(f"{run.model}.batch_size: {batch} does not split over the {replicas} replicas of this "
+                          f"run: set a multiple of {replicas} (it is the global batch; with train.lr_scaling sqrt "
+                          "or linear it is per replica)")
+    return batch
+
+
+def steps_per_epoch(examples: int, batch_size: int, distribution: Distribution) -> int:
+    """Batches in an epoch of `examples`, as shard_input leaves them.
+
+    One replica: every batch, the partial last one too. Several on one
+    machine: a partial last batch of fewer examples than replicas goes.
+    Several workers: only full batches.
+    """
+    full, tail = divmod(examples, batch_size)
+    steps = full + int(distribution.workers == 1 and tail >= distribution.replicas)
+    if not steps:
+        raise ValueError(f"{examples} training examples make no batch of {batch_size} over {distribution.replicas} "
+                         "replicas: lower batch_size or use fewer replicas")
+    return steps
 
 
 def plan_input(run: RunSettings, data: TrainingData, embeddings: list[str | os.PathLike] | None,
@@ -71,12 +95,32 @@ def plan_input(run: RunSettings, data: TrainingData, embeddings: list[str | os.P
     cached = cache is not None and cache.used
     spec = InputSpec.of(run, data.n_classes)
     applied, dropped = applied_augmentation(spec.augmentation) if cached else (spec.augmentation.active(), [])
-    batch_size = run.net.batch_size * distribution.replicas  # the learning rate grows with it
+    batch_size = global_batch(run, distribution.replicas)
     examples = example_counts(data.train_stamps, data.train_files["class_ids"], data.n_classes, spec.seq_len,
                               spec.short_files)
+    unserved = [data.classes[c] for c in np.flatnonzero(examples == 0)
+                if data.train_files["class_ids"].map(lambda ids, c=c: c in ids).any()]
+    if unserved:
+        why = ("shorter than one patch" if spec.seq_len is None else
+               f"shorter than seq_len ({spec.seq_len} patches) and convlstm.short_files is skip: set it to pad "
+               "or shorten seq_len")
+        raise ConfigError(f"{len(unserved)} class(es) have training files but no training example, every file "
+                          f"{why} (first: {unserved[0]})")
+    val_counts = examples_per_file(data.val_stamps, spec.seq_len, spec.short_files)
     weights = class_weights(examples) if run.train.class_balance == "weights" else np.ones(data.n_classes)
     all_examples = examples_per_file(data.train_stamps, spec.seq_len, spec.short_files).sum()  # background too
+    val_positive = (target_matrix(data.val_files["class_ids"], data.n_classes) * val_counts[:, None]).sum(axis=0) > 0
     return InputPlan(spec, batch_size, distribution.replicas, cache, applied, dropped, examples, weights,
                      n_background=int(background_rows(data.train_files).sum()),
-                     steps_per_epoch=steps_per_epoch(int(all_examples), batch_size, run, distribution),
-                     monitor="val_loss" if len(data.val_files) else "loss")
+                     steps_per_epoch=steps_per_epoch(int(all_examples), batch_size, distribution),
+                     monitor=monitor(run, int(val_counts.sum()), val_positive),
+                     val_examples=int(val_counts.sum()), val_positive=val_positive)
+
+
+def monitor(run: RunSettings, val_examples: int, val_positive: np.ndarray) -> str:
+    """What early stopping follows: train.monitor; loss without val examples, val_loss without a val positive."""
+    if not val_examples:
+        return "loss"
+    if run.train.monitor == "val_cmap" and not val_positive.any():
+        return "val_loss"  # a val split of background files alone has no average precision
+    return run.train.monitor

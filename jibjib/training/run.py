@@ -2,18 +2,22 @@
 
 The run loads its data (jibjib.training.data), plans its input
 (jibjib.training.plan), opens its saved state (jibjib.training.state: a
-killed run that is started again continues after its last saved epoch, if
-everything it is computed from is unchanged), builds and compiles its
-model, fits it and writes model.keras, history.tsv and train.json
-(jibjib.training.report). All visible GPUs are used through
-MirroredStrategy; on a machine without GPUs the same code runs on the CPU.
-Started by `srun` as several tasks of a SLURM job, the tasks train one model
-together (MultiWorkerMirroredStrategy, jibjib.training.distribute): every
-worker computes every step, only the chief (task 0) writes files.
+killed run that is started again continues after its last saved epoch, and
+a finished one is reused, if everything it is computed from is unchanged),
+builds and compiles its model (the classifier with its batches'
+augmentation in its training step, jibjib.training.trainer), fits it epoch
+by epoch (jibjib.training.epochs) and writes model.keras, history.tsv and train.json
+(jibjib.training.report). The first `train.gpus_per_task` visible GPUs are
+used through MirroredStrategy; on a machine without GPUs the same code runs
+on the CPU. Started by `srun` as several tasks of a SLURM job, the tasks
+train one model together (MultiWorkerMirroredStrategy,
+jibjib.training.distribute): every worker computes every step, only the
+chief (task 0) writes files.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -34,15 +38,15 @@ from jibjib.core.tflog import quiet_python_logging  # noqa: E402
 from jibjib.embeddings.trunk import head_model  # noqa: E402
 from jibjib.models.build import build_model  # noqa: E402
 from jibjib.models.losses import ClassWeightedCrossentropy  # noqa: E402
-from jibjib.training.callbacks import EpochLog  # noqa: E402
+from jibjib.models.metrics import ClassAveragePrecision, SpeciesAccuracy  # noqa: E402
+from jibjib.training.callbacks import EpochLog, Progress  # noqa: E402
 from jibjib.training.data import TrainingData, load_data  # noqa: E402
 from jibjib.training.distribute import Distribution, choose_strategy  # noqa: E402
-from jibjib.training.inputs import InputShare, gathered_batches  # noqa: E402
-from jibjib.training.inputs.cached import cached_datasets  # noqa: E402
+from jibjib.training.epochs import EpochInputs, fit_epochs  # noqa: E402
 from jibjib.training.plan import InputPlan, plan_input  # noqa: E402
 from jibjib.training.report import TrainReport, WorkerReport  # noqa: E402
 from jibjib.training.schedule import learning_rate  # noqa: E402
-from jibjib.training.state import RunState, training_inputs  # noqa: E402
+from jibjib.training.state import KEPT_MODEL, KEPT_REPORT, RunState, keep, training_inputs  # noqa: E402
 from jibjib.training.trainer import AugmentingTrainer, compile_options  # noqa: E402
 
 quiet_python_logging()
@@ -68,10 +72,11 @@ def train(
     `embeddings` (the index files of jibjib.embeddings, for a VGGish run
     with a frozen trunk) only the layers after the cut train, from the cached
     trunk outputs; model.keras is still the whole classifier. The shipped
-    model has the weights of the best epoch of the whole run (lowest val_loss,
-    or loss without a val split), across resumes.
+    model has the weights of the best epoch of the whole run (train.monitor,
+    or loss without a val split), across resumes. A finished run of the same
+    inputs is not trained again: its kept model is shipped (`reused`).
     """
-    # First: a multi-worker strategy must exist before TensorFlow sets up its devices.
+    # First: the devices (and a multi-worker strategy) must be set up before TensorFlow initialises them.
     distribution = choose_strategy(run.train.gpus_per_task)
     out = Path(out_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -81,25 +86,26 @@ def train(
 
     data = load_data(run, split_tsv, labels_tsv, features_dir, packed)
     plan = plan_input(run, data, embeddings, distribution)
-    inputs = training_inputs(run, Path(labels_tsv), Path(split_tsv), data.files, data.stamps, data.source,
-                             embeddings if plan.cached else None)
-    state = open_state(out, inputs, run, plan, distribution)
     gpus = len(tf.config.list_logical_devices("GPU"))
+    precision = "mixed_float16" if run.train.mixed_precision and gpus else "float32"
+    inputs = training_inputs(run, Path(labels_tsv), Path(split_tsv), data.files, data.stamps, data.source,
+                             embeddings if plan.cached else None, plan.replicas, precision)
+    state = open_state(out, inputs, run, plan, distribution)
+    if state.reusable:
+        return reuse_finished_run(out, run, state, distribution)
     with distribution.strategy.scope():
-        net, trained = build_and_compile(run, data.n_classes, plan, gpus)
+        net, trained = build_and_compile(run, data.n_classes, plan, precision, gpus)
         if state.resumed:
             state.restore(trained)
-    train_ds, val_ds = datasets(run, net, data, plan, embeddings, distribution)
-    distribution.build_for_fit(trained, train_ds.element_spec)
+    epochs = EpochInputs(run, net, data, plan, embeddings, distribution)
+    distribution.build_for_fit(trained, epochs.train(state.epoch).element_spec)
 
     done = state.stopped or state.epoch >= run.net.epochs
     if distribution.is_chief:
         announce(run, data, plan, state, distribution, gpus, done)
     started = time.monotonic()
     if not done:
-        trained.fit(train_ds, validation_data=val_ds, epochs=run.net.epochs, initial_epoch=state.epoch,
-                    callbacks=callbacks(out, run, state, distribution), verbose=0,
-                    shuffle=False)  # the datasets shuffle themselves
+        fit_epochs(trained, epochs, state, run.net.epochs, callbacks(out, run, plan, state, distribution))
     state.use_best_weights(trained)
     if not distribution.is_chief:
         return WorkerReport(run.model, distribution.worker, state.epoch, round(time.monotonic() - started, 1))
@@ -115,73 +121,54 @@ def open_state(out: Path, inputs: dict[str, str], run: RunSettings, plan: InputP
     state = RunState(checkpoints, inputs, plan.monitor, run.net.patience, run.net.epochs,
                      run.train.checkpoint_every_epochs, writes=distribution.is_chief)
     # Every worker has read the saved state; none may start from another epoch than the chief.
-    if not distribution.same_on_every_worker(state.saved["epoch"] if state.resumed else -1):
+    agreed = state.saved["epoch"] if state.resumed else -2 if state.reusable else -1
+    if not distribution.same_on_every_worker(agreed):
         raise RuntimeError(f"the workers found different saved states in {checkpoints}: is it on a filesystem "
                            "that every node sees?")
-    if not state.resumed and distribution.is_chief:
+    if not state.resumed and not state.reusable and distribution.is_chief:
         state.start_fresh()
         shutil.rmtree(out / "tensorboard", ignore_errors=True)  # its curves belong to the run being replaced
     return state
 
 
-def build_and_compile(run: RunSettings, n_classes: int, plan: InputPlan, gpus: int
+def build_and_compile(run: RunSettings, n_classes: int, plan: InputPlan, precision: str, gpus: int
                       ) -> tuple[keras.Model, keras.Model]:
     """The classifier, and the model that trains, compiled: the classifier with its batches' augmentation in
     its train step (jibjib.training.trainer), or its layers after the cache's cut.
 
-    Called inside the strategy's scope.
+    Called inside the strategy's scope. The metrics: `accuracy` (right
+    with smoothed targets, background left out under softmax) and, with val
+    examples of a species, `cmap` (jibjib.models.metrics). XLA and the steps
+    per call follow train.jit_compile and train.steps_per_execution for this
+    process's `gpus` (jibjib.training.trainer.compile_options).
     """
-    if run.train.mixed_precision and gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    if precision != "float32":
+        keras.mixed_precision.set_global_policy(precision)
     net = build_model(run, n_classes)
     # From the cache only the layers after the cut train; they are the classifier's own layers.
     trained = (head_model(net, plan.cache.cut) if plan.cached
                else AugmentingTrainer(net, plan.augmentation, plan.spec.frontend, plan.spec.seq_len))
-    metric = (keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy") if run.net.multi_label
-              else keras.metrics.CategoricalAccuracy(name="accuracy"))
+    metrics = [SpeciesAccuracy(run.net.multi_label)]
+    if plan.val_positive.any():
+        metrics.append(ClassAveragePrecision(plan.val_positive.tolist(), run.net.multi_label))
     optimizer = keras.optimizers.Adam(learning_rate(run, plan.replicas, plan.steps_per_epoch), epsilon=1e-8)
-    trained.compile(optimizer=optimizer, metrics=[metric], **compile_options(run.train, gpus),
+    trained.compile(optimizer=optimizer, metrics=metrics, **compile_options(run.train, gpus),
                     loss=ClassWeightedCrossentropy(plan.class_weights.tolist(), run.net.multi_label))
     return net, trained
 
 
-def datasets(run: RunSettings, net: keras.Model, data: TrainingData, plan: InputPlan,
-             embeddings: list[str | os.PathLike] | None, distribution: Distribution
-             ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    """The training and validation batches (None without a val split), sharded over the workers."""
-    seed, spec, batch_size = run.train.seed, plan.spec, plan.batch_size
-    # With several workers each gathers only its share of each global batch (the packed input).
-    share = distribution.input_share if data.packs is not None and not plan.cached else InputShare()
-    if plan.cached:
-        train_ds, val_ds = cached_datasets(net, plan.cache.cut, embeddings, data.train_files, data.val_files, spec,
-                                           batch_size, seed)
-        dropped = plan.augmentation_dropped
-        print(f"train {run.model}: the head trains from the embedding cache (output of {plan.cache.cut}); "
-              "augmentation in embedding space is mixup only" + (f", not {', '.join(dropped)}" if dropped else ""),
-              file=sys.stderr, flush=True)
-    else:
-        train_ds = gathered_batches(data.train_files, spec, batch_size, training=True, seed=seed, packs=data.packs,
-                                    share=share)
-        val_ds = (gathered_batches(data.val_files, spec, batch_size, training=False, seed=seed, packs=data.packs)
-                  if len(data.val_files) else None)
-        if plan.cache is not None and plan.cache.reason and plan.cache.trainable != "all":
-            print(f"train {run.model}: no embedding cache: {plan.cache.reason}", file=sys.stderr, flush=True)
-    train_ds = distribution.shard_input(train_ds, batch_size, True, sharded=share.workers > 1)
-    val_ds = distribution.shard_input(val_ds, batch_size, False) if val_ds is not None else None
-    return train_ds, val_ds
-
-
-def callbacks(out: Path, run: RunSettings, state: RunState,
+def callbacks(out: Path, run: RunSettings, plan: InputPlan, state: RunState,
               distribution: Distribution) -> list[keras.callbacks.Callback]:
-    """The chief's epoch log, run state and TensorBoard; another worker's run state alone (it writes nothing).
+    """The chief's epoch log (history, TensorBoard), run state and progress lines; another worker's run state
+    alone (it writes nothing).
 
     The history row goes first: a kill before the state is saved reruns that
     epoch, whose row is then replaced, rather than losing it.
     """
     if not distribution.is_chief:
         return [state]
-    return [EpochLog(out / "checkpoints" / "history.tsv", run.net.epochs), state,
-            keras.callbacks.TensorBoard(str(out / "tensorboard"), update_freq="epoch")]
+    return [EpochLog(out / "checkpoints" / "history.tsv", run.net.epochs, tensorboard=out / "tensorboard"), state,
+            Progress(run.net.epochs, plan.steps_per_epoch, plan.batch_size)]
 
 
 def announce(run: RunSettings, data: TrainingData, plan: InputPlan, state: RunState, distribution: Distribution,
@@ -193,7 +180,7 @@ def announce(run: RunSettings, data: TrainingData, plan: InputPlan, state: RunSt
         f"train {run.model}: {len(data.train_files)} train files ({int(plan.examples.sum())} examples"
         f"{background}), {len(data.val_files)} val files, "
         f"{data.n_classes} classes, batch {plan.batch_size} on {plan.replicas} replica(s){workers} "
-        f"({'GPU' if gpus else 'CPU'}); "
+        f"({'GPU' if gpus else 'CPU'}), {plan.steps_per_epoch} steps an epoch, best epoch by {plan.monitor}; "
         + (f"resuming from the last saved epoch ({state.epoch}, best so far {state.best_epoch or 'none'})"
            + (", which ended the run" if done else "") if state.resumed
            else f"starting at epoch 1 ({state.refused_because})"),
@@ -208,10 +195,26 @@ def write_outputs(out: Path, net: keras.Model, run: RunSettings, data: TrainingD
     history_path = out / "checkpoints" / "history.tsv"
     history = pd.read_csv(history_path, sep="\t") if history_path.exists() else pd.DataFrame({"epoch": []})
     fsutil.write_tsv(out / "history.tsv", history)
-    report = TrainReport.of(run, data, plan, state, epochs_completed=len(history),
-                            seconds=round(time.monotonic() - started, 1), devices=devices)
+    report = TrainReport.of(run, data, plan, state, history, seconds=round(time.monotonic() - started, 1),
+                            devices=devices)
     fsutil.write_json(out / "train.json", report.to_dict())
-    state.finish()
+    state.finish(out / "model.keras", out / "train.json")
     print(f"train {run.model}: best epoch {state.best_epoch or '-'} of {len(history)}"
           + (f" ({plan.monitor} {state.best:.4f})" if state.best_epoch else ""), file=sys.stderr, flush=True)
+    return report
+
+
+def reuse_finished_run(out: Path, run: RunSettings, state: RunState,
+                       distribution: Distribution) -> TrainReport | WorkerReport:
+    """Ship the kept model, history and report of the finished run of the same inputs; nothing trains."""
+    saved = state.finished_run
+    if not distribution.is_chief:
+        return WorkerReport(run.model, distribution.worker, saved["epoch"], 0.0)
+    checkpoints = out / "checkpoints"
+    report = TrainReport.from_dict(json.loads((checkpoints / KEPT_REPORT).read_text())).reused_by(run)
+    keep(checkpoints / KEPT_MODEL, out / "model.keras")
+    keep(checkpoints / "history.tsv", out / "history.tsv")
+    fsutil.write_json(out / "train.json", report.to_dict())
+    print(f"train {run.model}: reusing the finished run of the same inputs (best epoch {saved['best_epoch'] or '-'} "
+          f"of {report.epochs_completed}): its model is kept, nothing trains", file=sys.stderr, flush=True)
     return report

@@ -1,16 +1,30 @@
-"""The learning rate of a run: the configured rate scaled to the replicas, constant or warm-up then cosine."""
+"""The learning rate of a run: the configured rate (scaled to the replicas only if asked), constant or
+warm-up then cosine."""
 
 from __future__ import annotations
+
+import math
 
 import keras
 
 from jibjib.core.settings import RunSettings
 
 
+def peak_learning_rate(run: RunSettings, replicas: int) -> float:
+    """The model's learning_rate; times sqrt(replicas) or replicas under train.lr_scaling sqrt or linear.
+
+    With lr_scaling none the global batch is batch_size on any machine, so
+    the rate is too; sqrt and linear go with a batch that grows with the
+    replicas (jibjib.training.plan.global_batch).
+    """
+    factor = {"none": 1.0, "sqrt": math.sqrt(replicas), "linear": float(replicas)}[run.train.lr_scaling]
+    return float(run.net.learning_rate) * factor
+
+
 def learning_rate(run: RunSettings, replicas: int, steps_per_epoch: int
                   ) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """The configured rate times the replicas (the batch grows with them), constant or warm-up then cosine."""
-    peak = float(run.net.learning_rate) * replicas
+    """The peak rate (peak_learning_rate), constant or warm-up then cosine over the run's steps."""
+    peak = peak_learning_rate(run, replicas)
     if run.train.lr_schedule == "constant":
         return peak
     total = max(1, int(run.net.epochs) * steps_per_epoch)

@@ -6,7 +6,9 @@ weights, early-stopping counter) is saved after every epoch (or every
 `<out>/checkpoints/`. A killed job that is started again continues after
 the last saved epoch (the old code restored only the VGGish trunk), but only
 if everything the run is computed from is unchanged (`training_inputs`,
-digests of each input) and the run had not finished.
+digests of each input, the replicas and the precision). A finished run keeps
+its model and report there too: a run of the same inputs reuses them (in
+seconds) instead of training again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import tensorflow as tf
 
 from jibjib import __version__
 from jibjib.core import fsutil
+from jibjib.core.errors import TrainingError
 from jibjib.core.settings import RunSettings, VggishSettings
 from jibjib.features.files import FeatureStamp
 from jibjib.models.checkpoint import checkpoint_files
@@ -40,8 +44,12 @@ TRAINING_INPUTS = {  # what a saved state must share with this run to be resumed
     "vggish_checkpoint": "the content of vggish.checkpoint",
     "input": "the training input (packed or per-file npz)",
     "embeddings": "the embedding cache (jibjib embed)",
+    "replicas": "the replicas",  # devices training together
+    "precision": "the compute precision",
     "jibjib": "the jibjib version",
 }
+SHOWN_INPUTS = ("replicas", "precision", "input", "jibjib")  # said with their values when they change
+KEPT_MODEL, KEPT_REPORT = "model.keras", "train.json"  # a finished run's outputs, kept in checkpoints/
 
 
 def _sha256_text(*parts: str) -> str:
@@ -58,18 +66,28 @@ def checkpoint_digest(path: str | os.PathLike) -> str:
     return _sha256_text(*(f"{f.name}:{fsutil.sha256_file(f)}" for f in files))
 
 
+# Settings that change no result: a run resumes (or a finished one is reused) across a change of them.
+NOT_IN_IDENTITY = ("checkpoint_every_epochs", "steps_per_execution")
+
+
 def settings_digest(run: RunSettings) -> str:
-    """SHA-256 of the typed settings, but for how often the state is saved, which changes no result:
-    a run resumes across a change of it."""
+    """SHA-256 of the typed settings but NOT_IN_IDENTITY: how often the state is saved, and how many steps
+    Keras runs per call into the compiled step."""
     values = dataclasses.asdict(run)
-    del values["train"]["checkpoint_every_epochs"]
+    for name in NOT_IN_IDENTITY:
+        del values["train"][name]
     return _sha256_text(json.dumps(values, sort_keys=True))
 
 
 def training_inputs(run: RunSettings, labels_tsv: Path, split_tsv: Path, files: pd.DataFrame,
                     stamps: list[FeatureStamp], input_kind: str,
-                    embeddings: list[str | os.PathLike] | None) -> dict[str, str]:
-    """A digest of each thing a training run is computed from (the keys of TRAINING_INPUTS)."""
+                    embeddings: list[str | os.PathLike] | None, replicas: int, precision: str) -> dict[str, str]:
+    """A digest of each thing a training run is computed from (the keys of TRAINING_INPUTS).
+
+    The replicas and the precision are part of it: they change the numbers
+    (per-replica BatchNorm statistics, float16), so a run killed on 4 GPUs is
+    not resumed on 1.
+    """
     checkpoint = run.net.checkpoint if isinstance(run.net, VggishSettings) else None
     return {
         "model": run.model,
@@ -83,8 +101,23 @@ def training_inputs(run: RunSettings, labels_tsv: Path, split_tsv: Path, files: 
         # The cache indexes name each file's content, the cut and the frozen weights' digest.
         "embeddings": (_sha256_text(*(fsutil.sha256_file(path) for path in embeddings)) if embeddings
                        else "none"),
+        "replicas": str(replicas),
+        "precision": precision,
         "jibjib": __version__,
     }
+
+
+def changed_inputs(saved: dict[str, str], current: dict[str, str]) -> str | None:
+    """What differs between a saved state's inputs and this run's, as the log says it; None if nothing."""
+    changed = [TRAINING_INPUTS[name] + (f" ({saved.get(name, 'not recorded')} then, {current.get(name)} now)"
+                                        if name in SHOWN_INPUTS else "")
+               for name in TRAINING_INPUTS if saved.get(name) != current.get(name)]
+    return "changed since it was saved: " + ", ".join(changed) if changed else None
+
+
+def higher_is_better(monitor: str) -> bool:
+    """Whether `monitor` improves upwards (val_cmap) rather than downwards (the losses)."""
+    return monitor.endswith("cmap")
 
 
 class RunState(keras.callbacks.Callback):
@@ -97,8 +130,9 @@ class RunState(keras.callbacks.Callback):
     `checkpoints/state.json` names the last finished epoch, the weights and
     optimizer state after it, the best epoch so far with its weights, the
     early-stopping counter, and digests of everything the run is computed
-    from. A state is resumed only by a run of the same inputs, and never
-    once its run has finished: a retrain starts at epoch 1. (Keras's own
+    from. A state is resumed only by a run of the same inputs; once its run
+    has finished, such a run reuses its kept model instead (`reusable`), and
+    a run of other inputs starts at epoch 1. (Keras's own
     BackupAndRestore and EarlyStopping keep neither the best epoch nor the
     patience counter across a restart, and overwrite their file in place.)
     Each file is written under a new name and renamed into place.
@@ -116,29 +150,37 @@ class RunState(keras.callbacks.Callback):
         self.folder, self.meta = folder, folder / "state.json"
         self.inputs, self.monitor, self.patience = inputs, monitor, patience
         self.total_epochs, self.save_every = total_epochs, max(1, int(save_every))
+        self.sign = -1.0 if higher_is_better(monitor) else 1.0  # sign * value: lower is better
         self.best_held: list[tf.Variable] | None = None
         self.epoch = self.best_epoch = self.wait = 0
-        self.best = math.inf
+        self.best = self.sign * math.inf
+        self.best_tie = math.inf  # val_loss of the best epoch, which breaks a tie of val_cmap (1.0 on easy data)
         self.stopped = False
         self.best_weights: list[np.ndarray] | None = None
         self.best_file: str | None = None
         self.saved: dict[str, Any] | None = None  # the state being resumed
+        self.finished_run: dict[str, Any] | None = None  # the finished run of the same inputs, reused
         self.refused_because = self._check_saved_state()
 
     def _check_saved_state(self) -> str | None:
-        """None if the saved state can be resumed (it is then in self.saved), else why not."""
+        """None if the saved state can be resumed (then in self.saved) or its finished run reused (then in
+        self.finished_run), else why not."""
         if not self.meta.exists():
             return "no saved state"
         try:
             state = json.loads(self.meta.read_text())
         except (OSError, ValueError):
             return "the saved state is unreadable"
-        if state.get("finished"):
-            return "the saved state is of a finished run"
-        saved_inputs = state.get("inputs", {})
-        changed = [name for name in TRAINING_INPUTS if saved_inputs.get(name) != self.inputs.get(name)]
+        changed = changed_inputs(state.get("inputs", {}), self.inputs)
         if changed:
-            return "changed since it was saved: " + ", ".join(TRAINING_INPUTS[name] for name in changed)
+            return changed
+        if state.get("finished"):
+            kept = self.folder / KEPT_MODEL
+            if not (kept.is_file() and (self.folder / KEPT_REPORT).is_file()
+                    and fsutil.sha256_file(kept) == state.get("model_sha256")):
+                return "the finished run of the same inputs kept no intact model"
+            self.finished_run = state
+            return None
         self.saved = state
         return None
 
@@ -146,10 +188,15 @@ class RunState(keras.callbacks.Callback):
     def resumed(self) -> bool:
         return self.saved is not None
 
+    @property
+    def reusable(self) -> bool:
+        """Whether a finished run of the same inputs left its model, which this run then keeps."""
+        return self.finished_run is not None
+
     def start_fresh(self) -> None:
-        """Forget every saved state, so nothing of another run can leak into this one."""
-        self.meta.unlink(missing_ok=True)
-        (self.folder / "history.tsv").unlink(missing_ok=True)
+        """Forget every saved state and kept model, so nothing of another run can leak into this one."""
+        for name in ("state.json", "history.tsv", KEPT_MODEL, KEPT_REPORT):
+            (self.folder / name).unlink(missing_ok=True)
         self._remove_states()
 
     def restore(self, model: keras.Model) -> None:
@@ -161,13 +208,22 @@ class RunState(keras.callbacks.Callback):
         self.epoch, self.wait, self.stopped = state["epoch"], state["wait"], state["stopped"]
         if state.get("best_weights"):
             self.best, self.best_epoch, self.best_file = state["best"], state["best_epoch"], state["best_weights"]
+            self.best_tie = state.get("best_tie", math.inf)
             with np.load(self.folder / self.best_file) as saved:
                 self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        current = (logs or {}).get(self.monitor)
-        if current is not None and float(current) < self.best:  # NaN never improves
-            self.best, self.best_epoch, self.wait = float(current), epoch + 1, 0
+        logs = logs or {}
+        diverged = sorted(name for name, value in logs.items() if not math.isfinite(float(value)))
+        if diverged:
+            raise TrainingError(
+                f"epoch {epoch + 1}: {', '.join(f'{name} {float(logs[name])}' for name in diverged)}: training "
+                f"diverged (the state saved after epoch {self.epoch} is kept); lower the learning rate or check the "
+                "features for NaN or inf")
+        current = logs.get(self.monitor)
+        tie = float(logs.get("val_loss", math.inf)) if higher_is_better(self.monitor) else 0.0
+        if current is not None and (self.sign * float(current), tie) < (self.sign * self.best, self.best_tie):
+            self.best, self.best_tie, self.best_epoch, self.wait = float(current), tie, epoch + 1, 0
             self._hold_best()
         else:
             self.wait += 1
@@ -200,11 +256,13 @@ class RunState(keras.callbacks.Callback):
     def _best_on_host(self) -> list[np.ndarray]:
         return [held.numpy() for held in self.best_held] if self.best_held is not None else self.best_weights
 
-    def _write_meta(self, weights: str | None, finished: bool = False) -> None:
+    def _write_meta(self, weights: str | None, finished: bool = False, model_sha256: str | None = None) -> None:
         fsutil.write_json(self.meta, {
             "epoch": self.epoch, "wait": self.wait, "stopped": self.stopped, "finished": finished,
             "best": self.best if self.best_epoch else None, "best_epoch": self.best_epoch or None,
+            "best_tie": self.best_tie if self.best_epoch else None,
             "best_weights": self.best_file, "weights": weights, "monitor": self.monitor, "inputs": self.inputs,
+            **({"model_sha256": model_sha256} if finished else {}),
         })
 
     def _remove_states(self, keep: set[str | None] = frozenset()) -> None:
@@ -219,8 +277,23 @@ class RunState(keras.callbacks.Callback):
         elif self.best_weights is not None:
             model.set_weights(self.best_weights)
 
-    def finish(self) -> None:
-        """Mark the run finished (never resumed again) and free the disk its states took (the chief's job)."""
+    def finish(self, model: Path, report: Path) -> None:
+        """Keep the run's `model` and `report` for a run of the same inputs, mark the run finished (never
+        resumed again) and free the disk its states took (the chief's job)."""
+        keep(model, self.folder / KEPT_MODEL)
+        keep(report, self.folder / KEPT_REPORT)
         self.best_file = None
-        self._write_meta(weights=None, finished=True)
+        self._write_meta(weights=None, finished=True, model_sha256=fsutil.sha256_file(self.folder / KEPT_MODEL))
         self._remove_states()
+
+
+def keep(source: Path, target: Path) -> None:
+    """`target` as a second name of `source` (a hard link: no disk; a copy where links fail), atomically."""
+    def link_or_copy(tmp: Path) -> None:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+    fsutil.atomic_save(target, link_or_copy)

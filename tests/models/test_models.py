@@ -256,16 +256,21 @@ def tiny_convlstm(**kwargs) -> keras.Model:
 
 
 def test_a_saved_model_loads_compiled_with_its_loss_after_importing_the_loader(tmp_path: Path) -> None:
-    """model.keras names the training loss: a fresh process that imports jibjib.models.loading, and no
-    training module, loads it compiled."""
+    """model.keras names the training loss and metrics: a fresh process that imports
+    jibjib.models.loading, and no training module, loads it compiled."""
     from jibjib.models.losses import ClassWeightedCrossentropy
+    from jibjib.models.metrics import ClassAveragePrecision, SpeciesAccuracy
 
     model = tiny_convlstm()
-    model.compile(optimizer="adam", loss=ClassWeightedCrossentropy([0.5, 2.0], multi_label=True))
+    model.compile(optimizer="adam", loss=ClassWeightedCrossentropy([0.5, 2.0], multi_label=True),
+                  metrics=[SpeciesAccuracy(True), ClassAveragePrecision([True, False], multi_label=True)])
     model.save(tmp_path / "model.keras")
     script = ("import sys, keras, jibjib.models.loading\n"
               "model = keras.models.load_model(sys.argv[1])\n"
               "assert not [name for name in sys.modules if name.startswith('jibjib.training')]\n"
+              "x = {'patches': keras.ops.zeros((2, 4, 96, 64)), 'mask': keras.ops.ones((2, 4), 'bool')}\n"
+              "logs = model.evaluate(x, keras.ops.eye(2), verbose=0, return_dict=True)\n"
+              "assert sorted(logs) == ['accuracy', 'cmap', 'loss'], logs\n"
               "print(type(model.loss).__name__, model.loss.class_weights, model.loss.multi_label)\n")
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.keras")], capture_output=True,
                             text=True, env=REPO_ENV, timeout=300)

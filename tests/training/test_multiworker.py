@@ -90,7 +90,8 @@ def test_two_tasks_train_one_model_and_resume_after_scancel(tiny: Path) -> None:
     first = first_log.read_text()
     # Both tasks were workers of one cluster (each names itself), and only the chief reported epochs.
     assert "worker 0 of 2" in first and "worker 1 of 2" in first, first[-3000:]
-    assert "on 2 replica(s) of 2 workers" in first and "batch 8" in first, first[-3000:]
+    # batch_size is the global batch: 4, two examples on each worker's replica.
+    assert "on 2 replica(s) of 2 workers" in first and "batch 4" in first, first[-3000:]
 
     job = _submit(tiny, second_log)
     state = _wait(job)
@@ -108,12 +109,13 @@ def test_two_tasks_train_one_model_and_resume_after_scancel(tiny: Path) -> None:
     assert list(history["epoch"]) == list(range(1, SETTINGS["epochs"] + 1))
     assert history["loss"].iloc[-1] < 0.5 * history["loss"].iloc[0], history
     # The chief's files, once: no model, state or temporary file of the other worker.
-    assert [p.relative_to(tiny) for p in tiny.rglob("model.keras")] == [Path("model/model.keras")]
+    assert sorted(p.relative_to(tiny) for p in tiny.rglob("model.keras")) == \
+        [Path("model/checkpoints/model.keras"), Path("model/model.keras")]  # the second kept for a rerun
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "history.tsv", "model.keras", "tensorboard",
                                                      "train.json"]
     assert not [p for p in tiny.rglob("*") if ".tmp-" in p.name]
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert checkpoints == ["history.tsv", "state.json"], checkpoints
+    assert checkpoints == ["history.tsv", "model.keras", "state.json", "train.json"], checkpoints
 
 
 def test_training_rule_starts_one_process_per_task_only_inside_slurm(tree: Path, tmp_path: Path) -> None:

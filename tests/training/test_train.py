@@ -83,6 +83,14 @@ def test_training_learns_and_writes_its_outputs(tiny: Path) -> None:
 
     assert keras.models.load_model(tiny / "model" / "model.keras", compile=False).name == "convlstm_classifier"
     assert "epoch 12/12" in result.stderr
+    # What a person follows: the rate (warm-up over the first epoch, then cosine down) and val cmAP, per
+    # epoch in history.tsv and in TensorBoard.
+    assert history["learning_rate"].iloc[0] == pytest.approx(settings["learning_rate"], rel=0.05)
+    rate = history["learning_rate"]
+    assert (np.diff(rate) <= 0).all() and rate.iloc[-1] < 0.02 * settings["learning_rate"]
+    assert history["val_cmap"].between(0, 1).all()
+    assert {"train/epoch_learning_rate", "train/epoch_loss", "validation/epoch_cmap",
+            "validation/epoch_loss"} <= tensorboard_tags(tiny / "model" / "tensorboard")
 
     # Other settings: the saved state belongs to another run and is not resumed.
     changed = {**settings, "epochs": 2, "learning_rate": 0.005}
@@ -91,7 +99,50 @@ def test_training_learns_and_writes_its_outputs(tiny: Path) -> None:
     assert "resuming" not in result.stderr
     assert list(pd.read_csv(tiny / "model" / "history.tsv", sep="\t")["epoch"]) == [1, 2]
     report = json.loads((tiny / "model" / "train.json").read_text())
-    assert not report["resumed"] and report["resume_refused_because"] == "the saved state is of a finished run"
+    assert not report["resumed"] and not report["reused"]
+    assert report["resume_refused_because"] == "changed since it was saved: the training settings"
+
+
+def test_a_finished_run_of_the_same_inputs_is_reused_and_an_edited_input_retrains(tiny: Path) -> None:
+    """A rerun whose inputs are the same in content (a split.tsv rewritten as it was, another
+    checkpoint_every_epochs or steps_per_execution) ships the finished run's model without training; an edited
+    split retrains."""
+    settings = {**TINY_CONVLSTM, "epochs": 2}
+    assert subprocess.run(train_command(tiny, settings), capture_output=True, cwd=REPO, timeout=600).returncode == 0
+    out = tiny / "model"
+    trained = {name: (out / name).read_bytes() for name in ("model.keras", "history.tsv")}
+    split = tiny / "split.tsv"
+    split.write_text(split.read_text())  # rewritten unchanged: Snakemake reruns the job for its new mtime
+    (out / "model.keras").unlink()  # Snakemake deletes a job's outputs before running it
+    unchanged_result = {**settings, "checkpoint_every_epochs": 2, "steps_per_execution": 2}
+    result = subprocess.run(train_command(tiny, unchanged_result), capture_output=True, text=True, cwd=REPO,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "reusing the finished run of the same inputs" in result.stderr and "epoch 1/" not in result.stderr
+    assert {name: (out / name).read_bytes() for name in trained} == trained
+    report = json.loads((out / "train.json").read_text())
+    assert report["reused"] and not report["resumed"]
+    assert report["settings"]["train"]["checkpoint_every_epochs"] == report["settings"]["train"]["steps_per_execution"] \
+        == 2
+    assert report["best_epoch"] and report["epochs_completed"] == 2
+
+    # One file moved from val to train: a new split, trained from epoch 1.
+    table = pd.read_csv(split, sep="\t")
+    table.loc[table["recording_id"] == "Alpha_one-5", "split"] = "train"
+    table.to_csv(split, sep="\t", index=False)
+    result = subprocess.run(train_command(tiny, settings), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting at epoch 1 (changed since it was saved: split.tsv" in result.stderr
+    report = json.loads((out / "train.json").read_text())
+    assert not report["reused"] and report["n_train_files"] == 11
+
+
+def tensorboard_tags(folder: Path) -> set[str]:
+    """<run>/<tag> of every scalar in the TensorBoard logs below `folder`."""
+    import tensorflow as tf
+
+    return {f"{events.parent.name}/{value.tag}" for events in folder.rglob("events.out.tfevents.*")
+            for event in tf.compat.v1.train.summary_iterator(str(events)) for value in event.summary.value}
 
 
 def test_killed_training_resumes_from_its_last_epoch(tiny: Path) -> None:
@@ -190,7 +241,7 @@ def val_loss_of_saved_model(root: Path, settings: dict) -> float:
 def test_resumed_run_ships_the_best_epoch_of_the_whole_run(misleading_val: Path, every: int) -> None:
     """Also when the state is saved every 3 epochs: the best weights wait on the device for the next save."""
     root = misleading_val
-    settings = {**TINY_CONVLSTM, "epochs": 10, "patience": 10, "checkpoint_every_epochs": every}
+    settings = {**TINY_CONVLSTM, "epochs": 10, "patience": 10, "checkpoint_every_epochs": every, "monitor": "val_loss"}
     killed_at = kill_after_epoch(root, settings, 4)
     assert killed_at % every == 0
     result = subprocess.run(train_command(root, settings), capture_output=True, text=True, cwd=REPO,
@@ -207,9 +258,10 @@ def test_resumed_run_ships_the_best_epoch_of_the_whole_run(misleading_val: Path,
     # The shipped weights are that epoch's: their val loss is the one logged for it.
     assert val_loss_of_saved_model(root, settings) == pytest.approx(history["val_loss"].min(), rel=1e-4)
     assert history["val_loss"].iloc[-1] > 1.05 * history["val_loss"].min()
-    # A finished run frees its saved states and is never resumed.
+    # A finished run frees its saved states and is never resumed; it keeps its model and report for a rerun.
     checkpoints = root / "model" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir() if p.name != "history.tsv") == ["state.json"]
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name != "history.tsv") == \
+        ["model.keras", "state.json", "train.json"]
     assert json.loads((checkpoints / "state.json").read_text())["finished"]
 
 
@@ -290,3 +342,38 @@ def test_weighted_loss_weights_train_and_val_alike() -> None:
     assert float(multi(target, logits)) == pytest.approx(bce.mean(), rel=1e-5)
     restored = keras.losses.deserialize(keras.losses.serialize(multi))
     assert restored.class_weights == weights and restored.multi_label
+
+
+def test_val_cmap_improves_upwards_and_val_loss_breaks_its_ties(tmp_path: Path) -> None:
+    """cmAP saturates at 1.0 on easy validation sets: an epoch that equals the best one improves it only
+    with a lower val_loss, so patience counts from the last real improvement."""
+    import keras
+
+    from jibjib.training.state import RunState
+
+    state = RunState(tmp_path, {"model": "m"}, "val_cmap", patience=10, total_epochs=10, save_every=100,
+                     writes=False)
+    inputs = keras.Input((2,))
+    state.set_model(keras.Model(inputs, keras.layers.Dense(1)(inputs)))
+    for epoch, (cmap, loss) in enumerate([(0.5, 0.9), (0.8, 0.7), (0.8, 0.6), (0.8, 0.65), (0.7, 0.3)]):
+        state.on_epoch_end(epoch, {"loss": 1.0, "val_cmap": cmap, "val_loss": loss})
+    assert (state.best_epoch, state.best, state.wait) == (3, 0.8, 2)
+
+
+def test_a_class_left_without_examples_by_short_files_skip_stops_the_run(tiny: Path) -> None:
+    import tensorflow as tf
+
+    from jibjib.core.errors import ConfigError
+    from jibjib.core.settings import RunSettings
+    from jibjib.training.data import load_data
+    from jibjib.training.distribute import Distribution
+    from jibjib.training.plan import plan_input
+
+    alone = Distribution(tf.distribute.get_strategy(), workers=1, worker=0)
+    for seq_len, short in ((4, "pad"), (3, "skip")):  # every file has 3 patches
+        run = RunSettings.of("convlstm", net={"seq_len": seq_len, "short_files": short})
+        plan_input(run, load_data(run, tiny / "split.tsv", tiny / "labels.tsv", tiny / "features", None), None, alone)
+    run = RunSettings.of("convlstm", net={"seq_len": 4, "short_files": "skip"})
+    with pytest.raises(ConfigError, match=r"^2 class\(es\) have training files but no training example, every file "
+                                          r"shorter than seq_len \(4 patches\) and convlstm.short_files is skip"):
+        plan_input(run, load_data(run, tiny / "split.tsv", tiny / "labels.tsv", tiny / "features", None), None, alone)

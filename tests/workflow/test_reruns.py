@@ -8,6 +8,7 @@ write renames a temporary file into place).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -311,19 +312,26 @@ def model_weights(work: Path) -> list[np.ndarray]:
     return keras.models.load_model(work / "results/models/convlstm/model.keras", compile=False).get_weights()
 
 
-def assert_trained_from_scratch(run: Run, before: list[np.ndarray] | None) -> list[np.ndarray]:
-    """The last training started at epoch 1 (not resuming the finished run) and, given
-    `before`, shipped other weights; returns the new weights."""
+def assert_trained_from_scratch(run: Run, before: list[np.ndarray], changed: str) -> list[np.ndarray]:
+    """The last training started at epoch 1 because `changed` changed, and shipped other weights than
+    `before`; returns the new weights."""
     log = (run.work / "logs/train/convlstm.log").read_text()
-    assert "starting at epoch 1 (the saved state is of a finished run)" in log, log
+    assert f"starting at epoch 1 (changed since it was saved: {changed}" in log, log
     assert re.findall(r"^epoch (\d+)/", log, re.MULTILINE) == ["1", "2"], log
     weights = model_weights(run.work)
-    if before is not None:
-        assert any(not np.array_equal(a, b) for a, b in zip(before, weights))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, weights))
     return weights
 
 
-def test_retraining_never_resumes_a_finished_run(tmp_path: Path) -> None:
+def assert_reused(run: Run, before: list[np.ndarray]) -> None:
+    """The last training job shipped the finished run's model without training."""
+    log = (run.work / "logs/train/convlstm.log").read_text()
+    assert "reusing the finished run of the same inputs" in log and not re.findall(r"^epoch ", log, re.MULTILINE), log
+    assert json.loads((run.work / "results/models/convlstm/train.json").read_text())["reused"]
+    assert all(np.array_equal(a, b) for a, b in zip(before, model_weights(run.work)))
+
+
+def test_retraining_reuses_only_a_finished_run_of_the_same_inputs(tmp_path: Path) -> None:
     config = {**TINY_CONVLSTM, "convlstm": {**TINY_CONVLSTM["convlstm"], "epochs": 2, "patience": 2}}
     run = Run(tmp_path, config)
     make_tree(run.data, {"Alpha_one": 3, "Beta_two": 3}, seconds=SECONDS, sample_rate=RATE)
@@ -338,17 +346,34 @@ def test_retraining_never_resumes_a_finished_run(tmp_path: Path) -> None:
     write_wav(run.data / edited, chirp(SECONDS, RATE, f0=300, f1=900, seed=99), RATE)
     run.run(model)
     assert {name: (run.work / name).read_bytes() for name in DATA_TARGETS} == tables
-    weights = assert_trained_from_scratch(run, weights)
+    weights = assert_trained_from_scratch(run, weights, "the feature files")
 
     # A front-end change recomputes the features, and the training starts over.
     run.config["frontend"] = {"log_offset": 0.02}
     run.run(model)
-    weights = assert_trained_from_scratch(run, weights)
+    weights = assert_trained_from_scratch(run, weights, "the feature files")
 
-    # --forcerun with nothing changed: the same seed and data may give the same weights,
-    # but the run must train, not reload the finished state.
+    # split.tsv rewritten as it was (a large one: Snakemake trusts no checksum over 1 MB) reruns the job,
+    # which keeps the finished model; so does --forcerun with nothing changed.
+    os.utime(run.work / "results/split.tsv")
+    assert run.plan(model, args=LARGE_FILES) == {"train_convlstm": 1}
+    run_snakemake(run.work, *LARGE_FILES, model, config=run.config)
+    assert_reused(run, weights)
     run.run(model, "--forcerun", "train_convlstm")
-    assert_trained_from_scratch(run, None)
+    assert_reused(run, weights)
+
+
+def test_a_replaced_vggish_checkpoint_is_an_input_of_train_vggish(tmp_path: Path) -> None:
+    """Its content is in the run's identity; as an input of the rule, replacing it at the same path
+    reruns the training (with the default trainable: all, no embed job stands between them)."""
+    checkpoint = tmp_path / "vggish_model.ckpt"
+    checkpoint.write_bytes(b"weights" + bytes.fromhex("57fb808b247547db"))  # the footer of a TF checkpoint
+    run = Run(tmp_path, {"models": ["vggish"], "vggish": {"checkpoint": str(checkpoint)}})
+    make_tree(run.data, {"Alpha_one": 2, "Beta_two": 2}, seconds=SECONDS, sample_rate=RATE)
+    result = run_snakemake(run.work, "--dry-run", "results/models/vggish/model.keras", config=run.config)
+    block = (result.stdout + result.stderr).split("rule train_vggish:", 1)[1]
+    inputs = next(line for line in block.splitlines() if line.strip().startswith("input:"))
+    assert str(checkpoint) in inputs, inputs
 
 
 def test_added_recording_repacks_only_its_shard(trained: Run, tmp_path: Path) -> None:

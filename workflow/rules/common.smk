@@ -100,7 +100,7 @@ def training_tasks():
 def training_resources():
     """A training job's resources as snakemake-executor-plugin-slurm 2.8 reads them.
 
-    One task: `gpu` GPUs on one node (--gpus; MirroredStrategy uses them all).
+    One task: `gpu` GPUs on one node (--gpus; MirroredStrategy uses train.gpus_per_task of them).
     Several: `mpi` makes the jobstep run the rule's shell itself instead of
     wrapping it in a one-task srun, so the shell's own srun (training_launcher)
     starts one process per task; `nodes` and `tasks_per_node` (or, for one

@@ -5,6 +5,8 @@
 # run on the CPU. With train.nodes x train.tasks_per_node > 1 a SLURM job runs
 # one training process per task, which train together (see training_resources).
 # TensorFlow's own messages (devices, CUDA) go to logs/<stage>/<model>.tensorflow.log.
+# A job whose inputs are unchanged in content (split.tsv rewritten the same, say) reuses
+# the finished run's model in seconds (train.json: reused), docs/training.md#resume.
 
 
 rule train_vggish:
@@ -14,6 +16,9 @@ rule train_vggish:
         features=feature_manifests(),
         packed=packed_indexes(),
         embeddings=embedding_indexes("vggish"),
+        # The trunk's starting weights: a checkpoint replaced at the same path retrains (through the trunk
+        # and from the cache alike; the run's identity has the files' content digest).
+        vggish_checkpoint=vggish_checkpoint_files(),
     output:
         model="results/models/vggish/model.keras",
         history="results/models/vggish/history.tsv",

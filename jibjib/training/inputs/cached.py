@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable
 
 import keras
 import pandas as pd
@@ -81,9 +82,10 @@ def embedding_dataset(files: pd.DataFrame, cache: EmbeddingCache, spec: InputSpe
 
 
 def cached_datasets(net: keras.Model, cut: str, embeddings: list[str | os.PathLike], train_files: pd.DataFrame,
-                    val_files: pd.DataFrame, spec: InputSpec, batch_size: int, seed: int
-                    ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
-    """Training and validation batches from the cache, after checking it holds this run's frozen trunk."""
+                    val_files: pd.DataFrame, spec: InputSpec, batch_size: int
+                    ) -> tuple[Callable[[int], tf.data.Dataset], tf.data.Dataset | None]:
+    """The training batches of a seed (one per epoch) and the validation batches from the cache, after
+    checking it holds this run's frozen trunk."""
     cache = EmbeddingCache.open(embeddings)
     wanted = (cut, frozen_weights_digest(trunk_of(net), cut))
     used = cache.locate(pd.concat([train_files, val_files])["path"])
@@ -91,7 +93,10 @@ def cached_datasets(net: keras.Model, cut: str, embeddings: list[str | os.PathLi
         raise ValueError(f"the embedding cache was computed with another frozen trunk than this run's (cut "
                          f"{cut}, weights {wanted[1][:12]}): run jibjib embed again with this run's "
                          "vggish.checkpoint, vggish.trainable and train.seed")
-    train_ds = embedding_dataset(train_files, cache, spec, batch_size, training=True, seed=seed)
+
+    def train_batches(seed: int) -> tf.data.Dataset:
+        return embedding_dataset(train_files, cache, spec, batch_size, training=True, seed=seed)
+
     if not len(val_files):
-        return train_ds, None
-    return train_ds, embedding_dataset(val_files, cache, spec, batch_size, training=False, seed=seed)
+        return train_batches, None
+    return train_batches, embedding_dataset(val_files, cache, spec, batch_size, training=False)

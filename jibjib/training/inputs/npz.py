@@ -19,6 +19,9 @@ from jibjib.training.inputs.order import example_seeds, seed_pairs, weighted_dra
 from jibjib.training.inputs.spec import InputSpec
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Files read side by side. Fixed, not tf.data's default (the CPU count): the order of a deterministic
+# interleave depends on it, and one seed must give the same epochs on any machine.
+FILES_IN_FLIGHT = 16
 
 
 def _load_units(path: bytes, seed: int, unit: int, short: str, random_offset: bool, tile: bool,
@@ -68,12 +71,19 @@ def npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: 
     if training and spec.class_balance == "sampling":
         examples = examples_per_file([feature_stamp(f) for f in paths], spec.seq_len, spec.short_files,
                                      spec.frontend.patch_frames)
-        order = weighted_draws(balanced_draw_weights(files, examples), n, seed + 1)
+        # Files are drawn until their examples make the split's count (what the schedule counts); the
+        # last file's surplus is cut below.
+        sizes = tf.constant(examples, tf.int64)
+        order = weighted_draws(balanced_draw_weights(files, examples), -1, seed + 1).scan(
+            tf.constant(0, tf.int64), lambda before, i: (before + sizes[i], (i, before))).take_while(
+            lambda i, before: before < int(examples.sum())).map(lambda i, before: i)
     elif training:
         order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(order, seed_pairs(seed + 2, training))
-    ds = ds.interleave(_read(paths, targets, spec, aug.random_offsets, tile=False),
+    ds = ds.interleave(_read(paths, targets, spec, aug.random_offsets, tile=False), cycle_length=FILES_IN_FLIGHT,
                        num_parallel_calls=AUTOTUNE, deterministic=True)
+    if training and spec.class_balance == "sampling":
+        ds = ds.take(int(examples.sum()))
     if training:
         ds = ds.shuffle(spec.shuffle_buffer, seed=seed + 3, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(ds, example_seeds(seed + 9, training)).batch(batch_size).map(
@@ -94,6 +104,6 @@ def _npz_background(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, a
     paths = files["feature"].to_numpy(str)[is_background]
     order = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed + 6, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(order.repeat(), seed_pairs(seed + 7, True))
-    ds = ds.interleave(_read(paths, targets[is_background], spec, True, tile=True),
+    ds = ds.interleave(_read(paths, targets[is_background], spec, True, tile=True), cycle_length=FILES_IN_FLIGHT,
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.shuffle(256, seed=seed + 8, reshuffle_each_iteration=True).map(lambda units, mask, target: units)

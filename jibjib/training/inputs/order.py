@@ -56,7 +56,7 @@ class InputShare:
 
 
 def weighted_draws(weights: np.ndarray, count: int, seed: int) -> tf.data.Dataset:
-    """`count` indices drawn with replacement by `weights` (summing to 1), new each epoch."""
+    """`count` indices (-1: endless) drawn with replacement by `weights` (summing to 1), new each epoch."""
     cdf = tf.constant(np.cumsum(weights), tf.float64)
     draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(count)
     # Dataset.random gives 32 random bits per element.
