@@ -47,7 +47,7 @@ def _validate_config():
 def _check_analysis(settings):
     try:
         is_demo = "demo_soundscapes" in str(settings.analyze.input_dir) + str(settings.soundscapes.audio_dir)
-        return check_analysis(settings, demo_hint="make demo" if is_demo else "")
+        return check_analysis(settings, demo_hint="make demo" if is_demo else "", folders=INVENTORY)
     except ConfigError as exc:
         _stop(exc)
 
