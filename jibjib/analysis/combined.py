@@ -78,6 +78,17 @@ def split_path(path: str, relative: str) -> tuple[str, str, str]:
     return str(Path(path).parent), "", Path(path).name
 
 
+class _RavenRows:
+    """Tab-separated rows as Raven reads them: cells verbatim, no quoting (a tab or line break in a name, which
+    no cell could hold, becomes a space)."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+
+    def writerow(self, cells: list[str]) -> None:
+        self.handle.write("\t".join(" ".join(str(c).splitlines()).replace("\t", " ") for c in cells) + "\n")
+
+
 class _Raven:
     def __init__(self, label_column: str, mel_range: tuple[float, float]) -> None:
         self.label_column, self.mel_range = label_column, mel_range
@@ -136,14 +147,12 @@ def write_combined_tables(out_dir: Path, detections: Path, facts: dict[str, File
     makers = {"raven": lambda: _Raven(label_column, mel_range), "kaleidoscope": _Kaleidoscope,
               "csv": lambda: _Csv(columns)}
     with ExitStack() as stack:
-        outputs: list[tuple[str, IO[str], csv.writer, object]] = []
+        outputs: list[tuple[str, IO[str], object, object]] = []
         for table_format in wanted:
             name = COMBINED_NAMES[table_format]
             fsutil.remove_dead_temps(out_dir / name)
             handle = stack.enter_context(fsutil.atomic_open(out_dir / name))
-            writer = csv.writer(handle, delimiter="\t" if table_format == "raven" else ",", lineterminator="\n",
-                                quoting=csv.QUOTE_NONE if table_format == "raven" else csv.QUOTE_MINIMAL,
-                                escapechar=None if table_format != "raven" else "\\")
+            writer = _RavenRows(handle) if table_format == "raven" else csv.writer(handle, lineterminator="\n")
             maker = makers[table_format]()
             writer.writerow(maker.header())
             outputs.append((name, handle, writer, maker))

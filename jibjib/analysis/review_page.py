@@ -158,6 +158,7 @@ function render() {
   document.getElementById("title").textContent = DATA.title;
   const nav = document.getElementById("species-nav"), main = document.getElementById("species");
   nav.textContent = ""; main.textContent = "";
+  if (DATA.species.length === 0) main.appendChild(element("p", {}, "No detections to review."));
   DATA.species.forEach((species, index) => {
     const id = "species-" + index;
     nav.appendChild(element("a", {"href": "#" + id}, species.label));

@@ -55,7 +55,8 @@ def read_verifications(path: str | os.PathLike, labels: set[str] | None = None) 
     problem: a missing column, a score that is no number in [0, 1], a verdict outside yes/no/unsure, or a
     label not among `labels`."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # utf-8-sig: a spreadsheet program that saved the file may have put a byte-order mark before `file`.
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else "empty"
         raise InputError(f"{path}: not a CSV of verifications ({first})") from None

@@ -128,6 +128,8 @@ def _field(root: Path) -> Path:
     return field
 
 
+# crowsetta 5.1.2 calls DataFrame.rename(inplace=True), which pandas 3.1 deprecates: its warning, not ours.
+@pytest.mark.filterwarnings("ignore:The inplace keyword in DataFrame.rename")
 def test_sites_times_lists_and_tables_for_a_whole_deployment(export: Path, tmp_path: Path) -> None:
     field, lists, out = _field(tmp_path), tmp_path / "lists", tmp_path / "out"
     lists.mkdir()

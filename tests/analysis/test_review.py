@@ -7,6 +7,7 @@ recordings), so no model is needed: the page only reads those.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -103,6 +104,13 @@ def test_the_page_is_offline_and_refuses_a_folder_of_other_files(tmp_path: Path,
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "holds files that are not a review page jibjib wrote (notes.txt)" in line
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    # An analysis without detections still gets its page, which says so.
+    write_detections(analysis / "detections.tsv", [])
+    assert main(["review", "--analysis", str(analysis), "--out", str(tmp_path / "empty")]) == 0
+    empty = (tmp_path / "empty" / "index.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script type="application/json" id="review-data">(.*?)</script>', empty, re.S)[1])
+    assert data["items"] == [] and data["species"] == []
+    assert pd.read_csv(tmp_path / "empty" / "items.tsv", sep="\t").empty
 
 
 def verification_rows(label: str, pairs: list[tuple[float, str]]) -> list[str]:
@@ -118,7 +126,7 @@ def test_verify_numbers_against_a_hand_computation(tmp_path: Path) -> None:
     lines += verification_rows("Split", [(0.5 + 0.01 * k, "no") for k in range(5)]
                                + [(0.9 + 0.01 * k, "yes") for k in range(5)])  # perfectly apart
     csv_path = tmp_path / "verifications.csv"
-    csv_path.write_text("\n".join(lines) + "\n")
+    csv_path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")  # as a spreadsheet saves it
     out = tmp_path / "verification"
     assert main(["verify", "--verifications", str(csv_path), "--out", str(out), "--target-precision", "0.8",
                  "--analysis", str(hand_made_analysis_labels(tmp_path, ["Tone", "Parus major", "Split"]))]) == 0
