@@ -18,6 +18,7 @@ species, not with the number of detections or recordings.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections import Counter
 from pathlib import Path
@@ -60,7 +61,10 @@ def activity_figure(path: Path, counts: Counter[Key]) -> None:
     for (_, _, _, label), n in counts.items():
         totals[label] += n
     species = sorted(totals, key=lambda label: (-totals[label], label))
-    dates = sorted({date for _, date, _, _ in counts if date})
+    known = sorted({date for _, date, _, _ in counts if date})
+    # Every day from the first to the last: a day without detections shows as one, not as a gap closed up.
+    first, last = (dt.date.fromisoformat(known[0]), dt.date.fromisoformat(known[-1])) if known else (None, None)
+    dates = [(first + dt.timedelta(days=d)).isoformat() for d in range((last - first).days + 1)] if known else []
     timed = any(date for _, date, _, _ in counts)
     by_hour, by_date = np.zeros((len(species), 24)), np.zeros((len(species), max(len(dates), 1)))
     row = {label: i for i, label in enumerate(species)}
