@@ -50,7 +50,8 @@ MIN_VERDICTS = 10
 SCORE_EPSILON = 1e-6  # logit of a score of exactly 0 or 1
 
 
-def read_verifications(path: str | os.PathLike, labels: set[str] | None = None) -> pd.DataFrame:
+def read_verifications(path: str | os.PathLike, labels: set[str] | None = None,
+                       labels_of: str = "the analysis") -> pd.DataFrame:
     """The checked verifications (label, score as float, verdict lower-case); InputError naming the first
     problem: a missing column, a score that is no number in [0, 1], a verdict outside yes/no/unsure, or a
     label not among `labels`."""
@@ -76,7 +77,7 @@ def read_verifications(path: str | os.PathLike, labels: set[str] | None = None) 
         if not 0.0 <= score <= 1.0:  # NaN fails too
             raise InputError(f"{path}: line {row}: score {text!r} is not a number between 0 and 1")
         if labels is not None and label not in labels:
-            raise InputError(f"{path}: line {row}: label {label!r} is not a label of the analysis")
+            raise InputError(f"{path}: line {row}: label {label!r} is not a label of {labels_of}")
     table["score"] = scores.astype(float)
     return table
 
@@ -182,8 +183,18 @@ def species_row(label: str, group: pd.DataFrame, target: float, figure: str) -> 
             fit.reason if fit.threshold is None else "", figure], fit
 
 
+def _earlier_figures(out: Path) -> set[str]:
+    """The figures an earlier verification.tsv in `out` names (so that a species no longer verified loses its)."""
+    try:
+        earlier = pd.read_csv(out / "verification.tsv", sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return set()
+    return {name for name in earlier.get("figure", []) if re.fullmatch(r"figures/[\w.-]+\.png", name)}
+
+
 def write_verification(verifications: pd.DataFrame, out: Path, target: float) -> list[list[str]]:
     """verification.tsv and figures/<label>.png in `out`; returns the rows."""
+    earlier = _earlier_figures(out)
     rows, taken = [], set()
     for label, group in sorted(verifications.groupby("label", sort=False), key=lambda item: item[0]):
         name = figure_name(label, taken)
@@ -191,4 +202,6 @@ def write_verification(verifications: pd.DataFrame, out: Path, target: float) ->
         _figure(out / "figures" / name, label, group, fit, target)
         rows.append(row)
     fsutil.write_rows(out / "verification.tsv", RESULT_COLUMNS, rows)
+    for stale in earlier - {row[-1] for row in rows}:
+        (out / stale).unlink(missing_ok=True)
     return rows

@@ -42,27 +42,28 @@ def cmd_review(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
-def _known_labels(args: argparse.Namespace) -> set[str]:
+def _known_labels(args: argparse.Namespace) -> tuple[set[str], str]:
+    """The labels verifications may name, and whose they are."""
     from jibjib.core.errors import InputError
 
     if args.model:
         from jibjib.serving.exported import ExportAssets
 
-        return set(ExportAssets(args.model).labels)
+        return set(ExportAssets(args.model).labels), "the model"
     if args.analysis:
         from jibjib.analysis.combined import read_detections
 
         detections = Path(args.analysis) / "detections.tsv"
         if not detections.is_file():
             raise InputError(f"--analysis: {args.analysis} has no detections.tsv")
-        return {row["label"] for row in read_detections(detections)}
+        return {row["label"] for row in read_detections(detections)}, f"the analysis in {args.analysis}"
     raise InputError("name the labels the verifications may use: --analysis (the analysis reviewed) or --model")
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
     from jibjib.analysis.verify import read_verifications, write_verification
 
-    verifications = read_verifications(args.verifications, _known_labels(args))
+    verifications = read_verifications(args.verifications, *_known_labels(args))
     rows = write_verification(verifications, Path(args.out), args.target_precision)
     with_threshold = sum(1 for row in rows if row[9])
     print(f"verify: {len(verifications)} verifications of {len(rows)} species; {with_threshold} with a threshold "

@@ -115,6 +115,20 @@ def test_a_species_list_with_an_unknown_name_stops_analyze_before_any_audio(expo
     assert not out.exists()  # nothing written, no file analysed
 
 
+def test_verify_takes_the_labels_of_an_export(export: Path, tmp_path: Path, capsys) -> None:
+    from jibjib.cli import main
+
+    verifications = tmp_path / "verifications.csv"
+    verifications.write_text("file,start,end,label,score,verdict\na.wav,0,1,Tone,0.9,yes\n")
+    assert main(["verify", "--verifications", str(verifications), "--out", str(tmp_path / "v"),
+                 "--model", str(export)]) == 0
+    verifications.write_text("file,start,end,label,score,verdict\na.wav,0,1,Parus major,0.9,yes\n")
+    capsys.readouterr()
+    assert main(["verify", "--verifications", str(verifications), "--out", str(tmp_path / "v"),
+                 "--model", str(export)]) == 1
+    assert "line 2: label 'Parus major' is not a label of the model" in capsys.readouterr().err
+
+
 def _field(root: Path) -> Path:
     """Three sites: AudioMoth and Song Meter names, a file without a time, and a link with an odd name."""
     field = root / "field"

@@ -157,6 +157,12 @@ def test_verify_numbers_against_a_hand_computation(tmp_path: Path) -> None:
     assert table.loc["Parus major", "reason"] == "3 yes/no verdicts: the fit needs at least 10"
     assert float(table.loc["Parus major", "precision"]) == 1.0
     assert table.loc["Split", "reason"].startswith("every no scores below every yes (0.5400 < 0.9000)")
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["Parus_major.png", "Split.png", "Tone.png"]
+    # Verified again without two species: their figures go with their rows.
+    csv_path.write_text("\n".join(lines[:1 + len(overlap)]) + "\n")
+    assert main(["verify", "--verifications", str(csv_path), "--out", str(out),
+                 "--analysis", str(hand_made_analysis_labels(tmp_path, ["Tone"]))]) == 0
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["Tone.png"]
 
 
 def hand_made_analysis_labels(root: Path, labels: list[str]) -> Path:
@@ -172,7 +178,7 @@ def hand_made_analysis_labels(root: Path, labels: list[str]) -> Path:
     ("file,start,end,label,score\na.wav,0,1,Tone,0.9\n", "no column verdict (expected file, start, end, label, "
                                                          "score, verdict)"),
     ("file,start,end,label,score,verdict\na.wav,0,1,Tone,0.9,yes\na.wav,1,2,Tonne,0.9,no\n",
-     "line 3: label 'Tonne' is not a label of the analysis"),
+     "line 3: label 'Tonne' is not a label of the analysis in "),
     ("file,start,end,label,score,verdict\na.wav,0,1,Tone,0.9,maybe\n",
      "line 2: verdict 'maybe' is not one of yes, no, unsure"),
     ("file,start,end,label,score,verdict\na.wav,0,1,Tone,high,yes\n", "line 2: score 'high' is not a number"),
