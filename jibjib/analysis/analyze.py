@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from jibjib.core import fsutil
 from jibjib.features.audio import AudioError
@@ -27,8 +27,17 @@ PROGRESS_SECONDS = 10.0
 
 ANALYSED, REUSED, REJECTED, IGNORED = "analysed", "reused", "rejected", "ignored"
 
-# What becomes of a file's scores once they are known: (detections, per-file table name).
-Writer = Callable[[str, WindowScores], tuple[int, str]]
+class Written(NamedTuple):
+    """What a writer made of one file's scores, for its files.tsv row."""
+
+    detections: int
+    table: str  # the per-file table written ('' for none)
+    site: str = ""
+    recorded_at: str = ""  # the recorder's clock at the file's start ('' when unknown)
+
+
+# What becomes of a file's scores once they are known (a plain (detections, table) pair will do).
+Writer = Callable[[str, WindowScores], "Written | tuple[int, str]"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +55,18 @@ class FileResult:
     sha256: str = ""
     detections: int | None = None
     table: str = ""
-    path: Path | None = None  # None when read back from a manifest
+    path: Path | None = None  # as found; read back from a manifest, absolute (None before manifests had it)
+    site: str = ""
+    recorded_at: str = ""
 
     @classmethod
-    def scored(cls, path: Path, relative: str, status: str, scores: WindowScores, written: tuple[int, str] | None
-               ) -> "FileResult":
-        detections, table = written if written is not None else (None, "")
+    def scored(cls, path: Path, relative: str, status: str, scores: WindowScores,
+               written: "Written | tuple[int, str] | None") -> "FileResult":
+        done = Written(*written) if written is not None else Written(None, "")  # type: ignore[arg-type]
         return cls(relative, status, seconds=round(scores.seconds, 4), sample_rate=scores.sample_rate,
                    channels=scores.channels, windows=int(scores.scores.shape[0]), sha256=scores.source_sha256,
-                   detections=detections, table=table, path=path)
+                   detections=done.detections, table=done.table, path=path, site=done.site,
+                   recorded_at=done.recorded_at)
 
 
 def _clock(seconds: float) -> str:

@@ -26,12 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+import numpy as np
+
 from jibjib.core import fsutil
 from jibjib.core.errors import InputError
 from jibjib.features.qc import ignore_reason
 from jibjib.analysis import tables
-from jibjib.analysis.analyze import FileResult
+from jibjib.analysis.analyze import FileResult, Written
+from jibjib.analysis.recorders import Recorders, clock
 from jibjib.analysis.scores import WindowScores
+from jibjib.analysis.species_lists import SpeciesLists
 
 LEDGER_DIR = ".jibjib-tables"
 LEDGER_COLUMNS = ("table", "sha256")
@@ -43,14 +47,21 @@ class TableSettings:
 
     min_score: float | None = None  # instead of the window thresholds, for every species
     merge: bool = False
-    table_format: str = "raven"
+    formats: tuple[str, ...] = ("raven",)
     thresholds_path: Path | None = None  # default: the export's assets/thresholds.tsv
+    label_column: str = tables.DEFAULT_LABEL_COLUMN
+
+    @property
+    def per_file_formats(self) -> tuple[str, ...]:
+        return tuple(f for f in self.formats if f in tables.PER_FILE_FORMATS)
 
 
 def manifest_row(result: FileResult) -> dict[str, object]:
     """A files.tsv row; see jibjib.analysis.tables."""
     row = {"file": result.relative, "status": result.status, "reason": result.reason, "detail": result.detail,
-           "detections": "" if result.detections is None else result.detections, "table": result.table}
+           "detections": "" if result.detections is None else result.detections, "table": result.table,
+           "site": result.site, "recorded_at": result.recorded_at,
+           "path": os.path.abspath(result.path) if result.path is not None else ""}
     if result.windows is not None:
         row.update(seconds=result.seconds, sample_rate=result.sample_rate, channels=result.channels,
                    windows=result.windows, sha256=result.sha256)
@@ -60,6 +71,13 @@ def manifest_row(result: FileResult) -> dict[str, object]:
 def write_files_table(path: Path, results: Iterable[FileResult]) -> None:
     """files.tsv, or a shard job's manifest: one metadata row per file, sorted by file."""
     tables.write_text(path, tables.files_text([manifest_row(r) for r in results]))
+
+
+def record_table(out_dir: Path, writer_name: str, name: str, sha256: str) -> None:
+    """Note in the ledger that jibjib wrote `name` (relative to out_dir) with this content."""
+    (out_dir / LEDGER_DIR).mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LEDGER_DIR / f"{writer_name}.tsv", "a", newline="", encoding="utf-8") as ledger:
+        csv.writer(ledger, delimiter="\t", lineterminator="\n").writerow([name, sha256])
 
 
 def _sha256_text(text: str) -> str:
@@ -88,14 +106,15 @@ def _ours(path: Path, known: dict[str, set[str]], name: str) -> bool:
         return False
 
 
-def check_tables_are_ours(out_dir: Path, names: Iterable[str], table_format: str) -> None:
-    """InputError, before any work, if a table this run would write is there and is not one jibjib wrote."""
+def check_tables_are_ours(out_dir: Path, names: Iterable[str], formats: tuple[str, ...],
+                          combined: Iterable[str] = ()) -> None:
+    """InputError, before any work, if a table this run would write (a per-file table of the recordings `names`
+    in the per-file `formats`, or a `combined` table) is there and is not one jibjib wrote."""
     known = recorded_tables(out_dir)
     foreign = []
-    for relative in names:
-        if ignore_reason(Path(relative)):
-            continue
-        name = tables.table_name(relative, table_format)
+    wanted = [tables.table_name(relative, f) for relative in names if not ignore_reason(Path(relative))
+              for f in formats if f in tables.PER_FILE_FORMATS]
+    for name in [*wanted, *combined]:
         path = out_dir / name
         if (path.exists() or path.is_symlink()) and not _ours(path, known, name):
             foreign.append(name)
@@ -115,10 +134,13 @@ class TableWriter:
 
     def __init__(self, out_dir: Path, detections_path: Path, writer_name: str, labels: list[str],
                  external_ids: list[str] | None, window_thresholds: dict[str, float] | None,
-                 settings: TableSettings, mel_range: tuple[float, float]) -> None:
+                 settings: TableSettings, mel_range: tuple[float, float], recorders: Recorders | None = None,
+                 species: SpeciesLists | None = None, paths: dict[str, Path] | None = None) -> None:
         self.out_dir, self.settings, self.mel_range = out_dir, settings, mel_range
-        self.external_ids = external_ids
+        self.external_ids, self.labels = external_ids, labels
+        self.recorders, self.species, self.paths = recorders or Recorders(), species, paths or {}
         self.thresholds = tables.thresholds_for(labels, window_thresholds, settings.min_score)
+        self._site_thresholds: dict[str, np.ndarray] = {}
         self.written: set[str] = set()
         self.count = 0
         self._stack = ExitStack()
@@ -130,21 +152,40 @@ class TableWriter:
         self._rows = csv.writer(self._detections, delimiter="\t", lineterminator="\n")
         self._rows.writerow(tables.detection_columns(external_ids is not None))
 
-    def __call__(self, relative: str, scores: WindowScores) -> tuple[int, str]:
-        """Write one file's table and append its detections; returns (detections, table name)."""
-        found = tables.file_detections(relative, scores, self.thresholds, self.settings.merge, self.external_ids)
-        name = tables.table_name(relative, self.settings.table_format)
-        text = (tables.raven_text(found, *self.mel_range) if self.settings.table_format == "raven"
-                else tables.audacity_text(found))
-        # Recorded first: a kill between the two leaves a record of content never written, not a table we
-        # would later take for a stranger's.
-        csv.writer(self._ledger, delimiter="\t", lineterminator="\n").writerow([name, _sha256_text(text)])
+    def thresholds_at(self, site: str) -> np.ndarray:
+        """The class thresholds at a site: NaN (never detected) for the species its list leaves out."""
+        allowed = self.species.allowed(site) if self.species is not None else None
+        if allowed is None:
+            return self.thresholds
+        if site not in self._site_thresholds:
+            self._site_thresholds[site] = np.where([label in allowed for label in self.labels], self.thresholds,
+                                                   np.nan)
+        return self._site_thresholds[site]
+
+    def record(self, name: str, sha256: str) -> None:
+        """Note that jibjib writes `name` with this content (before it does: a kill between the two leaves a
+        record of content never written, not a table we would later take for a stranger's)."""
+        csv.writer(self._ledger, delimiter="\t", lineterminator="\n").writerow([name, sha256])
         self._ledger.flush()
-        tables.write_text(self.out_dir / name, text)
+
+    def __call__(self, relative: str, scores: WindowScores) -> Written:
+        """Write one file's tables and append its detections; returns what files.tsv says of them."""
+        path = self.paths.get(relative)
+        site, started = self.recorders.site(relative), self.recorders.start(path, relative)
+        found = tables.file_detections(relative, scores, self.thresholds_at(site), self.settings.merge,
+                                       self.external_ids, site, started)
+        names = []
+        for table_format in self.settings.per_file_formats:
+            name = tables.table_name(relative, table_format)
+            text = (tables.raven_text(found, *self.mel_range, self.settings.label_column)
+                    if table_format == "raven" else tables.audacity_text(found))
+            self.record(name, _sha256_text(text))
+            tables.write_text(self.out_dir / name, text)
+            self.written.add(name)
+            names.append(name)
         self._rows.writerows(tables.detection_rows(found, self.external_ids is not None))
-        self.written.add(name)
         self.count += len(found)
-        return len(found), name
+        return Written(len(found), names[0] if names else "", site, clock(started, 0.0))
 
     def close(self) -> None:
         """Put the detections file in place (the ledger stays for the next run)."""
@@ -216,5 +257,6 @@ def read_manifests(manifests: Iterable[str | os.PathLike]) -> list[FileResult]:
             results.append(FileResult(row["file"], row["status"], row.get("reason", ""), row.get("detail", ""),
                                       number("seconds", float), number("sample_rate", int), number("channels", int),
                                       number("windows", int), row.get("sha256", ""), number("detections", int),
-                                      row.get("table", "")))
+                                      row.get("table", ""), Path(row["path"]) if row.get("path") else None,
+                                      row.get("site", ""), row.get("recorded_at", "")))
     return results

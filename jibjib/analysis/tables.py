@@ -2,26 +2,33 @@
 
 detections.tsv: one row per detection, columns `file` (path relative to the
 analysed folder), `start`, `end` (seconds), `label`, `score` (the window's
-probability; with merging the highest of the run), and `external_id` when the
-labels have one; sorted by file, start and label.  A detection is a window
-whose score for a species reaches that species' window threshold (thresholds.tsv,
-column window_threshold; a species without one is never detected), or with a
-minimum score that value for every species.  Merging joins consecutive
-detections of one species (each starting before the previous one ends) into
-one row from the first one's start to the last one's end.
+probability; with merging the highest of the run), `site` and `recorded_at`
+(the recorder's clock at the detection's start, ISO 8601, empty when the
+recording's start time is unknown; jibjib.analysis.recorders), and
+`external_id` when the labels have one; sorted by file, start and label.  A
+detection is a window whose score for a species reaches that species' window
+threshold (thresholds.tsv, column window_threshold; a species without one is
+never detected, nor is one a species list leaves out), or with a minimum score
+that value for every species.  Merging joins consecutive detections of one
+species (each starting before the previous one ends) into one row from the
+first one's start to the last one's end.
 
 `<file without extension>.jibjib.selections.txt` (Raven Pro): Selection, View,
 Channel, Begin Time (s), End Time (s), Low Freq (Hz), High Freq (Hz) (the
-model's mel range), Species, Score; one per analysed file, header only when
-nothing was detected.  Audacity instead: `<file without extension>.jibjib.labels.txt`,
-`start<TAB>end<TAB>label (score)` lines.  The `.jibjib` keeps them apart from
-the human tables (`<file>.selections.txt`) that the soundscape evaluation reads.
+model's mel range), the label column (`Species` unless named otherwise),
+Score; one per analysed file, header only when nothing was detected.  Audacity
+instead: `<file without extension>.jibjib.labels.txt`, `start<TAB>end<TAB>label
+(score)` lines.  The `.jibjib` keeps them apart from the human tables
+(`<file>.selections.txt`) that the soundscape evaluation reads.  The tables
+for a whole deployment (Raven's multi-file table, Kaleidoscope, CSV) are
+jibjib.analysis.combined's.
 
 files.tsv: every input file with `status` (analysed, reused: its scores were
 current, rejected, ignored), `reason`, `detail`, `seconds`, `sample_rate`,
 `channels`, `windows`, `detections` (how many the file got: 0 is "no species", nothing reached its
-threshold), `table` (the per-file table written) and `sha256` (the content analysed).  The workflow's shard
-jobs write the same columns to their manifests.
+threshold), `table` (the per-file table written, the Raven one when there are two), `sha256` (the content
+analysed), `site`, `recorded_at` (the recorder's clock at the file's start) and `path` (the file as found,
+absolute, links not followed).  The workflow's shard jobs write the same columns to their manifests.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import csv
 import math
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
@@ -38,14 +46,42 @@ import pandas as pd
 
 from jibjib.core import fsutil
 from jibjib.core.errors import InputError
+from jibjib.analysis.recorders import clock
 from jibjib.analysis.scores import WindowScores
 
-FORMATS = ("raven", "audacity")
+# Table formats: raven and audacity also write a table per file; all but audacity a table for all files.
+FORMATS = ("raven", "audacity", "kaleidoscope", "csv")
+PER_FILE_FORMATS = ("raven", "audacity")
 TABLE_SUFFIX = {"raven": ".jibjib.selections.txt", "audacity": ".jibjib.labels.txt"}
-RAVEN_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
-                 "High Freq (Hz)", "Species", "Score")
+DEFAULT_LABEL_COLUMN = "Species"
+RAVEN_SELECTION = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
+                   "High Freq (Hz)")
+RAVEN_COLUMNS = (*RAVEN_SELECTION, DEFAULT_LABEL_COLUMN, "Score")
 FILE_COLUMNS = ("file", "status", "reason", "detail", "seconds", "sample_rate", "channels", "windows",
-                "detections", "table", "sha256")
+                "detections", "table", "sha256", "site", "recorded_at", "path")
+
+
+def parse_formats(values: Sequence[str] | str) -> tuple[str, ...]:
+    """Table formats from the command line or the config: names, each possibly comma-separated; InputError
+    naming one that is not a format."""
+    names = []
+    for value in [values] if isinstance(values, str) else values:
+        for name in (part.strip() for part in value.split(",")):
+            if name not in FORMATS:
+                raise InputError(f"--format: {name!r} is not one of {', '.join(FORMATS)}")
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise InputError(f"--format: name one or more of {', '.join(FORMATS)}")
+    return tuple(names)
+
+
+def check_label_column(name: str) -> str:
+    """A Raven column name for the labels: not empty, no tab or line break, not one of Raven's own columns."""
+    if not name.strip() or any(c in name for c in "\t\r\n") or name in (*RAVEN_SELECTION, "Score", "Begin Path",
+                                                                       "File Offset (s)", "Begin File"):
+        raise InputError(f"--label-column: {name!r} cannot name the label column of a Raven table")
+    return name
 
 
 def detections(start: np.ndarray, end: np.ndarray, score: np.ndarray,
@@ -79,11 +115,15 @@ class Detection:
     label: str
     score: float
     external_id: str | None = None
+    site: str = ""
+    recorded_at: str = ""  # the recorder's clock at `start` (ISO 8601), '' when unknown
 
 
 def file_detections(file: str, scores: WindowScores, thresholds: np.ndarray, merge: bool,
-                    external_ids: Sequence[str] | None = None) -> list[Detection]:
-    """The detections of one file, by start then class order; `thresholds` per class (NaN: never)."""
+                    external_ids: Sequence[str] | None = None, site: str = "",
+                    started: datetime | None = None) -> list[Detection]:
+    """The detections of one file, by start then class order; `thresholds` per class (NaN: never); `started`:
+    the recorder's clock at the file's start (None: unknown)."""
     found: list[tuple[float, int, Detection]] = []
     for c, label in enumerate(scores.labels):
         column = scores.scores[:, c].astype(np.float64)
@@ -93,7 +133,8 @@ def file_detections(file: str, scores: WindowScores, thresholds: np.ndarray, mer
             hits = np.flatnonzero(column >= thresholds[c])
             runs = [(float(scores.start[i]), float(scores.end[i]), float(column[i])) for i in hits]
         external = None if external_ids is None else str(external_ids[c])
-        found += [(start, c, Detection(file, start, end, label, score, external)) for start, end, score in runs]
+        found += [(start, c, Detection(file, start, end, label, score, external, site, clock(started, start)))
+                  for start, end, score in runs]
     return [d for _, _, d in sorted(found, key=lambda item: item[:2])]
 
 
@@ -111,13 +152,14 @@ def _seconds(value: float) -> str:
 
 
 def detection_columns(with_external_id: bool) -> list[str]:
-    return ["file", "start", "end", "label", "score"] + (["external_id"] if with_external_id else [])
+    return ["file", "start", "end", "label", "score", "site", "recorded_at"] + (
+        ["external_id"] if with_external_id else [])
 
 
 def detection_rows(rows: list[Detection], with_external_id: bool) -> list[list[str]]:
     """detections.tsv rows of one file's detections, by start and label (as written, to 1 ms)."""
     ordered = sorted(rows, key=lambda d: (d.file, round(d.start, 3), d.label))
-    return [[d.file, _seconds(d.start), _seconds(d.end), d.label, f"{d.score:.4f}"]
+    return [[d.file, _seconds(d.start), _seconds(d.end), d.label, f"{d.score:.4f}", d.site, d.recorded_at]
             + ([d.external_id or ""] if with_external_id else []) for d in ordered]
 
 
@@ -126,9 +168,10 @@ def detection_order(row: list[str]) -> tuple[str, float, str]:
     return row[0], float(row[1]), row[3]
 
 
-def raven_text(rows: list[Detection], low_hz: float, high_hz: float) -> str:
+def raven_text(rows: list[Detection], low_hz: float, high_hz: float,
+               label_column: str = DEFAULT_LABEL_COLUMN) -> str:
     """A Raven Pro selection table (tab-separated, no quoting: Raven reads cells verbatim)."""
-    lines = ["\t".join(RAVEN_COLUMNS)]
+    lines = ["\t".join((*RAVEN_SELECTION, label_column, "Score"))]
     for number, d in enumerate(sorted(rows, key=lambda d: (d.start, d.label)), 1):
         lines.append("\t".join([str(number), "Spectrogram 1", "1", _seconds(d.start), _seconds(d.end),
                                 f"{low_hz:.1f}", f"{high_hz:.1f}", d.label, f"{d.score:.4f}"]))

@@ -13,10 +13,10 @@ import argparse
 import sys
 from typing import NoReturn
 
-from jibjib.cli import analysis, demo, embeddings, evaluation, features, labels, packing, serving, training
+from jibjib.cli import analysis, demo, embeddings, evaluation, features, labels, packing, review, serving, training
 
 # In the order of the workflow's data flow (the demo set first: it is where a first run starts).
-STAGES = (demo, features, packing, embeddings, labels, training, evaluation, serving, analysis)
+STAGES = (demo, features, packing, embeddings, labels, training, evaluation, serving, analysis, review)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -29,13 +29,40 @@ def cmd_evaluate_soundscapes(args: argparse.Namespace) -> None:
 
 def _table_settings(args: argparse.Namespace):
     from jibjib.analysis.outputs import TableSettings
+    from jibjib.analysis.tables import check_label_column, parse_formats
 
     if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
         from jibjib.core.errors import InputError
 
         raise InputError(f"--min-score: {args.min_score:g} is not a probability between 0 and 1")
-    return TableSettings(args.min_score, args.merge, getattr(args, "format", "raven"),
-                         Path(args.thresholds) if args.thresholds else None)
+    return TableSettings(args.min_score, args.merge, parse_formats(getattr(args, "format", None) or ["raven"]),
+                         Path(args.thresholds) if args.thresholds else None,
+                         check_label_column(getattr(args, "label_column", "Species")))
+
+
+def _recorders(args: argparse.Namespace):
+    """The site and time patterns, checked (one line naming the option) before any audio is read."""
+    from jibjib.analysis.recorders import PatternError, Recorders
+    from jibjib.core.errors import InputError
+
+    for option, site, time in (("--site-pattern", args.site_pattern, None), ("--time-pattern", None, args.time_pattern)):
+        try:
+            Recorders(site, time)
+        except PatternError as exc:
+            raise InputError(f"{option}: {exc}") from None
+    return Recorders(args.site_pattern, args.time_pattern)
+
+
+def _deployment_tables(out: Path, detections: Path, results, settings, mel_range, writer_name: str) -> set[str]:
+    """The combined tables and activity.tsv/png of a finished analysis; returns the combined tables' names."""
+    from jibjib.analysis.activity import write_activity_outputs
+    from jibjib.analysis.combined import file_facts, write_combined_tables
+    from jibjib.analysis.outputs import record_table
+
+    names = write_combined_tables(out, detections, file_facts(results), settings.formats, settings.label_column,
+                                  mel_range, lambda name, sha: record_table(out, writer_name, name, sha))
+    write_activity_outputs(out, detections)
+    return set(names)
 
 def _window_thresholds(export, settings) -> dict[str, float] | None:
     """The thresholds the tables use (None with a minimum score), read before any file is analysed."""
@@ -85,22 +112,31 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         tensorflow_threads(args.threads)
     settings = _table_settings(args)  # before the model loads: a bad option costs no wait
     _check_options(args)
+    recorders = _recorders(args)
     from jibjib.analysis.analyze import REJECTED, analyze_files
     from jibjib.analysis.analyzer import Analyzer
+    from jibjib.analysis.combined import combined_names
     from jibjib.analysis.outputs import TableWriter, check_tables_are_ours, finish_tables, write_files_table
+    from jibjib.analysis.species_lists import SpeciesLists
+    from jibjib.features.qc import ignore_reason
     from jibjib.serving.exported import ExportAssets
 
     inputs, recorded = _inputs(args)
     out = Path(args.out)
-    check_tables_are_ours(out, [name for _, name in inputs], settings.table_format)
-    thresholds = _window_thresholds(ExportAssets(args.model), settings)
+    export = ExportAssets(args.model)
+    species = SpeciesLists(args.species_list, export.labels)
+    species.check_sites((recorders.site(name), name) for _, name in inputs if not ignore_reason(Path(name)))
+    check_tables_are_ours(out, [name for _, name in inputs], settings.formats,
+                          [] if args.manifest else combined_names(settings.formats))
+    thresholds = _window_thresholds(export, settings)
     analyzer = Analyzer(args.model, args.hop, args.engine, args.threads)
     if analyzer.engine_choice:
         print(f"analyze: the tflite engine runs {analyzer.engine} ({analyzer.engine_choice})", file=sys.stderr)
     detections = Path(args.detections) if args.manifest else out / "detections.tsv"
-    writer = TableWriter(out, detections, Path(args.manifest).stem if args.manifest else "analyze",
-                         analyzer.labels, analyzer.external_ids, thresholds, settings,
-                         (analyzer.params.fmin_hz, analyzer.params.fmax_hz))
+    writer_name = Path(args.manifest).stem if args.manifest else "analyze"
+    mel_range = (analyzer.params.fmin_hz, analyzer.params.fmax_hz)
+    writer = TableWriter(out, detections, writer_name, analyzer.labels, analyzer.external_ids, thresholds, settings,
+                         mel_range, recorders, species, {name: path for path, name in inputs})
     try:
         results = analyze_files(analyzer, inputs, Path(args.scores) if args.scores else None, recorded, writer)
     except BaseException:
@@ -116,7 +152,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         write_files_table(Path(args.manifest), results)
         return 0  # the workflow's shard job: the reasons are in the manifest, the other shards go on
     write_files_table(out / "files.tsv", results)
-    finish_tables(out, writer.written)
+    combined = _deployment_tables(out, detections, results, settings, mel_range, writer_name)
+    finish_tables(out, writer.written | combined)
     print(f"analyze: {_analysis_summary(results, writer.count, args.out)}", file=sys.stderr)
     return 1 if any(r.status == REJECTED for r in results) else 0
 
@@ -135,30 +172,56 @@ def _signature_paths(path: str) -> list[str]:
         return [row["path"] for row in csv.DictReader(f, delimiter="\t")]
 
 def cmd_analysis_tables(args: argparse.Namespace) -> None:
-    from jibjib.analysis.outputs import finish_tables, merge_shards, read_manifests, write_files_table
+    from jibjib.analysis.analyze import ANALYSED, REUSED
+    from jibjib.analysis.combined import combined_names
+    from jibjib.analysis.outputs import (check_tables_are_ours, finish_tables, merge_shards, read_manifests,
+                                         write_files_table)
+    from jibjib.analysis.tables import table_name
 
+    settings = _table_settings(args)
     if args.remove_other_scores and not args.scores:
         from jibjib.core.errors import InputError
 
         raise InputError("--remove-other-scores needs --scores")
     out = Path(args.out)
+    check_tables_are_ours(out, [], (), combined_names(settings.formats))
     results = read_manifests(args.manifests)
     found = merge_shards([Path(p) for p in args.detections], out / "detections.tsv")
     write_files_table(out / "files.tsv", results)
-    finish_tables(out, {r.table for r in results if r.table})
+    combined = _deployment_tables(out, out / "detections.tsv", results, settings, tuple(args.mel_range),
+                                  "analysis-tables")
+    finish_tables(out, combined | {table_name(r.relative, f) for r in results if r.status in (ANALYSED, REUSED)
+                                   for f in settings.per_file_formats})
     if args.remove_other_scores:
         _remove_other_scores(args.scores, results)
     print(f"analysis-tables: {_analysis_summary(results, found, args.out)}", file=sys.stderr)
+
+def _add_format_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", action="append", metavar="FORMATS",
+                   help="the tables, comma-separated or repeated: raven (a Raven Pro selection table per file and "
+                        "detections.selections.txt for all), audacity (Audacity labels per file), kaleidoscope "
+                        "(detections.kaleidoscope.csv), csv (detections.csv); default: "
+                        + ",".join(schema_default("analyze.format")))
+    p.add_argument("--label-column", default=schema_default("analyze.label_column"), metavar="NAME",
+                   help="the Raven tables' label column (default: %(default)s)")
+
 
 def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-score", type=float, metavar="X",
                    help="detect every species at this score instead of at its window threshold")
     p.add_argument("--merge", action="store_true",
                    help="join consecutive detections of a species into one (first start, last end, highest score)")
-    p.add_argument("--format", choices=["raven", "audacity"], default=schema_default("analyze.format"),
-                   help="per-file table: Raven Pro selection table (default) or Audacity labels")
+    _add_format_options(p)
     p.add_argument("--thresholds", type=input_file,
                    help="thresholds.tsv with a window_threshold column (default: the export's own)")
+    p.add_argument("--species-list", metavar="PATH",
+                   help="report only these species: a file of labels, one a line, or a folder of <site>.txt lists")
+    p.add_argument("--site-pattern", metavar="REGEX",
+                   help="a file's site: this regex's `site` group, searched in its name below the analysed folder "
+                        "(default: its first folder)")
+    p.add_argument("--time-pattern", metavar="REGEX",
+                   help="a file's start time: this regex's named groups date and time (or year, month, day, hour, "
+                        "minute, second), searched in its name (default: AudioMoth and Song Meter names, GUANO)")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -195,7 +258,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     "yet when no file could be analysed)")
     p.add_argument("--remove-other-scores", action="store_true",
                    help="delete score files in --scores of recordings no manifest lists")
-    p.set_defaults(func=cmd_analysis_tables)
+    _add_format_options(p)
+    p.add_argument("--mel-range", nargs=2, type=float, default=[125.0, 7500.0], metavar=("LOW", "HIGH"),
+                   help="Low and High Freq (Hz) of the combined Raven table (default: VGGish's 125 7500)")
+    p.set_defaults(func=cmd_analysis_tables, min_score=None, merge=False, thresholds=None)
 
     p = sub.add_parser("evaluate-soundscapes", help="window scores of analyze --scores against annotated soundscapes")
     p.add_argument("--scores", required=True, type=input_dir, help="the npz folder of jibjib analyze --scores")

@@ -274,6 +274,16 @@ class ExportSettings(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ReviewSettings(Section):
+    KEY = "analyze.review"
+    enabled: bool
+    top: int
+    score_bins: int
+    per_bin: int
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AnalyzeSettings(Section):
     KEY = "analyze"
     input_dir: str | None
@@ -282,8 +292,19 @@ class AnalyzeSettings(Section):
     hop_seconds: float | None
     min_score: float | None
     merge: bool
-    format: str  # raven | audacity
+    format: tuple[str, ...]  # of raven, audacity, kaleidoscope, csv (one name in the config is a list of one)
     engine: str  # savedmodel | tflite
+    label_column: str
+    species_lists: str | None
+    site_pattern: str | None
+    time_pattern: str | None
+    review: ReviewSettings
+    verifications: str | None
+    target_precision: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.format, str):
+            object.__setattr__(self, "format", (self.format,))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,7 +158,7 @@ def test_tables_merge_and_thresholds(exports: dict[str, Path], tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert all(line.startswith(("analyze", "jibjib")) for line in done.stderr.splitlines()), done.stderr
     table = pd.read_csv(out / "detections.tsv", sep="\t", dtype={"external_id": str})
-    assert list(table.columns) == ["file", "start", "end", "label", "score", "external_id"]
+    assert list(table.columns) == ["file", "start", "end", "label", "score", "site", "recorded_at", "external_id"]
     # "Other" has no window threshold (NaN): never detected; one merged row per tone.
     assert set(table["label"]) == {"Tone"} and set(table["external_id"]) == {"t-2"}
     assert table["file"].tolist() == ["one.wav", "sub/two.wav", "sub/two.wav"]

@@ -39,6 +39,7 @@ def trees(tmp_path: Path) -> Path:
     (tmp_path / "a_file").write_text("not a folder")
     (tmp_path / "hostile.pickle").write_bytes(pickle.dumps({"Alpha_one": WritesFile(tmp_path / "pwned")}))
     (tmp_path / "weights.pickle").write_bytes(pickle.dumps({"vggish/conv1/weights": [0.0]}))
+    (tmp_path / "species.txt").write_text("Alpha_one\nAlpha_uno\n")
     return tmp_path
 
 
@@ -89,6 +90,16 @@ BAD_CONFIGS = {
                                               "file, which only export.tflite: true writes"),
     "unknown analysis engine": ({"analyze": {"engine": "onnx"}},
                                 "config: analyze.engine: 'onnx' is not one of ['savedmodel', 'tflite']"),
+    "species list with an unknown name": ({"analyze": {"input_dir": "{tmp}/birds", "species_lists": "{tmp}/species.txt"}},
+                                          "config: analyze.species_lists: {tmp}/species.txt:2: 'Alpha_uno' is not a "
+                                          "species of data_dir (did you mean 'Alpha_one'?)"),
+    "site pattern without a site": ({"analyze": {"input_dir": "{tmp}/birds", "site_pattern": "plot"}},
+                                    "config: analyze.site_pattern: 'plot' has no group named site"),
+    "one verifications file for two models": ({"analyze": {"input_dir": "{tmp}/birds",
+                                                           "verifications": "{tmp}/species.txt"}},
+                                              "config: analyze.verifications: {tmp}/species.txt would serve 2 models"),
+    "unknown table format": ({"analyze": {"format": ["raven", "kml"]}},
+                             "config: analyze.format: ['raven', 'kml'] is not valid under any of the given schemas"),
     "missing soundscapes": ({"soundscapes": {"audio_dir": "{tmp}/scapes"}},
                             "config: soundscapes.audio_dir: {tmp}/scapes does not exist"),
     "reversed SNR range": ({"train": {"augment": {"background_snr_db": [20, 0]}}},

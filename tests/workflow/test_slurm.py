@@ -226,7 +226,7 @@ def test_dry_run_routes_analysis_by_its_engine(tmp_path: Path, engine: str) -> N
                                                   f"soundscape_scores_convlstm{suffix}"}, profile
         assert all((r.get("gpu") == "1") == (engine == "savedmodel") for _, r in analysis), (profile, analysis)
     slurm = plans["slurm"]
-    assert {rule for rule, _ in slurm} >= {"train_vggish", "evaluate_convlstm", "features", "analysis_tables"}
+    assert {rule for rule, _ in slurm} >= {"train_vggish", "evaluate_convlstm", "features", "analysis_tables", "review"}
     for rule, resources in slurm:
         gpu = resources.get("gpu") == "1"
         assert gpu == (rule in GPU_RULES), (rule, resources)

@@ -20,6 +20,7 @@
 
 import os
 
+from jibjib.analysis.combined import combined_names
 from jibjib.features.inventory import refresh_signatures, shard_species
 
 ANALYSIS_DIR = Path(SETTINGS.analyze.input_dir or ".")
@@ -51,7 +52,9 @@ rule:
         root=ANALYSIS_DIR,
         scores="results/analysis/{model}/scores",
         out_dir="results/analysis/{model}",
-        options=f"{engine_option()} {hop_option()} {table_options()}",
+        options=f"{engine_option()} {hop_option()} {table_options()} {field_options()}",
+        # The lists' content, not their times: editing a list rewrites the tables (the scores are reused).
+        species_lists=content_digest(SETTINGS.analyze.species_lists),
     log:
         job="logs/analysis/{model}/{shard}.log",
         tensorflow="logs/analysis/{model}/{shard}.tensorflow.log",
@@ -77,15 +80,20 @@ rule analysis_tables:
         detections=report("results/analysis/{model}/detections.tsv", caption="../report/detections.rst",
                           category="Analysis", subcategory="{model}"),
         files="results/analysis/{model}/files.tsv",
+        activity="results/analysis/{model}/activity.tsv",
+        activity_figure=report("results/analysis/{model}/activity.png", caption="../report/activity.rst",
+                               category="Analysis", subcategory="{model}"),
+        combined=[f"results/analysis/{{model}}/{name}" for name in combined_names(SETTINGS.analyze.format)],
     params:
         scores="results/analysis/{model}/scores",
-        out_dir="results/analysis/{model}",
+        out_dir=lambda wildcards, output: Path(output.files).parent,
+        options=f"{format_options()} --mel-range {SETTINGS.frontend.fmin_hz} {SETTINGS.frontend.fmax_hz}",
     log:
         "logs/analysis/{model}/tables.log",
     wildcard_constraints:
         model="|".join(MODEL_NAMES),
     conda:
-        "../../envs/features.yaml"
+        "../../envs/tensorflow.yaml"
     threads: 1
     resources:
         # Streams the shards' detection files; holds one row per recording (files.tsv), no scores.
@@ -93,7 +101,69 @@ rule analysis_tables:
         runtime=60,
     shell:
         "python -m jibjib analysis-tables --manifests {input.manifests:q} --detections {input.detections:q}"
-        " --out={params.out_dir:q} --scores={params.scores:q} --remove-other-scores 2> {log:q}"
+        " --out={params.out_dir:q} --scores={params.scores:q} --remove-other-scores {params.options} 2> {log:q}"
+
+
+# Review: a page per model to verify its detections in a browser (results/analysis/<model>/review/index.html),
+# on by default (analyze.review): per species the best detections and a seeded random sample across its score
+# range, each with a clip and a spectrogram. Bounded: at most species x (top + score_bins x per_bin) clips.
+
+
+rule review:
+    input:
+        detections="results/analysis/{model}/detections.tsv",
+        files="results/analysis/{model}/files.tsv",
+    output:
+        page="results/analysis/{model}/review/index.html",
+    params:
+        analysis=lambda wildcards, input: Path(input.detections).parent,
+        out_dir=lambda wildcards, output: Path(output.page).parent,
+        options=review_options(),
+    log:
+        "logs/analysis/{model}/review.log",
+    wildcard_constraints:
+        model="|".join(MODEL_NAMES),
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "python -m jibjib review --analysis={params.analysis:q} --out={params.out_dir:q} {params.options}"
+        " 2> {log:q}"
+
+
+# Verification: with analyze.verifications (the review page's verifications.csv), each species' verified
+# precision and the threshold reaching analyze.target_precision (results/analysis/<model>/verification/).
+# The file is a parameter by its content, so touching it reruns nothing and editing it reruns the rule.
+
+if SETTINGS.analyze.verifications:
+
+    rule verify:
+        input:
+            detections="results/analysis/{model}/detections.tsv",
+        output:
+            table="results/analysis/{model}/verification/verification.tsv",
+        params:
+            verifications=lambda wildcards: verifications_file(wildcards.model),
+            content=lambda wildcards: content_digest(verifications_file(wildcards.model)),
+            analysis=lambda wildcards, input: Path(input.detections).parent,
+            out_dir=lambda wildcards, output: Path(output.table).parent,
+            target=SETTINGS.analyze.target_precision,
+        log:
+            "logs/analysis/{model}/verify.log",
+        wildcard_constraints:
+            model="|".join(MODEL_NAMES),
+        conda:
+            "../../envs/tensorflow.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        shell:
+            "python -m jibjib verify --verifications={params.verifications:q} --analysis={params.analysis:q}"
+            " --out={params.out_dir:q} --target-precision={params.target} 2> {log:q}"
 
 
 # Soundscapes: exported model -> its evaluation on annotated soundscapes (results/eval/<model>/soundscapes.*).

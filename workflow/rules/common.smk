@@ -47,7 +47,7 @@ def _validate_config():
 def _check_analysis(settings):
     try:
         is_demo = "demo_soundscapes" in str(settings.analyze.input_dir) + str(settings.soundscapes.audio_dir)
-        return check_analysis(settings, demo_hint="make demo" if is_demo else "")
+        return check_analysis(settings, demo_hint="make demo" if is_demo else "", folders=INVENTORY)
     except ConfigError as exc:
         _stop(exc)
 
@@ -196,7 +196,13 @@ def model_targets():
                for target in (f"results/eval/{model}/metrics.json", current_export(model))]
     if SETTINGS.soundscapes.audio_dir:
         targets += [f"results/eval/{model}/soundscapes.json" for model in SETTINGS.models]
-    return targets + [f"results/analysis/{model}/detections.tsv" for model in SETTINGS.analysis_models]
+    for model in SETTINGS.analysis_models:
+        targets.append(f"results/analysis/{model}/detections.tsv")
+        if SETTINGS.analyze.review.enabled:
+            targets.append(f"results/analysis/{model}/review/index.html")
+        if SETTINGS.analyze.verifications:
+            targets.append(f"results/analysis/{model}/verification/verification.tsv")
+    return targets
 
 
 def detection_options():
@@ -209,9 +215,50 @@ def detection_options():
     return " ".join(options)
 
 
+def format_options():
+    """analyze.format and analyze.label_column: the tables of jibjib analyze and analysis-tables."""
+    section = SETTINGS.analyze
+    return f"--format={','.join(section.format)} --label-column={shlex.quote(section.label_column)}"
+
+
 def table_options():
-    """The detection settings of analyze and its table format: as options of jibjib analyze and analysis-tables."""
-    return f"--format={SETTINGS.analyze.format} {detection_options()}".strip()
+    """The detection settings of analyze and its table formats: as options of jibjib analyze."""
+    return f"{format_options()} {detection_options()}".strip()
+
+
+def field_options():
+    """The species lists and the site and time patterns of the analysis of analyze.input_dir."""
+    section = SETTINGS.analyze
+    options = {"--species-list": section.species_lists, "--site-pattern": section.site_pattern,
+               "--time-pattern": section.time_pattern}
+    return " ".join(f"{option}={shlex.quote(value)}" for option, value in options.items() if value)
+
+
+def content_digest(path):
+    """SHA-256 of a small file, or of a folder's files (names and contents): a rule parameter, so that a rule reruns
+    when what it reads changed, not when it was touched ('' for no path)."""
+    import hashlib
+
+    if not path:
+        return ""
+    folder = Path(path)
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else [folder]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(folder).as_posix() if folder.is_dir() else ''}\0".encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def review_options():
+    """analyze.review as options of jibjib review."""
+    review = SETTINGS.analyze.review
+    return f"--top={review.top} --score-bins={review.score_bins} --per-bin={review.per_bin} --seed={review.seed}"
+
+
+def verifications_file(model):
+    """analyze.verifications for `model` ({model} in the path replaced)."""
+    return SETTINGS.analyze.verifications.replace("{model}", model)
 
 
 def hop_option():
