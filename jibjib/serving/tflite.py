@@ -149,8 +149,9 @@ class LogMelWindowsModule(tf.Module):
         else:
             frames, bands = self.params.patch_frames, self.params.mel_bands
             n = tf.shape(windows)[0]
-            patches = tf.reshape(windows, [n * self.seq_len, frames, bands])  # every patch is real: no mask
-            features = self.model.get_layer("patch_encoder")(patches, training=False)
+            patches = tf.reshape(windows, [n * self.seq_len, frames, bands])  # every patch is real
+            features = self.model.get_layer("patch_encoder")([patches, tf.ones([n * self.seq_len], tf.bool)],
+                                                             training=False)
             h = _unrolled_lstm(self._lstm, self._lstm_weights, tf.reshape(features, [n, self.seq_len, -1]))
             logits = self.model.get_layer("logits")(self.model.get_layer("dense")(h))
         logits = tf.cast(logits, tf.float32)
