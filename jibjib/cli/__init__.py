@@ -13,10 +13,11 @@ import argparse
 import sys
 from typing import NoReturn
 
-from jibjib.cli import analysis, demo, embeddings, evaluation, features, labels, packing, review, serving, training
+from jibjib.cli import (analysis, demo, embeddings, evaluation, features, labels, packing, review, selftraining,
+                        serving, training)
 
 # In the order of the workflow's data flow (the demo set first: it is where a first run starts).
-STAGES = (demo, features, packing, embeddings, labels, training, evaluation, serving, analysis, review)
+STAGES = (demo, features, packing, embeddings, labels, training, evaluation, selftraining, serving, analysis, review)
 
 
 class _Parser(argparse.ArgumentParser):

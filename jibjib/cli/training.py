@@ -8,7 +8,7 @@ import sys
 
 from jibjib.cli.common import add_dataset_inputs, tensorflow_threads
 from jibjib.core.errors import InputError
-from jibjib.core.settings import RunSettings
+from jibjib.core.settings import RunSettings, schema_default
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -19,7 +19,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from jibjib.training.report import WorkerReport
     from jibjib.training.run import train
 
-    report = train(settings, args.split, args.labels, args.features_dir, args.out_dir, args.packed, args.embeddings)
+    report = train(settings, args.split, args.labels, args.features_dir, args.out_dir, args.packed, args.embeddings,
+                   args.pseudo_labels, args.pseudo_share)
     if isinstance(report, WorkerReport):  # another worker than the chief of a multi-worker run: the chief reports
         print(f"train {args.model}: worker {report.worker} done", file=sys.stderr)
     elif report.reused:
@@ -49,4 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embeddings", nargs="+", metavar="INDEX_TSV",
                    help="VGGish with a frozen trunk: train the layers after the cut from these embedding caches "
                         "(jibjib embed)")
+    p.add_argument("--pseudo-labels", metavar="NPZ",
+                   help="self-training: also train on these pseudo-labelled windows (jibjib pseudo-label)")
+    p.add_argument("--pseudo-share", type=float, default=schema_default("self_training.batch_share"),
+                   help="pseudo-labelled windows added to each batch, as a share of the batch size")
     p.set_defaults(func=cmd_train)

@@ -315,6 +315,25 @@ class SoundscapeSettings(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class SelfTrainingSettings(Section):
+    """`self_training`: teacher-student rounds on unlabelled field audio (off without audio_dir)."""
+
+    KEY = "self_training"
+    audio_dir: str | None
+    rounds: int
+    models: tuple[str, ...]
+    hop_seconds: float | None
+    threshold_scale: float  # positive: probability >= scale x the val window threshold
+    negative_scale: float  # negative: every probability < scale x its val window threshold
+    negatives_per_positive: float
+    batch_share: float  # pseudo-labelled windows per batch, as a share of the batch size
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.audio_dir) and self.rounds > 0 and bool(self.models)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSettings:
     """What one training run is given: the shared `train` section and its model's own."""
 
@@ -378,6 +397,7 @@ class Settings:
     export: ExportSettings
     analyze: AnalyzeSettings
     soundscapes: SoundscapeSettings
+    self_training: SelfTrainingSettings
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -386,6 +406,13 @@ class Settings:
     def run(self, model: str) -> RunSettings:
         """The settings of `model`'s training run."""
         return RunSettings(model, self.train, getattr(self, model))
+
+    @property
+    def self_training_models(self) -> tuple[str, ...]:
+        """The trained models that self-train (none when self_training is off)."""
+        if not self.self_training.enabled:
+            return ()
+        return tuple(model for model in self.models if model in self.self_training.models)
 
     @property
     def analysis_models(self) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from jibjib.training.distribute import Distribution
 from jibjib.training.inputs import InputShare, gathered_batches
 from jibjib.training.inputs.cached import cached_datasets
 from jibjib.training.plan import InputPlan
+from jibjib.training.pseudo_labels import PseudoLabels, with_pseudo_labels
 from jibjib.training.state import RunState
 
 
@@ -46,7 +47,8 @@ class EpochInputs:
     """
 
     def __init__(self, run: RunSettings, net: keras.Model, data: TrainingData, plan: InputPlan,
-                 embeddings: list[str | os.PathLike] | None, distribution: Distribution) -> None:
+                 embeddings: list[str | os.PathLike] | None, distribution: Distribution,
+                 pseudo: PseudoLabels | None = None, pseudo_share: float = 0.0) -> None:
         self.run, self.plan, self.distribution = run, plan, distribution
         spec, batch_size = plan.spec, plan.batch_size
         self.share = distribution.input_share if data.packs is not None and not plan.cached else InputShare()
@@ -62,6 +64,8 @@ class EpochInputs:
                                                         packs=data.packs, share=self.share)
             val = (gathered_batches(data.val_files, spec, batch_size, training=False, packs=data.packs)
                    if len(data.val_files) else None)
+            if pseudo is not None:  # self-training: the student's pseudo-labelled windows join every batch
+                self._train = with_pseudo_labels(self._train, pseudo, batch_size, pseudo_share)
             if plan.cache is not None and plan.cache.reason and plan.cache.trainable != "all":
                 print(f"train {run.model}: no embedding cache: {plan.cache.reason}", file=sys.stderr, flush=True)
         self.val = (distribution.shard_input(val, batch_size, False, examples=plan.val_examples)

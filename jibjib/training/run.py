@@ -33,6 +33,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from jibjib.core import fsutil  # noqa: E402
+from jibjib.core.errors import InputError  # noqa: E402
 from jibjib.core.settings import RunSettings  # noqa: E402
 from jibjib.core.tflog import quiet_python_logging  # noqa: E402
 from jibjib.embeddings.trunk import head_model  # noqa: E402
@@ -44,6 +45,7 @@ from jibjib.training.data import TrainingData, load_data  # noqa: E402
 from jibjib.training.distribute import Distribution, choose_strategy  # noqa: E402
 from jibjib.training.epochs import EpochInputs, fit_epochs  # noqa: E402
 from jibjib.training.plan import InputPlan, plan_input  # noqa: E402
+from jibjib.training.pseudo_labels import PseudoLabels  # noqa: E402
 from jibjib.training.report import TrainReport, WorkerReport  # noqa: E402
 from jibjib.training.schedule import learning_rate  # noqa: E402
 from jibjib.training.state import KEPT_MODEL, KEPT_REPORT, RunState, keep, training_inputs  # noqa: E402
@@ -64,6 +66,8 @@ def train(
     out_dir: str | os.PathLike,
     packed: list[str | os.PathLike] | None = None,
     embeddings: list[str | os.PathLike] | None = None,
+    pseudo_labels: str | os.PathLike | None = None,
+    pseudo_share: float = 0.25,
 ) -> TrainReport | WorkerReport:
     """Train `run.model` ("vggish" or "convlstm"); writes model.keras, history.tsv and train.json.
 
@@ -74,7 +78,9 @@ def train(
     trunk outputs; model.keras is still the whole classifier. The shipped
     model has the weights of the best epoch of the whole run (train.monitor,
     or loss without a val split), across resumes. A finished run of the same
-    inputs is not trained again: its kept model is shipped (`reused`).
+    inputs is not trained again: its kept model is shipped (`reused`). With
+    `pseudo_labels` (self-training) each batch also carries `pseudo_share` x
+    the batch size of its windows (jibjib.training.pseudo_labels).
     """
     # First: the devices (and a multi-worker strategy) must be set up before TensorFlow initialises them.
     distribution = choose_strategy(run.train.gpus_per_task)
@@ -86,10 +92,12 @@ def train(
 
     data = load_data(run, split_tsv, labels_tsv, features_dir, packed)
     plan = plan_input(run, data, embeddings, distribution)
+    pseudo = check_pseudo_labels(pseudo_labels, plan, distribution)
     gpus = len(tf.config.list_logical_devices("GPU"))
     precision = "mixed_float16" if run.train.mixed_precision and gpus else "float32"
     inputs = training_inputs(run, Path(labels_tsv), Path(split_tsv), data.files, data.stamps, data.source,
-                             embeddings if plan.cached else None, plan.replicas, precision)
+                             embeddings if plan.cached else None, plan.replicas, precision,
+                             pseudo=(pseudo_labels, pseudo_share) if pseudo is not None else None)
     state = open_state(out, inputs, run, plan, distribution)
     if state.reusable:
         return reuse_finished_run(out, run, state, distribution)
@@ -97,7 +105,7 @@ def train(
         net, trained = build_and_compile(run, data.n_classes, plan, precision, gpus)
         if state.resumed:
             state.restore(trained)
-    epochs = EpochInputs(run, net, data, plan, embeddings, distribution)
+    epochs = EpochInputs(run, net, data, plan, embeddings, distribution, pseudo, pseudo_share)
     distribution.build_for_fit(trained, epochs.train(state.epoch).element_spec)
 
     done = state.stopped or state.epoch >= run.net.epochs
@@ -112,6 +120,18 @@ def train(
     devices = {"replicas": plan.replicas, "gpus": gpus, "workers": distribution.workers,
                "jit_compile": bool(trained.jit_compile), "steps_per_execution": int(trained.steps_per_execution)}
     return write_outputs(out, net, run, data, plan, state, started, devices)
+
+
+def check_pseudo_labels(path: str | os.PathLike | None, plan: InputPlan,
+                        distribution: Distribution) -> PseudoLabels | None:
+    """The pseudo-labelled windows of `path`, if given, where the run can take them (through the whole model,
+    in one process: the windows are not in the embedding cache, nor in a worker's share of the packs)."""
+    if path is None:
+        return None
+    if plan.cached or distribution.workers > 1:
+        raise InputError("--pseudo-labels: self-training trains through the whole model in one process; "
+                         "not with an embedding cache (--embeddings) or several workers")
+    return PseudoLabels.load(path, plan.spec)
 
 
 def open_state(out: Path, inputs: dict[str, str], run: RunSettings, plan: InputPlan,

@@ -44,6 +44,7 @@ TRAINING_INPUTS = {  # what a saved state must share with this run to be resumed
     "vggish_checkpoint": "the content of vggish.checkpoint",
     "input": "the training input (packed or per-file npz)",
     "embeddings": "the embedding cache (jibjib embed)",
+    "pseudo_labels": "the pseudo-labelled windows (self-training)",
     "replicas": "the replicas",  # devices training together
     "precision": "the compute precision",
     "jibjib": "the jibjib version",
@@ -81,7 +82,8 @@ def settings_digest(run: RunSettings) -> str:
 
 def training_inputs(run: RunSettings, labels_tsv: Path, split_tsv: Path, files: pd.DataFrame,
                     stamps: list[FeatureStamp], input_kind: str,
-                    embeddings: list[str | os.PathLike] | None, replicas: int, precision: str) -> dict[str, str]:
+                    embeddings: list[str | os.PathLike] | None, replicas: int, precision: str,
+                    pseudo: tuple[str | os.PathLike, float] | None = None) -> dict[str, str]:
     """A digest of each thing a training run is computed from (the keys of TRAINING_INPUTS).
 
     The replicas and the precision are part of it: they change the numbers
@@ -89,7 +91,10 @@ def training_inputs(run: RunSettings, labels_tsv: Path, split_tsv: Path, files: 
     not resumed on 1.
     """
     checkpoint = run.net.checkpoint if isinstance(run.net, VggishSettings) else None
-    return {
+    # Self-training: the windows' content and their share of each batch; absent without (so the saved
+    # states of runs from before self-training existed stay resumable and reusable).
+    extra = {"pseudo_labels": f"{fsutil.sha256_file(pseudo[0])}\t{pseudo[1]}"} if pseudo else {}
+    return {**extra,
         "model": run.model,
         "settings": settings_digest(run),
         "labels": fsutil.sha256_file(labels_tsv),
