@@ -17,6 +17,7 @@ include: "workflow/rules/packing.smk"
 include: "workflow/rules/embeddings.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/selftraining.smk"
 include: "workflow/rules/serving.smk"
 include: "workflow/rules/analysis.smk"
 

@@ -196,6 +196,7 @@ def model_targets():
                for target in (f"results/eval/{model}/metrics.json", current_export(model))]
     if SETTINGS.soundscapes.audio_dir:
         targets += [f"results/eval/{model}/soundscapes.json" for model in SETTINGS.models]
+    targets += [f"results/selftrain/{model}/report.md" for model in SETTINGS.self_training_models]
     for model in SETTINGS.analysis_models:
         targets.append(f"results/analysis/{model}/detections.tsv")
         if SETTINGS.analyze.review.enabled:
@@ -288,3 +289,34 @@ def analysis_resources(runtime):
 def engine_option():
     return f"--engine={SETTINGS.analyze.engine}"
 
+
+
+# Self-training (selftraining.smk): round r's teacher is round r - 1's student, round 1's the model trained on
+# the labelled data; its pseudo-labels take the teacher's val window thresholds.
+SELFTRAIN_DIR = "results/selftrain"
+
+
+def _check_self_training(settings):
+    audio_dir = settings.self_training.audio_dir
+    if settings.self_training_models and not Path(audio_dir).is_dir():
+        _stop(f"self_training.audio_dir: {audio_dir} is not a folder")
+
+
+_check_self_training(SETTINGS)
+
+
+def teacher_dir(wildcards):
+    """The folder of the teacher of `wildcards.round` (model.keras, train.json)."""
+    r = int(wildcards.round)
+    return f"results/models/{wildcards.model}" if r == 1 else f"{SELFTRAIN_DIR}/{wildcards.model}/round-{r - 1}/model"
+
+
+def teacher_eval_dir(wildcards):
+    """The evaluation of the teacher of `wildcards.round` (its thresholds.tsv)."""
+    r = int(wildcards.round)
+    return f"results/eval/{wildcards.model}" if r == 1 else f"{SELFTRAIN_DIR}/{wildcards.model}/round-{r - 1}/eval"
+
+
+def self_training_options():
+    """The self_training section as the JSON of jibjib pseudo-label --settings."""
+    return json.dumps(SETTINGS.self_training.to_dict(), sort_keys=True)

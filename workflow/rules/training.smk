@@ -28,6 +28,8 @@ rule train_vggish:
         settings=lambda wildcards: training_settings("vggish"),
         launch=training_launcher,
         embeddings=embeddings_option("vggish"),
+        out_dir=lambda wildcards, output: Path(output.model).parent,
+        pseudo="",  # self-training's students (selftraining.smk): --pseudo-labels
     log:
         job="logs/train/vggish.log",
         tensorflow="logs/train/vggish.tensorflow.log",
@@ -40,8 +42,8 @@ rule train_vggish:
         runtime=24 * 60,
     shell:
         "JIBJIB_TF_LOG={log.tensorflow:q} {params.launch} python -m jibjib train --model {params.model} --labels {input.labels:q} --split {input.split:q}"
-        " --features-dir results/features --out-dir results/models/{params.model}"
-        " --packed {input.packed:q} {params.embeddings} --settings {params.settings:q} --threads {threads} 2> {log.job:q}"
+        " --features-dir results/features --out-dir {params.out_dir:q}"
+        " --packed {input.packed:q} {params.embeddings} {params.pseudo} --settings {params.settings:q} --threads {threads} 2> {log.job:q}"
 
 
 use rule train_vggish as train_convlstm with:
@@ -59,6 +61,8 @@ use rule train_vggish as train_convlstm with:
         settings=lambda wildcards: training_settings("convlstm"),
         launch=training_launcher,
         embeddings="",
+        out_dir=lambda wildcards, output: Path(output.model).parent,
+        pseudo="",
     log:
         job="logs/train/convlstm.log",
         tensorflow="logs/train/convlstm.tensorflow.log",
