@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 DEMO_DIR := resources/demo_birds
 SOUNDSCAPE_DIR := resources/demo_soundscapes
+FIELD_DIR := resources/demo_field
 
 .PHONY: setup demo test lint docs bench bench-analyze bench-tflite clean
 
@@ -25,11 +26,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# One command writes both (it leaves an intact set alone, so a second call costs a second).
-$(DEMO_DIR)/.demo.json $(SOUNDSCAPE_DIR)/.soundscapes.json &: | $(STAMP)
-	$(BIN)/jibjib make-demo $(DEMO_DIR) --soundscapes $(SOUNDSCAPE_DIR)
+# One command writes all three (it leaves an intact set alone, so a second call costs a second).
+$(DEMO_DIR)/.demo.json $(SOUNDSCAPE_DIR)/.soundscapes.json $(FIELD_DIR)/.field.json &: | $(STAMP)
+	$(BIN)/jibjib make-demo $(DEMO_DIR) --soundscapes $(SOUNDSCAPE_DIR) --field $(FIELD_DIR)
 
-demo: $(STAMP) $(DEMO_DIR)/.demo.json $(SOUNDSCAPE_DIR)/.soundscapes.json
+demo: $(STAMP) $(DEMO_DIR)/.demo.json $(SOUNDSCAPE_DIR)/.soundscapes.json $(FIELD_DIR)/.field.json
 	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml resources/demo.yaml
 	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml resources/demo.yaml --report results/report.html
 

@@ -16,7 +16,7 @@ import pandas as pd
 from jibjib.core import fsutil
 
 REPORT_COLUMNS = ("round", "role", "pseudo_positives", "pseudo_negatives", "file_top1_accuracy", "file_macro_f1",
-                  "file_cmap", "file_macro_roc_auc", "window_cmap", "window_test_precision", "window_test_recall")
+                  "file_cmap", "file_macro_roc_auc", "unit_cmap", "window_test_precision", "window_test_recall")
 
 
 def round_row(round_number: int, metrics_json: str | os.PathLike, pseudo_tsv: str | os.PathLike | None) -> dict:
@@ -30,7 +30,7 @@ def round_row(round_number: int, metrics_json: str | os.PathLike, pseudo_tsv: st
             "pseudo_negatives": int((kinds == "negative").sum()) if pseudo_tsv else None,
             "file_top1_accuracy": metrics["file"]["top1_accuracy"], "file_macro_f1": metrics["file"]["macro"]["f1"],
             "file_cmap": metrics["file"]["cmap"], "file_macro_roc_auc": metrics["file"]["macro_roc_auc"],
-            "window_cmap": metrics["patch"]["cmap"], "window_test_precision": window["macro_precision"],
+            "unit_cmap": metrics["patch"]["cmap"], "window_test_precision": window["macro_precision"],
             "window_test_recall": window["macro_recall"]}
 
 
@@ -60,13 +60,14 @@ def markdown(model: str, table: pd.DataFrame) -> str:
     """The report as a markdown table with a sentence on the last round against the teacher."""
     lines = [f"# Self-training of {model}: teacher and students", "",
              "Round 0 is the teacher, trained on the labelled data; round r the student of round r - 1's "
-             "pseudo-labels (test split: file scores; window_* on the windows analyze cuts).", "",
+             "pseudo-labels; all on the test split: file_* of the file scores, unit_cmap of the model's units (patches "
+             "or sequences), window_test_* what the val window thresholds reach on the windows analyze cuts.", "",
              "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.astype(object).itertuples(index=False)]
     teacher, last = table.iloc[0], table.iloc[-1]
-    if len(table) > 1 and pd.notna(teacher["window_cmap"]) and pd.notna(last["window_cmap"]):
-        change = last["window_cmap"] - teacher["window_cmap"]
-        lines += ["", f"Window cmAP of round {int(last['round'])}: {last['window_cmap']:.3f} "
+    if len(table) > 1 and pd.notna(teacher["unit_cmap"]) and pd.notna(last["unit_cmap"]):
+        change = last["unit_cmap"] - teacher["unit_cmap"]
+        lines += ["", f"Unit cmAP of round {int(last['round'])}: {last['unit_cmap']:.3f} "
                       f"({'+' if change >= 0 else ''}{change:.3f} against the teacher)."]
     return "\n".join(lines) + "\n"
 
@@ -78,7 +79,7 @@ def _figure(path: Path, model: str, table: pd.DataFrame) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5, 3.2))
-    for column in ("file_cmap", "window_cmap", "file_macro_f1"):
+    for column in ("file_cmap", "unit_cmap", "file_macro_f1"):
         axis.plot(table["round"], pd.to_numeric(table[column], errors="coerce"), marker="o", label=column)
     axis.set_xlabel("round (0: teacher)")
     axis.set_xticks(table["round"])

@@ -131,7 +131,11 @@ def check_pseudo_labels(path: str | os.PathLike | None, plan: InputPlan,
     if plan.cached or distribution.workers > 1:
         raise InputError("--pseudo-labels: self-training trains through the whole model in one process; "
                          "not with an embedding cache (--embeddings) or several workers")
-    return PseudoLabels.load(path, plan.spec)
+    pseudo = PseudoLabels.load(path, plan.spec)
+    if distribution.is_chief:
+        print(f"train: {len(pseudo)} pseudo-labelled windows from {path} join the batches", file=sys.stderr,
+              flush=True)
+    return pseudo
 
 
 def open_state(out: Path, inputs: dict[str, str], run: RunSettings, plan: InputPlan,

@@ -54,6 +54,8 @@ def test_the_chain_writes_every_round_and_the_report(selftrained: Path) -> None:
         rows = pd.read_csv(out / f"round-{r}/pseudo_labels.tsv", sep="\t", keep_default_na=False)
         assert set(rows["kind"]) <= {"positive", "negative"}
         assert table.loc[r, "pseudo_positives"] == (rows["kind"] == "positive").sum()
+        log = (selftrained / f"logs/selftrain/convlstm/round-{r}/train.log").read_text()
+        assert f"{len(rows)} pseudo-labelled windows" in log
         assert (out / f"round-{r}/model/model.keras").exists() and (out / f"round-{r}/eval/thresholds.tsv").exists()
     assert "| round |" in (out / "report.md").read_text() and (out / "report.png").stat().st_size > 0
 
