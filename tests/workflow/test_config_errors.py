@@ -102,6 +102,13 @@ BAD_CONFIGS = {
                              "config: analyze.format: ['raven', 'kml'] is not valid under any of the given schemas"),
     "missing soundscapes": ({"soundscapes": {"audio_dir": "{tmp}/scapes"}},
                             "config: soundscapes.audio_dir: {tmp}/scapes does not exist"),
+    "missing unlabelled audio": ({"self_training": {"audio_dir": "{tmp}/unlabelled"}},
+                                 "config: self_training.audio_dir: {tmp}/unlabelled does not exist"),
+    "unlabelled audio without audio": ({"self_training": {"audio_dir": "{tmp}/texts/Beta_two"}},
+                                       "config: self_training.audio_dir: {tmp}/texts/Beta_two " + NO_AUDIO),
+    "self-training of an untrained model": ({"models": ["vggish"], "self_training": {"audio_dir": "{tmp}/birds"}},
+                                            "config: self_training.models: convlstm not among the trained models "
+                                            "(vggish)"),
     "reversed SNR range": ({"train": {"augment": {"background_snr_db": [20, 0]}}},
                            "config: train.augment.background_snr_db: must be [low, high] with low <= high, got [20, 0]"),
     "misspelt augmentation": ({"train": {"augment": {"mix_up": 0.5}}},

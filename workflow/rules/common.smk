@@ -19,6 +19,7 @@ from jibjib.core.errors import ConfigError  # noqa: E402
 from jibjib.embeddings import cache_plan  # noqa: E402
 from jibjib.features.inventory import shard_species  # noqa: E402
 from jibjib.models.checkpoint import checkpoint_files  # noqa: E402
+from jibjib.selftraining.checks import check_self_training  # noqa: E402
 
 
 def _stop(message):
@@ -297,9 +298,11 @@ SELFTRAIN_DIR = "results/selftrain"
 
 
 def _check_self_training(settings):
-    audio_dir = settings.self_training.audio_dir
-    if settings.self_training_models and not Path(audio_dir).is_dir():
-        _stop(f"self_training.audio_dir: {audio_dir} is not a folder")
+    try:
+        is_demo = str(settings.self_training.audio_dir).endswith("demo_field")
+        check_self_training(settings, demo_hint="make demo" if is_demo else "")
+    except ConfigError as exc:
+        _stop(exc)
 
 
 _check_self_training(SETTINGS)
