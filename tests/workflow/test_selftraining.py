@@ -77,3 +77,16 @@ def test_only_stale_reruns_after_adding_one_unlabelled_file(selftrained: Path, t
     scored = pd.read_csv(work / "results/selftrain/unlabelled.tsv", sep="\t")
     assert "rec2.wav" in scored["path"].tolist()
     assert plan() == {}
+
+
+def test_a_setting_reruns_what_it_chooses(selftrained: Path) -> None:
+    def plan(self_training: dict) -> dict[str, int]:
+        settings = {**CONFIG, "self_training": {**CONFIG["self_training"], **self_training}}
+        return planned(run_snakemake(selftrained, "--dry-run", REPORT, config=settings))
+
+    # One more round: its own chain, from the last student's scores on.
+    assert plan({"rounds": 3}) == {"window_scores": 1, "pseudo_labels": 1, "train_student": 1,
+                                   "evaluate_student": 1, "selftrain_report": 1}
+    # Other thresholds: every round's pseudo-labels and what follows; round 1's scores stay.
+    assert plan({"threshold_scale": 1.2}) == {"window_scores": 1, "pseudo_labels": 2, "train_student": 2,
+                                              "evaluate_student": 2, "selftrain_report": 1}

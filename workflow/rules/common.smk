@@ -321,5 +321,7 @@ def teacher_eval_dir(wildcards):
 
 
 def self_training_options():
-    """The self_training section as the JSON of jibjib pseudo-label --settings."""
-    return json.dumps(SETTINGS.self_training.to_dict(), sort_keys=True)
+    """The keys of self_training that choose the pseudo-labels, as the JSON of jibjib pseudo-label --settings
+    (only those: a parameter of the rule, so that more rounds or another folder do not redo the first rounds)."""
+    chosen = ("threshold_scale", "negative_scale", "negatives_per_positive")
+    return json.dumps({key: getattr(SETTINGS.self_training, key) for key in chosen}, sort_keys=True)
