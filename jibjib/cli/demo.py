@@ -27,12 +27,11 @@ def cmd_make_demo(args: argparse.Namespace) -> None:
         scapes = make_soundscapes(folder, n_species=args.species, seed=seed)
         print(f"demo soundscapes in {folder}: {scapes.n_files} files ({', '.join(scapes.files)}), "
               f"{scapes.seconds / 60:.1f} min, {scapes.n_calls} annotated calls", file=sys.stderr)
-    if args.field != "":
+    if args.field:
         from jibjib.demo.field import make_field_audio
 
-        folder = args.field or str(Path(args.out_dir).parent / "demo_field")
-        names, seconds = make_field_audio(folder, n_species=args.species, seed=seed)
-        print(f"demo field audio (unlabelled, for self-training) in {folder}: {len(names)} files, "
+        names, seconds = make_field_audio(args.field, n_species=args.species, seed=seed)
+        print(f"demo field audio (unlabelled, for self-training) in {args.field}: {len(names)} files, "
               f"{seconds / 60:.1f} min", file=sys.stderr)
 
 
@@ -49,6 +48,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="folder for the annotated demo soundscapes (default: demo_soundscapes beside OUT_DIR; "
                         "'' for none)")
     p.add_argument("--field", metavar="DIR",
-                   help="folder for the unlabelled demo field audio of self-training (default: demo_field beside "
-                        "OUT_DIR; '' for none)")
+                   help="also write unlabelled demo field audio for self-training to this folder (make demo: "
+                        "resources/demo_field)")
     p.set_defaults(func=cmd_make_demo)

@@ -12,7 +12,7 @@ from jibjib.demo.songs import make_species, species_names
 from jibjib.demo.soundscapes import MAX_FILES, _plan_file
 from jibjib.demo.species import DEFAULT_SEED
 
-ARGS = {"n_species": 3, "n_files": 2, "min_seconds": 30.0, "max_seconds": 35.0}
+ARGS = {"n_files": 2, "min_seconds": 30.0, "max_seconds": 35.0}
 
 
 def test_field_audio_is_deterministic_and_kept(tmp_path: Path) -> None:
@@ -36,3 +36,17 @@ def test_field_songs_are_not_the_annotated_soundscapes_songs() -> None:
     seen = {call.song.tobytes() for plan in annotated for call in plan.calls}
     assert all(call.song.tobytes() not in seen for plan in field for call in plan.calls)
     assert sum(len(plan.calls) for plan in field) > 0
+
+
+def test_make_demo_writes_field_audio_only_when_asked(tmp_path: Path, monkeypatch, capsys) -> None:
+    from jibjib.cli import main
+    from jibjib.demo import field
+
+    small = field.make_field_audio
+    monkeypatch.setattr(field, "make_field_audio", lambda folder, **kw: small(folder, **{**kw, **ARGS}))
+    common = ["--species", "3", "--recordings", "1", "--background-recordings", "1", "--soundscapes", ""]
+    assert main(["make-demo", str(tmp_path / "a" / "birds"), *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["birds"]
+    assert main(["make-demo", str(tmp_path / "b" / "birds"), *common, "--field", str(tmp_path / "b" / "field")]) == 0
+    assert sorted(p.name for p in (tmp_path / "b" / "field").glob("field*")) == ["field1.ogg", "field2.mp3"]
+    assert "demo field audio (unlabelled, for self-training)" in capsys.readouterr().err
