@@ -13,7 +13,8 @@ from conftest import write_wav
 from jibjib.core.params import VGGISH
 from jibjib.core.settings import SelfTrainingSettings
 from jibjib.features.frontend import hertz_to_mel
-from jibjib.selftraining.pseudo import select_windows, window_grid, window_scores, write_pseudo_labels
+from jibjib.selftraining.pseudo import (pseudo_targets, select_windows, window_grid, window_scores,
+                                       write_pseudo_labels)
 from jibjib.selftraining.unlabelled import update_unlabelled
 
 RATE = 16000
@@ -125,3 +126,12 @@ def test_features_are_reused_by_content(tmp_path: Path) -> None:
     (audio / "a.wav").unlink()
     third = update_unlabelled(audio, tmp_path / "features", tmp_path / "manifest.tsv", VGGISH)
     assert third.attrs["computed"] == 0 and not (tmp_path / "features" / "a.wav.npz").exists()
+
+
+def test_negatives_take_a_background_files_target() -> None:
+    scores = np.array([[0.7, 0.2, 0.1], [0.02, 0.01, 0.01]])
+    positive, negative = np.array([True, False]), np.array([False, True])
+    sigmoid = pseudo_targets(scores, positive, negative, multi_label=True)
+    softmax = pseudo_targets(scores, positive, negative, multi_label=False)
+    assert np.allclose(sigmoid, [[0.7, 0.2, 0.1], [0, 0, 0]])  # "no species": every output off
+    assert np.allclose(softmax, [[0.7, 0.2, 0.1], [1 / 3] * 3])  # as the background folders under softmax
