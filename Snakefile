@@ -17,9 +17,10 @@ include: "workflow/rules/packing.smk"
 include: "workflow/rules/embeddings.smk"
 include: "workflow/rules/training.smk"
 include: "workflow/rules/evaluation.smk"
-include: "workflow/rules/selftraining.smk"
 include: "workflow/rules/serving.smk"
 include: "workflow/rules/analysis.smk"
+# Last: its students are exported and evaluated on the soundscapes with the serving and analysis rules.
+include: "workflow/rules/selftraining.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -69,7 +69,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> None:
 def cmd_selftrain_report(args: argparse.Namespace) -> None:
     from jibjib.selftraining.report import write_report
 
-    table = write_report(args.model, args.metrics, args.pseudo_labels or [], args.out_dir)
+    table = write_report(args.model, args.metrics, args.pseudo_labels or [], args.out_dir, args.soundscapes)
     print(f"selftrain-report {args.model}: teacher and {len(table) - 1} student round(s) in {args.out_dir}/report.md",
           file=sys.stderr)
 
@@ -105,5 +105,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of the teacher, then of each round")
     p.add_argument("--pseudo-labels", nargs="*", help="pseudo_labels.tsv of each round")
+    p.add_argument("--soundscapes", nargs="+", help="soundscapes.json of the teacher, then of each round")
     p.add_argument("--out-dir", required=True, help="report.tsv, report.md and report.png go here")
     p.set_defaults(func=cmd_selftrain_report)

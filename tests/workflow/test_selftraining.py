@@ -16,8 +16,11 @@ from test_reruns import planned
 
 RATE = 16000
 REPORT = "results/selftrain/convlstm/report.md"
-STUDENT_CHAIN = {"unlabelled_features": 1, "window_scores": 2, "pseudo_labels": 2, "train_student": 2,
-                 "evaluate_student": 2, "selftrain_report": 1}
+# What each round of students redoes: train, evaluate, export, and evaluate on the annotated soundscapes.
+STUDENT_JOBS = {"train_student": 1, "evaluate_student": 1, "export_student": 1, "soundscape_scores_student": 1,
+                "evaluate_soundscapes_student": 1}
+STUDENT_CHAIN = {"unlabelled_features": 1, "window_scores": 2, "pseudo_labels": 2,
+                 **{job: 2 for job in STUDENT_JOBS}, "selftrain_report": 1}
 
 
 def field_file(path: Path, seed: int) -> None:
@@ -28,7 +31,19 @@ def field_file(path: Path, seed: int) -> None:
 
 # Paths relative to the work folder, so that a copy of it is the same run.
 CONFIG = {**TINY, "data_dir": "birds", "models": ["convlstm"], "convlstm": {**TINY["convlstm"], "multi_label": True},
-          "self_training": {"audio_dir": "field", "rounds": 2, "negatives_per_positive": 2.0}}
+          "self_training": {"audio_dir": "field", "rounds": 2, "negatives_per_positive": 2.0},
+          "soundscapes": {"audio_dir": "scapes", "annotations": "annotations.tsv"}}
+
+
+def annotated_soundscape(work: Path) -> None:
+    """scapes/scape.wav: each species' chirps for 1.3 s between quiet stretches, and its annotations."""
+    quiet, parts, rows, t = np.zeros(int(2.0 * RATE), np.float32), [], ["file\tstart\tend\tlabel"], 0.0
+    for k, label in enumerate(SPECIES):
+        parts += [quiet, chirp(1.3, RATE, f0=1500 + 700 * k, seed=70 + k)]
+        rows.append(f"scape.wav\t{t + 2.0:.2f}\t{t + 3.3:.2f}\t{label}")
+        t += 3.3
+    write_wav(work / "scapes" / "scape.wav", np.concatenate([*parts, quiet]), RATE)
+    (work / "annotations.tsv").write_text("\n".join(rows) + "\n")
 
 
 def npz_states(work: Path) -> dict[Path, tuple[int, int]]:
@@ -41,6 +56,7 @@ def selftrained(tmp_path_factory) -> Path:
     make_tree(work / "birds", SPECIES, seconds=2.0, sample_rate=RATE)
     for k in range(2):
         field_file(work / "field" / f"rec{k}.wav", seed=50 + 10 * k)
+    annotated_soundscape(work)
     run_snakemake(work, REPORT, config=CONFIG)
     return work
 
@@ -49,7 +65,8 @@ def test_the_chain_writes_every_round_and_the_report(selftrained: Path) -> None:
     out = selftrained / "results/selftrain/convlstm"
     table = pd.read_csv(out / "report.tsv", sep="\t")
     assert table["round"].tolist() == [0, 1, 2] and table["role"].tolist() == ["teacher", "student", "student"]
-    assert table["file_cmap"].between(0, 1).all()
+    assert table["file_cmap"].between(0, 1).all() and table["soundscape_cmap"].between(0, 1).all()
+    assert table["soundscape_false_detections_per_hour"].notna().all()
     for r in (1, 2):
         rows = pd.read_csv(out / f"round-{r}/pseudo_labels.tsv", sep="\t", keep_default_na=False)
         assert set(rows["kind"]) <= {"positive", "negative"}
@@ -85,8 +102,7 @@ def test_a_setting_reruns_what_it_chooses(selftrained: Path) -> None:
         return planned(run_snakemake(selftrained, "--dry-run", REPORT, config=settings))
 
     # One more round: its own chain, from the last student's scores on.
-    assert plan({"rounds": 3}) == {"window_scores": 1, "pseudo_labels": 1, "train_student": 1,
-                                   "evaluate_student": 1, "selftrain_report": 1}
+    assert plan({"rounds": 3}) == {"window_scores": 1, "pseudo_labels": 1, **STUDENT_JOBS, "selftrain_report": 1}
     # Other thresholds: every round's pseudo-labels and what follows; round 1's scores stay.
-    assert plan({"threshold_scale": 1.2}) == {"window_scores": 1, "pseudo_labels": 2, "train_student": 2,
-                                              "evaluate_student": 2, "selftrain_report": 1}
+    chain = {job: count for job, count in STUDENT_CHAIN.items() if job != "unlabelled_features"}
+    assert plan({"threshold_scale": 1.2}) == {**chain, "window_scores": 1}

@@ -192,6 +192,20 @@ if SOUNDSCAPE_DIR and workflow.is_main_process:
         print(f"soundscape sources: {_soundscape_sources.summary()}", file=sys.stderr)
 
 
+# The two jobs' commands, shared with the students of self-training (selftraining.smk).
+# analyze: a file that could not be analysed gives exit status 1 after files.tsv (its reason) is
+# written; any other failure leaves no files.tsv (Snakemake removed the old one).
+SOUNDSCAPE_SCORES_SHELL = (
+    "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analyze --model={input.export:q} {params.engine}"
+    " --root={params.audio_dir:q} --sources={input.sources:q} --out={params.out_dir:q}"
+    " --scores={params.scores:q} --remove-other-scores {params.hop} {params.options}"
+    " --threads={threads} 2> {log.job:q} || test -e {output.files:q}")
+EVALUATE_SOUNDSCAPES_SHELL = (
+    "python -m jibjib evaluate-soundscapes --scores={params.scores:q} --annotations={params.annotations:q}"
+    " --thresholds={input.thresholds:q} --audio={params.audio_dir:q} --figure=soundscape.png"
+    " --out-dir={params.out_dir:q} --model={params.model:q} --with-report={input.test_report:q}"
+    " {params.options} 2> {log:q}")
+
 if SOUNDSCAPE_DIR:
 
     for _model in SETTINGS.models:
@@ -221,12 +235,7 @@ if SOUNDSCAPE_DIR:
             resources:
                 **analysis_resources(runtime=60),
             shell:
-                # A file that could not be analysed gives exit status 1 after files.tsv (its reason) is
-                # written; any other failure leaves no files.tsv (Snakemake removed the old one).
-                "JIBJIB_TF_LOG={log.tensorflow:q} python -m jibjib analyze --model={input.export:q} {params.engine}"
-                " --root={params.audio_dir:q} --sources={input.sources:q} --out={params.out_dir:q}"
-                " --scores={params.scores:q} --remove-other-scores {params.hop} {params.options}"
-                " --threads={threads} 2> {log.job:q} || test -e {output.files:q}"
+                SOUNDSCAPE_SCORES_SHELL
 
         rule:
             name:
@@ -260,7 +269,4 @@ if SOUNDSCAPE_DIR:
                 mem_mb=4000,
                 runtime=30,
             shell:
-                "python -m jibjib evaluate-soundscapes --scores={params.scores:q} --annotations={params.annotations:q}"
-                " --thresholds={input.thresholds:q} --audio={params.audio_dir:q} --figure=soundscape.png"
-                " --out-dir={params.out_dir:q} --model={params.model:q} --with-report={input.test_report:q}"
-                " {params.options} 2> {log:q}"
+                EVALUATE_SOUNDSCAPES_SHELL

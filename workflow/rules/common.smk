@@ -325,3 +325,11 @@ def self_training_options():
     (only those: a parameter of the rule, so that more rounds or another folder do not redo the first rounds)."""
     chosen = ("threshold_scale", "negative_scale", "negatives_per_positive")
     return json.dumps({key: getattr(SETTINGS.self_training, key) for key in chosen}, sort_keys=True)
+
+
+def round_files(wildcards, teacher, student):
+    """The teacher's `teacher` (a path below results/eval/<model>/), then each round's `student` (below its
+    folder): what the self-training report reads."""
+    rounds = range(1, SETTINGS.self_training.rounds + 1)
+    return ([f"results/eval/{wildcards.model}/{teacher}"]
+            + [f"{SELFTRAIN_DIR}/{wildcards.model}/round-{r}/{student}" for r in rounds])

@@ -1,7 +1,8 @@
 # selftraining: unlabelled field audio (self_training.audio_dir) -> features -> per round: the teacher's window
 # scores -> pseudo-labels -> a student trained on the labelled data plus the pseudo-labelled windows ->
 # its evaluation -> the next round; results/selftrain/<model>/report.md puts teacher and students side by side.
-# Only with self_training.audio_dir and rounds > 0, for self_training.models.
+# Only with self_training.audio_dir and rounds > 0, for self_training.models. With annotated soundscapes
+# (soundscapes.audio_dir) every student is also exported and evaluated on them, as its teacher is.
 #
 # Staleness by content: the unlabelled features job has the folder's content digest as a parameter (names
 # and bytes, not times), and keeps the npz of every recording whose content is unchanged. A new recording
@@ -143,12 +144,96 @@ use rule evaluate_convlstm as evaluate_student with:
         model="|".join(MODEL_NAMES),
 
 
+# With annotated soundscapes: each student exported and evaluated on them as its teacher is (serving.smk,
+# analysis.smk), so the report has the field figures of every round.
+ROUND_DIR = f"{SELFTRAIN_DIR}/{{model}}/round-{{round}}"
+
+if SOUNDSCAPE_DIR:
+
+    use rule export_convlstm as export_student with:
+        input:
+            model=rules.train_student.output.model,
+            trained=rules.train_student.output.report,
+            metrics=f"{ROUND_DIR}/eval/metrics.json",
+            thresholds=f"{ROUND_DIR}/eval/thresholds.tsv",
+            labels="results/labels.tsv",
+            split="results/split.tsv",
+            features=feature_manifests() if SETTINGS.export.tflite else [],
+        output:
+            f"{ROUND_DIR}/export/current.json",
+        log:
+            job=f"logs/selftrain/{{model}}/round-{{round}}/export.log",
+            tensorflow=f"logs/selftrain/{{model}}/round-{{round}}/export.tensorflow.log",
+        wildcard_constraints:
+            model="|".join(MODEL_NAMES),
+
+    rule:
+        name:
+            analysis_rule_name("soundscape_scores_student")
+        input:
+            export=f"{ROUND_DIR}/export/current.json",
+            sources=SOUNDSCAPE_SOURCES / "shard-00.tsv",
+        output:
+            files=f"{ROUND_DIR}/eval/soundscapes/files.tsv",
+            detections=f"{ROUND_DIR}/eval/soundscapes/detections.tsv",
+        params:
+            audio_dir=SOUNDSCAPE_DIR,
+            out_dir=lambda wildcards, output: Path(output.files).parent,
+            scores=lambda wildcards, output: Path(output.files).parent / "scores",
+            hop=hop_option(),
+            options=table_options(),
+            engine=engine_option(),
+        log:
+            job=f"logs/selftrain/{{model}}/round-{{round}}/soundscapes.analyze.log",
+            tensorflow=f"logs/selftrain/{{model}}/round-{{round}}/soundscapes.analyze.tensorflow.log",
+        wildcard_constraints:
+            model="|".join(MODEL_NAMES),
+        conda:
+            "../../envs/tensorflow.yaml"
+        threads: ANALYSIS_THREADS
+        resources:
+            **analysis_resources(runtime=60),
+        shell:
+            SOUNDSCAPE_SCORES_SHELL
+
+    rule evaluate_soundscapes_student:
+        input:
+            files=f"{ROUND_DIR}/eval/soundscapes/files.tsv",
+            thresholds=f"{ROUND_DIR}/eval/thresholds.tsv",
+            test_report=f"{ROUND_DIR}/eval/{REPORT_NAME}",
+            annotations=SOUNDSCAPE_SOURCES / ANNOTATIONS_NAME,
+        output:
+            summary=f"{ROUND_DIR}/eval/soundscapes.json",
+            section=f"{ROUND_DIR}/eval/soundscapes.md",
+            report=f"{ROUND_DIR}/eval/report.md",
+            figure=f"{ROUND_DIR}/eval/soundscape.png",
+        params:
+            scores=lambda wildcards, input: Path(input.files).parent / "scores",
+            annotations=SOUNDSCAPE_ANNOTATIONS,
+            audio_dir=SOUNDSCAPE_DIR,
+            out_dir=lambda wildcards, output: Path(output.summary).parent,
+            model=lambda wildcards: f"{wildcards.model} round {wildcards.round}",
+            options=detection_options(),
+        log:
+            f"logs/selftrain/{{model}}/round-{{round}}/soundscapes.log",
+        wildcard_constraints:
+            model="|".join(MODEL_NAMES),
+        conda:
+            "../../envs/tensorflow.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            EVALUATE_SOUNDSCAPES_SHELL
+
+
 rule selftrain_report:
     input:
-        metrics=lambda wildcards: [f"results/eval/{wildcards.model}/metrics.json"] + [
-            f"{SELFTRAIN_DIR}/{wildcards.model}/round-{r}/eval/metrics.json" for r in range(1, SELF_TRAINING.rounds + 1)],
-        pseudo=lambda wildcards: [f"{SELFTRAIN_DIR}/{wildcards.model}/round-{r}/pseudo_labels.tsv"
-                                  for r in range(1, SELF_TRAINING.rounds + 1)],
+        metrics=lambda wildcards: round_files(wildcards, "metrics.json", "eval/metrics.json"),
+        pseudo=lambda wildcards: round_files(wildcards, "", "pseudo_labels.tsv")[1:],
+        soundscapes=lambda wildcards: (round_files(wildcards, "soundscapes.json", "eval/soundscapes.json")
+                                       if SOUNDSCAPE_DIR else []),
     output:
         table=f"{SELFTRAIN_DIR}/{{model}}/report.tsv",
         summary=report(f"{SELFTRAIN_DIR}/{{model}}/report.md", caption="../report/selftrain.rst",
@@ -157,6 +242,8 @@ rule selftrain_report:
                       category="Self-training", subcategory="{model}"),
     params:
         out_dir=lambda wildcards, output: Path(output.table).parent,
+        soundscapes=lambda wildcards, input: " ".join(["--soundscapes", *map(shlex.quote, input.soundscapes)])
+                                             if input.soundscapes else "",
     log:
         f"logs/selftrain/{{model}}/report.log",
     wildcard_constraints:
@@ -168,4 +255,4 @@ rule selftrain_report:
         runtime=10,
     shell:
         "python -m jibjib selftrain-report --model={wildcards.model} --metrics {input.metrics:q}"
-        " --pseudo-labels {input.pseudo:q} --out-dir={params.out_dir:q} 2> {log:q}"
+        " --pseudo-labels {input.pseudo:q} {params.soundscapes} --out-dir={params.out_dir:q} 2> {log:q}"
