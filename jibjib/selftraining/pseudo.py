@@ -27,7 +27,7 @@ import pandas as pd
 from jibjib.core import fsutil
 from jibjib.core.params import FrontEnd, WindowGrid
 from jibjib.core.settings import RunSettings, SelfTrainingSettings
-from jibjib.evaluation.evaluate import analysis_windows, model_seq_len
+from jibjib.evaluation.evaluate import BATCH_PATCHES, analysis_windows, model_seq_len
 from jibjib.evaluation.metrics import probabilities
 
 PSEUDO_COLUMNS = ("file", "start_seconds", "end_seconds", "kind", "labels", "top_label", "top_score")
@@ -61,8 +61,7 @@ def window_scores(model: Any, manifest: pd.DataFrame, grid: WindowGrid, multi_la
             windows = analysis_windows(z["log_mel"], grid, seq_len)
         if windows is None:
             continue
-        inputs = windows if seq_len is None else {"patches": windows[0], "mask": windows[1]}
-        logits = np.asarray(model.predict_on_batch(inputs), dtype=np.float64)
+        logits = _predict(model, windows, seq_len)
         scores.append(probabilities(logits, multi_label=multi_label))
         files.append(np.full(len(logits), index))
         starts.append(np.arange(len(logits)) * grid.hop_frames)
@@ -70,6 +69,18 @@ def window_scores(model: Any, manifest: pd.DataFrame, grid: WindowGrid, multi_la
         return {"file": np.zeros(0, int), "start_frame": np.zeros(0, int), "probabilities": np.zeros((0, n_classes))}
     return {"file": np.concatenate(files), "start_frame": np.concatenate(starts),
             "probabilities": np.concatenate(scores)}
+
+
+def _predict(model: Any, windows: Any, seq_len: int | None) -> np.ndarray:
+    """Logits of one recording's windows, BATCH_PATCHES patches a forward pass (an hour is 3,750 patches)."""
+    step = max(1, BATCH_PATCHES // (seq_len or 1))
+    n = len(windows) if seq_len is None else len(windows[0])
+    logits = []
+    for start in range(0, n, step):
+        part = (windows[start:start + step] if seq_len is None
+                else {"patches": windows[0][start:start + step], "mask": windows[1][start:start + step]})
+        logits.append(np.asarray(model.predict_on_batch(part), dtype=np.float64))
+    return np.concatenate(logits)
 
 
 def select_windows(scores: np.ndarray, thresholds: np.ndarray, settings: SelfTrainingSettings

@@ -135,3 +135,13 @@ def test_negatives_take_a_background_files_target() -> None:
     softmax = pseudo_targets(scores, positive, negative, multi_label=False)
     assert np.allclose(sigmoid, [[0.7, 0.2, 0.1], [0, 0, 0]])  # "no species": every output off
     assert np.allclose(softmax, [[0.7, 0.2, 0.1], [1 / 3] * 3])  # as the background folders under softmax
+
+
+def test_long_recordings_are_scored_in_batches_with_the_same_result(scored, monkeypatch) -> None:
+    import jibjib.selftraining.pseudo as pseudo
+
+    manifest, whole, _ = scored
+    monkeypatch.setattr(pseudo, "BATCH_PATCHES", 5)  # 12 windows in three passes
+    batched = window_scores(toy_teacher(), manifest, window_grid(None, VGGISH, None), multi_label=True)
+    assert np.allclose(batched["probabilities"], whole["probabilities"], atol=1e-6)
+    assert (batched["start_frame"] == whole["start_frame"]).all()
