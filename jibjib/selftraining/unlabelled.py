@@ -52,14 +52,15 @@ def update_unlabelled(audio_dir: str | os.PathLike, features_dir: str | os.PathL
         relative = source.relative_to(root).as_posix()
         npz = out / f"{relative}.npz"
         keep.add(npz)
-        sha256 = fsutil.sha256_file(source)
+        sha256 = fsutil.sha256_or(source, "")  # "" for a file that cannot be read: extract_file says why
         row = {"path": relative, "feature": str(npz), "sha256": sha256, "seconds": "", "frames": "",
                "status": "processed", "reason": ""}
-        frames = _reusable(npz, sha256, params)
+        frames = _reusable(npz, sha256, params) if sha256 else None
         if frames is None:
             try:
                 info = extract_file(source, npz, params)
             except AudioError as exc:
+                npz.unlink(missing_ok=True)  # the features of what the file held before
                 rows.append({**row, "feature": "", "status": "rejected", "reason": str(exc)})
                 continue
             frames, computed = info["frames"], computed + 1

@@ -126,6 +126,10 @@ def test_features_are_reused_by_content(tmp_path: Path) -> None:
     (audio / "a.wav").unlink()
     third = update_unlabelled(audio, tmp_path / "features", tmp_path / "manifest.tsv", VGGISH)
     assert third.attrs["computed"] == 0 and not (tmp_path / "features" / "a.wav.npz").exists()
+    (audio / "b.wav").write_bytes(b"RIFF, but no longer audio")  # a file that went bad loses its old features
+    fourth = update_unlabelled(audio, tmp_path / "features", tmp_path / "manifest.tsv", VGGISH)
+    assert fourth.set_index("path").loc["b.wav", "status"] == "rejected"
+    assert not (tmp_path / "features" / "b.wav.npz").exists()
 
 
 def test_negatives_take_a_background_files_target() -> None:
