@@ -194,7 +194,8 @@ def _planned_jobs(log: str) -> list[tuple[str, dict[str, str]]]:
 
 
 GPU_RULES = {"train_vggish", "train_convlstm", "evaluate_vggish", "evaluate_convlstm", "embed", "analyze_shard",
-             "soundscape_scores_vggish", "soundscape_scores_convlstm"}
+             "soundscape_scores_vggish", "soundscape_scores_convlstm",
+             "window_scores", "train_student", "evaluate_student", "soundscape_scores_student"}
 
 
 @pytest.mark.parametrize("engine", ["savedmodel", "tflite"])
@@ -207,7 +208,8 @@ def test_dry_run_routes_analysis_by_its_engine(tmp_path: Path, engine: str) -> N
     make_tree(tmp_path / "birds", {"Alpha_one": 2, "Beta_two": 2})
     write_wav(tmp_path / "field" / "a.wav", chirp(3.0, 16000), 16000)
     config = {"data_dir": str(tmp_path / "birds"), "analyze": {"input_dir": str(tmp_path / "field"), "engine": engine},
-              "soundscapes": {"audio_dir": str(tmp_path / "field")}, "export": {"tflite": engine == "tflite"}}
+              "soundscapes": {"audio_dir": str(tmp_path / "field")}, "export": {"tflite": engine == "tflite"},
+              "self_training": {"audio_dir": str(tmp_path / "field")}}
     overrides = tmp_path / "overrides.yaml"
     overrides.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
@@ -223,10 +225,12 @@ def test_dry_run_routes_analysis_by_its_engine(tmp_path: Path, engine: str) -> N
     for profile, jobs in plans.items():
         analysis = [(rule, r) for rule, r in jobs if rule.startswith(("analyze_shard", "soundscape_scores"))]
         assert {rule for rule, _ in analysis} == {f"analyze_shard{suffix}", f"soundscape_scores_vggish{suffix}",
-                                                  f"soundscape_scores_convlstm{suffix}"}, profile
+                                                  f"soundscape_scores_convlstm{suffix}",
+                                                  f"soundscape_scores_student{suffix}"}, profile
         assert all((r.get("gpu") == "1") == (engine == "savedmodel") for _, r in analysis), (profile, analysis)
     slurm = plans["slurm"]
-    assert {rule for rule, _ in slurm} >= {"train_vggish", "evaluate_convlstm", "features", "analysis_tables", "review"}
+    assert {rule for rule, _ in slurm} >= {"train_vggish", "evaluate_convlstm", "features", "analysis_tables", "review",
+                                           "train_student", "pseudo_labels"}
     for rule, resources in slurm:
         gpu = resources.get("gpu") == "1"
         assert gpu == (rule in GPU_RULES), (rule, resources)
