@@ -77,3 +77,17 @@ def format_activity(scores: np.ndarray) -> str:
 def parse_activity(text: str) -> np.ndarray:
     """The scores `format_activity` wrote."""
     return np.array(text.split(), np.float32) if text else np.zeros(0, np.float32)
+
+
+def window_activity(log_mel: np.ndarray, window_frames: int, hop_frames: int, count: int,
+                    patch_frames: int = VGGISH.patch_frames) -> np.ndarray:
+    """(count,) activity of each window of a grid (every `hop_frames` from frame 0, `window_frames` long): the
+    highest score of the whole patches it holds, each scored as `patch_activity` scores it (the noise floor is
+    the whole file's)."""
+    frames = frame_activity(log_mel)
+    per_window = window_frames // patch_frames
+    out = np.zeros(count, np.float32)
+    for i in range(count):
+        block = frames[i * hop_frames: i * hop_frames + per_window * patch_frames].reshape(per_window, patch_frames)
+        out[i] = np.quantile(block, FRAME_QUANTILE, axis=1).max()
+    return np.round(out, 1)

@@ -317,3 +317,28 @@ def test_the_xla_compilable_gamma_sampler_draws_gamma() -> None:
     for alpha in (0.4, 2.0):
         draws = tf.function(lambda s: stateless_gamma([20_000], s, alpha), jit_compile=True)(seed(11)).numpy()
         assert draws.min() > 0 and stats.kstest(draws, stats.gamma(alpha).cdf).pvalue > 0.01
+
+
+def test_union_mix_adds_two_examples_in_the_power_domain_with_united_targets() -> None:
+    from jibjib.training.augment import augment_gathered
+
+    rng = np.random.default_rng(3)
+    magnitude = rng.uniform(0.0, 1.0, (4, 1, 96, 64)).astype(np.float32)
+    units = np.log(magnitude + OFFSET)
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1]], np.float32)
+    batch = {"units": tf.constant(units), "mask": tf.ones([4, 1], bool), "seed": tf.constant([5, 6, 7, 8], tf.int64),
+             "weight": tf.constant([1.0, 0.25, 0.25, 1.0])}
+    out, united = augment_gathered(batch, tf.constant(targets), only(union_mix_probability=1.0), VGGISH)
+    partner = np.roll(np.arange(4), 1)  # each example is mixed with the one before it
+    expected = np.log(np.sqrt(magnitude ** 2 + magnitude[partner] ** 2) + OFFSET)
+    np.testing.assert_allclose(out["units"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert united.numpy().tolist() == np.maximum(targets, targets[partner]).tolist()
+    assert out["weight"].numpy().tolist() == [1.0, 1.0, 0.25, 1.0]  # the larger weight of the two
+    # Half the examples at 0.5: the chosen ones mixed, the others as they were, deterministic by seed.
+    half, half_targets = augment_gathered(batch, tf.constant(targets), only(union_mix_probability=0.5), VGGISH)
+    again, _ = augment_gathered(batch, tf.constant(targets), only(union_mix_probability=0.5), VGGISH)
+    mixed = ~np.isclose(half["units"].numpy(), units, atol=1e-6).all(axis=(1, 2, 3))
+    assert 0 < mixed.sum() < 4 and np.array_equal(half["units"].numpy(), again["units"].numpy())
+    assert np.allclose(half["units"].numpy()[~mixed], units[~mixed], atol=1e-6)
+    assert half_targets.numpy()[~mixed].tolist() == targets[~mixed].tolist()
+    assert half_targets.numpy()[mixed].tolist() == np.maximum(targets, targets[partner])[mixed].tolist()
