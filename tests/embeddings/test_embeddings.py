@@ -227,13 +227,14 @@ import re, sys
 import pandas as pd
 from jibjib.training.inputs import cached
 from jibjib.training.inputs.spec import InputSpec
+from jibjib.training.windows import WindowRule
 # The cache names its trunk "t": no model is needed to check it is this run's.
 cached.trunk_of = lambda net: None
 cached.frozen_weights_digest = lambda trunk, cut: "t"
 index = pd.read_csv(sys.argv[1], sep="\\t", dtype={"path": str})
 files = pd.DataFrame({"path": index["path"], "class_ids": [(i % 2,) for i in range(len(index))]})
 train, val = files.iloc[::2].reset_index(drop=True), files.iloc[1::2].reset_index(drop=True)
-train_batches, val_batches = cached.cached_datasets(None, "fc1_2", [sys.argv[1]], train, val, InputSpec(n_classes=2),
+train_batches, val_batches = cached.cached_datasets(None, "fc1_2", [sys.argv[1]], train, val, InputSpec(windows=WindowRule.every_window(), n_classes=2),
                                                    64)
 rows = sum(int(x.shape[0]) for ds in (train_batches(0), val_batches) for x, _ in ds)
 print(rows, re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])

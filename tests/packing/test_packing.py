@@ -15,9 +15,12 @@ tf = pytest.importorskip("tensorflow")
 from jibjib.core import fsutil  # noqa: E402
 from jibjib.labels.tables import split_files  # noqa: E402
 from jibjib.training.inputs import InputSpec, training_dataset  # noqa: E402
+from jibjib.training.windows import WindowRule  # noqa: E402
 from jibjib.packing import PackedFeatures, pack_shard  # noqa: E402
 from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 from jibjib.core.settings import AugmentSettings  # noqa: E402
+
+EVERY_WINDOW = WindowRule.every_window()  # the tests' log-mel is no audio: the plain grid, every window labelled
 
 OFF = AugmentSettings.from_dict({"enabled": False})
 
@@ -63,7 +66,7 @@ def test_every_patch_once_per_epoch_in_a_new_exact_shuffle(tmp_path: Path) -> No
     pack(tmp_path)
     packs = PackedFeatures.open([tmp_path / "packed/s.tsv"])
     expected = sorted((i, 96 * k) for i in range(12) for k in range(1 + i % 4))
-    spec = InputSpec(n_classes=2, augmentation=OFF)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=OFF)
     dataset = training_dataset(files, spec, 8, training=True, seed=3, packs=packs)
     first, second = epoch_patches(dataset), epoch_patches(dataset)
     assert sorted(first) == expected and sorted(second) == expected
@@ -80,7 +83,7 @@ def test_sequences_are_cut_and_padded_as_from_the_npz(tmp_path: Path) -> None:
     files = make_split(tmp_path)
     pack(tmp_path)
     packs = PackedFeatures.open([tmp_path / "packed/s.tsv"])
-    spec = InputSpec(n_classes=2, seq_len=3, augmentation=OFF)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, seq_len=3, augmentation=OFF)
     for (a, _), (b, _) in zip(training_dataset(files, spec, 4, training=False, packs=packs),
                               training_dataset(files, spec, 4, training=False), strict=True):
         assert np.array_equal(a["mask"], b["mask"]) and np.array_equal(a["patches"], b["patches"])
@@ -158,7 +161,7 @@ def test_background_is_mixed_into_packed_batches(tmp_path: Path) -> None:
     noisy = dataclasses.replace(quiet, background_probability=1.0, background_snr_db=(0.0, 0.0))
 
     def epoch(aug: AugmentSettings) -> np.ndarray:
-        spec = InputSpec(n_classes=2, augmentation=aug)
+        spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=aug)
         return np.concatenate([x.numpy() for x, _ in training_dataset(files, spec, 8, training=True, seed=1,
                                                                           packs=packs)])
 

@@ -17,6 +17,9 @@ import pytest
 
 from conftest import REPO, REPO_ENV
 from jibjib.core import fsutil
+from jibjib.training.windows import WindowRule  # noqa: E402
+
+EVERY_WINDOW = WindowRule.every_window()  # the tests' log-mel is no audio: the plain grid, every window labelled
 
 # Training mechanics (learning, resume, best epoch) without augmentation, whose effect on learning
 # test_robust_training measures; 16 dense units, as 8 all died on some CPUs (a flat loss of ln 2).
@@ -229,7 +232,7 @@ def val_loss_of_saved_model(root: Path, settings: dict) -> float:
     model = keras.models.load_model(root / "model" / "model.keras", compile=False)
     val = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "val")
     losses = []
-    spec = InputSpec(n_classes=len(report["classes"]), seq_len=settings["seq_len"])
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=len(report["classes"]), seq_len=settings["seq_len"])
     for inputs, targets in training_dataset(val, spec, 4, training=False):
         p = softmax(model.predict_on_batch(inputs))
         y = targets.numpy().argmax(axis=1)
