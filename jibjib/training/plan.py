@@ -96,7 +96,8 @@ def plan_input(run: RunSettings, data: TrainingData, embeddings: list[str | os.P
     cached = cache is not None and cache.used
     spec = InputSpec.of(run, data.n_classes)
     if not spec.multi_label:  # the union of two labels is no softmax target
-        spec = dataclasses.replace(spec, augmentation=dataclasses.replace(spec.augmentation, union_mix_probability=0.0))
+        no_union = dataclasses.replace(spec.augmentation, union_mix_probability=0.0)
+        spec = dataclasses.replace(spec, augmentation=no_union)
     applied, dropped = applied_augmentation(spec.augmentation) if cached else (spec.augmentation.active(), [])
     batch_size = global_batch(run, distribution.replicas)
     train_windows, val_windows = (_windows(spec, files, stamps, activity) for files, stamps, activity in (

@@ -28,6 +28,7 @@ TINY_CONVLSTM = {
     "seq_len": 2, "short_files": "pad", "conv_filters": [4], "lstm_units": 8, "dense_units": 16,
     "dropout": 0.0, "multi_label": False, "epochs": 40, "batch_size": 4, "learning_rate": 0.01, "patience": 40,
     "augment": {"enabled": False},
+    "call_windows": "all",  # stationary test log-mel holds no calls: every window takes its file's label
 }
 
 
@@ -373,10 +374,15 @@ def test_a_class_left_without_examples_by_short_files_skip_stops_the_run(tiny: P
     from jibjib.training.plan import plan_input
 
     alone = Distribution(tf.distribute.get_strategy(), workers=1, worker=0)
+    every = {"call_windows": "all"}
     for seq_len, short in ((4, "pad"), (3, "skip")):  # every file has 3 patches
-        run = RunSettings.of("convlstm", net={"seq_len": seq_len, "short_files": short})
+        run = RunSettings.of("convlstm", every, {"seq_len": seq_len, "short_files": short})
         plan_input(run, load_data(run, tiny / "split.tsv", tiny / "labels.tsv", tiny / "features", None), None, alone)
-    run = RunSettings.of("convlstm", net={"seq_len": 4, "short_files": "skip"})
+    run = RunSettings.of("convlstm", every, {"seq_len": 4, "short_files": "skip"})
     with pytest.raises(ConfigError, match=r"^2 class\(es\) have training files but no training example, every file "
                                           r"shorter than seq_len \(4 patches\) and convlstm.short_files is skip"):
+        plan_input(run, load_data(run, tiny / "split.tsv", tiny / "labels.tsv", tiny / "features", None), None, alone)
+    # The tiny files are stationary noise: no patch is active, so call windows leave the classes no example.
+    run = RunSettings.of("convlstm", {"call_windows": "activity"}, {"seq_len": 3, "short_files": "pad"})
+    with pytest.raises(ConfigError, match=r"without a patch whose activity reaches train.activity_threshold_db"):
         plan_input(run, load_data(run, tiny / "split.tsv", tiny / "labels.tsv", tiny / "features", None), None, alone)
