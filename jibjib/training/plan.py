@@ -95,9 +95,6 @@ def plan_input(run: RunSettings, data: TrainingData, embeddings: list[str | os.P
     cache = embedding_plan(run, embeddings)
     cached = cache is not None and cache.used
     spec = InputSpec.of(run, data.n_classes)
-    if not spec.multi_label:  # the union of two labels is no softmax target
-        no_union = dataclasses.replace(spec.augmentation, union_mix_probability=0.0)
-        spec = dataclasses.replace(spec, augmentation=no_union)
     applied, dropped = applied_augmentation(spec.augmentation) if cached else (spec.augmentation.active(), [])
     batch_size = global_batch(run, distribution.replicas)
     train_windows, val_windows = (_windows(spec, files, stamps, activity) for files, stamps, activity in (

@@ -139,6 +139,29 @@ def test_adding_a_recording_repacks_by_content(tmp_path: Path) -> None:
         packs.locate(["Alpha_one/Alpha_one-0_1.wav"])
 
 
+def test_a_pack_without_activity_scores_gets_them_from_its_own_rows(tmp_path: Path) -> None:
+    """An index of before the activity column is upgraded from the pack's rows: no npz is read, the array kept."""
+    from jibjib.features.activity import parse_activity, patch_activity
+
+    make_split(tmp_path)
+    pack(tmp_path)
+    array, index = tmp_path / "packed/s.npy", tmp_path / "packed/s.tsv"
+    scored = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
+    scored.drop(columns="activity").to_csv(index, sep="\t", index=False)
+    before = array.read_bytes()
+    with pytest.raises(KeyError, match="no activity scores"):
+        PackedFeatures.open([index]).locate_activity(scored["path"])
+    counts = pack(tmp_path)
+    assert counts["read"] == 0 and counts["reused"] == 12 and array.read_bytes() == before
+    upgraded = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
+    assert upgraded["activity"].tolist() == scored["activity"].tolist()
+    packs = PackedFeatures.open([index])
+    where = packs.locate(scored["path"][:1]).iloc[0]
+    rows = packs.read(int(where["array"]), int(where["row"]), int(where["frames"]))
+    assert np.array_equal(parse_activity(packs.locate_activity(scored["path"][:1])[0]), patch_activity(rows))
+    assert len(parse_activity(upgraded["activity"][0])) == int(where["frames"]) // 96
+
+
 def test_background_is_mixed_into_packed_batches(tmp_path: Path) -> None:
     """Background stretches (a recording shorter than a patch repeated) raise every magnitude they are added to."""
     make_split(tmp_path)
@@ -157,7 +180,8 @@ def test_background_is_mixed_into_packed_batches(tmp_path: Path) -> None:
     packs = PackedFeatures.open([tmp_path / "packed/s.tsv"])
     files = split_files(tmp_path / "split.tsv", tmp_path / "labels.tsv", tmp_path / "features", "train")
     quiet = AugmentSettings.from_dict({"random_offsets": False, "gain_db": 0.0, "time_masks": 0, "freq_masks": 0,
-                                       "mixup_probability": 0.0, "background_probability": 0.0})
+                                       "mixup_probability": 0.0, "union_mix_probability": 0.0,
+                                       "background_probability": 0.0})
     noisy = dataclasses.replace(quiet, background_probability=1.0, background_snr_db=(0.0, 0.0))
 
     def epoch(aug: AugmentSettings) -> np.ndarray:

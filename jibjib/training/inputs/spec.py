@@ -42,9 +42,12 @@ class InputSpec:
         """The training input of `run`, a model of `n_classes` outputs."""
         net, train = run.net, run.train
         short = {"short_files": net.short_files} if isinstance(net, ConvlstmSettings) else {}
+        augmentation = train.augment
+        if not net.multi_label:  # the union of two labels is no softmax target
+            augmentation = dataclasses.replace(augmentation, union_mix_probability=0.0)
         return cls(n_classes=n_classes, seq_len=net.seq_len, multi_label=net.multi_label,
                    label_smoothing=train.label_smoothing, class_balance=train.class_balance,
-                   shuffle_buffer=train.shuffle_buffer, augmentation=train.augment, windows=WindowRule.of(train),
+                   shuffle_buffer=train.shuffle_buffer, augmentation=augmentation, windows=WindowRule.of(train),
                    **short)
 
     @property
