@@ -234,7 +234,8 @@ cached.frozen_weights_digest = lambda trunk, cut: "t"
 index = pd.read_csv(sys.argv[1], sep="\\t", dtype={"path": str})
 files = pd.DataFrame({"path": index["path"], "class_ids": [(i % 2,) for i in range(len(index))]})
 train, val = files.iloc[::2].reset_index(drop=True), files.iloc[1::2].reset_index(drop=True)
-train_batches, val_batches = cached.cached_datasets(None, "fc1_2", [sys.argv[1]], train, val, InputSpec(windows=WindowRule.every_window(), n_classes=2),
+spec = InputSpec(windows=WindowRule.every_window(), n_classes=2)
+train_batches, val_batches = cached.cached_datasets(None, "fc1_2", [sys.argv[1]], train, val, spec,
                                                    64)
 rows = sum(int(x.shape[0]) for ds in (train_batches(0), val_batches) for x, _ in ds)
 print(rows, re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])

@@ -200,7 +200,8 @@ def test_random_offsets_move_the_grid_and_evaluation_keeps_it(corpus: pd.DataFra
             offsets.update((patches.numpy()[:, 0, 1] % 96).astype(int).tolist())
     assert len(offsets) > 3 and max(offsets) < 96
     # Evaluation: the fixed grid, every value as stored, whatever the augmentation settings.
-    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=AugmentSettings.from_dict({"lowpass_probability": 1.0}))
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2,
+                     augmentation=AugmentSettings.from_dict({"lowpass_probability": 1.0}))
     for patches, _targets in training_dataset(corpus, spec, 8, training=False, packs=source):
         values = patches.numpy()
         assert (values[:, 0, 1] % 96 == 0).all()
@@ -210,7 +211,8 @@ def test_random_offsets_move_the_grid_and_evaluation_keeps_it(corpus: pd.DataFra
 def test_training_input_is_reproducible(tmp_path: Path, source: PackedFeatures | None) -> None:
     corpus = make_corpus(tmp_path, realistic=True)
     source = pack_files(tmp_path) if source is not None else None  # of the realistic values
-    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=AugmentSettings.from_dict({"lowpass_probability": 0.5}), shuffle_buffer=8)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2,
+                     augmentation=AugmentSettings.from_dict({"lowpass_probability": 0.5}), shuffle_buffer=8)
 
     def first_epoch(seed_value: int) -> list[np.ndarray]:
         return [patches.numpy() for patches, _ in

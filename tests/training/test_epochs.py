@@ -76,7 +76,8 @@ def test_the_per_file_input_reads_a_fixed_number_of_files_at_once(tmp_path: Path
     from jibjib.training.inputs.npz import FILES_IN_FLIGHT
 
     corpus = make_corpus(tmp_path)  # 11 files of 2 or 6 patches; a patch's values name its file and frame
-    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=OFF, shuffle_buffer=1)  # a buffer of 1 keeps the read order
+    # A buffer of 1 keeps the read order.
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=OFF, shuffle_buffer=1)
     seen = [(int(p[0, 0]), int(p[0, 1]) // 96) for patches, _ in training_dataset(corpus, spec, 4, training=True,
                                                                                   seed=3) for p in patches.numpy()]
     files = list(dict.fromkeys(file for file, _ in seen))  # the epoch's file order, as first read

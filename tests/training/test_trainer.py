@@ -39,7 +39,8 @@ def test_the_training_step_trains_on_the_batches_the_cpu_reference_augments(tmp_
     classifier's, and the classifier (what model.keras saves) holds no augmentation."""
     corpus = make_corpus(tmp_path, realistic=True)
     packs = pack_files(tmp_path)
-    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, seq_len=3, multi_label=True, label_smoothing=0.1, augmentation=EVERY_STEP)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, seq_len=3, multi_label=True, label_smoothing=0.1,
+                     augmentation=EVERY_STEP)
     reference, stepped = tiny_classifier(), tiny_classifier()
     stepped.set_weights(reference.get_weights())
     before = reference.get_weights()
