@@ -193,6 +193,11 @@ class PackedFeatures:
                            "pack the feature shards again")
         return by_path.loc[list(paths), ["array", "row", "frames", "content"]].reset_index()
 
+    @property
+    def has_activity(self) -> bool:
+        """Whether the index has the patches' activity scores (packs of before them do not)."""
+        return "activity" in self.index
+
     def locate_activity(self, paths: "pd.Series | list[str]") -> list[str]:
         """The `activity` text of each path (jibjib.features.activity.parse_activity reads it)."""
         if "activity" not in self.index:

@@ -34,7 +34,8 @@ class InputPlan:
     cache: CachePlan | None  # a VGGish run's use of the embedding cache; None for another model
     augmentation: AugmentSettings  # what applies to the training batches
     augmentation_dropped: list[str]  # steps the embedding cache cannot apply
-    examples: np.ndarray  # training examples per class
+    examples: np.ndarray  # labelled training examples per class
+    train_examples: int  # every training example (background and weak negatives too)
     class_weights: np.ndarray
     n_background: int  # training files without a species
     steps_per_epoch: int
@@ -117,7 +118,8 @@ def plan_input(run: RunSettings, data: TrainingData, embeddings: list[str | os.P
     weights = class_weights(examples) if run.train.class_balance == "weights" else np.ones(data.n_classes)
     all_examples = len(train_windows)  # background and weak negatives too
     val_positive = (target_matrix(data.val_files["class_ids"], data.n_classes) * labelled_val[:, None]).sum(axis=0) > 0
-    return InputPlan(spec, batch_size, distribution.replicas, cache, applied, dropped, examples, weights,
+    return InputPlan(spec, batch_size, distribution.replicas, cache, applied, dropped, examples, int(all_examples),
+                     weights,
                      n_background=int(background_rows(data.train_files).sum()),
                      steps_per_epoch=steps_per_epoch(int(all_examples), batch_size, distribution),
                      monitor=monitor(run, int(val_counts.sum()), val_positive),

@@ -69,10 +69,15 @@ class WindowRule:
 
 
 def file_activity(files: pd.DataFrame, packs: PackedFeatures | None = None) -> list[np.ndarray]:
-    """Each file's patch activity scores: from the packed index if given (nothing else is read), else from its
-    npz (one read of the log-mel)."""
-    if packs is not None:
+    """Each file's patch activity scores: from the packed index if given (nothing else is read; a pack of
+    before the scores is scored from its own rows, one read of them), else from its npz (one read of the
+    log-mel)."""
+    if packs is not None and packs.has_activity:
         return [parse_activity(text) for text in packs.locate_activity(files["path"])]
+    if packs is not None:
+        where = packs.locate(files["path"])
+        return [patch_activity(packs.read(int(a), int(r), int(n)))
+                for a, r, n in zip(where["array"], where["row"], where["frames"])]
     out = []
     for feature in files["feature"]:
         with np.load(feature, allow_pickle=False) as z:

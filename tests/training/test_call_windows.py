@@ -122,3 +122,9 @@ def test_the_packed_input_gives_the_same_labels(focal: pd.DataFrame, tmp_path: P
     per_file = _all(gathered_batches(files, spec, batch_size=4, training=False))
     assert _rows(*packed) == _rows(*per_file)
     assert len(packed[0]) == 12 and sorted(packed[1].tolist()).count(0.25) == 5
+    # A pack of before the activity column (the workflow may not repack it): scored from its own rows.
+    index = pd.read_csv(tmp_path / "p.tsv", sep="\t", dtype=str, keep_default_na=False)
+    index.drop(columns="activity").to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    old = PackedFeatures.open([tmp_path / "p.tsv"])
+    assert not old.has_activity
+    assert _rows(*_all(gathered_batches(files, spec, batch_size=4, training=False, packs=old))) == _rows(*packed)
