@@ -154,7 +154,8 @@ def settings(**changes) -> RunSettings:
     base = {"seed": SEED, "head_units": 16, "multi_label": False, "checkpoint": None, "trainable": "head",
             "embedding_cache": "auto", "dropout": 0.0, "epochs": 20, "batch_size": 8, "learning_rate": 3e-2,
             "lr_schedule": "constant", "patience": 100, "class_balance": "weights", "shuffle_buffer": 64,
-            "mixed_precision": False, "augment": {"enabled": False}}
+            "mixed_precision": False, "augment": {"enabled": False},
+            "call_windows": "all"}  # stationary log-mel holds no calls: every window takes its file's label
     flat = {**base, **changes}
     shared = {field.name for field in dataclasses.fields(TrainSettings)}
     return RunSettings.of("vggish", {k: v for k, v in flat.items() if k in shared},
@@ -196,8 +197,8 @@ def test_mixup_only_sampling_smoothing_and_sigmoid_from_the_cache(tmp_path: Path
     report = train_run(root, "model", epochs=2, multi_label=True, class_balance="sampling", label_smoothing=0.1,
                        augment={"enabled": True, "mixup_probability": 0.5})
     assert report["embedding_cache"]["augmentation_not_applied"] == [
-        "random_offsets", "gain_db", "background_probability", "time_masks", "freq_masks"]
-    assert report["augmentation"]["mixup_probability"] == 0.5
+        "random_offsets", "gain_db", "background_probability", "time_masks", "freq_masks", "union_mix_probability"]
+    assert report["augmentation"]["mixup_probability"] == 0.5 and report["augmentation"]["union_mix_probability"] == 0
     assert report["augmentation"]["gain_db"] == 0.0 and report["augmentation"]["time_masks"] == 0
     assert report["epochs_completed"] == 2
     assert np.isfinite(pd.read_csv(root / "model/history.tsv", sep="\t")["loss"]).all()
