@@ -128,3 +128,24 @@ def test_the_packed_input_gives_the_same_labels(focal: pd.DataFrame, tmp_path: P
     old = PackedFeatures.open([tmp_path / "p.tsv"])
     assert not old.has_activity
     assert _rows(*_all(gathered_batches(files, spec, batch_size=4, training=False, packs=old))) == _rows(*packed)
+
+
+class _Cache:
+    """The rows of an embedding cache of the focal files: 4 patches each, row = patch number in the cache."""
+
+    def rows(self, paths):
+        file_of = np.repeat(np.arange(len(paths)), 4).astype(np.int32)
+        return np.zeros(len(file_of), np.int32), np.arange(len(file_of), dtype=np.int64), file_of
+
+
+def test_the_cached_input_keeps_the_same_patches(focal: pd.DataFrame):
+    from jibjib.training.inputs.cached import _window_patches
+
+    spec = InputSpec(n_classes=2, multi_label=True, windows=DROP)
+    _, rows, file_of, labelled, weight = _window_patches(focal, _Cache(), spec, None)
+    assert rows.tolist() == [1, 3, 4, 8, 9, 10, 11] and file_of.tolist() == [0, 0, 1, 2, 2, 2, 2]
+    assert labelled.all() and (weight == 1).all()
+    spec = InputSpec(n_classes=2, multi_label=True, windows=NEGATIVE)
+    _, rows, file_of, labelled, weight = _window_patches(focal, _Cache(), spec, None)
+    assert rows.tolist() == list(range(12))
+    assert (~labelled).nonzero()[0].tolist() == [0, 2, 5, 6, 7] and (weight[~labelled] == 0.25).all()
