@@ -89,9 +89,11 @@ def datasets(root: Path, batch: int, augmented: bool) -> dict:
     from jibjib.labels.tables import split_files
     from jibjib.packing import PackedFeatures
     from jibjib.training.inputs import InputSpec, gathered_batches, training_dataset
+    from jibjib.training.windows import WindowRule
 
     files = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "train")
-    spec = InputSpec(n_classes=len(LABELS), multi_label=True,
+    spec = InputSpec(windows=WindowRule.every_window(),  # synthetic log-mel: the plain grid
+                     n_classes=len(LABELS), multi_label=True,
                      augmentation=AugmentSettings.from_dict({"enabled": augmented}))
     packs = PackedFeatures.open([root / "packed/shard-00.tsv"])
     return {"npz": gathered_batches(files, spec, batch, training=True, seed=0),

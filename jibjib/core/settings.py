@@ -163,6 +163,7 @@ class AugmentSettings(Section):
     freq_mask_bands: int  # widest frequency mask
     mixup_probability: float  # share of examples mixed with another example of the batch
     mixup_alpha: float  # Beta(alpha, alpha) of the mixing weight
+    union_mix_probability: float  # share of examples summed (power domain) with another, targets united
     lowpass_probability: float  # share of examples heard from far away
     lowpass_hz: tuple[float, float]  # range of the low-pass corner
 
@@ -188,7 +189,7 @@ class AugmentSettings(Section):
         """Every step off (what validation and evaluation see)."""
         return dataclasses.replace(self, enabled=False, random_offsets=False, gain_db=0.0,
                                    background_probability=0.0, time_masks=0, freq_masks=0, mixup_probability=0.0,
-                                   lowpass_probability=0.0)
+                                   union_mix_probability=0.0, lowpass_probability=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +213,10 @@ class TrainSettings(Section):
     warmup_epochs: float
     lr_scaling: str  # none (batch_size is the global batch) | sqrt | linear (batch_size per replica)
     monitor: str  # val_cmap | val_loss: what early stopping and the best epoch follow
+    call_windows: str  # activity | all: which windows of a species file are that species
+    activity_threshold_db: float  # a patch is active from this activity score on
+    inactive_windows: str  # drop | negative: inactive windows of species files in training
+    inactive_weight: float  # loss weight of an inactive window kept as a weak negative
     augment: AugmentSettings
 
 

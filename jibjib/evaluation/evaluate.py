@@ -13,15 +13,16 @@ window (the model's unit: a patch for VGGish, seq_len patches for the
 ConvLSTM) every hop: they are fitted on the raw probabilities of the windows
 analyze would cut from the val files (every whole window of its grid, at
 analyze's hop; no zero-padded tail, which analyze never scores), not on the
-units the file scores average.  The data holds
-no labels finer than a file, so every window takes its file's label: a
-window of a focal recording that holds no song still counts as that species,
-and a call of another species in its background counts as a false detection
-of that other species.  Songless windows the model rightly misses lower the
-window recall; background calls lower the window precision, so it is a lower
-bound and the thresholds err on the high side, as long as the model does not
-score a recording's songless windows high for the recording's species
-(learning the recording rather than the song), which would raise it.
+units the file scores average.  The window labels follow the run's
+train.call_windows (jibjib.training.windows), so the thresholds are fitted
+on the labels the model learnt: with `activity` a window of a species file
+is that species only where it holds an active patch (jibjib.features.activity,
+the file's own noise floor); its other windows are left out (inactive_windows
+drop) or are negatives (negative).  With `all` every window takes its file's
+label: a window of a focal recording that holds no song still counts as that
+species, which lowers the window recall of a model that rightly misses it.
+A call of another species in a window's background counts as a false
+detection of that other species either way.
 
 The truth of a file is its set of classes (split.tsv's `species`): a file of
 a background folder is a negative for every class, a file of a multi-species
@@ -50,8 +51,10 @@ from jibjib.core.params import VGGISH, FrontEnd, WindowGrid
 from jibjib.core.settings import RunSettings
 from jibjib.evaluation import metrics, thresholds as fitting
 from jibjib.evaluation.report import markdown_report
+from jibjib.features.activity import window_activity
 from jibjib.labels.tables import split_files, target_matrix
 from jibjib.training.examples import load_patches, to_sequences
+from jibjib.training.windows import WindowRule
 
 # Patches per forward pass: large enough to keep a CPU busy, small enough for
 # any GPU; memory does not grow with the size of the split.
@@ -115,16 +118,22 @@ def model_seq_len(model: Any) -> int | None:
     return int(model.inputs[0].shape[1]) if len(model.inputs) > 1 else None
 
 
-def score_files(model: Any, files: pd.DataFrame, grid: WindowGrid | None = None) -> tuple[np.ndarray, np.ndarray]:
+def score_files(model: Any, files: pd.DataFrame, grid: WindowGrid | None = None,
+                activity: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logits of every unit of `files` (with `grid`: of every analysis window) and the row of `files` each
-    belongs to."""
+    belongs to. `activity`, with `grid`: a list that gets each scored window's activity score (one array a
+    file with a window, jibjib.features.activity.window_activity)."""
     seq_len = model_seq_len(model)
     if grid is None:
         examples = functools.partial(unit_examples, seq_len=seq_len)
     else:
         def examples(npz: str) -> Example | None:
             with np.load(npz, allow_pickle=False) as z:
-                return analysis_windows(z["log_mel"], grid, seq_len)
+                windows = analysis_windows(z["log_mel"], grid, seq_len)
+                if windows is not None and activity is not None:
+                    count = len(windows) if seq_len is None else len(windows[0])
+                    activity.append(window_activity(z["log_mel"], grid.window_frames, grid.hop_frames, count))
+                return windows
     logits, owners = [], []
     for inputs, owner in _batches(files, examples, seq_len):
         logits.append(np.asarray(model.predict_on_batch(inputs), dtype=np.float64))
@@ -145,6 +154,7 @@ class ScoredSplit:
     unscored: int  # files too short for one patch
     window_logits: np.ndarray  # (windows, classes): the windows analyze cuts (analysis_windows)
     window_owner: np.ndarray  # row of `files` for each window
+    window_activity: np.ndarray | None = None  # (windows,) activity score in dB of each window
 
     @property
     def y(self) -> np.ndarray:
@@ -184,11 +194,13 @@ class Labelled:
 
 def score_split(model: Any, files: pd.DataFrame, grid: WindowGrid) -> ScoredSplit:
     logits, owner = score_files(model, files)
-    window_logits, window_owner = score_files(model, files, grid)
+    activity: list[np.ndarray] = []
+    window_logits, window_owner = score_files(model, files, grid, activity)
     scored = np.unique(owner)
     # Renumber owners to the files that have patches (a file with a whole window has a whole patch).
     return ScoredSplit(files.iloc[scored].reset_index(drop=True), logits, np.searchsorted(scored, owner),
-                       len(files) - len(scored), window_logits, np.searchsorted(scored, window_owner))
+                       len(files) - len(scored), window_logits, np.searchsorted(scored, window_owner),
+                       np.concatenate(activity) if activity else np.zeros(0, np.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +212,7 @@ class ThresholdRule:
     min_support: int = 1
     window_unit: str = "patch"
     grid: WindowGrid | None = None
+    windows: WindowRule = dataclasses.field(default_factory=WindowRule.every_window)  # train.call_windows of the run
 
 
 def evaluate(
@@ -222,12 +235,13 @@ def evaluate(
     model_dir, out = Path(model_dir), Path(out_dir)
     trained = json.loads((model_dir / "train.json").read_text())
     model = load_for_inference(model_dir / "model.keras")  # float32 also after mixed precision
-    multi_label = RunSettings.from_dict(trained["settings"]).net.multi_label
+    run = RunSettings.from_dict(trained["settings"])
+    multi_label = run.net.multi_label
     classes = pd.read_csv(labels_tsv, sep="\t", keep_default_na=False)["label"].astype(str).tolist()
     seq_len = model_seq_len(model)
     unit = "patch" if seq_len is None else "sequence"
     rule = ThresholdRule(target_precision, min_threshold_support, unit,
-                         WindowGrid.for_model(params, seq_len or 1, hop_seconds))
+                         WindowGrid.for_model(params, seq_len or 1, hop_seconds), WindowRule.of(run.train))
 
     def scored(split: str) -> ScoredSplit:
         files = split_files(split_tsv, labels_tsv, features_dir, split)
@@ -236,9 +250,9 @@ def evaluate(
 
     val, test = scored("val"), scored("test")
     temperature = metrics.fit_temperature(val.logits, val.owner, val.truth, multi_label)
-    test_kinds = threshold_scores(test, temperature, multi_label)
-    thresholds, threshold_report = threshold_table(threshold_scores(val, temperature, multi_label), test_kinds,
-                                                   classes, rule)
+    test_kinds = threshold_scores(test, temperature, multi_label, rule.windows)
+    thresholds, threshold_report = threshold_table(threshold_scores(val, temperature, multi_label, rule.windows),
+                                                   test_kinds, classes, rule)
     file_level = metrics.classification_metrics(test.truth, test_kinds["raw"].scores, classes, top_k)
     calibration, reliability = calibration_summary(test, test_kinds, temperature, multi_label, len(val.files))
     report = {
@@ -323,15 +337,30 @@ def write_outputs(out: Path, report: dict[str, Any], test: ScoredSplit, test_sco
 THRESHOLD_KINDS = {"raw": "", "calibrated": "calibrated_", "window": "window_"}
 
 
-def threshold_scores(split: ScoredSplit, temperature: float, multi_label: bool) -> dict[str, Labelled]:
+def window_truth(split: ScoredSplit, windows: WindowRule) -> tuple[np.ndarray, np.ndarray]:
+    """(windows, classes) truth of the analysis windows under the window rule, and which windows count: with
+    call_windows all every window has its file's classes; with activity a species file's inactive windows
+    are left out (drop) or have none (negative). Background windows count as negatives either way."""
+    truth = split.truth[split.window_owner]
+    kept = np.ones(len(truth), bool)
+    if windows.uses_activity and split.window_activity is not None:
+        active = split.window_activity >= windows.threshold_db
+        if windows.inactive == "drop":
+            kept = active | ~truth.any(axis=1)
+        truth = truth & active[:, None]
+    return truth, kept
+
+
+def threshold_scores(split: ScoredSplit, temperature: float, multi_label: bool,
+                     windows: WindowRule | None = None) -> dict[str, Labelled]:
     """The scores of `split` each kind of threshold (THRESHOLD_KINDS) is fitted on or measured with: file
-    scores, raw and calibrated, and the raw probabilities of the windows analyze cuts (each window with its
-    file's truth; the minimum support counts the files)."""
+    scores, raw and calibrated, and the raw probabilities of the windows analyze cuts (each window labelled
+    by `windows`, see window_truth; the minimum support counts the files)."""
     truth = split.truth
+    labels, kept = window_truth(split, windows or WindowRule.every_window())
     return {"raw": Labelled(truth, split.file_scores(1.0, multi_label)),
             "calibrated": Labelled(truth, split.file_scores(temperature, multi_label)),
-            "window": Labelled(truth[split.window_owner],
-                               metrics.probabilities(split.window_logits, multi_label=multi_label),
+            "window": Labelled(labels[kept], metrics.probabilities(split.window_logits[kept], multi_label=multi_label),
                                file_support=truth.sum(axis=0))}
 
 
@@ -385,8 +414,9 @@ def threshold_table(val: dict[str, Labelled], test: dict[str, Labelled], classes
     summary["window_unit"] = rule.window_unit
     if rule.grid is not None:
         summary.update(window_seconds=rule.grid.window_seconds, window_hop_seconds=rule.grid.hop_seconds)
-    summary["window_labels"] = ("each window analyze would cut (every whole window at its hop, no padding) takes "
-                                "its file's label, also where it holds no song (the data has no finer labels)")
+    summary["window_labels"] = ("each window analyze would cut (every whole window at its hop, no padding), "
+                                "labelled by train.call_windows " + rule.windows.describe())
+    summary["call_windows"] = rule.windows.call_windows
     summary["per_class"] = json.loads(table.to_json(orient="records", double_precision=15))
     return table, summary
 

@@ -104,14 +104,22 @@ def threshold_sentence(summary: dict[str, Any]) -> str:
             "95 % interval, in thresholds.tsv." + _fallbacks(summary, "raw"))
 
 
+def _window_labels(summary: dict[str, Any]) -> str:
+    """How the windows were labelled (train.call_windows), as a clause."""
+    if summary.get("call_windows") == "activity":
+        return ("each labelled with its file's species where it holds an active patch (train.call_windows: "
+                "activity; " + summary["window_labels"].split("activity: ", 1)[-1] + ")")
+    return "each labelled with its file's species also where it holds no song"
+
+
 def window_threshold_sentence(summary: dict[str, Any]) -> str:
     """The window thresholds (for `jibjib analyze`) in one sentence."""
     unit = summary["window_unit"]
     grid = (f" ({summary['window_seconds']:.2f} s every {summary['window_hop_seconds']:.2f} s, as analyze cuts them)"
             if "window_seconds" in summary else "")
     return (f"Window thresholds for precision {summary['target_precision']:g}, fitted on the raw probabilities of "
-            f"the val windows{grid}, each labelled with its file's species also where it holds no song, on the "
-            "test windows: " + _test_outcome(summary, "window", "window")
+            f"the val windows{grid}, {_window_labels(summary)}, on the test windows: "
+            + _test_outcome(summary, "window", "window")
             + f". {summary['window']['classes_with_threshold']} species have one (window_threshold in "
             f"thresholds.tsv; a window is one {unit})." + _fallbacks(summary, "window"))
 

@@ -7,8 +7,13 @@ Layout, per feature shard (results/packed/<shard>.npy and <shard>.tsv):
   bytes read per patch; log-mel values (about -5 to 8) keep 3 significant
   digits, far below the noise of any recording.
 - `<shard>.tsv`: INDEX_COLUMNS, one row per packed file: its split.tsv
-  `path`, its first `row` in the array, its `frames`, and its feature
-  `content` (source SHA-256 and front end, see jibjib.feature_files).
+  `path`, its first `row` in the array, its `frames`, its feature
+  `content` (source SHA-256 and front end, see jibjib.feature_files) and
+  the `activity` score of each of its patches (jibjib.features.activity:
+  dB, space-separated), computed here from the packed float16 rows.
+
+A pack written before the index had `activity` is upgraded in place: the
+scores are computed from its own rows (no npz is read, the array is kept).
 
 The pack does not depend on the split or the labels: moving a recording to
 another split, or renaming a species in the labels, repacks nothing. Only a
@@ -31,10 +36,12 @@ import numpy as np
 import pandas as pd
 
 from jibjib.core import fsutil
+from jibjib.features.activity import format_activity, patch_activity
 from jibjib.features.files import feature_path, feature_stamp
 from jibjib.features.qc import PROCESSED, read_qc
 
-INDEX_COLUMNS = ["path", "row", "frames", "content"]
+INDEX_COLUMNS = ["path", "row", "frames", "content", "activity"]
+IDENTITY_COLUMNS = ["path", "row", "frames", "content"]  # what decides whether a pack is still current
 DTYPE = np.dtype("<f2")
 
 
@@ -50,7 +57,7 @@ def _header_offset(path: Path) -> tuple[int, tuple[int, int]]:
 
 
 def _read_index(path: Path) -> pd.DataFrame:
-    index = pd.read_csv(path, sep="\t", dtype={"path": str, "content": str}, keep_default_na=False)
+    index = pd.read_csv(path, sep="\t", dtype={"path": str, "content": str, "activity": str}, keep_default_na=False)
     return index.astype({"row": np.int64, "frames": np.int64})
 
 
@@ -69,13 +76,21 @@ def pack_shard(manifest: str | os.PathLike, features_dir: str | os.PathLike, arr
     stamps = [feature_stamp(f) for f in npz]
     rows = np.concatenate([[0], np.cumsum([s.frames for s in stamps])]).astype(np.int64)
     index = pd.DataFrame({"path": paths, "row": rows[:-1], "frames": [s.frames for s in stamps],
-                          "content": [s.content for s in stamps]}, columns=INDEX_COLUMNS)
+                          "content": [s.content for s in stamps]}, columns=IDENTITY_COLUMNS)
 
     previous = _previous_pack(array_path, index_path)
-    if previous is not None and previous.index[INDEX_COLUMNS].equals(index[INDEX_COLUMNS]):
-        for path in (array_path, index_path):
-            os.utime(path)
+    if previous is not None and previous.index[IDENTITY_COLUMNS].equals(index):
+        if "activity" in previous.index:
+            for path in (array_path, index_path):
+                os.utime(path)
+        else:  # a pack of before the activity column: scored from its own rows
+            index["activity"] = [format_activity(patch_activity(previous.read(0, row, n)))
+                                 for row, n in zip(index["row"], index["frames"])]
+            previous.close()
+            os.utime(array_path)
+            fsutil.write_tsv(index_path, index[INDEX_COLUMNS])
         return {"files": len(index), "read": 0, "reused": len(index), "rows": int(rows[-1])}
+    activity = []
 
     bands = _bands(npz, previous)
     old = {} if previous is None else {(p, c, n): r for p, c, n, r in
@@ -98,6 +113,7 @@ def pack_shard(manifest: str | os.PathLike, features_dir: str | os.PathLike, arr
                     if block.shape != (stamp.frames, bands):
                         raise ValueError(f"{source}: log-mel {block.shape}, expected ({stamp.frames}, {bands})")
                     read += 1
+                activity.append(format_activity(patch_activity(block)))
                 f.write(block.tobytes())
 
     try:
@@ -105,7 +121,8 @@ def pack_shard(manifest: str | os.PathLike, features_dir: str | os.PathLike, arr
     finally:
         if previous is not None:
             previous.close()
-    fsutil.write_tsv(index_path, index)
+    index["activity"] = activity
+    fsutil.write_tsv(index_path, index[INDEX_COLUMNS])
     return {"files": len(index), "read": read, "reused": reused, "rows": int(rows[-1])}
 
 
@@ -175,6 +192,19 @@ class PackedFeatures:
             raise KeyError(f"{len(missing)} files are not in the packed features ({missing[0]}, ...): "
                            "pack the feature shards again")
         return by_path.loc[list(paths), ["array", "row", "frames", "content"]].reset_index()
+
+    @property
+    def has_activity(self) -> bool:
+        """Whether the index has the patches' activity scores (packs of before them do not)."""
+        return "activity" in self.index
+
+    def locate_activity(self, paths: "pd.Series | list[str]") -> list[str]:
+        """The `activity` text of each path (jibjib.features.activity.parse_activity reads it)."""
+        if "activity" not in self.index:
+            raise KeyError("the packed features have no activity scores (packed before they existed): "
+                           "pack the feature shards again (jibjib pack; no feature is recomputed)")
+        by_path = self.index.set_index("path")
+        return by_path.loc[list(paths), "activity"].tolist()
 
     def read(self, array: int, row: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         """`count` rows from `row` of one array, into `out` ((count, bands) float16, C-contiguous) if given."""

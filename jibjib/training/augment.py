@@ -199,6 +199,27 @@ def mixup_batch(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, probabil
     return mix_with_previous(inputs, own), mix_with_previous(targets, own)
 
 
+def union_mix(units: tf.Tensor, target: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, probability: float,
+              log_offset: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Sum each chosen example with the one before it in the batch, as sounds, and unite their labels.
+
+    A `probability` of the examples (batch, units, frames, bands) of log-mel
+    are mixed in the power domain with their neighbour (tf.roll(units, 1)),
+    both at their own level (m = sqrt(m_a^2 + m_b^2), see mix_in_power); the
+    target becomes the union (elementwise maximum) of both targets, as for
+    two birds heard together (sigmoid outputs). The mask holds the real
+    patches of both. Returns the units, targets, mask and which were mixed.
+    """
+    chosen = tf.random.stateless_uniform([tf.shape(units)[0]], seed) < probability
+    partner = tf.roll(units, 1, axis=0)
+    summed = to_log_mel(tf.sqrt(tf.square(to_magnitude(units, log_offset))
+                                + tf.square(to_magnitude(partner, log_offset))), log_offset)
+    units = tf.where(chosen[:, None, None, None], summed, units)
+    target = tf.where(chosen[:, None], tf.maximum(target, tf.roll(target, 1, axis=0)), target)
+    mask = mask | (tf.roll(mask, 1, axis=0) & chosen[:, None])
+    return units, target, mask, chosen
+
+
 def batch_seed(example_seeds: tf.Tensor) -> tf.Tensor:
     """The stateless seed of a batch from its examples' seeds ((batch,) int64): the first example's, and the
     batch's size. Each replica's share of a batch holds other examples, so each draws its own randomness; an
@@ -213,19 +234,22 @@ def augment_gathered(batch: dict[str, tf.Tensor], target: tf.Tensor, aug: Augmen
     `batch` is what the CPU side of the input gathers (jibjib.training.inputs):
     `units` (batch, units, frames, bands) of log-mel in float16 or float32,
     their `mask`, each example's `seed` and, where background recordings are
-    mixed in, a `background` of the units' shape. Padded units become silence
+    mixed in, a `background` of the units' shape, and with weak negatives
+    each example's loss `weight`. Padded units become silence
     (params.silence) whatever the input held. Then the background mix,
     distance, gain and masks (augment_batch), then mixup (a mixed sequence's
-    mask holds the real patches of both; a sequence not mixed keeps its own).
-    This runs inside the training step, on the device that trains.
+    mask holds the real patches of both; a sequence not mixed keeps its own),
+    then the union mix (union_mix; a mixed example's weight is the larger of
+    both). This runs inside the training step, on the device that trains.
     """
     units = tf.cast(batch["units"], tf.float32)
     mask = batch["mask"]
     units = tf.where(mask[:, :, None, None], units, params.silence)
+    weight = {"weight": batch["weight"]} if "weight" in batch else {}
     background = batch.get("background")
     mixing = background is not None and aug.background_probability > 0
-    if not (mixing or aug.changes_examples or aug.mixup_probability > 0):
-        return {"units": units, "mask": mask}, target
+    if not (mixing or aug.changes_examples or aug.mixup_probability > 0 or aug.union_mix_probability > 0):
+        return {"units": units, "mask": mask, **weight}, target
     seeds = tf.random.experimental.stateless_split(batch_seed(batch["seed"]), 2)
     if mixing or aug.changes_examples:
         units = augment_batch(units, tf.cast(background, tf.float32) if mixing else None, seeds[0], aug, params,
@@ -234,4 +258,14 @@ def augment_gathered(batch: dict[str, tf.Tensor], target: tf.Tensor, aug: Augmen
         own = mixup_weights(tf.shape(units)[0], seeds[1], aug.mixup_probability, aug.mixup_alpha)
         units, target = mix_with_previous(units, own), mix_with_previous(target, own)
         mask = mask | (tf.roll(mask, 1, axis=0) & (own < 1.0)[:, None])
-    return {"units": units, "mask": mask}, target
+        if weight:
+            weight = {"weight": mix_with_previous(weight["weight"], own)}
+    if aug.union_mix_probability > 0:
+        # Folded from the mixup's seed: the steps before draw as they did before the union mix existed.
+        union_seed = tf.random.experimental.stateless_fold_in(seeds[1], 1)
+        units, target, mask, chosen = union_mix(units, target, mask, union_seed, aug.union_mix_probability,
+                                                params.log_offset)
+        if weight:
+            w = weight["weight"]
+            weight = {"weight": tf.where(chosen, tf.maximum(w, tf.roll(w, 1, axis=0)), w)}
+    return {"units": units, "mask": mask, **weight}, target

@@ -1,4 +1,5 @@
-"""What a run trains on: its classes and the train and val files of split.tsv, checked, with their stamps."""
+"""What a run trains on: its classes and the train and val files of split.tsv, checked, with their stamps
+and (with train.call_windows activity) their patches' activity scores."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from jibjib.features.files import FeatureStamp
 from jibjib.labels.tables import background_rows, split_files
 from jibjib.packing import PackedFeatures
 from jibjib.training.examples import file_stamps
+from jibjib.training.windows import WindowRule, file_activity
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -25,6 +27,9 @@ class TrainingData:
     train_stamps: list[FeatureStamp]
     val_stamps: list[FeatureStamp]
     packs: PackedFeatures | None  # the packed features, when the examples are read from them
+    # Each file's patch activity (jibjib.features.activity); None with train.call_windows all.
+    train_activity: list | None = None
+    val_activity: list | None = None
 
     @property
     def n_classes(self) -> int:
@@ -62,5 +67,7 @@ def load_data(run: RunSettings, split_tsv: str | os.PathLike, labels_tsv: str | 
         raise ValueError(f"{split_tsv} has no training files")
     packs = PackedFeatures.open(packed) if packed else None
     train_stamps, val_stamps = (file_stamps(f, packs) for f in (train_files, val_files))
+    activity = ([file_activity(f, packs) for f in (train_files, val_files)] if WindowRule.of(run.train).uses_activity
+                else [None, None])
     return TrainingData(labels["label"].astype(str).tolist(), train_files, val_files, train_stamps, val_stamps,
-                        packs)
+                        packs, *activity)

@@ -54,7 +54,7 @@ class EpochInputs:
         self.share = distribution.input_share if data.packs is not None and not plan.cached else InputShare()
         if plan.cached:
             self._train, val = cached_datasets(net, plan.cache.cut, embeddings, data.train_files, data.val_files,
-                                               spec, batch_size)
+                                               spec, batch_size, packs=data.packs)
             dropped = plan.augmentation_dropped
             print(f"train {run.model}: the head trains from the embedding cache (output of {plan.cache.cut}); "
                   "augmentation in embedding space is mixup only" + (f", not {', '.join(dropped)}" if dropped else ""),

@@ -18,9 +18,10 @@ from jibjib.embeddings import CachePlan, cache_plan
 from jibjib.labels.tables import background_rows, target_matrix
 from jibjib.training.data import TrainingData
 from jibjib.training.distribute import Distribution
-from jibjib.training.examples import class_weights, example_counts, examples_per_file
+from jibjib.training.examples import class_weights
 from jibjib.training.inputs.cached import applied_augmentation
 from jibjib.training.inputs.spec import InputSpec
+from jibjib.training.windows import WindowExamples, class_examples, window_examples
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -33,7 +34,8 @@ class InputPlan:
     cache: CachePlan | None  # a VGGish run's use of the embedding cache; None for another model
     augmentation: AugmentSettings  # what applies to the training batches
     augmentation_dropped: list[str]  # steps the embedding cache cannot apply
-    examples: np.ndarray  # training examples per class
+    examples: np.ndarray  # labelled training examples per class
+    train_examples: int  # every training example (background and weak negatives too)
     class_weights: np.ndarray
     n_background: int  # training files without a species
     steps_per_epoch: int
@@ -96,25 +98,38 @@ def plan_input(run: RunSettings, data: TrainingData, embeddings: list[str | os.P
     spec = InputSpec.of(run, data.n_classes)
     applied, dropped = applied_augmentation(spec.augmentation) if cached else (spec.augmentation.active(), [])
     batch_size = global_batch(run, distribution.replicas)
-    examples = example_counts(data.train_stamps, data.train_files["class_ids"], data.n_classes, spec.seq_len,
-                              spec.short_files)
+    train_windows, val_windows = (_windows(spec, files, stamps, activity) for files, stamps, activity in (
+        (data.train_files, data.train_stamps, data.train_activity), (data.val_files, data.val_stamps,
+                                                                      data.val_activity)))
+    examples = class_examples(data.train_files, train_windows, data.n_classes)
     unserved = [data.classes[c] for c in np.flatnonzero(examples == 0)
                 if data.train_files["class_ids"].map(lambda ids, c=c: c in ids).any()]
     if unserved:
         why = ("shorter than one patch" if spec.seq_len is None else
                f"shorter than seq_len ({spec.seq_len} patches) and convlstm.short_files is skip: set it to pad "
                "or shorten seq_len")
+        if spec.windows.uses_activity:
+            why = (f"{why}, or without a patch whose activity reaches train.activity_threshold_db "
+                   f"({spec.windows.threshold_db:g} dB): lower it, or set train.call_windows: all")
         raise ConfigError(f"{len(unserved)} class(es) have training files but no training example, every file "
                           f"{why} (first: {unserved[0]})")
-    val_counts = examples_per_file(data.val_stamps, spec.seq_len, spec.short_files)
+    val_counts = val_windows.per_file(len(data.val_files))
+    labelled_val = np.bincount(val_windows.file[val_windows.labelled], minlength=len(data.val_files))
     weights = class_weights(examples) if run.train.class_balance == "weights" else np.ones(data.n_classes)
-    all_examples = examples_per_file(data.train_stamps, spec.seq_len, spec.short_files).sum()  # background too
-    val_positive = (target_matrix(data.val_files["class_ids"], data.n_classes) * val_counts[:, None]).sum(axis=0) > 0
-    return InputPlan(spec, batch_size, distribution.replicas, cache, applied, dropped, examples, weights,
+    all_examples = len(train_windows)  # background and weak negatives too
+    val_positive = (target_matrix(data.val_files["class_ids"], data.n_classes) * labelled_val[:, None]).sum(axis=0) > 0
+    return InputPlan(spec, batch_size, distribution.replicas, cache, applied, dropped, examples, int(all_examples),
+                     weights,
                      n_background=int(background_rows(data.train_files).sum()),
                      steps_per_epoch=steps_per_epoch(int(all_examples), batch_size, distribution),
                      monitor=monitor(run, int(val_counts.sum()), val_positive),
                      val_examples=int(val_counts.sum()), val_positive=val_positive)
+
+
+def _windows(spec: InputSpec, files, stamps, activity) -> WindowExamples:
+    """The examples of one split under the run's window rule (jibjib.training.windows)."""
+    return window_examples(files, stamps, activity, spec.unit_patches, spec.short_files, spec.windows,
+                           spec.frontend.patch_frames)
 
 
 def monitor(run: RunSettings, val_examples: int, val_positive: np.ndarray) -> str:

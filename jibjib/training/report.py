@@ -36,6 +36,8 @@ class TrainReport:
     n_train_files: int
     n_val_files: int
     train_examples_per_class: list[int]
+    train_examples: int  # every training example: positives, background and weak negatives
+    window_labels: str  # which windows took their file's label (train.call_windows)
     n_train_background_files: int
     augmentation: AugmentSettings  # what applied to the training batches
     embedding_cache: dict[str, Any] | None  # VGGish: used (the cut, the steps not applied) or why not
@@ -76,6 +78,8 @@ class TrainReport:
             n_train_files=len(data.train_files),
             n_val_files=len(data.val_files),
             train_examples_per_class=[int(n) for n in plan.examples],
+            train_examples=plan.train_examples,
+            window_labels=plan.spec.windows.describe(),
             n_train_background_files=plan.n_background,
             augmentation=plan.augmentation,
             embedding_cache=({"used": True, "cut": cache.cut, "augmentation_not_applied": plan.augmentation_dropped}

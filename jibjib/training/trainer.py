@@ -52,7 +52,18 @@ class AugmentingTrainer(keras.Model):
     def train_step(self, data: Any) -> Any:
         batch, target = data
         batch, target = augment_gathered(batch, target, self.augmentation, self.frontend)
-        return super().train_step((batch, target))
+        return super().train_step(_with_weight(batch, target))
+
+    def test_step(self, data: Any) -> Any:
+        return super().test_step(_with_weight(*data))
+
+
+def _with_weight(batch: dict, target: Any) -> tuple:
+    """(batch, target) or, where the batch carries loss weights (weak negatives), (batch, target, weight)."""
+    if "weight" not in batch:
+        return batch, target
+    batch = dict(batch)
+    return batch, target, batch.pop("weight")
 
 
 def compile_options(train: TrainSettings, gpus: int) -> dict[str, Any]:

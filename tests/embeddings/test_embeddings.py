@@ -154,7 +154,8 @@ def settings(**changes) -> RunSettings:
     base = {"seed": SEED, "head_units": 16, "multi_label": False, "checkpoint": None, "trainable": "head",
             "embedding_cache": "auto", "dropout": 0.0, "epochs": 20, "batch_size": 8, "learning_rate": 3e-2,
             "lr_schedule": "constant", "patience": 100, "class_balance": "weights", "shuffle_buffer": 64,
-            "mixed_precision": False, "augment": {"enabled": False}}
+            "mixed_precision": False, "augment": {"enabled": False},
+            "call_windows": "all"}  # stationary log-mel holds no calls: every window takes its file's label
     flat = {**base, **changes}
     shared = {field.name for field in dataclasses.fields(TrainSettings)}
     return RunSettings.of("vggish", {k: v for k, v in flat.items() if k in shared},
@@ -196,8 +197,8 @@ def test_mixup_only_sampling_smoothing_and_sigmoid_from_the_cache(tmp_path: Path
     report = train_run(root, "model", epochs=2, multi_label=True, class_balance="sampling", label_smoothing=0.1,
                        augment={"enabled": True, "mixup_probability": 0.5})
     assert report["embedding_cache"]["augmentation_not_applied"] == [
-        "random_offsets", "gain_db", "background_probability", "time_masks", "freq_masks"]
-    assert report["augmentation"]["mixup_probability"] == 0.5
+        "random_offsets", "gain_db", "background_probability", "time_masks", "freq_masks", "union_mix_probability"]
+    assert report["augmentation"]["mixup_probability"] == 0.5 and report["augmentation"]["union_mix_probability"] == 0
     assert report["augmentation"]["gain_db"] == 0.0 and report["augmentation"]["time_masks"] == 0
     assert report["epochs_completed"] == 2
     assert np.isfinite(pd.read_csv(root / "model/history.tsv", sep="\t")["loss"]).all()
@@ -227,13 +228,15 @@ import re, sys
 import pandas as pd
 from jibjib.training.inputs import cached
 from jibjib.training.inputs.spec import InputSpec
+from jibjib.training.windows import WindowRule
 # The cache names its trunk "t": no model is needed to check it is this run's.
 cached.trunk_of = lambda net: None
 cached.frozen_weights_digest = lambda trunk, cut: "t"
 index = pd.read_csv(sys.argv[1], sep="\\t", dtype={"path": str})
 files = pd.DataFrame({"path": index["path"], "class_ids": [(i % 2,) for i in range(len(index))]})
 train, val = files.iloc[::2].reset_index(drop=True), files.iloc[1::2].reset_index(drop=True)
-train_batches, val_batches = cached.cached_datasets(None, "fc1_2", [sys.argv[1]], train, val, InputSpec(n_classes=2),
+spec = InputSpec(windows=WindowRule.every_window(), n_classes=2)
+train_batches, val_batches = cached.cached_datasets(None, "fc1_2", [sys.argv[1]], train, val, spec,
                                                    64)
 rows = sum(int(x.shape[0]) for ds in (train_batches(0), val_batches) for x, _ in ds)
 print(rows, re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1])

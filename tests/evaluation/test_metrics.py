@@ -518,3 +518,33 @@ def test_convlstm_window_thresholds_never_see_a_padded_tail(tmp_path) -> None:
     windows, owner = score_files(model, files, WindowGrid.for_model(VGGISH, 2))
     assert units[:, 0] == pytest.approx([4.0, -1.0])
     assert windows[:, 0] == pytest.approx([4.0, 4.0]) and owner.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("inactive", ["drop", "negative"])
+def test_window_labels_follow_the_call_windows_of_the_run(inactive: str) -> None:
+    """A species file's inactive windows are left out (drop) or negatives; background windows stay negatives."""
+    pytest.importorskip("tensorflow")
+    import pandas as pd
+
+    from jibjib.evaluation.evaluate import ScoredSplit, ThresholdRule, threshold_scores, threshold_table
+    from jibjib.evaluation.report import window_threshold_sentence
+    from jibjib.training.windows import WindowRule
+
+    # File a (class 0): windows 0.9 (active) and 0.8 (silent); background file: windows 0.2 and 0.85 (both silent).
+    p, owner = np.array([0.9, 0.8, 0.2, 0.85]), np.array([0, 0, 1, 1])
+    logits = np.log(np.c_[p, 1 - p] / (1 - np.c_[p, 1 - p]))
+    files = pd.DataFrame({"class_id": [0, -1], "class_ids": [(0,), ()]})
+    split = ScoredSplit(files, logits, owner, 0, logits, owner, np.array([20.0, 1.0, 1.0, 1.0]))
+    rule = WindowRule("activity", 6.0, inactive, 0.3)
+    window = threshold_scores(split, 1.0, True, rule)["window"]
+    if inactive == "drop":
+        assert window.y.tolist() == [[True, False], [False, False], [False, False]]
+        assert window.scores[:, 0].round(2).tolist() == [0.9, 0.2, 0.85]
+    else:
+        assert window.y.tolist() == [[True, False]] + [[False, False]] * 3
+    # Under every_window the silent window of file a is a positive, as before.
+    assert threshold_scores(split, 1.0, True)["window"].y[:, 0].tolist() == [True, True, False, False]
+    _, summary = threshold_table(threshold_scores(split, 1.0, True, rule), threshold_scores(split, 1.0, True, rule),
+                                 ["a", "b"], ThresholdRule(target_precision=1.0, windows=rule))
+    assert summary["call_windows"] == "activity" and "6 dB" in summary["window_labels"]
+    assert "where it holds an active patch" in window_threshold_sentence(summary)

@@ -15,9 +15,12 @@ tf = pytest.importorskip("tensorflow")
 from jibjib.core import fsutil  # noqa: E402
 from jibjib.labels.tables import split_files  # noqa: E402
 from jibjib.training.inputs import InputSpec, training_dataset  # noqa: E402
+from jibjib.training.windows import WindowRule  # noqa: E402
 from jibjib.packing import PackedFeatures, pack_shard  # noqa: E402
 from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 from jibjib.core.settings import AugmentSettings  # noqa: E402
+
+EVERY_WINDOW = WindowRule.every_window()  # the tests' log-mel is no audio: the plain grid, every window labelled
 
 OFF = AugmentSettings.from_dict({"enabled": False})
 
@@ -63,7 +66,7 @@ def test_every_patch_once_per_epoch_in_a_new_exact_shuffle(tmp_path: Path) -> No
     pack(tmp_path)
     packs = PackedFeatures.open([tmp_path / "packed/s.tsv"])
     expected = sorted((i, 96 * k) for i in range(12) for k in range(1 + i % 4))
-    spec = InputSpec(n_classes=2, augmentation=OFF)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=OFF)
     dataset = training_dataset(files, spec, 8, training=True, seed=3, packs=packs)
     first, second = epoch_patches(dataset), epoch_patches(dataset)
     assert sorted(first) == expected and sorted(second) == expected
@@ -80,7 +83,7 @@ def test_sequences_are_cut_and_padded_as_from_the_npz(tmp_path: Path) -> None:
     files = make_split(tmp_path)
     pack(tmp_path)
     packs = PackedFeatures.open([tmp_path / "packed/s.tsv"])
-    spec = InputSpec(n_classes=2, seq_len=3, augmentation=OFF)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, seq_len=3, augmentation=OFF)
     for (a, _), (b, _) in zip(training_dataset(files, spec, 4, training=False, packs=packs),
                               training_dataset(files, spec, 4, training=False), strict=True):
         assert np.array_equal(a["mask"], b["mask"]) and np.array_equal(a["patches"], b["patches"])
@@ -136,6 +139,29 @@ def test_adding_a_recording_repacks_by_content(tmp_path: Path) -> None:
         packs.locate(["Alpha_one/Alpha_one-0_1.wav"])
 
 
+def test_a_pack_without_activity_scores_gets_them_from_its_own_rows(tmp_path: Path) -> None:
+    """An index of before the activity column is upgraded from the pack's rows: no npz is read, the array kept."""
+    from jibjib.features.activity import parse_activity, patch_activity
+
+    make_split(tmp_path)
+    pack(tmp_path)
+    array, index = tmp_path / "packed/s.npy", tmp_path / "packed/s.tsv"
+    scored = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
+    scored.drop(columns="activity").to_csv(index, sep="\t", index=False)
+    before = array.read_bytes()
+    with pytest.raises(KeyError, match="no activity scores"):
+        PackedFeatures.open([index]).locate_activity(scored["path"])
+    counts = pack(tmp_path)
+    assert counts["read"] == 0 and counts["reused"] == 12 and array.read_bytes() == before
+    upgraded = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
+    assert upgraded["activity"].tolist() == scored["activity"].tolist()
+    packs = PackedFeatures.open([index])
+    where = packs.locate(scored["path"][:1]).iloc[0]
+    rows = packs.read(int(where["array"]), int(where["row"]), int(where["frames"]))
+    assert np.array_equal(parse_activity(packs.locate_activity(scored["path"][:1])[0]), patch_activity(rows))
+    assert len(parse_activity(upgraded["activity"][0])) == int(where["frames"]) // 96
+
+
 def test_background_is_mixed_into_packed_batches(tmp_path: Path) -> None:
     """Background stretches (a recording shorter than a patch repeated) raise every magnitude they are added to."""
     make_split(tmp_path)
@@ -154,11 +180,12 @@ def test_background_is_mixed_into_packed_batches(tmp_path: Path) -> None:
     packs = PackedFeatures.open([tmp_path / "packed/s.tsv"])
     files = split_files(tmp_path / "split.tsv", tmp_path / "labels.tsv", tmp_path / "features", "train")
     quiet = AugmentSettings.from_dict({"random_offsets": False, "gain_db": 0.0, "time_masks": 0, "freq_masks": 0,
-                                       "mixup_probability": 0.0, "background_probability": 0.0})
+                                       "mixup_probability": 0.0, "union_mix_probability": 0.0,
+                                       "background_probability": 0.0})
     noisy = dataclasses.replace(quiet, background_probability=1.0, background_snr_db=(0.0, 0.0))
 
     def epoch(aug: AugmentSettings) -> np.ndarray:
-        spec = InputSpec(n_classes=2, augmentation=aug)
+        spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=aug)
         return np.concatenate([x.numpy() for x, _ in training_dataset(files, spec, 8, training=True, seed=1,
                                                                           packs=packs)])
 

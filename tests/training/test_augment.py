@@ -20,12 +20,15 @@ from jibjib.core.settings import AugmentSettings  # noqa: E402
 from jibjib.labels.tables import split_files  # noqa: E402
 from jibjib.training.examples import file_targets  # noqa: E402
 from jibjib.training.inputs import InputSpec, training_dataset  # noqa: E402
+from jibjib.training.windows import WindowRule  # noqa: E402
 from jibjib.features.frontend import log_mel  # noqa: E402
 from jibjib.packing import PackedFeatures  # noqa: E402
 from jibjib.core.params import VGGISH  # noqa: E402
 from jibjib.training.augment import (
     augment_example, lowpass_gain, mel_band_hz, mix_in_power, mixup_batch, to_magnitude,
 )
+
+EVERY_WINDOW = WindowRule.every_window()  # the tests' log-mel is no audio: the plain grid, every window labelled
 
 OFF = dataclasses.replace(AugmentSettings.from_dict({"enabled": False}).active(), enabled=True)  # every step off
 OFFSET = VGGISH.log_offset
@@ -179,8 +182,8 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> PackedFeatures | N
 
 
 def test_background_and_multi_species_targets(corpus: pd.DataFrame) -> None:
-    softmax = file_targets(corpus, InputSpec(n_classes=2))
-    sigmoid = file_targets(corpus, InputSpec(n_classes=2, multi_label=True))
+    softmax = file_targets(corpus, InputSpec(windows=EVERY_WINDOW, n_classes=2, multi_label=False))
+    sigmoid = file_targets(corpus, InputSpec(windows=EVERY_WINDOW, n_classes=2, multi_label=True))
     background = (corpus["label"] == "noise").to_numpy()
     assert (sigmoid[background] == 0).all() and (softmax[background] == 0.5).all()
     both = (corpus["label"] == "Alpha_one,Beta_two").to_numpy()
@@ -190,14 +193,15 @@ def test_background_and_multi_species_targets(corpus: pd.DataFrame) -> None:
 
 def test_random_offsets_move_the_grid_and_evaluation_keeps_it(corpus: pd.DataFrame,
                                                                source: PackedFeatures | None) -> None:
-    spec = InputSpec(n_classes=2, augmentation=only(random_offsets=True), shuffle_buffer=4)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=only(random_offsets=True), shuffle_buffer=4)
     offsets = Counter()
     for _ in range(3):
         for patches, _targets in training_dataset(corpus, spec, 8, training=True, seed=1, packs=source):
             offsets.update((patches.numpy()[:, 0, 1] % 96).astype(int).tolist())
     assert len(offsets) > 3 and max(offsets) < 96
     # Evaluation: the fixed grid, every value as stored, whatever the augmentation settings.
-    spec = InputSpec(n_classes=2, augmentation=AugmentSettings.from_dict({"lowpass_probability": 1.0}))
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2,
+                     augmentation=AugmentSettings.from_dict({"lowpass_probability": 1.0}))
     for patches, _targets in training_dataset(corpus, spec, 8, training=False, packs=source):
         values = patches.numpy()
         assert (values[:, 0, 1] % 96 == 0).all()
@@ -207,7 +211,8 @@ def test_random_offsets_move_the_grid_and_evaluation_keeps_it(corpus: pd.DataFra
 def test_training_input_is_reproducible(tmp_path: Path, source: PackedFeatures | None) -> None:
     corpus = make_corpus(tmp_path, realistic=True)
     source = pack_files(tmp_path) if source is not None else None  # of the realistic values
-    spec = InputSpec(n_classes=2, augmentation=AugmentSettings.from_dict({"lowpass_probability": 0.5}), shuffle_buffer=8)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2,
+                     augmentation=AugmentSettings.from_dict({"lowpass_probability": 0.5}), shuffle_buffer=8)
 
     def first_epoch(seed_value: int) -> list[np.ndarray]:
         return [patches.numpy() for patches, _ in
@@ -220,7 +225,7 @@ def test_training_input_is_reproducible(tmp_path: Path, source: PackedFeatures |
 
 def test_balanced_sampling_draws_classes_evenly(corpus: pd.DataFrame, source: PackedFeatures | None) -> None:
     """Alpha_one has 6 short files, Beta_two 2 long ones, the background 2, the pair 1: each gives a quarter."""
-    spec = InputSpec(n_classes=2, class_balance="sampling", augmentation=OFF, shuffle_buffer=64)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, class_balance="sampling", augmentation=OFF, shuffle_buffer=64)
     folder_of = dict(zip(corpus["recording_id"], corpus["label"]))
 
     def folders(patches: tf.Tensor) -> list[str]:  # the file number is in the values
@@ -236,7 +241,7 @@ def test_balanced_sampling_draws_classes_evenly(corpus: pd.DataFrame, source: Pa
     assert set(shares) == {"Alpha_one", "Beta_two", "noise", "Alpha_one,Beta_two"}, drawn
     assert all(abs(share - 0.25) < 0.05 for share in shares.values()), shares
     # Unbalanced, Alpha_one's share is what its patches are: 6 x 2 of 12 + 2 x 6 + 2 x 6 + 6 = 42.
-    plain = InputSpec(n_classes=2, augmentation=OFF)
+    plain = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=OFF)
     counts = Counter()
     for patches, _ in training_dataset(corpus, plain, 16, training=True, seed=5, packs=source):
         counts.update(folders(patches))
@@ -260,7 +265,7 @@ SILENCE = float(np.log(OFFSET))  # the log-mel of a silent frame: what padding m
 def sequence_batches(corpus: pd.DataFrame, source: PackedFeatures | None, aug: AugmentSettings,
                      seq_len: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
     """(patches, mask) of each training batch of 8 sequences of one epoch (seed 1)."""
-    spec = InputSpec(n_classes=2, seq_len=seq_len, augmentation=aug, shuffle_buffer=64)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, seq_len=seq_len, augmentation=aug, shuffle_buffer=64)
     return [(x["patches"].numpy(), x["mask"].numpy())
             for x, _ in training_dataset(corpus, spec, 8, training=True, seed=1, packs=source)]
 
@@ -317,3 +322,28 @@ def test_the_xla_compilable_gamma_sampler_draws_gamma() -> None:
     for alpha in (0.4, 2.0):
         draws = tf.function(lambda s: stateless_gamma([20_000], s, alpha), jit_compile=True)(seed(11)).numpy()
         assert draws.min() > 0 and stats.kstest(draws, stats.gamma(alpha).cdf).pvalue > 0.01
+
+
+def test_union_mix_adds_two_examples_in_the_power_domain_with_united_targets() -> None:
+    from jibjib.training.augment import augment_gathered
+
+    rng = np.random.default_rng(3)
+    magnitude = rng.uniform(0.0, 1.0, (4, 1, 96, 64)).astype(np.float32)
+    units = np.log(magnitude + OFFSET)
+    targets = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1]], np.float32)
+    batch = {"units": tf.constant(units), "mask": tf.ones([4, 1], bool), "seed": tf.constant([5, 6, 7, 8], tf.int64),
+             "weight": tf.constant([1.0, 0.25, 0.25, 1.0])}
+    out, united = augment_gathered(batch, tf.constant(targets), only(union_mix_probability=1.0), VGGISH)
+    partner = np.roll(np.arange(4), 1)  # each example is mixed with the one before it
+    expected = np.log(np.sqrt(magnitude ** 2 + magnitude[partner] ** 2) + OFFSET)
+    np.testing.assert_allclose(out["units"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert united.numpy().tolist() == np.maximum(targets, targets[partner]).tolist()
+    assert out["weight"].numpy().tolist() == [1.0, 1.0, 0.25, 1.0]  # the larger weight of the two
+    # Half the examples at 0.5: the chosen ones mixed, the others as they were, deterministic by seed.
+    half, half_targets = augment_gathered(batch, tf.constant(targets), only(union_mix_probability=0.5), VGGISH)
+    again, _ = augment_gathered(batch, tf.constant(targets), only(union_mix_probability=0.5), VGGISH)
+    mixed = ~np.isclose(half["units"].numpy(), units, atol=1e-6).all(axis=(1, 2, 3))
+    assert 0 < mixed.sum() < 4 and np.array_equal(half["units"].numpy(), again["units"].numpy())
+    assert np.allclose(half["units"].numpy()[~mixed], units[~mixed], atol=1e-6)
+    assert half_targets.numpy()[~mixed].tolist() == targets[~mixed].tolist()
+    assert half_targets.numpy()[mixed].tolist() == np.maximum(targets, targets[partner])[mixed].tolist()

@@ -16,6 +16,9 @@ from jibjib.core.settings import AugmentSettings  # noqa: E402
 from jibjib.labels.tables import split_files  # noqa: E402
 from jibjib.training.examples import class_weights, to_sequences  # noqa: E402
 from jibjib.training.inputs import InputSpec, training_dataset  # noqa: E402
+from jibjib.training.windows import WindowRule  # noqa: E402
+
+EVERY_WINDOW = WindowRule.every_window()  # the tests' log-mel is no audio: the plain grid, every window labelled
 
 PLAIN = AugmentSettings.from_dict({"enabled": False})
 
@@ -40,7 +43,7 @@ def corpus(tmp_path: Path):
 
 
 def test_every_training_patch_once_per_epoch(corpus: pd.DataFrame) -> None:
-    spec = InputSpec(n_classes=3, shuffle_buffer=7, augmentation=PLAIN)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=3, shuffle_buffer=7, augmentation=PLAIN)
     ds = training_dataset(corpus, spec, batch_size=5, training=True, seed=3)
     expected = Counter({i: 1 + i % 4 for i in range(9)})
     orders = []
@@ -71,7 +74,7 @@ def test_sequences_pad_mask_and_skip() -> None:
 
 
 def test_sequence_dataset_covers_every_file(corpus: pd.DataFrame) -> None:
-    ds = training_dataset(corpus, InputSpec(n_classes=3, seq_len=2), batch_size=4, training=False)
+    ds = training_dataset(corpus, InputSpec(windows=EVERY_WINDOW, n_classes=3, seq_len=2), batch_size=4, training=False)
     counts: Counter = Counter()
     for inputs, targets in ds:
         for seq, mask in zip(inputs["patches"].numpy(), inputs["mask"].numpy()):

@@ -16,6 +16,9 @@ import pytest
 from conftest import REPO, REPO_ENV
 from test_augment import OFF, make_corpus
 from test_train import TINY_CONVLSTM, tiny, train_command  # noqa: F401 - the fixture
+from jibjib.training.windows import WindowRule  # noqa: E402
+
+EVERY_WINDOW = WindowRule.every_window()  # the tests' log-mel is no audio: the plain grid, every window labelled
 
 # `jibjib train` that dies (as if killed) right after the state of its first epoch is saved: at the same
 # point every time, unlike a SIGKILL timed from outside.
@@ -73,7 +76,8 @@ def test_the_per_file_input_reads_a_fixed_number_of_files_at_once(tmp_path: Path
     from jibjib.training.inputs.npz import FILES_IN_FLIGHT
 
     corpus = make_corpus(tmp_path)  # 11 files of 2 or 6 patches; a patch's values name its file and frame
-    spec = InputSpec(n_classes=2, augmentation=OFF, shuffle_buffer=1)  # a buffer of 1 keeps the read order
+    # A buffer of 1 keeps the read order.
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=OFF, shuffle_buffer=1)
     seen = [(int(p[0, 0]), int(p[0, 1]) // 96) for patches, _ in training_dataset(corpus, spec, 4, training=True,
                                                                                   seed=3) for p in patches.numpy()]
     files = list(dict.fromkeys(file for file, _ in seen))  # the epoch's file order, as first read
@@ -90,7 +94,7 @@ def test_balanced_sampling_from_npz_gives_epochs_of_every_example_count(tmp_path
     from jibjib.training.inputs import InputSpec, training_dataset
 
     corpus = make_corpus(tmp_path)  # 42 patches in files of 2 to 6
-    spec = InputSpec(n_classes=2, class_balance="sampling", augmentation=OFF, shuffle_buffer=64)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, class_balance="sampling", augmentation=OFF, shuffle_buffer=64)
     for seed in range(4):
         epochs = training_dataset(corpus, spec, 16, training=True, seed=seed)
         assert [sum(len(t) for _, t in epochs) for _ in range(2)] == [42, 42]

@@ -17,6 +17,9 @@ import pytest
 
 from conftest import REPO, REPO_ENV
 from jibjib.core import fsutil
+from jibjib.training.windows import WindowRule  # noqa: E402
+
+EVERY_WINDOW = WindowRule.every_window()  # the tests' log-mel is no audio: the plain grid, every window labelled
 
 # Training mechanics (learning, resume, best epoch) without augmentation, whose effect on learning
 # test_robust_training measures; 16 dense units, as 8 all died on some CPUs (a flat loss of ln 2).
@@ -25,6 +28,7 @@ TINY_CONVLSTM = {
     "seq_len": 2, "short_files": "pad", "conv_filters": [4], "lstm_units": 8, "dense_units": 16,
     "dropout": 0.0, "multi_label": False, "epochs": 40, "batch_size": 4, "learning_rate": 0.01, "patience": 40,
     "augment": {"enabled": False},
+    "call_windows": "all",  # stationary test log-mel holds no calls: every window takes its file's label
 }
 
 
@@ -229,7 +233,7 @@ def val_loss_of_saved_model(root: Path, settings: dict) -> float:
     model = keras.models.load_model(root / "model" / "model.keras", compile=False)
     val = split_files(root / "split.tsv", root / "labels.tsv", root / "features", "val")
     losses = []
-    spec = InputSpec(n_classes=len(report["classes"]), seq_len=settings["seq_len"])
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=len(report["classes"]), seq_len=settings["seq_len"])
     for inputs, targets in training_dataset(val, spec, 4, training=False):
         p = softmax(model.predict_on_batch(inputs))
         y = targets.numpy().argmax(axis=1)
@@ -370,10 +374,15 @@ def test_a_class_left_without_examples_by_short_files_skip_stops_the_run(tiny: P
     from jibjib.training.plan import plan_input
 
     alone = Distribution(tf.distribute.get_strategy(), workers=1, worker=0)
+    every = {"call_windows": "all"}
     for seq_len, short in ((4, "pad"), (3, "skip")):  # every file has 3 patches
-        run = RunSettings.of("convlstm", net={"seq_len": seq_len, "short_files": short})
+        run = RunSettings.of("convlstm", every, {"seq_len": seq_len, "short_files": short})
         plan_input(run, load_data(run, tiny / "split.tsv", tiny / "labels.tsv", tiny / "features", None), None, alone)
-    run = RunSettings.of("convlstm", net={"seq_len": 4, "short_files": "skip"})
+    run = RunSettings.of("convlstm", every, {"seq_len": 4, "short_files": "skip"})
     with pytest.raises(ConfigError, match=r"^2 class\(es\) have training files but no training example, every file "
                                           r"shorter than seq_len \(4 patches\) and convlstm.short_files is skip"):
+        plan_input(run, load_data(run, tiny / "split.tsv", tiny / "labels.tsv", tiny / "features", None), None, alone)
+    # The tiny files are stationary noise: no patch is active, so call windows leave the classes no example.
+    run = RunSettings.of("convlstm", {"call_windows": "activity"}, {"seq_len": 3, "short_files": "pad"})
+    with pytest.raises(ConfigError, match=r"without a patch whose activity reaches train.activity_threshold_db"):
         plan_input(run, load_data(run, tiny / "split.tsv", tiny / "labels.tsv", tiny / "features", None), None, alone)

@@ -21,8 +21,10 @@ from jibjib.core.settings import AugmentSettings, TrainSettings  # noqa: E402
 from jibjib.models.convlstm import convlstm_classifier  # noqa: E402
 from jibjib.models.losses import ClassWeightedCrossentropy  # noqa: E402
 from jibjib.training.inputs import InputShare, InputSpec, gathered_batches, training_dataset  # noqa: E402
+from jibjib.training.windows import WindowRule  # noqa: E402
 from jibjib.training.trainer import GPU_STEPS_PER_EXECUTION, AugmentingTrainer, compile_options  # noqa: E402
 
+EVERY_WINDOW = WindowRule.every_window()  # the tests' log-mel is no audio: the plain grid, every window labelled
 EVERY_STEP = AugmentSettings.from_dict({"lowpass_probability": 0.5, "mixup_probability": 0.5})
 
 
@@ -37,7 +39,8 @@ def test_the_training_step_trains_on_the_batches_the_cpu_reference_augments(tmp_
     classifier's, and the classifier (what model.keras saves) holds no augmentation."""
     corpus = make_corpus(tmp_path, realistic=True)
     packs = pack_files(tmp_path)
-    spec = InputSpec(n_classes=2, seq_len=3, multi_label=True, label_smoothing=0.1, augmentation=EVERY_STEP)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, seq_len=3, multi_label=True, label_smoothing=0.1,
+                     augmentation=EVERY_STEP)
     reference, stepped = tiny_classifier(), tiny_classifier()
     stepped.set_weights(reference.get_weights())
     before = reference.get_weights()
@@ -127,7 +130,7 @@ def test_each_worker_gathers_only_its_share_of_each_global_batch(tmp_path: Path)
     the workers read the global batches (the last, partial one dropped), each about half the rows."""
     corpus = make_corpus(tmp_path)
     packs = pack_files(tmp_path)
-    spec = InputSpec(n_classes=2, augmentation=OFF)
+    spec = InputSpec(windows=EVERY_WINDOW, n_classes=2, augmentation=OFF)
     frames_read: list[int] = []
     read_each = packs.read_each
 

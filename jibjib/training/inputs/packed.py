@@ -17,7 +17,8 @@ from jibjib.core.settings import AugmentSettings
 from jibjib.features.files import FeatureStamp
 from jibjib.labels.tables import background_rows
 from jibjib.packing import PackedFeatures
-from jibjib.training.examples import examples_per_file
+from jibjib.training.windows import file_activity, negative_target, window_examples
+from jibjib.training.inputs.batches import smoothed
 from jibjib.training.inputs.order import InputShare, example_order, example_seeds
 from jibjib.training.inputs.spec import InputSpec
 
@@ -31,7 +32,9 @@ class PackedExamples:
 
     A few numbers per example (the corpus's log-mel stays on disk): example e
     is `valid[e]` patches from row `start[e]` of array `array[e]`, belonging
-    to file `file[e]`, whose rows end at `file_end[e]`.
+    to file `file[e]`, whose rows end at `file_end[e]`; it takes its file's
+    label when `labelled[e]` (else it is a weak negative, of loss weight
+    `weight[e]`; jibjib.training.windows).
     """
 
     array: np.ndarray
@@ -39,23 +42,21 @@ class PackedExamples:
     valid: np.ndarray
     file: np.ndarray
     file_end: np.ndarray
+    labelled: np.ndarray
+    weight: np.ndarray
 
     @classmethod
     def of(cls, files: pd.DataFrame, packs: PackedFeatures, spec: InputSpec) -> "PackedExamples":
         where = packs.locate(files["path"])
         frames = where["frames"].to_numpy(np.int64)
-        unit_rows = spec.unit_patches * spec.frontend.patch_frames
-        counts = examples_per_file([FeatureStamp(int(n), "") for n in frames], spec.seq_len, spec.short_files,
-                                   spec.frontend.patch_frames)
-        file = np.repeat(np.arange(len(files)), counts)
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        k = np.arange(len(file)) - np.repeat(first, counts)  # the example's place in its file
-        patches = frames // spec.frontend.patch_frames
-        valid = np.minimum(spec.unit_patches, patches[file] - k * spec.unit_patches)
+        activity = file_activity(files, packs) if spec.windows.uses_activity else None
+        ex = window_examples(files, [FeatureStamp(int(n), "") for n in frames], activity, spec.unit_patches,
+                             spec.short_files, spec.windows, spec.frontend.patch_frames)
         rows = where["row"].to_numpy(np.int64)
-        return cls(array=where["array"].to_numpy(np.int32)[file], start=rows[file] + k * unit_rows,
-                   valid=np.maximum(valid, 0).astype(np.int32), file=file.astype(np.int32),
-                   file_end=(rows + frames)[file])
+        return cls(array=where["array"].to_numpy(np.int32)[ex.file],
+                   start=rows[ex.file] + ex.first * spec.frontend.patch_frames,
+                   valid=ex.valid.astype(np.int32), file=ex.file.astype(np.int32),
+                   file_end=(rows + frames)[ex.file], labelled=ex.labelled, weight=ex.weight)
 
     def __len__(self) -> int:
         return len(self.file)
@@ -84,6 +85,9 @@ def packed_batches(files: pd.DataFrame, targets: np.ndarray, packs: PackedFeatur
     gather = _PackedGather(packs, examples, background, spec, random_offsets=training and aug.random_offsets)
     targets = tf.constant(targets)
     file_of = tf.constant(examples.file)
+    labelled, weight = tf.constant(examples.labelled), tf.constant(examples.weight)
+    negative = tf.constant(smoothed(negative_target(targets.shape[1], spec.multi_label), spec,
+                                    spec.label_smoothing if training else 0.0))
     frames, bands = spec.frontend.patch_frames, packs.bands
 
     def read(ids: tf.Tensor, seeds: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
@@ -93,7 +97,10 @@ def packed_batches(files: pd.DataFrame, targets: np.ndarray, packs: PackedFeatur
                  "mask": tf.ensure_shape(out[1], [None, spec.unit_patches]), "seed": seeds}
         if background:
             batch["background"] = tf.ensure_shape(out[2], [None, spec.unit_patches, frames, bands])
-        return batch, tf.gather(targets, tf.gather(file_of, ids))
+        if spec.windows.weighs:
+            batch["weight"] = tf.gather(weight, ids)
+        target = tf.where(tf.gather(labelled, ids)[:, None], tf.gather(targets, tf.gather(file_of, ids)), negative)
+        return batch, target
 
     local = share.local_batch(batch_size)
     read_size = local * max(1, READ_EXAMPLES // local)  # fewer, larger reads; then split into batches
