@@ -149,3 +149,20 @@ def test_the_cached_input_keeps_the_same_patches(focal: pd.DataFrame):
     _, rows, file_of, labelled, weight = _window_patches(focal, _Cache(), spec, None)
     assert rows.tolist() == list(range(12))
     assert (~labelled).nonzero()[0].tolist() == [0, 2, 5, 6, 7] and (weight[~labelled] == 0.25).all()
+
+
+def test_convlstm_sequences_start_at_the_active_patches(focal: pd.DataFrame):
+    """File a (calls in patches 1 and 3) gives sequences [1, 2] and [3, pad]; b (call in 0) gives [0, 1]."""
+    spec = InputSpec(n_classes=2, seq_len=2, multi_label=True, windows=DROP)
+    masks, firsts = [], []
+    for batch, target in gathered_batches(focal.iloc[:2], spec, batch_size=8, training=False):
+        masks += batch["mask"].numpy().tolist()
+        firsts += [int(np.argmax(t)) for t in target.numpy()]
+    with np.load(focal["feature"][0]) as z:
+        a = z["log_mel"]
+    assert sorted(zip(firsts, map(tuple, masks))) == [(0, (True, False)), (0, (True, True)), (1, (True, True))]
+    # The sequence that starts at a's patch 1 holds its patches 1 and 2.
+    for batch, _ in gathered_batches(focal.iloc[:1], spec, batch_size=8, training=False):
+        units = batch["units"].numpy()
+        assert np.array_equal(units[0, 0], a[96:192]) and np.array_equal(units[0, 1], a[192:288])
+        assert np.array_equal(units[1, 0], a[288:384])
