@@ -85,9 +85,20 @@ def _read(paths: np.ndarray, targets: np.ndarray, spec: InputSpec, random_offset
         target = tf.tile(tf.gather(targets, index)[None], [tf.shape(units)[0], 1])
         if negative is not None:
             target = tf.where(labelled[:, None], target, tf.constant(negative)[None])
-        return tf.data.Dataset.from_tensor_slices((units, mask, target, weight))
+        return units, mask, target, weight
 
     return read
+
+
+def _examples(files: tf.data.Dataset, read, interleaved: bool) -> tf.data.Dataset:
+    """The examples of each (file index, seed) in `files`. Interleaved: a fixed number of files side by side
+    (training, where a shuffle follows); else read in parallel but given out file by file, in order, as the
+    packed reader gives them."""
+    if interleaved:
+        return files.interleave(lambda index, seed: tf.data.Dataset.from_tensor_slices(read(index, seed)),
+                                cycle_length=FILES_IN_FLIGHT, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return files.map(read, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(FILES_IN_FLIGHT).flat_map(
+        lambda *file: tf.data.Dataset.from_tensor_slices(file))
 
 
 def npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: AugmentSettings, batch_size: int,
@@ -112,8 +123,8 @@ def npz_batches(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, aug: 
     elif training:
         order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(order, seed_pairs(seed + 2, training))
-    ds = ds.interleave(_read(paths, targets, spec, aug.random_offsets, tile=False, examples=cut, negative=negative),
-                       cycle_length=FILES_IN_FLIGHT, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = _examples(ds, _read(paths, targets, spec, aug.random_offsets, tile=False, examples=cut, negative=negative),
+                   interleaved=training)
     if training and spec.class_balance == "sampling":
         ds = ds.take(int(examples.sum()))
     if training:
@@ -137,6 +148,5 @@ def _npz_background(files: pd.DataFrame, targets: np.ndarray, spec: InputSpec, a
     paths = files["feature"].to_numpy(str)[is_background]
     order = tf.data.Dataset.range(len(paths)).shuffle(len(paths), seed=seed + 6, reshuffle_each_iteration=True)
     ds = tf.data.Dataset.zip(order.repeat(), seed_pairs(seed + 7, True))
-    ds = ds.interleave(_read(paths, targets[is_background], spec, True, tile=True), cycle_length=FILES_IN_FLIGHT,
-                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = _examples(ds, _read(paths, targets[is_background], spec, True, tile=True), interleaved=True)
     return ds.shuffle(256, seed=seed + 8, reshuffle_each_iteration=True).map(lambda units, mask, target, _: units)
