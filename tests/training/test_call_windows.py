@@ -166,3 +166,41 @@ def test_convlstm_sequences_start_at_the_active_patches(focal: pd.DataFrame):
         units = batch["units"].numpy()
         assert np.array_equal(units[0, 0], a[96:192]) and np.array_equal(units[0, 1], a[192:288])
         assert np.array_equal(units[1, 0], a[288:384])
+
+
+def test_a_run_trains_with_weak_negatives_and_union_mixing(tmp_path: Path):
+    """jibjib train end to end with inactive windows as weighted negatives (sample weights through Keras) and the
+    union mix; train.json says which window labels were used and counts every example."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_train import TINY_CONVLSTM, train_command
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for c, label in enumerate(["Alpha_one", "Beta_two"]):
+        for i in range(4):
+            log_mel = _log_mel([1, 3] if i % 2 else [0], 4, rng)
+            log_mel[:, 30:38] = log_mel[:, 10 + 40 * c: 18 + 40 * c]  # each class calls in its own bands
+            log_mel[:, 10 + 40 * c: 18 + 40 * c] = _log_mel([1, 3] if i % 2 else [0], 4, rng)[:, 30:38]
+            path = f"{label}/{label}-{i}_1.wav"
+            fsutil.save_npz(tmp_path / "features" / Path(path).with_suffix(".npz"), log_mel=log_mel)
+            rows.append({"path": path, "label": label, "recording_id": f"{label}-{i}",
+                         "split": "val" if i == 3 else "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.tsv", sep="\t", index=False)
+    pd.DataFrame({"class_id": [0, 1], "label": ["Alpha_one", "Beta_two"], "n_files": 4, "n_recordings": 4,
+                  "seconds": 3.9}).to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
+    settings = {**TINY_CONVLSTM, "epochs": 2, "multi_label": True, "call_windows": "activity",
+                "inactive_windows": "negative", "inactive_weight": 0.3,
+                "augment": {"enabled": True, "union_mix_probability": 1.0, "background_probability": 0.0}}
+    result = subprocess.run(train_command(tmp_path, settings), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "model" / "train.json").read_text())
+    assert "weak negatives (weight 0.3)" in report["window_labels"]
+    # Train files 0 to 2 of each class: calls in patch 0 (files 0, 2) or 1 and 3 (file 1), seq_len 2.
+    # Patch 0 active: [0, 1] active, [2, 3] inactive; patches 1, 3 active: [0] inactive, [1, 2], [3] active.
+    assert report["train_examples_per_class"] == [4, 4] and report["train_examples"] == 14
+    history = pd.read_csv(tmp_path / "model" / "history.tsv", sep="\t")
+    assert len(history) == 2 and np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
