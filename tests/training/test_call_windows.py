@@ -176,22 +176,18 @@ def test_a_run_trains_with_weak_negatives_and_union_mixing(tmp_path: Path):
     import sys
 
     from conftest import REPO
-    from test_train import TINY_CONVLSTM, train_command
+    from test_train import TINY_CONVLSTM, train_command, write_two_classes
 
     rng = np.random.default_rng(4)
-    rows = []
-    for c, label in enumerate(["Alpha_one", "Beta_two"]):
-        for i in range(4):
-            log_mel = _log_mel([1, 3] if i % 2 else [0], 4, rng)
-            log_mel[:, 30:38] = log_mel[:, 10 + 40 * c: 18 + 40 * c]  # each class calls in its own bands
-            log_mel[:, 10 + 40 * c: 18 + 40 * c] = _log_mel([1, 3] if i % 2 else [0], 4, rng)[:, 30:38]
-            path = f"{label}/{label}-{i}_1.wav"
-            fsutil.save_npz(tmp_path / "features" / Path(path).with_suffix(".npz"), log_mel=log_mel)
-            rows.append({"path": path, "label": label, "recording_id": f"{label}-{i}",
-                         "split": "val" if i == 3 else "train"})
-    pd.DataFrame(rows).to_csv(tmp_path / "split.tsv", sep="\t", index=False)
-    pd.DataFrame({"class_id": [0, 1], "label": ["Alpha_one", "Beta_two"], "n_files": 4, "n_recordings": 4,
-                  "seconds": 3.9}).to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
+
+    def log_mel(c: int, i: int) -> np.ndarray:
+        calls = [1, 3] if i % 2 else [0]
+        values = _log_mel(calls, 4, rng)
+        values[:, 30:38] = values[:, 10 + 40 * c: 18 + 40 * c]  # each class calls in its own bands
+        values[:, 10 + 40 * c: 18 + 40 * c] = _log_mel(calls, 4, rng)[:, 30:38]
+        return values
+
+    write_two_classes(tmp_path, 4, log_mel)
     settings = {**TINY_CONVLSTM, "epochs": 2, "multi_label": True, "call_windows": "activity",
                 "inactive_windows": "negative", "inactive_weight": 0.3,
                 "augment": {"enabled": True, "union_mix_probability": 1.0, "background_probability": 0.0}}
