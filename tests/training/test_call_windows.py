@@ -47,6 +47,10 @@ def test_drop_and_negative_in_examples():
     assert weak.weight.tolist() == [0.25, 1.0, 0.25, 1.0, 1.0, 1.0, 1.0]
     every = window_examples(files, stamps, None, 1, "pad", WindowRule.every_window(), 96)
     assert len(every) == 7 and every.labelled.all()
+    # The run's identity holds the examples: other scores, other labels, another digest.
+    again = window_examples(files, stamps, [a.copy() for a in activity], 1, "pad", NEGATIVE, 96)
+    moved = window_examples(files, stamps, [activity[0][::-1], activity[1]], 1, "pad", NEGATIVE, 96)
+    assert weak.digest() == again.digest() != moved.digest() and weak.digest(dropped) != weak.digest()
 
 
 def _log_mel(active_patches: list[int], patches: int, rng: np.random.Generator) -> np.ndarray:
