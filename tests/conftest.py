@@ -123,12 +123,13 @@ def tree(tmp_path: Path) -> Path:
 
 # A tiny run of the whole workflow, shared by the tests of evaluation, export, predict and analyze.
 SPECIES = {"Alpha_one": 4, "Beta_two": 4, "Gamma_three": 4}
+# Softmax outputs (not the sigmoid default): the serving tests check that a softmax model's scores sum to 1.
 TINY = {
     "split": {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}},
     "train": {"shuffle_buffer": 64},
-    "vggish": {"epochs": 1, "batch_size": 8, "trainable": "head", "head_units": 8},
+    "vggish": {"epochs": 1, "batch_size": 8, "trainable": "head", "head_units": 8, "multi_label": False},
     "convlstm": {"epochs": 2, "batch_size": 4, "seq_len": 2, "conv_filters": [4], "lstm_units": 8,
-                 "dense_units": 8, "dropout": 0.0},
+                 "dense_units": 8, "dropout": 0.0, "multi_label": False},
 }
 
 

@@ -36,6 +36,7 @@ class InputPlan:
     augmentation_dropped: list[str]  # steps the embedding cache cannot apply
     examples: np.ndarray  # labelled training examples per class
     train_examples: int  # every training example (background and weak negatives too)
+    windows_digest: str  # of the train and val examples the call windows cut (part of the run's identity)
     class_weights: np.ndarray
     n_background: int  # training files without a species
     steps_per_epoch: int
@@ -119,7 +120,7 @@ def plan_input(run: RunSettings, data: TrainingData, embeddings: list[str | os.P
     all_examples = len(train_windows)  # background and weak negatives too
     val_positive = (target_matrix(data.val_files["class_ids"], data.n_classes) * labelled_val[:, None]).sum(axis=0) > 0
     return InputPlan(spec, batch_size, distribution.replicas, cache, applied, dropped, examples, int(all_examples),
-                     weights,
+                     train_windows.digest(val_windows), weights,
                      n_background=int(background_rows(data.train_files).sum()),
                      steps_per_epoch=steps_per_epoch(int(all_examples), batch_size, distribution),
                      monitor=monitor(run, int(val_counts.sum()), val_positive),

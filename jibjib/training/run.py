@@ -96,7 +96,7 @@ def train(
     gpus = len(tf.config.list_logical_devices("GPU"))
     precision = "mixed_float16" if run.train.mixed_precision and gpus else "float32"
     inputs = training_inputs(run, Path(labels_tsv), Path(split_tsv), data.files, data.stamps, data.source,
-                             embeddings if plan.cached else None, plan.replicas, precision,
+                             embeddings if plan.cached else None, plan.replicas, precision, plan.windows_digest,
                              pseudo=(pseudo_labels, pseudo_share) if pseudo is not None else None)
     state = open_state(out, inputs, run, plan, distribution)
     if state.reusable:

@@ -41,6 +41,7 @@ TRAINING_INPUTS = {  # what a saved state must share with this run to be resumed
     "labels": "labels.tsv",
     "split": "split.tsv",
     "features": "the feature files (content or front end)",
+    "windows": "the call windows (which examples, their labels and weights)",
     "vggish_checkpoint": "the content of vggish.checkpoint",
     "input": "the training input (packed or per-file npz)",
     "embeddings": "the embedding cache (jibjib embed)",
@@ -83,12 +84,15 @@ def settings_digest(run: RunSettings) -> str:
 def training_inputs(run: RunSettings, labels_tsv: Path, split_tsv: Path, files: pd.DataFrame,
                     stamps: list[FeatureStamp], input_kind: str,
                     embeddings: list[str | os.PathLike] | None, replicas: int, precision: str,
-                    pseudo: tuple[str | os.PathLike, float] | None = None) -> dict[str, str]:
+                    windows: str = "none", pseudo: tuple[str | os.PathLike, float] | None = None) -> dict[str, str]:
     """A digest of each thing a training run is computed from (the keys of TRAINING_INPUTS).
 
     The replicas and the precision are part of it: they change the numbers
     (per-replica BatchNorm statistics, float16), so a run killed on 4 GPUs is
-    not resumed on 1.
+    not resumed on 1. `windows`: the digest of the examples the call windows
+    cut (jibjib.training.plan.InputPlan.windows_digest): the activity scores
+    are derived from the features, and a change of how they are computed
+    changes the labels.
     """
     checkpoint = run.net.checkpoint if isinstance(run.net, VggishSettings) else None
     # Self-training: the windows' content and their share of each batch; absent without (so the saved
@@ -101,6 +105,7 @@ def training_inputs(run: RunSettings, labels_tsv: Path, split_tsv: Path, files: 
         "split": fsutil.sha256_file(split_tsv),
         "features": _sha256_text(*(f"{path}\t{stamp.content}\t{stamp.frames}"
                                    for path, stamp in zip(files["path"], stamps))),
+        "windows": windows,
         "vggish_checkpoint": checkpoint_digest(checkpoint) if checkpoint else "none",
         "input": input_kind,  # packed features are float16: the same run, not the same numbers
         # The cache indexes name each file's content, the cut and the frozen weights' digest.

@@ -20,6 +20,7 @@ one (sequence k starts at patch k x seq_len).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -139,6 +140,15 @@ class WindowExamples:
 
     def per_file(self, n_files: int) -> np.ndarray:
         return np.bincount(self.file, minlength=n_files)
+
+    def digest(self, *others: "WindowExamples") -> str:
+        """SHA-256 of these examples (and `others`'): where each is cut, its label and weight."""
+        sha = hashlib.sha256()
+        for examples in (self, *others):
+            for part in (examples.file, examples.first, examples.valid, examples.labelled, examples.weight):
+                sha.update(np.ascontiguousarray(part).tobytes())
+            sha.update(b"|")
+        return sha.hexdigest()
 
 
 def window_examples(files: pd.DataFrame, stamps: list[FeatureStamp], activity: list[np.ndarray] | None,

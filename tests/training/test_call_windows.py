@@ -47,6 +47,10 @@ def test_drop_and_negative_in_examples():
     assert weak.weight.tolist() == [0.25, 1.0, 0.25, 1.0, 1.0, 1.0, 1.0]
     every = window_examples(files, stamps, None, 1, "pad", WindowRule.every_window(), 96)
     assert len(every) == 7 and every.labelled.all()
+    # The run's identity holds the examples: other scores, other labels, another digest.
+    again = window_examples(files, stamps, [a.copy() for a in activity], 1, "pad", NEGATIVE, 96)
+    moved = window_examples(files, stamps, [activity[0][::-1], activity[1]], 1, "pad", NEGATIVE, 96)
+    assert weak.digest() == again.digest() != moved.digest() and weak.digest(dropped) != weak.digest()
 
 
 def _log_mel(active_patches: list[int], patches: int, rng: np.random.Generator) -> np.ndarray:
@@ -149,3 +153,54 @@ def test_the_cached_input_keeps_the_same_patches(focal: pd.DataFrame):
     _, rows, file_of, labelled, weight = _window_patches(focal, _Cache(), spec, None)
     assert rows.tolist() == list(range(12))
     assert (~labelled).nonzero()[0].tolist() == [0, 2, 5, 6, 7] and (weight[~labelled] == 0.25).all()
+
+
+def test_convlstm_sequences_start_at_the_active_patches(focal: pd.DataFrame):
+    """File a (calls in patches 1 and 3) gives sequences [1, 2] and [3, pad]; b (call in 0) gives [0, 1]."""
+    spec = InputSpec(n_classes=2, seq_len=2, multi_label=True, windows=DROP)
+    masks, firsts = [], []
+    for batch, target in gathered_batches(focal.iloc[:2], spec, batch_size=8, training=False):
+        masks += batch["mask"].numpy().tolist()
+        firsts += [int(np.argmax(t)) for t in target.numpy()]
+    with np.load(focal["feature"][0]) as z:
+        a = z["log_mel"]
+    assert sorted(zip(firsts, map(tuple, masks))) == [(0, (True, False)), (0, (True, True)), (1, (True, True))]
+    # The sequence that starts at a's patch 1 holds its patches 1 and 2.
+    for batch, _ in gathered_batches(focal.iloc[:1], spec, batch_size=8, training=False):
+        units = batch["units"].numpy()
+        assert np.array_equal(units[0, 0], a[96:192]) and np.array_equal(units[0, 1], a[192:288])
+        assert np.array_equal(units[1, 0], a[288:384])
+
+
+def test_a_run_trains_with_weak_negatives_and_union_mixing(tmp_path: Path):
+    """jibjib train end to end with inactive windows as weighted negatives (sample weights through Keras) and the
+    union mix; train.json says which window labels were used and counts every example."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_train import TINY_CONVLSTM, train_command, write_two_classes
+
+    rng = np.random.default_rng(4)
+
+    def log_mel(c: int, i: int) -> np.ndarray:
+        calls = [1, 3] if i % 2 else [0]
+        values = _log_mel(calls, 4, rng)
+        values[:, 30:38] = values[:, 10 + 40 * c: 18 + 40 * c]  # each class calls in its own bands
+        values[:, 10 + 40 * c: 18 + 40 * c] = _log_mel(calls, 4, rng)[:, 30:38]
+        return values
+
+    write_two_classes(tmp_path, 4, log_mel)
+    settings = {**TINY_CONVLSTM, "epochs": 2, "multi_label": True, "call_windows": "activity",
+                "inactive_windows": "negative", "inactive_weight": 0.3,
+                "augment": {"enabled": True, "union_mix_probability": 1.0, "background_probability": 0.0}}
+    result = subprocess.run(train_command(tmp_path, settings), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "model" / "train.json").read_text())
+    assert "weak negatives (weight 0.3)" in report["window_labels"]
+    # Train files 0 to 2 of each class: calls in patch 0 (files 0, 2) or 1 and 3 (file 1), seq_len 2.
+    # Patch 0 active: [0, 1] active, [2, 3] inactive; patches 1, 3 active: [0] inactive, [1, 2], [3] active.
+    assert report["train_examples_per_class"] == [4, 4] and report["train_examples"] == 14
+    history = pd.read_csv(tmp_path / "model" / "history.tsv", sep="\t")
+    assert len(history) == 2 and np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()

@@ -36,19 +36,29 @@ TINY_CONVLSTM = {
 def tiny(tmp_path: Path) -> Path:
     """Two classes told apart by which mel bands are loud; split, labels and npz features."""
     rng = np.random.default_rng(0)
+
+    def log_mel(c: int, i: int) -> np.ndarray:
+        values = rng.normal(-4, 0.5, (96 * 3, 64)).astype(np.float32)
+        values[:, 32 * c:32 * c + 32] += 3.0
+        return values
+
+    return write_two_classes(tmp_path, 6, log_mel)
+
+
+def write_two_classes(root: Path, per_class: int, log_mel) -> Path:
+    """npz features `log_mel(class, i)` of `per_class` files of each of two classes (the last one of each in
+    val), their split.tsv and labels.tsv."""
     rows = []
     for c, label in enumerate(["Alpha_one", "Beta_two"]):
-        for i in range(6):
-            log_mel = rng.normal(-4, 0.5, (96 * 3, 64)).astype(np.float32)
-            log_mel[:, 32 * c:32 * c + 32] += 3.0
+        for i in range(per_class):
             path = f"{label}/{label}-{i}_1.wav"
-            fsutil.save_npz(tmp_path / "features" / Path(path).with_suffix(".npz"), log_mel=log_mel)
+            fsutil.save_npz(root / "features" / Path(path).with_suffix(".npz"), log_mel=log_mel(c, i))
             rows.append({"path": path, "label": label, "recording_id": f"{label}-{i}",
-                         "split": "val" if i == 5 else "train"})
-    pd.DataFrame(rows).to_csv(tmp_path / "split.tsv", sep="\t", index=False)
-    pd.DataFrame({"class_id": [0, 1], "label": ["Alpha_one", "Beta_two"], "n_files": 6, "n_recordings": 6,
-                  "seconds": 17.3}).to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
-    return tmp_path
+                         "split": "val" if i == per_class - 1 else "train"})
+    pd.DataFrame(rows).to_csv(root / "split.tsv", sep="\t", index=False)
+    pd.DataFrame({"class_id": [0, 1], "label": ["Alpha_one", "Beta_two"], "n_files": per_class,
+                  "n_recordings": per_class, "seconds": 17.3}).to_csv(root / "labels.tsv", sep="\t", index=False)
+    return root
 
 
 def run_settings(settings: dict) -> dict:
