@@ -69,4 +69,6 @@ def _append(labelled: tuple[dict, tf.Tensor], windows: tuple) -> tuple[dict, tf.
     if "background" in batch:  # background stretches are random draws: the batch's own serve again
         rows = tf.range(tf.shape(units)[0]) % tf.shape(batch["background"])[0]
         joined["background"] = tf.concat([batch["background"], tf.gather(batch["background"], rows)], 0)
+    if "weight" in batch:  # weak negatives weigh less in the loss; a pseudo-labelled window counts in full
+        joined["weight"] = tf.concat([batch["weight"], tf.ones([tf.shape(units)[0]], batch["weight"].dtype)], 0)
     return joined, tf.concat([targets, tf.cast(extra_targets, targets.dtype)], 0)

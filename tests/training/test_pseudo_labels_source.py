@@ -57,3 +57,12 @@ def test_windows_of_another_unit_or_label_set_are_refused(tmp_path: Path) -> Non
         PseudoLabels.load(tmp_path / "p.npz", InputSpec(n_classes=3, multi_label=True))
     with pytest.raises(InputError, match="units"):
         PseudoLabels.load(tmp_path / "p.npz", InputSpec(n_classes=2, seq_len=3, multi_label=True))
+
+
+def test_weak_negative_weights_stay_and_pseudo_windows_count_in_full() -> None:
+    def weighted(seed: int) -> tf.data.Dataset:
+        return labelled(seed).map(lambda batch, targets: ({**batch, "weight": tf.fill([tf.shape(targets)[0]], 0.3)},
+                                                          targets))
+
+    for batch, _ in with_pseudo_labels(weighted, pseudo(), batch_size=4, share=0.5)(7).as_numpy_iterator():
+        assert np.allclose(batch["weight"], [0.3] * 4 + [1.0] * 2)
