@@ -126,3 +126,15 @@ def test_no_module_or_function_too_long(folder: str) -> None:
                     too_long.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.name} has {length} lines "
                                     f"(at most {MAX_FUNCTION_LINES})")
     assert not too_long, "\n".join(too_long)
+
+
+def test_test_files_have_names_of_their_own() -> None:
+    # Every test folder is on sys.path (conftest.py), so two test files of one name in two folders collide:
+    # pytest stops collecting the whole suite.
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{path.relative_to(REPO)} and {seen[path.name].relative_to(REPO)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, "\n".join(clashes)
