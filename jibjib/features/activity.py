@@ -38,6 +38,8 @@ NOISE_PERCENTILE = 20.0
 TOP_BANDS = 6
 FRAME_QUANTILE = 0.9
 DB_PER_LOG = 20.0 / math.log(10.0)
+# The method's identity, stored beside the scores in the packed index: scores of another method are stale.
+ACTIVITY_METHOD = f"smooth{SMOOTH_FRAMES}-p{NOISE_PERCENTILE:g}-top{TOP_BANDS}-q{FRAME_QUANTILE:g}"
 
 
 def frame_activity(log_mel: np.ndarray) -> np.ndarray:

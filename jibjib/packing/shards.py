@@ -10,10 +10,13 @@ Layout, per feature shard (results/packed/<shard>.npy and <shard>.tsv):
   `path`, its first `row` in the array, its `frames`, its feature
   `content` (source SHA-256 and front end, see jibjib.feature_files) and
   the `activity` score of each of its patches (jibjib.features.activity:
-  dB, space-separated), computed here from the packed float16 rows.
+  dB, space-separated), computed here from the packed float16 rows, and the
+  `activity_method` that computed them.
 
-A pack written before the index had `activity` is upgraded in place: the
-scores are computed from its own rows (no npz is read, the array is kept).
+A pack written before the index had `activity`, or by another activity
+method, is upgraded in place: the scores are computed from its own rows (no
+npz is read, the array is kept). Until it is, readers score such a shard's
+files from its rows themselves (PackedFeatures.locate_activity).
 
 The pack does not depend on the split or the labels: moving a recording to
 another split, or renaming a species in the labels, repacks nothing. Only a
@@ -36,11 +39,11 @@ import numpy as np
 import pandas as pd
 
 from jibjib.core import fsutil
-from jibjib.features.activity import format_activity, patch_activity
+from jibjib.features.activity import ACTIVITY_METHOD, format_activity, parse_activity, patch_activity
 from jibjib.features.files import feature_path, feature_stamp
 from jibjib.features.qc import PROCESSED, read_qc
 
-INDEX_COLUMNS = ["path", "row", "frames", "content", "activity"]
+INDEX_COLUMNS = ["path", "row", "frames", "content", "activity", "activity_method"]
 IDENTITY_COLUMNS = ["path", "row", "frames", "content"]  # what decides whether a pack is still current
 DTYPE = np.dtype("<f2")
 
@@ -57,7 +60,7 @@ def _header_offset(path: Path) -> tuple[int, tuple[int, int]]:
 
 
 def _read_index(path: Path) -> pd.DataFrame:
-    index = pd.read_csv(path, sep="\t", dtype={"path": str, "content": str, "activity": str}, keep_default_na=False)
+    index = pd.read_csv(path, sep="\t", dtype={"path": str, "content": str, "activity": str, "activity_method": str}, keep_default_na=False)
     return index.astype({"row": np.int64, "frames": np.int64})
 
 
@@ -80,12 +83,13 @@ def pack_shard(manifest: str | os.PathLike, features_dir: str | os.PathLike, arr
 
     previous = _previous_pack(array_path, index_path)
     if previous is not None and previous.index[IDENTITY_COLUMNS].equals(index):
-        if "activity" in previous.index:
+        if _current_activity(previous.index).all():
             for path in (array_path, index_path):
                 os.utime(path)
-        else:  # a pack of before the activity column: scored from its own rows
+        else:  # a pack of before the activity column, or of another method: scored from its own rows
             index["activity"] = [format_activity(patch_activity(previous.read(0, row, n)))
                                  for row, n in zip(index["row"], index["frames"])]
+            index["activity_method"] = ACTIVITY_METHOD
             previous.close()
             os.utime(array_path)
             fsutil.write_tsv(index_path, index[INDEX_COLUMNS])
@@ -122,6 +126,7 @@ def pack_shard(manifest: str | os.PathLike, features_dir: str | os.PathLike, arr
         if previous is not None:
             previous.close()
     index["activity"] = activity
+    index["activity_method"] = ACTIVITY_METHOD
     fsutil.write_tsv(index_path, index[INDEX_COLUMNS])
     return {"files": len(index), "read": read, "reused": reused, "rows": int(rows[-1])}
 
@@ -195,16 +200,18 @@ class PackedFeatures:
 
     @property
     def has_activity(self) -> bool:
-        """Whether the index has the patches' activity scores (packs of before them do not)."""
-        return "activity" in self.index
+        """Whether every file's activity scores in the index are current (packs of before them, or of another
+        activity method, are not)."""
+        return bool(_current_activity(self.index).all())
 
-    def locate_activity(self, paths: "pd.Series | list[str]") -> list[str]:
-        """The `activity` text of each path (jibjib.features.activity.parse_activity reads it)."""
-        if "activity" not in self.index:
-            raise KeyError("the packed features have no activity scores (packed before they existed): "
-                           "pack the feature shards again (jibjib pack; no feature is recomputed)")
-        by_path = self.index.set_index("path")
-        return by_path.loc[list(paths), "activity"].tolist()
+    def locate_activity(self, paths: "pd.Series | list[str]") -> list[np.ndarray]:
+        """Each path's patch activity scores: from the index where current, else scored from its packed rows
+        (a shard the workflow has not packed again since the scores or their method changed)."""
+        where = self.index.assign(current=_current_activity(self.index)).set_index("path").loc[list(paths)]
+        return [parse_activity(text) if current else patch_activity(self.read(int(array), int(row), int(frames)))
+                for text, current, array, row, frames in
+                zip(where.get("activity", [""] * len(where)), where["current"], where["array"], where["row"],
+                    where["frames"])]
 
     def read(self, array: int, row: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         """`count` rows from `row` of one array, into `out` ((count, bands) float16, C-contiguous) if given."""
@@ -243,3 +250,10 @@ class PackedFeatures:
     def __del__(self) -> None:  # the datasets that read a pack own it for their lifetime
         if getattr(self, "_fds", None):
             self.close()
+
+
+def _current_activity(index: pd.DataFrame) -> pd.Series:
+    """Per row of a packed index: whether its activity scores are there and of this activity method."""
+    if "activity_method" not in index or "activity" not in index:
+        return pd.Series(False, index=index.index)
+    return index["activity_method"].eq(ACTIVITY_METHOD) & index["activity"].notna()

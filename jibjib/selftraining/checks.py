@@ -27,3 +27,9 @@ def check_self_training(settings: Settings, demo_hint: str = "") -> None:
         raise ConfigError(f"self_training.audio_dir: {folder} is not a folder")
     if not unlabelled_files(folder):
         raise ConfigError(f"self_training.audio_dir: {folder} has no audio files ({', '.join(CONTAINERS)})")
+    if settings.train.nodes * settings.train.tasks_per_node > 1:
+        # The student takes the pseudo-labelled windows in one process (they are not in a worker's share of
+        # the packs): say so before the teacher trains, not after.
+        raise ConfigError(f"self_training: a student trains in one process, not with train.nodes x "
+                          f"train.tasks_per_node = {settings.train.nodes * settings.train.tasks_per_node} tasks; "
+                          "set self_training.audio_dir: null or one task")

@@ -34,7 +34,7 @@ import tensorflow as tf  # noqa: E402
 
 from jibjib.core import fsutil  # noqa: E402
 from jibjib.core.errors import InputError  # noqa: E402
-from jibjib.core.settings import RunSettings  # noqa: E402
+from jibjib.core.settings import RunSettings, schema_default  # noqa: E402
 from jibjib.core.tflog import quiet_python_logging  # noqa: E402
 from jibjib.embeddings.trunk import head_model  # noqa: E402
 from jibjib.models.build import build_model  # noqa: E402
@@ -67,7 +67,7 @@ def train(
     packed: list[str | os.PathLike] | None = None,
     embeddings: list[str | os.PathLike] | None = None,
     pseudo_labels: str | os.PathLike | None = None,
-    pseudo_share: float = 0.25,
+    pseudo_share: float | None = None,
 ) -> TrainReport | WorkerReport:
     """Train `run.model` ("vggish" or "convlstm"); writes model.keras, history.tsv and train.json.
 
@@ -93,6 +93,7 @@ def train(
     data = load_data(run, split_tsv, labels_tsv, features_dir, packed)
     plan = plan_input(run, data, embeddings, distribution)
     pseudo = check_pseudo_labels(pseudo_labels, plan, distribution)
+    pseudo_share = schema_default("self_training.batch_share") if pseudo_share is None else pseudo_share
     gpus = len(tf.config.list_logical_devices("GPU"))
     precision = "mixed_float16" if run.train.mixed_precision and gpus else "float32"
     inputs = training_inputs(run, Path(labels_tsv), Path(split_tsv), data.files, data.stamps, data.source,

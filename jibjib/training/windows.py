@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from jibjib.core.settings import TrainSettings
-from jibjib.features.activity import parse_activity, patch_activity
+from jibjib.features.activity import patch_activity
 from jibjib.features.files import FeatureStamp
 from jibjib.labels.tables import target_matrix
 from jibjib.packing import PackedFeatures
@@ -70,15 +70,10 @@ class WindowRule:
 
 
 def file_activity(files: pd.DataFrame, packs: PackedFeatures | None = None) -> list[np.ndarray]:
-    """Each file's patch activity scores: from the packed index if given (nothing else is read; a pack of
-    before the scores is scored from its own rows, one read of them), else from its npz (one read of the
-    log-mel)."""
-    if packs is not None and packs.has_activity:
-        return [parse_activity(text) for text in packs.locate_activity(files["path"])]
+    """Each file's patch activity scores: from the packed index if given (a shard packed before the scores,
+    or by another activity method, is scored from its own rows), else from its npz (one read of the log-mel)."""
     if packs is not None:
-        where = packs.locate(files["path"])
-        return [patch_activity(packs.read(int(a), int(r), int(n)))
-                for a, r, n in zip(where["array"], where["row"], where["frames"])]
+        return packs.locate_activity(files["path"])
     out = []
     for feature in files["feature"]:
         with np.load(feature, allow_pickle=False) as z:

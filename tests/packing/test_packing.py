@@ -16,6 +16,7 @@ from jibjib.core import fsutil  # noqa: E402
 from jibjib.labels.tables import split_files  # noqa: E402
 from jibjib.training.inputs import InputSpec, training_dataset  # noqa: E402
 from jibjib.training.windows import WindowRule  # noqa: E402
+from jibjib.features.activity import parse_activity, patch_activity  # noqa: E402
 from jibjib.packing import PackedFeatures, pack_shard  # noqa: E402
 from jibjib.features.qc import QCRow, write_manifest  # noqa: E402
 from jibjib.core.settings import AugmentSettings  # noqa: E402
@@ -141,7 +142,6 @@ def test_adding_a_recording_repacks_by_content(tmp_path: Path) -> None:
 
 def test_a_pack_without_activity_scores_gets_them_from_its_own_rows(tmp_path: Path) -> None:
     """An index of before the activity column is upgraded from the pack's rows: no npz is read, the array kept."""
-    from jibjib.features.activity import parse_activity, patch_activity
 
     make_split(tmp_path)
     pack(tmp_path)
@@ -149,8 +149,10 @@ def test_a_pack_without_activity_scores_gets_them_from_its_own_rows(tmp_path: Pa
     scored = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
     scored.drop(columns="activity").to_csv(index, sep="\t", index=False)
     before = array.read_bytes()
-    with pytest.raises(KeyError, match="no activity scores"):
-        PackedFeatures.open([index]).locate_activity(scored["path"])
+    # Until it is packed again, a reader scores the old pack's files from their rows.
+    assert not PackedFeatures.open([index]).has_activity
+    from_rows = PackedFeatures.open([index]).locate_activity(scored["path"])
+    assert [a.tolist() for a in from_rows] == [parse_activity(text).tolist() for text in scored["activity"]]
     counts = pack(tmp_path)
     assert counts["read"] == 0 and counts["reused"] == 12 and array.read_bytes() == before
     upgraded = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
@@ -158,8 +160,38 @@ def test_a_pack_without_activity_scores_gets_them_from_its_own_rows(tmp_path: Pa
     packs = PackedFeatures.open([index])
     where = packs.locate(scored["path"][:1]).iloc[0]
     rows = packs.read(int(where["array"]), int(where["row"]), int(where["frames"]))
-    assert np.array_equal(parse_activity(packs.locate_activity(scored["path"][:1])[0]), patch_activity(rows))
+    assert np.array_equal(packs.locate_activity(scored["path"][:1])[0], patch_activity(rows))
     assert len(parse_activity(upgraded["activity"][0])) == int(where["frames"]) // 96
+
+
+def test_scores_of_another_activity_method_are_stale(tmp_path: Path) -> None:
+    """Scores stamped by another method are computed again from the rows, by the next pack and by readers."""
+    make_split(tmp_path)
+    pack(tmp_path)
+    array, index = tmp_path / "packed/s.npy", tmp_path / "packed/s.tsv"
+    current = pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False)
+    current.assign(activity="99.0", activity_method="an-older-method").to_csv(index, sep="\t", index=False)
+    stale = PackedFeatures.open([index])
+    assert not stale.has_activity
+    assert [a.tolist() for a in stale.locate_activity(current["path"])] == [
+        parse_activity(text).tolist() for text in current["activity"]]
+    before = array.read_bytes()
+    assert pack(tmp_path)["read"] == 0 and array.read_bytes() == before
+    assert pd.read_csv(index, sep="\t", dtype=str, keep_default_na=False).equals(current)
+
+
+def test_shards_with_and_without_scores_read_together(tmp_path: Path) -> None:
+    """After an upgrade the workflow repacks only the shards whose files changed: old and new indexes mix."""
+    make_split(tmp_path)
+    pack(tmp_path)
+    index = pd.read_csv(tmp_path / "packed/s.tsv", sep="\t", dtype=str, keep_default_na=False)
+    old = tmp_path / "packed/old.tsv"
+    (tmp_path / "packed/old.npy").write_bytes((tmp_path / "packed/s.npy").read_bytes())
+    index.drop(columns=["activity", "activity_method"]).assign(path=lambda t: "old/" + t["path"]).to_csv(
+        old, sep="\t", index=False)
+    packs = PackedFeatures.open([tmp_path / "packed/s.tsv", old])
+    scores = packs.locate_activity([index["path"][0], "old/" + index["path"][0]])
+    assert np.array_equal(scores[0], scores[1]) and len(scores[0]) > 0
 
 
 def test_background_is_mixed_into_packed_batches(tmp_path: Path) -> None:

@@ -109,6 +109,10 @@ BAD_CONFIGS = {
     "self-training of an untrained model": ({"models": ["vggish"], "self_training": {"audio_dir": "{tmp}/birds"}},
                                             "config: self_training.models: convlstm not among the trained models "
                                             "(vggish)"),
+    "self-training over several tasks": ({"train": {"tasks_per_node": 2}, "self_training": {"audio_dir": "{tmp}/birds"}},
+                                         "config: self_training: a student trains in one process, not with "
+                                         "train.nodes x train.tasks_per_node = 2 tasks; set self_training.audio_dir: "
+                                         "null or one task"),
     "reversed SNR range": ({"train": {"augment": {"background_snr_db": [20, 0]}}},
                            "config: train.augment.background_snr_db: must be [low, high] with low <= high, got [20, 0]"),
     "misspelt augmentation": ({"train": {"augment": {"mix_up": 0.5}}},
