@@ -236,21 +236,34 @@ def field_options():
     return " ".join(f"{option}={shlex.quote(value)}" for option, value in options.items() if value)
 
 
-def content_digest(path):
-    """SHA-256 of a small file, or of a folder's files (names and contents): a rule parameter, so that a rule reruns
-    when what it reads changed, not when it was touched ('' for no path)."""
+def content_digest(path, files=None):
+    """SHA-256 of a small file, or of a folder's files (names and contents; `files`: only these of it): a rule
+    parameter, so that a rule reruns when what it reads changed, not when it was touched ('' for no path)."""
     import hashlib
+
+    from jibjib.core.fsutil import sha256_file
 
     if not path:
         return ""
     folder = Path(path)
-    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else [folder]
+    if files is None:
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else [folder]
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.relative_to(folder).as_posix() if folder.is_dir() else ''}\0".encode())
-        digest.update(file.read_bytes())
+        digest.update(sha256_file(file).encode())  # read in blocks: recordings can be large
     return digest.hexdigest()
 
+
+def unlabelled_digest():
+    """The content digest of self_training.audio_dir's recordings (audio files only: a stray .DS_Store reruns
+    nothing). Computed at every start of Snakemake, about a second per GB; '' without self-training."""
+    if not SETTINGS.self_training_models:
+        return ""
+    from jibjib.selftraining.unlabelled import unlabelled_files
+
+    audio_dir = SETTINGS.self_training.audio_dir
+    return content_digest(audio_dir, unlabelled_files(Path(audio_dir)))
 
 def review_options():
     """analyze.review as options of jibjib review."""

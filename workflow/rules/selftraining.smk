@@ -22,7 +22,7 @@ rule unlabelled_features:
     params:
         audio_dir=SELF_TRAINING.audio_dir or "",
         features_dir=f"{SELFTRAIN_DIR}/features",
-        content=content_digest(SELF_TRAINING.audio_dir if SETTINGS.self_training_models else ""),
+        content=unlabelled_digest(),
         frontend=FRONTEND_JSON,
     log:
         "logs/selftrain/unlabelled_features.log",
