@@ -165,9 +165,10 @@ def test_a_multi_species_folder_with_a_softmax_model_is_one_config_line(tmp_path
 
     data = make_tree(tmp_path / "birds", {"Alpha_one": 1, "Alpha_one,Beta_two": 1})
     for config, line in [
-        ({}, "config: vggish.multi_label: false, but data_dir folder Alpha_one,Beta_two names several species; "
-             "set multi_label: true for every trained model"),
-        ({"models": ["vggish", "convlstm"], "vggish": {"multi_label": True}},
+        ({"vggish": {"multi_label": False}},
+         "config: vggish.multi_label: false, but data_dir folder Alpha_one,Beta_two names several species; "
+         "set multi_label: true for every trained model"),
+        ({"models": ["vggish", "convlstm"], "vggish": {"multi_label": True}, "convlstm": {"multi_label": False}},
          "config: convlstm.multi_label: false, but data_dir folder Alpha_one,Beta_two"),
     ]:
         result = run_snakemake(tmp_path, "--dry-run", config={"data_dir": data, **config}, check=False)
