@@ -78,10 +78,13 @@ def with_tflite(export: Path, workdir: Path) -> Path | None:
         return export
     from jibjib.analysis.analyzer import export_digest
 
+    from jibjib.serving.publish import resolve_export
+
     results, model = export.parents[2], export.parent.name
-    out = workdir / "exports" / f"{model}-{export_digest(export)[:16]}" / export.name
-    if (out / "saved_model.pb").is_file():
-        return out
+    # `jibjib export --out` is the model's folder: it writes a version folder and current.json in it.
+    out = workdir / "exports" / f"{model}-{export_digest(export)[:16]}"
+    if (out / "current.json").is_file():
+        return resolve_export(out)
     inputs = [results / "models" / model / "model.keras", results / "eval" / model / "metrics.json",
               results / "labels.tsv", results / "split.tsv", results / "features"]
     if not all(path.exists() for path in inputs):
@@ -94,7 +97,7 @@ def with_tflite(export: Path, workdir: Path) -> Path | None:
                     "--split", str(results / "split.tsv"), "--features-dir", str(results / "features"),
                     "--frontend", frontend, "--tflite", "--out", str(out)],
                    check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    return out
+    return resolve_export(out)
 
 
 def engine_exports(export: Path, wanted: list[str], workdir: Path) -> list[tuple[str, Path]]:
