@@ -10,7 +10,7 @@ from jibjib.core.settings import AnalyzeSettings, Settings
 from jibjib.features.audio import CONTAINERS
 from jibjib.features.qc import ignore_reason, species_files
 from jibjib.labels.checks import inventory_species
-from jibjib.analysis.recorders import PatternError, Recorders
+from jibjib.analysis.recorders import PatternError, Recorders, checked_recorders
 from jibjib.analysis.species_lists import SpeciesLists
 
 
@@ -25,12 +25,11 @@ def _existing_folder(key: str, value: str, demo_hint: str = "") -> Path:
 
 
 def _check_recorders(section: AnalyzeSettings) -> Recorders:
-    for key, site, time in (("site_pattern", section.site_pattern, None), ("time_pattern", None, section.time_pattern)):
-        try:
-            Recorders(site, time)
-        except PatternError as exc:
-            raise ConfigError(f"analyze.{key}: {exc}") from None
-    return Recorders(section.site_pattern, section.time_pattern)
+    try:
+        return checked_recorders(section.site_pattern, section.time_pattern,
+                                 ("analyze.site_pattern", "analyze.time_pattern"))
+    except PatternError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_species_lists(section: AnalyzeSettings, recorders: Recorders, recordings: Iterable[str],

@@ -108,6 +108,18 @@ def guano_timestamp(path: str | os.PathLike) -> dt.datetime | None:
     return value if isinstance(value, dt.datetime) else None
 
 
+def checked_recorders(site_pattern: str | None, time_pattern: str | None, names: tuple[str, str]) -> "Recorders":
+    """Recorders of the two patterns; a PatternError starts with the name of the pattern's setting or option
+    (`names`: the site pattern's, the time pattern's), so that the caller's one line says which to fix."""
+    for name, compile_pattern, pattern in ((names[0], compile_site_pattern, site_pattern),
+                                           (names[1], compile_time_pattern, time_pattern)):
+        try:
+            compile_pattern(pattern)
+        except PatternError as exc:
+            raise PatternError(f"{name}: {exc}") from None
+    return Recorders(site_pattern, time_pattern)
+
+
 class Recorders:
     """The site and start time of each recording, by the patterns given (None: the defaults above)."""
 

@@ -42,15 +42,13 @@ def _table_settings(args: argparse.Namespace):
 
 def _recorders(args: argparse.Namespace):
     """The site and time patterns, checked (one line naming the option) before any audio is read."""
-    from jibjib.analysis.recorders import PatternError, Recorders
+    from jibjib.analysis.recorders import PatternError, checked_recorders
     from jibjib.core.errors import InputError
 
-    for option, site, time in (("--site-pattern", args.site_pattern, None), ("--time-pattern", None, args.time_pattern)):
-        try:
-            Recorders(site, time)
-        except PatternError as exc:
-            raise InputError(f"{option}: {exc}") from None
-    return Recorders(args.site_pattern, args.time_pattern)
+    try:
+        return checked_recorders(args.site_pattern, args.time_pattern, ("--site-pattern", "--time-pattern"))
+    except PatternError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _deployment_tables(out: Path, detections: Path, results, settings, mel_range, writer_name: str) -> set[str]:
