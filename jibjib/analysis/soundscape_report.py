@@ -71,8 +71,10 @@ def markdown_section(report: dict[str, Any]) -> str:
         f"Window level, pooled over the files; the threshold figures at the delivered thresholds. Macro averages over "
         f"the {report['species_annotated']} annotated species (the threshold figures over the {report['macro_species']} "
         f"of them with a threshold). Pooled: {pooled['detected_calls']} of {pooled['calls']} calls found, "
-        f"{pooled['false_detections']} of {pooled['detections']} detections false "
-        f"({pooled['false_detections_unannotated']} of them where no call is annotated).",
+        f"{pooled['false_detections']} of {pooled['detections']} detections false: "
+        f"{pooled['false_detections_unannotated']} where no call is annotated, "
+        f"{pooled['false_detections_partial_call']} on part of a call of their species (less than the hit share), "
+        f"{pooled['false_detections_other_calls']} on other species' calls only.",
         "",
         "| species | calls | positive windows | AP | ROC-AUC | threshold | precision | recall | F1 "
         "| detections | event recall | false detections | per hour |",

@@ -31,7 +31,11 @@ when they overlap by at least OVERLAP_SHARE (half) of the shorter of the two.
 * *False detections per hour*: the false detections over the hours of all
   evaluated audio; and, separately, the false detections that overlap no
   annotated call of any label over the hours no annotated call covers
-  (`per_unannotated_hour`: the rate in bird-free audio).
+  (`per_unannotated_hour`: the rate in bird-free audio).  Where the false
+  detections are: in audio without any call (`unannotated`), on part of a
+  call of their own species, overlapping it by less than the hit share
+  (`partial_call`: a window beside a call, holding its start or end), or on
+  other species' calls only (`other_calls`); the three add up to all.
 * Species with calls in the evaluated files enter the macro averages (AP and
   ROC-AUC where defined; the threshold figures where the species also has a
   threshold); *pooled* figures count every call and every false detection of
@@ -155,6 +159,7 @@ class _SpeciesInFile:
     detections: int
     false_detections: int
     false_unannotated: int  # false detections that overlap no annotated call of any label
+    false_partial: int  # false detections that overlap a call of their own species, by less than OVERLAP_SHARE
 
 
 def _species_in_file(s: WindowScores, column: int, calls: list[Call], threshold: float, found: list[Detection],
@@ -168,10 +173,12 @@ def _species_in_file(s: WindowScores, column: int, calls: list[Call], threshold:
     hits = hit_matrix(d_start, d_end, *spans(calls))
     false = ~hits.any(axis=1)
     in_quiet = ~(_overlaps(d_start, d_end, *spans(all_calls)) > 0).any(axis=1)
+    on_own_call = (_overlaps(d_start, d_end, *spans(calls)) > 0).any(axis=1)
     return _SpeciesInFile(positive=pos[~out], score=col[~out], left_out_windows=int(out.sum()),
                           detected_windows=int(hit.sum()), true_windows=int((hit & pos).sum()), calls=len(calls),
                           detected_calls=matched_calls(hits), detections=len(found),
-                          false_detections=int(false.sum()), false_unannotated=int((false & in_quiet).sum()))
+                          false_detections=int(false.sum()), false_unannotated=int((false & in_quiet).sum()),
+                          false_partial=int((false & on_own_call).sum()))
 
 
 def _species_row(label: str, threshold: float, files: list[_SpeciesInFile], hours: dict[str, float]) -> dict[str, Any]:
@@ -186,7 +193,7 @@ def _species_row(label: str, threshold: float, files: list[_SpeciesInFile], hour
     if precision is None and has_threshold and support:
         precision = 0.0  # a threshold that finds nothing has not delivered
     recall = metrics.safe_ratio(total("true_windows"), support) if has_threshold else None
-    false, quiet = total("false_detections"), total("false_unannotated")
+    false, quiet, partial = total("false_detections"), total("false_unannotated"), total("false_partial")
 
     def given_threshold(value: Any) -> Any:
         return value if has_threshold else None
@@ -212,6 +219,8 @@ def _species_row(label: str, threshold: float, files: list[_SpeciesInFile], hour
         "false_detections_per_hour": given_threshold(metrics.safe_ratio(false, hours["all"])),
         "false_detections_unannotated": given_threshold(quiet),
         "false_detections_per_unannotated_hour": given_threshold(metrics.safe_ratio(quiet, hours["unannotated"])),
+        "false_detections_partial_call": given_threshold(partial),
+        "false_detections_other_calls": given_threshold(false - quiet - partial),
     }
 
 
@@ -224,6 +233,7 @@ def _averages(per_species: list[dict[str, Any]], hours: dict[str, float]) -> dic
     calls, found = sum(row["calls"] for row in thresholded), sum(row["detected_calls"] for row in thresholded)
     false = sum(row["false_detections"] for row in with_threshold)
     quiet = sum(row["false_detections_unannotated"] for row in with_threshold)
+    partial = sum(row["false_detections_partial_call"] for row in with_threshold)
     rates = ("false_detections_per_hour", "false_detections_per_unannotated_hour")
     return {
         "cmap": metrics.mean_of_known([row["average_precision"] for row in annotated]),
@@ -241,6 +251,8 @@ def _averages(per_species: list[dict[str, Any]], hours: dict[str, float]) -> dic
             "false_detections_unannotated": quiet,
             "false_detections_per_unannotated_hour":
                 metrics.safe_ratio(quiet, hours["unannotated"]) if with_threshold else None,
+            "false_detections_partial_call": partial,
+            "false_detections_other_calls": false - quiet - partial,
         },
     }
 

@@ -118,6 +118,9 @@ def test_hand_worked_case(hand_case):
     assert (a["detected_calls"], a["event_recall"]) == (1, 0.5)
     assert a["false_detections_per_hour"] == pytest.approx(720.0)
     assert (a["false_detections_unannotated"], a["false_detections_per_unannotated_hour"]) == (2, pytest.approx(450))
+    # A's four false detections: f1 [3, 4] on B's call only, [7, 8] on 0.1 s of A's 0.3 s call (under half),
+    # f1 [9, 10] and f2 [4, 5] where no call is.
+    assert (a["false_detections_partial_call"], a["false_detections_other_calls"]) == (1, 1)
     assert (b["positive_windows"], b["left_out_windows"]) == (4, 0)
     assert b["average_precision"] == pytest.approx((1 + 2 / 3 + 3 / 4 + 4 / 5) / 4)
     assert b["roc_auc"] == pytest.approx(61 / 64)
@@ -135,7 +138,8 @@ def test_hand_worked_case(hand_case):
     assert report["pooled"] == pytest.approx({
         "calls": 4, "detected_calls": 2, "event_recall": 0.5, "detections": 10, "false_detections": 6,
         "false_detections_per_hour": 1080.0, "false_detections_unannotated": 4,
-        "false_detections_per_unannotated_hour": 900.0})
+        "false_detections_per_unannotated_hour": 900.0, "false_detections_partial_call": 1,
+        "false_detections_other_calls": 1})
     assert (report["hours"], report["unannotated_hours"]) == (pytest.approx(20 / 3600), pytest.approx(16 / 3600))
     assert report["detection_settings"] == {"merge": False, "min_score": None}
     assert report["species_not_annotated"] == ["C"]
@@ -149,6 +153,7 @@ def test_hand_worked_case(hand_case):
     section = (hand_case["out"] / "soundscapes.md").read_text()
     assert section.startswith("## Annotated soundscapes") and "| A | 2 | 3 | 0.633 |" in section
     assert "each window at or above it (analyze.merge is off)" in section
+    assert "1 on part of a call of their species (less than the hit share), 1 on other species' calls only" in section
     assert "Never annotated (reported, not in the macro averages): C." in section
 
 
@@ -189,6 +194,7 @@ def test_a_detection_finds_one_call_and_must_overlap_enough():
     assert (row["detections"], row["false_detections"], row["detected_calls"]) == (2, 1, 1)
     assert row["false_detections_per_hour"] == pytest.approx(360.0)  # 1 in 10 s
     assert row["false_detections_unannotated"] == 0 and row["false_detections_per_unannotated_hour"] == 0.0
+    assert (row["false_detections_partial_call"], row["false_detections_other_calls"]) == (1, 0)
     everything = {"f": [Call(0.0, 10.0, "Y"), *calls["f"]]}  # a chorus of another species over the whole file
     start = np.array([6.0])
     scores = WindowScores(start, start + 1.0, np.ones((1, 2), np.float32), ["X", "Y"], 10.0, 16000, "0" * 64)
@@ -196,6 +202,7 @@ def test_a_detection_finds_one_call_and_must_overlap_enough():
     assert busy["unannotated_hours"] == 0.0
     assert busy["pooled"]["false_detections_per_hour"] == pytest.approx(360.0)
     assert busy["pooled"]["false_detections_per_unannotated_hour"] is None
+    assert (busy["pooled"]["false_detections_other_calls"], busy["pooled"]["false_detections_partial_call"]) == (1, 0)
 
 
 def test_event_counts_agree_with_sed_eval():
