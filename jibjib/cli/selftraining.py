@@ -60,7 +60,8 @@ def cmd_pseudo_label(args: argparse.Namespace) -> None:
                                    hop_frames=int(z["hop_frames"]))
     manifest = pd.read_csv(args.manifest, sep="\t", keep_default_na=False)
     rows = write_pseudo_labels(args.out, args.table, windows, manifest, thresholds["label"].astype(str).tolist(),
-                               thresholds["window_threshold"].to_numpy(float), settings, seq_len, grid, multi_label)
+                               thresholds["window_threshold"].to_numpy(float), settings, seq_len, grid, multi_label,
+                               params.mel_bands)
     kinds = rows["kind"].value_counts()
     print(f"pseudo-label: {kinds.get('positive', 0)} positive and {kinds.get('negative', 0)} negative windows of "
           f"{len(windows['file'])}", file=sys.stderr)

@@ -110,14 +110,14 @@ def pseudo_targets(scores: np.ndarray, positive: np.ndarray, negative: np.ndarra
 def write_pseudo_labels(out_npz: str | os.PathLike, out_tsv: str | os.PathLike, windows: dict[str, np.ndarray],
                         manifest: pd.DataFrame, classes: list[str], thresholds: np.ndarray,
                         settings: SelfTrainingSettings, seq_len: int | None, grid: WindowGrid,
-                        multi_label: bool) -> pd.DataFrame:
+                        multi_label: bool, mel_bands: int) -> pd.DataFrame:
     """The pseudo-labelled windows: their log-mel units, masks and soft targets (npz, what `jibjib train
     --pseudo-labels` reads) and one row each (tsv, PSEUDO_COLUMNS); returns the rows."""
     scores = windows["probabilities"]
     positive, negative = select_windows(scores, thresholds, settings)
     order = np.concatenate([np.flatnonzero(positive), np.flatnonzero(negative)])
     manifest = manifest.reset_index(drop=True)
-    units = _units(manifest, windows["file"][order], windows["start_frame"][order], grid, seq_len)
+    units = _units(manifest, windows["file"][order], windows["start_frame"][order], grid, seq_len, mel_bands)
     fsutil.save_npz(out_npz, units=units.astype(np.float16), mask=np.ones(units.shape[:2], bool),
                     targets=pseudo_targets(scores, positive, negative, multi_label), classes=np.array(classes))
     passes = scores >= settings.threshold_scale * np.where(np.isfinite(thresholds), thresholds, np.inf)
@@ -135,8 +135,8 @@ def write_pseudo_labels(out_npz: str | os.PathLike, out_tsv: str | os.PathLike, 
 
 
 def _units(manifest: pd.DataFrame, files: np.ndarray, starts: np.ndarray, grid: WindowGrid,
-           seq_len: int | None) -> np.ndarray:
-    """The log-mel of the chosen windows as training units (n, patches per unit, patch frames, bands)."""
+           seq_len: int | None, mel_bands: int) -> np.ndarray:
+    """The log-mel of the chosen windows as training units (n, patches per unit, patch frames, mel_bands)."""
     units, loaded = [], {}
     for index, start in zip(files, starts):  # in the targets' order
         if index not in loaded:
@@ -144,6 +144,5 @@ def _units(manifest: pd.DataFrame, files: np.ndarray, starts: np.ndarray, grid: 
                 loaded = {index: z["log_mel"]}  # one file at a time in memory
         units.append(loaded[index][start:start + grid.window_frames])
     patches = seq_len or 1
-    bands = 64 if not units else units[0].shape[1]
-    stacked = np.stack(units) if units else np.zeros((0, grid.window_frames, bands), np.float32)
-    return stacked.reshape(len(stacked), patches, grid.window_frames // patches, bands)
+    stacked = np.stack(units) if units else np.zeros((0, grid.window_frames, mel_bands), np.float32)
+    return stacked.reshape(len(stacked), patches, grid.window_frames // patches, mel_bands)

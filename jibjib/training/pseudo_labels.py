@@ -30,10 +30,15 @@ class PseudoLabels:
     targets: np.ndarray  # (n, classes) float32
 
     @classmethod
-    def load(cls, path: str | os.PathLike, spec: InputSpec) -> PseudoLabels:
-        """The windows of `path`, checked against what the run trains (its unit and its classes)."""
+    def load(cls, path: str | os.PathLike, spec: InputSpec, classes: list[str]) -> PseudoLabels:
+        """The windows of `path`, checked against what the run trains: its unit and its classes, by name and
+        order (a target column is a class of labels.tsv; a teacher of another label set would teach wrong names)."""
         with np.load(path, allow_pickle=False) as z:
             found = cls(z["units"], z["mask"].astype(bool), z["targets"].astype(np.float32))
+            drawn_for = [str(c) for c in z["classes"]] if "classes" in z else None
+        if drawn_for is not None and drawn_for != list(classes):
+            raise InputError(f"--pseudo-labels {path}: drawn for the classes {drawn_for}, but this run trains "
+                             f"{list(classes)}: was the teacher trained on another labels.tsv?")
         unit = (spec.unit_patches, spec.frontend.patch_frames, spec.frontend.mel_bands)
         if found.units.shape[1:] != unit or found.targets.shape[1:] != (spec.n_classes,):
             raise InputError(f"--pseudo-labels {path}: windows of {found.units.shape[1:]} with "

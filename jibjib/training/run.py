@@ -92,7 +92,7 @@ def train(
 
     data = load_data(run, split_tsv, labels_tsv, features_dir, packed)
     plan = plan_input(run, data, embeddings, distribution)
-    pseudo = check_pseudo_labels(pseudo_labels, plan, distribution)
+    pseudo = check_pseudo_labels(pseudo_labels, plan, distribution, data.classes)
     pseudo_share = schema_default("self_training.batch_share") if pseudo_share is None else pseudo_share
     gpus = len(tf.config.list_logical_devices("GPU"))
     precision = "mixed_float16" if run.train.mixed_precision and gpus else "float32"
@@ -123,8 +123,8 @@ def train(
     return write_outputs(out, net, run, data, plan, state, started, devices)
 
 
-def check_pseudo_labels(path: str | os.PathLike | None, plan: InputPlan,
-                        distribution: Distribution) -> PseudoLabels | None:
+def check_pseudo_labels(path: str | os.PathLike | None, plan: InputPlan, distribution: Distribution,
+                        classes: list[str]) -> PseudoLabels | None:
     """The pseudo-labelled windows of `path`, if given, where the run can take them (through the whole model,
     in one process: the windows are not in the embedding cache, nor in a worker's share of the packs)."""
     if path is None:
@@ -132,7 +132,7 @@ def check_pseudo_labels(path: str | os.PathLike | None, plan: InputPlan,
     if plan.cached or distribution.workers > 1:
         raise InputError("--pseudo-labels: self-training trains through the whole model in one process; "
                          "not with an embedding cache (--embeddings) or several workers")
-    pseudo = PseudoLabels.load(path, plan.spec)
+    pseudo = PseudoLabels.load(path, plan.spec, classes)
     if distribution.is_chief:
         print(f"train: {len(pseudo)} pseudo-labelled windows from {path} join the batches", file=sys.stderr,
               flush=True)

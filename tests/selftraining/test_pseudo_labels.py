@@ -74,7 +74,8 @@ def test_positives_are_the_calls_and_negatives_the_quiet_windows(scored) -> None
     thresholds = np.array([0.5, 0.5])
     grid = window_grid(None, VGGISH, None)
     rows = write_pseudo_labels(tmp_path / "pseudo.npz", tmp_path / "pseudo.tsv", windows, manifest,
-                               list(CALLS), thresholds, settings, None, grid, multi_label=True)
+                               list(CALLS), thresholds, settings, None, grid, multi_label=True,
+                               mel_bands=VGGISH.mel_bands)
     assert len(windows["file"]) == int(SECONDS // WINDOW) - (1 if SECONDS % WINDOW < 0.015 else 0)
     expected = {round(k * WINDOW, 3): calling(k * WINDOW) for k in range(len(windows["file"]))}
     got = dict(zip(rows["start_seconds"], rows["labels"].where(rows["kind"] == "positive", "")))
@@ -149,3 +150,16 @@ def test_long_recordings_are_scored_in_batches_with_the_same_result(scored, monk
     batched = window_scores(toy_teacher(), manifest, window_grid(None, VGGISH, None), multi_label=True)
     assert np.allclose(batched["probabilities"], whole["probabilities"], atol=1e-6)
     assert (batched["start_frame"] == whole["start_frame"]).all()
+
+
+def test_a_teacher_that_passes_nothing_writes_an_empty_set_of_the_front_end_shape(scored) -> None:
+    """No species reaches its threshold: no positive, so no negative either; the empty units still have the
+    front end's bands (a 40-band front end gets 40, not a default), so a student loads the set."""
+    manifest, windows, tmp_path = scored
+    settings = SelfTrainingSettings.from_dict({"audio_dir": "field"})
+    rows = write_pseudo_labels(tmp_path / "none.npz", tmp_path / "none.tsv", windows, manifest, list(CALLS),
+                               np.array([np.nan, np.nan]), settings, None, window_grid(None, VGGISH, None),
+                               multi_label=True, mel_bands=40)
+    assert rows.empty
+    with np.load(tmp_path / "none.npz") as z:
+        assert z["units"].shape == (0, 1, VGGISH.patch_frames, 40) and z["targets"].shape == (0, len(CALLS))

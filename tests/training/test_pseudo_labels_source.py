@@ -52,11 +52,17 @@ def test_each_batch_gets_its_share_of_pseudo_labelled_windows() -> None:
 def test_windows_of_another_unit_or_label_set_are_refused(tmp_path: Path) -> None:
     windows = pseudo()
     np.savez(tmp_path / "p.npz", units=windows.units, mask=windows.mask, targets=windows.targets)
-    assert len(PseudoLabels.load(tmp_path / "p.npz", SPEC)) == 5
+    assert len(PseudoLabels.load(tmp_path / "p.npz", SPEC, ["a", "b"])) == 5
     with pytest.raises(InputError, match="classes"):
-        PseudoLabels.load(tmp_path / "p.npz", InputSpec(n_classes=3, multi_label=True))
+        PseudoLabels.load(tmp_path / "p.npz", InputSpec(n_classes=3, multi_label=True), ["a", "b", "c"])
     with pytest.raises(InputError, match="units"):
-        PseudoLabels.load(tmp_path / "p.npz", InputSpec(n_classes=2, seq_len=3, multi_label=True))
+        PseudoLabels.load(tmp_path / "p.npz", InputSpec(n_classes=2, seq_len=3, multi_label=True), ["a", "b"])
+    # Same count, other names or order: the target columns would teach the wrong species.
+    np.savez(tmp_path / "named.npz", units=windows.units, mask=windows.mask, targets=windows.targets,
+             classes=np.array(["a", "b"]))
+    assert len(PseudoLabels.load(tmp_path / "named.npz", SPEC, ["a", "b"])) == 5
+    with pytest.raises(InputError, match=r"drawn for the classes \['a', 'b'\], but this run trains \['b', 'a'\]"):
+        PseudoLabels.load(tmp_path / "named.npz", SPEC, ["b", "a"])
 
 
 def test_weak_negative_weights_stay_and_pseudo_windows_count_in_full() -> None:
