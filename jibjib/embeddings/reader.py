@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jibjib.packing.shards import index_rows
+
 INDEX_COLUMNS = ["path", "row", "patches", "content", "cut", "trunk"]
 DTYPE = np.dtype("<f4")
 
@@ -72,12 +74,7 @@ class EmbeddingCache:
 
     def locate(self, paths: "pd.Series | list[str]") -> pd.DataFrame:
         """INDEX_COLUMNS and array of each path, in the order given."""
-        by_path = self.index.set_index("path")
-        missing = [p for p in paths if p not in by_path.index]
-        if missing:
-            raise KeyError(f"{len(missing)} files are not in the embedding cache ({missing[0]}, ...): "
-                           "run jibjib embed on their shards again")
-        return by_path.loc[list(paths)].reset_index()
+        return index_rows(self.index, paths, "the embedding cache", "run jibjib embed on their shards again")
 
     def keys(self) -> set[tuple[str, str]]:
         """The (cut, trunk digest) pairs the caches were computed with."""

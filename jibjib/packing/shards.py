@@ -152,6 +152,16 @@ def _previous_pack(array_path: Path, index_path: Path) -> "PackedFeatures | None
     return pack
 
 
+def index_rows(index: pd.DataFrame, paths: "pd.Series | list[str]", source: str, remedy: str) -> pd.DataFrame:
+    """The rows of a store's `index` (a `path` column) for `paths`, in the order given; a KeyError naming the
+    first missing path, the `source` and the `remedy` when any is not there."""
+    by_path = index.set_index("path")
+    missing = [p for p in paths if p not in by_path.index]
+    if missing:
+        raise KeyError(f"{len(missing)} files are not in {source} ({missing[0]}, ...): {remedy}")
+    return by_path.loc[list(paths)].reset_index()
+
+
 @dataclasses.dataclass
 class PackedFeatures:
     """The packs of several shards: a joint index and positioned reads of their rows."""
@@ -191,12 +201,8 @@ class PackedFeatures:
 
     def locate(self, paths: "pd.Series | list[str]") -> pd.DataFrame:
         """array, row, frames and content of each path (split.tsv paths), in the order given."""
-        by_path = self.index.set_index("path")
-        missing = [p for p in paths if p not in by_path.index]
-        if missing:
-            raise KeyError(f"{len(missing)} files are not in the packed features ({missing[0]}, ...): "
-                           "pack the feature shards again")
-        return by_path.loc[list(paths), ["array", "row", "frames", "content"]].reset_index()
+        where = index_rows(self.index, paths, "the packed features", "pack the feature shards again")
+        return where[["path", "array", "row", "frames", "content"]]
 
     @property
     def has_activity(self) -> bool:
