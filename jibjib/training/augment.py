@@ -188,15 +188,17 @@ def mix_with_previous(x: tf.Tensor, own: tf.Tensor) -> tf.Tensor:
 
 
 def mixup_batch(inputs: tf.Tensor, targets: tf.Tensor, seed: tf.Tensor, probability: float,
-                alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
-    """Mix each chosen example with its neighbour in the batch: inputs and targets by the same weight.
+                alpha: float, loss_weight: tf.Tensor | None = None) -> tuple[tf.Tensor, ...]:
+    """Mix each chosen example with its neighbour in the batch: inputs and targets by the same weight, and
+    with `loss_weight` (B,) given also the examples' loss weights (returned third), as the training step does.
 
     The weight w ~ Beta(alpha, alpha), folded to w >= 0.5 so the example
     keeps its identity; inputs are interpolated as log-mel (as in mixup for
     spectrograms), targets as w * own + (1 - w) * neighbour's.
     """
     own = mixup_weights(tf.shape(targets)[0], seed, probability, alpha)
-    return mix_with_previous(inputs, own), mix_with_previous(targets, own)
+    mixed = (mix_with_previous(inputs, own), mix_with_previous(targets, own))
+    return mixed if loss_weight is None else (*mixed, mix_with_previous(loss_weight, own))
 
 
 def union_mix(units: tf.Tensor, target: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, probability: float,

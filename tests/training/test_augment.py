@@ -135,6 +135,12 @@ def test_mixup_mixes_inputs_and_targets_by_the_same_weight() -> None:
         assert mixed_y[i].sum() == pytest.approx(1.0)
     unchanged_x, unchanged_y = mixup_batch(x, y, seed(6), probability=0.0, alpha=0.4)
     assert np.array_equal(unchanged_x, x) and np.array_equal(unchanged_y, y)
+    # Loss weights (a weak negative's 0.3 beside full examples) mix by the same weight as the targets.
+    loss_weight = np.array([1.0, 0.3] * 4, np.float32)
+    *_, mixed_w = (v.numpy() for v in mixup_batch(x, y, seed(6), 1.0, 0.4, tf.constant(loss_weight)))
+    for i in range(8):
+        weight = mixed_y[i, i % 4]
+        assert mixed_w[i] == pytest.approx(weight * loss_weight[i] + (1 - weight) * loss_weight[(i - 1) % 8], abs=1e-6)
 
 
 def test_same_seed_same_augmentation() -> None:

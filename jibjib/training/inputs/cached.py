@@ -95,8 +95,8 @@ def embedding_dataset(files: pd.DataFrame, cache: EmbeddingCache, spec: InputSpe
     ds = order.batch(batch_size).map(read, num_parallel_calls=AUTOTUNE, deterministic=True)
     if training and aug.mixup_probability > 0:
         ds = tf.data.Dataset.zip(ds, seed_pairs(seed + 5, True)).map(
-            lambda batch, s: (*mixup_batch(batch[0], batch[1], s, aug.mixup_probability, aug.mixup_alpha),
-                              batch[2]), num_parallel_calls=AUTOTUNE, deterministic=True)
+            lambda batch, s: mixup_batch(*batch[:2], s, aug.mixup_probability, aug.mixup_alpha, batch[2]),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
     smoothing = spec.label_smoothing if training else 0.0
     ds = ds.map(lambda x, t, w: (x, smoothed(t, spec, smoothing), w) if spec.windows.weighs
                 else (x, smoothed(t, spec, smoothing)))
