@@ -13,6 +13,13 @@ every class, multi-species rows positives of each of theirs.
   a positive of each class it holds), counted on a grid of GRID_STEP (status
   `fallback`, or `fallback_unreachable` when the pooled rule finds none).
   One or two val files would otherwise set the threshold at their own score.
+* Where the rule is met by a score, every threshold between that score and
+  the next lower val score (or the background floor, if higher) detects the
+  same val rows: the threshold is placed in the middle of that gap, in
+  log-odds (`middle_of_gap`), not at its upper edge. The upper edge is the
+  faintest val positive itself; calls in field audio, fainter and more mixed
+  than focal recordings, score below it, and with a few val rows per species
+  the gap is wide.
 * Precision at a threshold comes with its Wilson 95 % interval (the true
   positives among the detections as a binomial share).
 """
@@ -23,6 +30,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.special import expit, logit
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix_at_thresholds
 
@@ -35,6 +43,8 @@ BACKGROUND_PASS_RATE = 0.01
 CONFIDENCE = 0.95
 # The pooled threshold's resolution: candidates are multiples of it (scores are probabilities in [0, 1]).
 GRID_STEP = 1e-4
+# Probabilities are clipped to this before log-odds (a score of exactly 0 or 1 has none).
+LOGIT_CLIP = (1e-7, 1.0 - 1e-7)
 
 
 def precision_interval(true_pos: int, detections: int) -> tuple[float, float]:
@@ -45,14 +55,27 @@ def precision_interval(true_pos: int, detections: int) -> tuple[float, float]:
     return float(interval.low), float(interval.high)
 
 
+def middle_of_gap(upper: float, lower: float | None) -> float:
+    """The point halfway between two probabilities in log-odds (`upper` itself when there is no `lower`)."""
+    if lower is None or not lower < upper:
+        return float(upper)
+    return float(expit((logit(np.clip(upper, *LOGIT_CLIP)) + logit(np.clip(lower, *LOGIT_CLIP))) / 2))
+
+
 def _own_threshold(positive: np.ndarray, score: np.ndarray, target: float, floor: float | None) -> float:
-    """The lowest distinct score reaching `target` precision (and above `floor`), NaN if none."""
+    """The lowest distinct score reaching `target` precision (and above `floor`), moved to the middle of its
+    gap to the next lower score or the floor; NaN if none."""
     tns, fps, fns, tps, candidates = confusion_matrix_at_thresholds(positive, score)
     precision = tps / (tps + fps)
     reaching = np.flatnonzero((precision >= target) & (tps > 0))
     if floor is not None:
         reaching = reaching[candidates[reaching] > floor]
-    return float(candidates[reaching[-1]]) if reaching.size else math.nan  # candidates fall: last is lowest
+    if not reaching.size:
+        return math.nan
+    lowest = reaching[-1]  # candidates fall: the last is the lowest
+    below = [float(candidates[lowest + 1])] if lowest + 1 < len(candidates) else []
+    below += [floor] if floor is not None else []
+    return middle_of_gap(float(candidates[lowest]), max(below) if below else None)
 
 
 def pooled_threshold(truth: np.ndarray, scores: np.ndarray, target: float,
@@ -80,8 +103,10 @@ def pooled_threshold(truth: np.ndarray, scores: np.ndarray, target: float,
         return math.nan
     # The lowest positive score in or above that bin: raising the threshold to it only drops negatives.
     edge = edges[reaching[0]]
-    return float(min(scores[truth[:, c] & (scores[:, c] >= edge), c].min(initial=np.inf)
-                     for c in range(truth.shape[1])))
+    lowest = float(min(scores[truth[:, c] & (scores[:, c] >= edge), c].min(initial=np.inf)
+                       for c in range(truth.shape[1])))
+    below = max(scores[scores[:, c] < lowest, c].max(initial=-np.inf) for c in range(truth.shape[1]))
+    return middle_of_gap(lowest, float(below) if np.isfinite(below) else None)
 
 
 def precision_thresholds(y: np.ndarray, scores: np.ndarray, classes: list[str], target_precision: float,

@@ -119,6 +119,12 @@ def test_temperature_recovers_the_overconfidence() -> None:
     assert metrics.fit_temperature(np.zeros((0, 5)), np.zeros(0, int), np.zeros(0, int)) == 1.0
 
 
+def middle(upper: float, lower: float) -> float:
+    """Halfway between two probabilities in log-odds."""
+    mean = (math.log(upper / (1 - upper)) + math.log(lower / (1 - lower))) / 2
+    return 1 / (1 + math.exp(-mean))
+
+
 def test_thresholds_reach_the_target_precision() -> None:
     # Class 0 scores of six val files, ranked: + + - + - -.
     y = np.array([0, 0, 1, 0, 1, 1])
@@ -126,17 +132,21 @@ def test_thresholds_reach_the_target_precision() -> None:
     scores = np.c_[scores, 1 - scores]
     rows = fitting.precision_thresholds(y, scores, ["a", "b"], target_precision=0.75)
     a = rows[0]
-    # At 0.6: 3 of 4 detections right (0.75), recall 1; the lowest threshold that reaches 0.75.
-    assert (a["threshold"], a["precision"], a["recall"], a["status"]) == (0.6, 0.75, 1.0, "ok")
+    # At 0.6: 3 of 4 detections right (0.75), recall 1; the lowest score that reaches 0.75. Every threshold
+    # down to the next score, 0.5, detects the same files: the threshold is the middle of that gap in log-odds.
+    assert (a["threshold"], a["precision"], a["recall"], a["status"]) == (pytest.approx(middle(0.6, 0.5)), 0.75,
+                                                                          1.0, "ok")
+    assert 0.5 < a["threshold"] < 0.6
     strict = fitting.precision_thresholds(y, scores, ["a", "b"], target_precision=1.0)[0]
-    assert (strict["threshold"], strict["recall"]) == (0.8, pytest.approx(2 / 3))
+    assert (strict["threshold"], strict["recall"]) == (pytest.approx(middle(0.8, 0.7)), pytest.approx(2 / 3))
     # The highest b score belongs to an a file, so no threshold gives b precision 1.
     mixed = fitting.precision_thresholds(np.array([1, 0]), np.array([[0.6, 0.4], [0.4, 0.6]]), ["a", "b"], 1.0)
     assert mixed[1]["status"] == "unreachable" and math.isnan(mixed[1]["threshold"])
     # b has no val file: it falls back to the pooled threshold, the lowest positive score of any class above
-    # b's 0.1 scores (a's 0.9; there every detection of every class is right), and is flagged.
+    # b's 0.1 scores (a's 0.9; there every detection of every class is right) moved to the middle of the gap
+    # down to 0.1 (0.5 in log-odds), and is flagged.
     absent = fitting.precision_thresholds(np.array([0, 0]), np.array([[0.9, 0.1]] * 2), ["a", "b"], 0.9)[1]
-    assert (absent["status"], absent["threshold"]) == ("fallback", 0.9)
+    assert (absent["status"], absent["threshold"]) == ("fallback", pytest.approx(0.5))
     assert absent["support"] == 0 and math.isnan(absent["recall"])
 
 
@@ -182,8 +192,9 @@ def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) 
     from jibjib.evaluation.evaluate import Labelled, ThresholdRule, threshold_table, too_few_recordings
     from jibjib.evaluation.report import evaluated_sentence, threshold_sentence
 
-    # Val: a a b. Raw a scores 0.9 0.5 | 0.6 -> lowest threshold at precision 1 is 0.9 (0.6 is a b file);
-    # calibrated a scores 0.7 0.6 | 0.5 -> 0.6, recall 1. The order changed, so the thresholds differ.
+    # Val: a a b. Raw a scores 0.9 0.5 | 0.6 -> lowest score at precision 1 is 0.9 (0.6 is a b file), the
+    # threshold in the middle of the gap down to 0.6; calibrated a scores 0.7 0.6 | 0.5 -> 0.6 (gap to 0.5),
+    # recall 1. The order changed, so the thresholds differ.
     val_y = np.array([0, 0, 1])
     val = {"raw": np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4]]),
            "calibrated": np.array([[0.7, 0.3], [0.6, 0.4], [0.5, 0.5]])}
@@ -205,13 +216,16 @@ def test_threshold_table_fits_and_tests_raw_and_calibrated_separately(tmp_path) 
         "window_support", "window_status", "window_test_support", "window_test_detections",
         "window_test_precision", *(f"window_test_{c}" for c in interval), "window_test_recall"]
     a, b = summary["per_class"]
-    assert (a["threshold"], a["recall"], a["test_precision"], a["test_recall"]) == (0.9, 0.5, 1.0, 1.0)
-    assert (a["calibrated_threshold"], a["calibrated_recall"]) == (0.6, 1.0)
+    assert (a["threshold"], a["recall"], a["test_precision"], a["test_recall"]) == (pytest.approx(middle(0.9, 0.6)),
+                                                                                    0.5, 1.0, 1.0)
+    assert (a["calibrated_threshold"], a["calibrated_recall"]) == (pytest.approx(middle(0.6, 0.5)), 1.0)
     assert (a["calibrated_test_detections"], a["calibrated_test_precision"]) == (2, 0.5)
     # b: the highest raw b score on val (0.5) is an a file: no raw threshold, no raw test figures.
     assert (b["status"], b["threshold"], b["test_support"], b["test_precision"]) == ("unreachable", None, 1, None)
-    # Calibrated b scores on val 0.3 0.4 | 0.5 -> 0.5; on test the b file scores 0.38: no detection, precision 0.
-    assert (b["calibrated_threshold"], b["calibrated_test_detections"], b["calibrated_test_precision"]) == (0.5, 0, 0.0)
+    # Calibrated b scores on val 0.3 0.4 | 0.5 -> 0.5 (gap to 0.4: 0.45); on test the b file scores 0.38: no
+    # detection, precision 0.
+    assert (b["calibrated_threshold"], b["calibrated_test_detections"], b["calibrated_test_precision"]) == (
+        pytest.approx(middle(0.5, 0.4)), 0, 0.0)
     assert summary["raw"]["classes_with_threshold"] == 1 and summary["calibrated"]["classes_with_threshold"] == 2
     assert summary["raw"]["test"]["classes"] == 1 and summary["raw"]["test"]["macro_precision"] == 1.0
     calibrated = summary["calibrated"]["test"]
@@ -235,9 +249,10 @@ def test_window_thresholds_are_fitted_on_the_windows_of_val_files_labelled_by_th
     """Two classes, two windows per file; the numbers are P(a) per window (P(b) = 1 - P(a)).
 
     Val: file a 0.9 0.3 (mean 0.6), file b 0.5 0.5 (mean 0.5).  At precision 1:
-    a  file threshold 0.6 (recall 1); its windows 0.9 | 0.5 0.5 (b's) | 0.3 -> window threshold 0.9,
-       recall 1/2: the quiet window of the a file counts as a window of a, missed.
-    b  file threshold 0.5 (b means 0.4 | 0.5); its windows' highest P(b), 0.7, is the a file's quiet
+    a  file threshold at 0.6 (recall 1; in the middle of the gap to 0.5, log-odds, as every threshold);
+       its windows 0.9 | 0.5 0.5 (b's) | 0.3 -> window threshold at 0.9 (gap to 0.5: 0.75), recall 1/2:
+       the quiet window of the a file counts as a window of a, missed.
+    b  file threshold at 0.5 (b means 0.4 | 0.5); its windows' highest P(b), 0.7, is the a file's quiet
        window -> unreachable: no window threshold although the file threshold exists.
     Test: file a 0.95 0.35 (mean 0.65), file b 0.6 0.3 (mean 0.45).
     """
@@ -257,14 +272,14 @@ def test_window_thresholds_are_fitted_on_the_windows_of_val_files_labelled_by_th
     table, summary = threshold_table(threshold_scores(val, 1.0, False), threshold_scores(test, 1.0, False),
                                      ["a", "b"], ThresholdRule(target_precision=1.0))
     a, b = table.to_dict("records")
-    assert (a["threshold"], a["recall"], a["support"]) == (pytest.approx(0.6), 1.0, 1)
-    assert (a["window_threshold"], a["window_precision"], a["window_recall"]) == (pytest.approx(0.9), 1.0, 0.5)
+    assert (a["threshold"], a["recall"], a["support"]) == (pytest.approx(middle(0.6, 0.5)), 1.0, 1)
+    assert (a["window_threshold"], a["window_precision"], a["window_recall"]) == (pytest.approx(0.75), 1.0, 0.5)
     assert (a["window_support"], a["window_status"]) == (2, "ok")
-    # On test the a file (mean 0.65) is detected; of its windows only 0.95 reaches 0.9.
+    # On test the a file (mean 0.65) is detected; of its windows only 0.95 reaches 0.75 (b's 0.6 does not).
     assert (a["test_detections"], a["test_recall"]) == (1, 1.0)
     assert (a["window_test_support"], a["window_test_detections"], a["window_test_precision"],
             a["window_test_recall"]) == (2, 1, 1.0, 0.5)
-    assert (b["status"], b["threshold"]) == ("ok", pytest.approx(0.5))
+    assert (b["status"], b["threshold"]) == ("ok", pytest.approx(middle(0.5, 0.4)))
     assert b["window_status"] == "unreachable" and math.isnan(b["window_threshold"])
     assert (b["window_support"], b["window_test_support"]) == (2, 2)
     assert pd.isna(b["window_test_detections"]) and math.isnan(b["window_test_precision"])
@@ -282,9 +297,11 @@ def test_thresholds_let_at_most_one_percent_of_background_pass() -> None:
     a = np.array([0.9, 0.8, 0.3] + [0.1] * 98 + [0.5] * 2)
     scores = np.stack([a, 1 - a], axis=1)
     row = fitting.precision_thresholds(y, scores, ["a", "b"], target_precision=0.5)[0]
-    assert (row["threshold"], row["recall"], row["status"]) == (0.8, pytest.approx(2 / 3), "ok")
+    # 0.8, moved down its gap no further than the background floor 0.5 (the 99th percentile).
+    assert (row["threshold"], row["recall"], row["status"]) == (pytest.approx(middle(0.8, 0.5)), pytest.approx(2 / 3),
+                                                                "ok")
     lenient = fitting.precision_thresholds(y, scores, ["a", "b"], target_precision=0.5, background_pass_rate=0.05)[0]
-    assert lenient["threshold"] == 0.3
+    assert lenient["threshold"] == pytest.approx(middle(0.3, 0.1))
 
 
 # --------------------------------------------------------------------------
@@ -381,7 +398,9 @@ def test_thresholds_and_their_test_figures_agree_with_scikit_learn(seed: int) ->
         if good.size == 0:
             assert row["status"] == "unreachable" and math.isnan(row["threshold"])
             continue
-        assert (row["status"], row["threshold"]) == ("ok", good.min())
+        below = val_scores[val_scores[:, c] < good.min(), c]
+        lower = max(below.max(initial=-np.inf), floor)
+        assert (row["status"], row["threshold"]) == ("ok", pytest.approx(middle(good.min(), lower)))
         detected = val_scores[:, c] >= row["threshold"]
         assert row["precision"] == pytest.approx(sk.precision_score(val_truth[:, c], detected))
         assert row["recall"] == pytest.approx(sk.recall_score(val_truth[:, c], detected))
@@ -426,22 +445,24 @@ def test_classwise_calibration_counts_every_class_on_every_row() -> None:
 def test_thresholds_need_val_support_or_fall_back_to_the_pooled_one() -> None:
     """Val: a has 4 files (0.9 0.8 0.7 0.6), b one (0.95); every other score is 0.1 or 0.2.
 
-    a: 4 files >= min_support 3 -> its own threshold 0.6 (precision 1).  b: one file, below the minimum ->
-    the pooled threshold: every class's score on every row pooled, positives 0.95 0.9 0.8 0.7 0.6, negatives
-    at most 0.2 -> the lowest positive, 0.6, reaches precision 1.  Status `fallback`, its own figures.
+    a: 4 files >= min_support 3 -> its own threshold at 0.6 (precision 1).  b: one file, below the minimum
+    -> the pooled threshold: every class's score on every row pooled, positives 0.95 0.9 0.8 0.7 0.6,
+    negatives at most 0.2 -> the lowest positive, 0.6, reaches precision 1.  Status `fallback`, its own
+    figures.  Each threshold sits in the middle (log-odds) of its gap, here down to 0.2.
     """
     y = np.array([0, 0, 0, 0, 1])
     a = np.array([0.9, 0.8, 0.7, 0.6, 0.2])
     scores = np.stack([a, np.where(y == 1, 0.95, 0.1)], axis=1)
     a_row, b_row = fitting.precision_thresholds(y, scores, ["a", "b"], 1.0, min_support=3)
-    assert (a_row["threshold"], a_row["status"], a_row["support"]) == (0.6, "ok", 4)
+    assert (a_row["threshold"], a_row["status"], a_row["support"]) == (pytest.approx(middle(0.6, 0.2)), "ok", 4)
     assert (b_row["status"], b_row["support"]) == ("fallback", 1)
-    assert b_row["threshold"] == 0.6
+    assert b_row["threshold"] == pytest.approx(middle(0.6, 0.2))
     assert (b_row["precision"], b_row["recall"]) == (1.0, 1.0)
     # One right detection of one: the interval says how little that shows.
     assert (b_row["precision_low"], b_row["precision_high"]) == (pytest.approx(0.2065, abs=1e-4), 1.0)
     # With min_support 1, b keeps its own threshold: its one file's score.
-    assert fitting.precision_thresholds(y, scores, ["a", "b"], 1.0, min_support=1)[1]["threshold"] == 0.95
+    assert fitting.precision_thresholds(y, scores, ["a", "b"], 1.0, min_support=1)[1]["threshold"] == pytest.approx(
+        middle(0.95, 0.1))
 
 
 def test_precision_interval_is_wilson() -> None:

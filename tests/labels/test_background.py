@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import expit, logit
 import yaml
 
 from conftest import PREPARATION_TARGETS, REPO, chirp, make_tree, run_snakemake, write_wav
@@ -262,10 +263,11 @@ def test_metrics_count_background_and_multi_species_files(mixed) -> None:
 def test_thresholds_see_background_as_negatives_and_multi_species_as_positives(mixed) -> None:
     truth, scores = mixed
     rows = {row["label"]: row for row in fitting.precision_thresholds(truth, scores, CLASSES, 1.0)}
-    # a: ranked 0.9 (+) 0.4 (+) 0.3 (background) ...: threshold 0.4 reaches precision 1 at recall 1.
-    assert (rows["a"]["threshold"], rows["a"]["recall"]) == (0.4, 1.0)
+    # a: ranked 0.9 (+) 0.4 (+) 0.3 (background) ...: 0.4 reaches precision 1 at recall 1; the threshold is the
+    # middle of the gap down to 0.3 (log-odds), where the same files are detected.
+    assert (rows["a"]["threshold"], rows["a"]["recall"]) == (pytest.approx(expit((logit(0.4) + logit(0.3)) / 2)), 1.0)
     # b: 0.8 (+) 0.6 (an a file): only 0.8 keeps precision 1 -> recall 1/2 (file 3's 0.5 is missed).
-    assert (rows["b"]["threshold"], rows["b"]["recall"]) == (0.8, 0.5)
+    assert (rows["b"]["threshold"], rows["b"]["recall"]) == (pytest.approx(expit((logit(0.8) + logit(0.6)) / 2)), 0.5)
     # c: the top c score (0.5) is background, the multi-species file's 0.4 next -> 1/2 at best: unreachable.
     assert rows["c"]["status"] == "unreachable"
     outcome = fitting.threshold_outcomes(truth, scores, np.array([0.4, 0.5, 0.45]), CLASSES, 0.9)
@@ -357,9 +359,10 @@ def test_evaluation_with_background_and_multi_species_test_files(tmp_path: Path,
     per_class = {row["label"]: row for row in f["per_class"]}
     assert (per_class["b"]["support"], per_class["c"]["support"]) == (2, 1)
     thresholds = pd.read_csv(out / "thresholds.tsv", sep="\t").set_index("label")
-    assert thresholds["threshold"].to_numpy() == pytest.approx([1 / (1 + math.exp(-4))] * 3)
     # One or two val files each, under evaluate.min_threshold_support (3): every species takes the pooled
-    # threshold, the lowest positive score of any species above the background's, and is flagged.
+    # threshold, the lowest positive score of any species above the background's (sigmoid(4)), moved to the
+    # middle of its gap down to the highest other score (sigmoid(-4)) in log-odds: 0.5; flagged.
+    assert thresholds["threshold"].to_numpy() == pytest.approx([0.5] * 3)
     assert set(thresholds["status"]) == {"fallback"} and report["thresholds"]["raw"]["classes_with_fallback"] == 3
     assert thresholds.loc["a", "test_detections"] == 2 and thresholds.loc["a", "test_precision"] == 0.5
     assert (thresholds.loc["c", "support"], thresholds.loc["c", "test_recall"]) == (1, 1.0)
