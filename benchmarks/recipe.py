@@ -15,11 +15,13 @@ Runs the workflow once per configuration, each in a work folder of its own
 
 The ablation runs train without self-training (so each compares with the
 recipe's teacher) and, by default, the ConvLSTM only (`--ablation-models`),
-which keeps the whole benchmark near an hour on a 2-core machine. Printed per
+which keeps the whole benchmark within an hour on a 2-core machine. Printed per
 model and configuration: the focal test split's file macro-F1 and, on the
 annotated demo soundscapes as analyze delivers its detections, window cmAP,
-macro ROC-AUC, pooled event recall and false detections per hour of all audio
-(docs/evaluation.md); then the targets of the recipe issue.
+macro ROC-AUC, pooled event recall and false detections per hour of all audio,
+and where the false detections fall (beside a call of their own species, on
+other species' calls only, on no call; docs/evaluation.md); then the targets of
+the recipe issue.
 
     .venv/bin/python benchmarks/recipe.py [--workdir DIR] [--cores 2] [--only NAME ...]
         [--ablation-models vggish convlstm]
@@ -80,6 +82,10 @@ def figures(eval_dir: Path) -> dict[str, float]:
         # Pooled over every call and every detection, as analyze delivers them (docs/evaluation.md).
         "recall": scapes["pooled"]["event_recall"],
         "fd_per_hour": scapes["pooled"]["false_detections_per_hour"],
+        # Where the false detections fall (docs/evaluation.md): counts, not rates.
+        "beside": scapes["pooled"]["false_detections_partial_call"],
+        "other": scapes["pooled"]["false_detections_other_calls"],
+        "no_call": scapes["pooled"]["false_detections_unannotated"],
     }
 
 
@@ -104,15 +110,15 @@ def collect(workdir: Path, name: str, models: tuple[str, ...]) -> dict[tuple[str
 
 def print_table(rows: dict[tuple[str, str], dict[str, float]]) -> None:
     print("| model | configuration | focal macro-F1 | soundscape cmAP | ROC-AUC | event recall, pooled | "
-          "false detections / h, pooled |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "false detections / h, pooled | beside own call | other species' calls | no call |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     order = ["recipe", "no self-training", *list(RECIPES)[1:]]
     for model in MODELS:
         for name in order:
             f = rows.get((model, name))
             if f:
                 print(f"| {model} | {name} | {f['focal_f1']:.3f} | {f['cmap']:.3f} | {f['auc']:.3f} | "
-                      f"{f['recall']:.3f} | {f['fd_per_hour']:.1f} |")
+                      f"{f['recall']:.3f} | {f['fd_per_hour']:.1f} | {f['beside']} | {f['other']} | {f['no_call']} |")
     for model, targets in TARGETS.items():
         f = rows.get((model, "recipe"))
         if f:
